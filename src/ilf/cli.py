@@ -1,0 +1,84 @@
+"""The `ilf` command: thin. Parses flags, calls the modules named after the paper's steps.
+
+Every command turns an IlfError into one red line on stderr and exit code 2. Heavy imports
+(torch, transformers, ...) happen inside the commands so `ilf --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ilf.errors import IlfError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Imitation learning from Language Feedback (Chen et al. 2023) for code models.",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def friendly(fn):
+    """Report user errors as one line and a non-zero exit; let real bugs show their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IlfError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# EVAL
+
+
+@app.command()
+@friendly
+def evaluate(
+    samples: Path = typer.Argument(..., help="JSONL of {task_id, program | completion, ...}"),
+    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
+    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    timeout: float = typer.Option(None, help="Seconds per program (default: sandbox.DEFAULT_TIMEOUT)."),
+    workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
+    output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
+    k: List[int] = typer.Option([1, 10, 100], help="k for pass@k (reported when every task has >= k samples)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
+):
+    """EVAL: run each program against its task's unit tests in the sandbox; report pass@k."""
+    from ilf.evaluation import evaluate_file
+
+    evaluate_file(
+        samples,
+        dataset=dataset,
+        data_dir=data_dir,
+        tasks_file=tasks_file,
+        timeout=timeout,
+        workers=workers,
+        output=output,
+        ks=k,
+        as_json=as_json,
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The one small interface every sampling engine implements (one engine per file, like evalplus).
+
+An engine turns prompts into completions: `generate(prompts, params)` returns, for each prompt,
+`params.n` Completion objects in a deterministic order. Engines never post-process text beyond
+stop strings: cutting a completion down to the intended program is `ilf.extraction`'s job.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.8  # 0 means greedy
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str  # generated text (after the prompt), cut at the first stop string (stop string excluded)
+    num_tokens: int  # generated tokens counted by the engine
+    finish_reason: str = "stop"  # "stop" (eos or stop string) | "length"
+
+
+def prompt_seed(seed: int, prompt: str) -> int:
+    """A per-prompt seed that depends only on the run seed and the prompt text."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(prompt.encode("utf-8"))) % (2**31 - 1)
+
+
+class Engine(ABC):
+    """A loaded model that samples completions. Create with `ilf.generation.get_engine`."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        progress: Optional[Callable[[int, list[Completion]], None]] = None,
+    ) -> list[list[Completion]]:
+        """Return params.n completions per prompt. `progress(i, completions)` is called as each
+        prompt finishes (for progress bars and per-task resumable writes).
+
+        Reproducibility contract: each prompt is seeded from (params.seed, the prompt text) alone,
+        e.g. `prompt_seed(params.seed, prompt)`, so results do not depend on batching, order or
+        on where a resumed run restarted."""
+
+    def close(self) -> None:  # free memory / stop servers
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
