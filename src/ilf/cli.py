@@ -26,6 +26,21 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def _version(value: bool):
+    if value:
+        from ilf import __version__
+
+        print(f"ilf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+):
+    """Imitation learning from Language Feedback (Chen et al. 2023) for code models."""
+
+
 def friendly(fn):
     """Report user errors as one line and a non-zero exit; let real bugs show their traceback."""
 
