@@ -1,0 +1,380 @@
+"""The run config: typed dataclasses loaded from TOML, with command-line overrides.
+
+One name per setting everywhere: the TOML key `refine.n` is the flag `--refine.n` (or the override
+`refine.n=10`) and the column `refine.n` in reports. `ilf run` with no file uses `DEFAULT` (the demo
+that fits 15 minutes on a 2-core CPU); `configs/paper.toml` is the paper's full experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ilf.errors import IlfError
+
+FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
+REFINE_MODES = ("fewshot", "finetune")
+METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot")
+
+
+@dataclass
+class ModelConfig:
+    base: str = "qwen2.5-coder-0.5b-instruct"  # π_θ: bundled name, HF dir, .gguf file or hub id
+    engine: str = "auto"  # sampling engine; auto = fastest available (vllm on a GPU)
+
+
+@dataclass
+class SampleConfig:
+    """Sampling x0 ~ π_θ on the tasks that get feedback (not used with feedback.source = authors)."""
+
+    n: int = 30
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+
+
+@dataclass
+class FeedbackConfig:
+    source: str = "authors"  # authors (the paper's 195 human annotations) | human (ilf annotate) | llm | trace
+    tasks: str = "train"  # split name or id ranges ("311-400")
+    max_tasks: int = 0  # 0 = all; else the first max_tasks eligible tasks (by id)
+    only_unsolved: bool = True  # the paper keeps tasks where π_θ got no sample right
+    human_db: str = ""  # source = human: SQLite store of `ilf annotate` (default RUN_DIR/feedback.db)
+    llm_model: str = ""  # source = llm: model spec (default: model.base) or an OpenAI-compatible model name
+    llm_engine: str = ""  # default: model.engine
+    llm_base_url: str = ""  # for the openai engine
+    llm_shots: int = 1  # few-shot human examples in the LLM's feedback prompt (paper: 1 or 2)
+
+
+@dataclass
+class RefineConfig:
+    """π_Refine: repairs x0 given f, in the paper's OLD CODE / FEEDBACK / REFINEMENT format."""
+
+    mode: str = "fewshot"  # fewshot: k human triples in the prompt | finetune: train π_Refine on triples
+    shots: int = 2
+    examples_tasks: str = "refine"  # tasks whose human annotations teach π_Refine (MBPP_Refine)
+    model: str = ""  # base of π_Refine (default: model.base)
+    n: int = 10
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+    max_edit_distance: float = 1.0  # keep refinements closer than this to x0 (1.0 = no filter)
+
+
+@dataclass
+class TrainConfig:
+    """FINETUNE settings (the paper's defaults; see ilf.finetune.FinetuneConfig for every option)."""
+
+    learning_rate: float = 5e-6
+    batch_size: int = 32  # effective batch (gradient accumulation fills it)
+    per_device_batch_size: int = 4
+    epochs: float = 2.0
+    max_length: int = 1024
+    lora: bool = False
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to FinetuneConfig as-is
+
+
+@dataclass
+class EvalConfig:
+    tasks: str = "test"  # MBPP_Test (11-110)
+    n: int = 30
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+    methods: list[str] = field(default_factory=lambda: ["zero-shot", "ilf"])
+    timeout: float = 0.0  # seconds per program; 0 = the sandbox default
+
+
+@dataclass
+class ReportConfig:
+    perplexity: bool = True  # Figure 3 analog: perplexity of training data sources under the base model
+    bootstrap: int = 2000
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    run_dir: str = ""  # default: runs/<name>
+    dataset: str = "mbpp"
+    data_dir: str = ""  # default: ../shared/data beside the project, or $ILF_DATA_DIR
+    seed: int = 0
+    rounds: int = 1  # > 1: π_θ* becomes the next round's π_θ (the paper's proposed iteration)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    finetune: TrainConfig = field(default_factory=TrainConfig)
+    refine_finetune: TrainConfig = field(default_factory=TrainConfig)  # π_Refine's FINETUNE (mode = finetune)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in default: all of Algorithm 1 at demo scale, <= 15 minutes on 2 CPU cores.
+
+DEFAULT_TOML = """\
+# ilf's built-in demo: Algorithm 1 end to end on the bundled Qwen2.5-Coder-0.5B-Instruct, CPU.
+# Feedback: the paper authors' human annotations (x0 = CodeGen-6B programs, f = human feedback).
+name = "demo"
+seed = 0
+rounds = 1
+
+[model]
+base = "qwen2.5-coder-0.5b-instruct"
+engine = "auto"
+
+[feedback]
+source = "authors"
+tasks = "train"        # MBPP_Train tasks with a human annotation
+max_tasks = 32
+
+[refine]
+mode = "fewshot"
+shots = 1
+n = 4
+temperature = 0.8
+max_new_tokens = 192
+
+[finetune]
+learning_rate = 1e-5
+batch_size = 8
+per_device_batch_size = 4
+epochs = 2
+max_length = 512
+
+[eval]
+tasks = "11-50"
+n = 5
+temperature = 0.8
+max_new_tokens = 192
+methods = ["zero-shot", "ilf"]
+
+[report]
+perplexity = true
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with one-line errors
+
+
+def _key_line(text: str, dotted: str) -> int | None:
+    """Best-effort line number of a dotted key in TOML text (tomllib gives none)."""
+    *sections, key = dotted.split(".")
+    section = ".".join(sections)
+    current = ""
+    for i, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        m = re.match(r"^\[([^\]]+)\]", s)
+        if m:
+            current = m.group(1).strip()
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", s):
+            return i
+    return None
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce int -> float) a TOML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if tp is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, v2 = _type_ok(v, inner)
+            if not ok:
+                return False, value
+            out.append(v2)
+        return True, out
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        line = _key_line(text, dotted) if text else None
+        loc = f"{where}:{line}" if line else where
+        if key not in fields:
+            known = ", ".join(sorted(prefix + k for k in fields))
+            raise IlfError(f"{loc}: unknown config key '{dotted}' (known: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise IlfError(f"{loc}: '{dotted}' must be a table [{dotted}]")
+            kwargs[key] = _build(tp, value, where, text, prefix=f"{dotted}.")
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            raise IlfError(
+                f"{loc}: config key '{dotted}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r})"
+            )
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    """A command-line value as TOML would read it; bare words are strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`key=value`, `--key value` or `--key=value` (dotted keys) -> nested dict."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            a = a[2:]
+            if "=" not in a:
+                if i + 1 >= len(args):
+                    raise IlfError(f"command line: option '--{a}' needs a value")
+                a = f"{a}={args[i + 1]}"
+                i += 1
+        if "=" not in a:
+            raise IlfError(f"command line: cannot read '{args[i]}' (expected key=value or --key value)")
+        key, raw = a.split("=", 1)
+        key = key.strip().replace("-", "_") if "." not in key else ".".join(p.replace("-", "_") for p in key.split("."))
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(raw)
+        i += 1
+    return out
+
+
+def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
+    def bad(key: str, msg: str):
+        raise IlfError(f"{where}: config key '{key}' {msg}")
+
+    if cfg.feedback.source not in FEEDBACK_SOURCES:
+        bad("feedback.source", f"must be one of {', '.join(FEEDBACK_SOURCES)}, got {cfg.feedback.source!r}")
+    if cfg.refine.mode not in REFINE_MODES:
+        bad("refine.mode", f"must be one of {', '.join(REFINE_MODES)}, got {cfg.refine.mode!r}")
+    for m in cfg.eval.methods:
+        if m not in METHODS:
+            bad("eval.methods", f"has unknown method {m!r}; known: {', '.join(METHODS)}")
+    if cfg.rounds < 1:
+        bad("rounds", "must be >= 1")
+    for key, v in [("sample.n", cfg.sample.n), ("refine.n", cfg.refine.n), ("eval.n", cfg.eval.n)]:
+        if v < 1:
+            bad(key, "must be >= 1")
+    for key, v in [
+        ("sample.temperature", cfg.sample.temperature),
+        ("refine.temperature", cfg.refine.temperature),
+        ("eval.temperature", cfg.eval.temperature),
+    ]:
+        if v < 0:
+            bad(key, "must be >= 0")
+    if cfg.refine.shots < 0:
+        bad("refine.shots", "must be >= 0")
+    if cfg.dataset != "mbpp":
+        bad("dataset", "must be 'mbpp' for the pipeline (HumanEval(+) has no training split; use `ilf evaluate`)")
+    from ilf.tasks import parse_ranges
+
+    for key, spec in [("feedback.tasks", cfg.feedback.tasks), ("refine.examples_tasks", cfg.refine.examples_tasks), ("eval.tasks", cfg.eval.tasks)]:
+        try:
+            parse_ranges(spec)
+        except IlfError as e:
+            bad(key, str(e))
+    if cfg.data_dir and not Path(cfg.data_dir).is_dir():
+        bad("data_dir", f"is not a directory: {cfg.data_dir}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """DEFAULT, or a TOML file, then command-line overrides; validated."""
+    if path is None:
+        where, text = "<built-in default config>", DEFAULT_TOML
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise IlfError(f"{p}: config file not found")
+        where, text = str(p), p.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise IlfError(f"{where}: invalid TOML ({e})") from None
+    cfg = _build(RunConfig, data, where, text)
+    if overrides:
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        cfg = _build(RunConfig, _merge(to_dict(cfg), over), "command line", "")
+    return validate(cfg, where)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Resolved config as TOML (written into the run directory)."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + "}"
+        return str(v)
+
+    d = to_dict(cfg)
+    lines = [f"{k} = {val(v)}" for k, v in d.items() if not isinstance(v, dict)]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines.extend(f"{kk} = {val(vv)}" for kk, vv in v.items())
+    return "\n".join(lines) + "\n"
