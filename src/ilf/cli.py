@@ -91,6 +91,37 @@ def evaluate(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Algorithm 1
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def run(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Argument(None, help="TOML config (default: the built-in demo; see configs/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the resolved config, then stop."),
+):
+    """Run ILF end to end (sample, EVAL, feedback, refine, FINETUNE, evaluate, report).
+
+    Any config key can be overridden: `ilf run eval.n=10 --refine.n 8`.
+    """
+    from ilf.config import load_config, to_toml
+    from ilf.pipeline import run_pipeline
+
+    overrides = list(ctx.args)
+    if config is not None and not config.exists() and ("=" in str(config) or str(config).startswith("-")):
+        overrides.insert(0, str(config))  # `ilf run eval.n=3`: an override, not a file
+        config = None
+    cfg = load_config(config, overrides)
+    if dry_run:
+        print(to_toml(cfg), end="")
+        return
+    report = run_pipeline(cfg)
+    err.print(f"\n[bold green]done[/]: report at [bold]{report}[/]")
+    print(report)
+
+
 def main() -> None:
     app()
 

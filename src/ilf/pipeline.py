@@ -1,0 +1,609 @@
+"""Algorithm 1 (ILF) as resumable stages over a run directory.
+
+    for round r = 1..R:
+        x0 ~ π_θ(t)                      on the feedback tasks          rK/samples.jsonl
+        EVAL(x0)                                                        rK/results.jsonl
+        f = feedback on failing x0       (authors | human | llm | trace) rK/feedback.jsonl
+        x1 ~ π_Refine(t, x0, f), EVAL(x1)                               rK/refinements.jsonl
+        R = one passing x1 per task                                     rK/train_pairs.jsonl
+        π_θ* = FINETUNE(π_θ, R)                                         rK/model/
+        π_θ <- π_θ*
+    EVAL every method on the test tasks                                 eval/<method>/
+    report                                                              report/report.md
+
+Each stage records its fingerprint (config + inputs' content), timings and status in
+manifest.json. A finished stage with the same fingerprint is skipped; a stage killed midway keeps
+what it finished (sampling and EVAL append per task, FINETUNE resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from ilf import __version__
+from ilf.config import RunConfig, to_toml
+from ilf.errors import IlfError
+from ilf.jsonl import load_jsonl, write_json, write_jsonl
+from ilf.tasks import TaskSet, load_tasks, parse_ranges
+
+console = Console(stderr=True)
+
+AUTHORS_FILE = "surge_annotations.jsonl"
+
+
+def _nl(s: str) -> str:
+    return s.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a file or of every file in a directory (sorted), for stage fingerprints."""
+    h = hashlib.sha256()
+    path = Path(path)
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and "checkpoint" not in p.parts[-2] and not p.name.startswith("."):
+                h.update(str(p.relative_to(path)).encode())
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+    elif path.exists():
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def code_version() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+    except Exception:
+        rev = ""
+    return f"ilf {__version__}" + (f" ({rev})" if rev else "")
+
+
+class Run:
+    """A run directory: config, manifest, and the stages of Algorithm 1."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.dir = cfg.resolved_run_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.dir / "manifest.json"
+        if self.manifest_path.exists():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as e:
+                raise IlfError(f"{self.manifest_path}:{e.lineno}: invalid JSON in the run manifest ({e.msg})") from None
+        else:
+            self.manifest = {"created_at": _now(), "stages": {}}
+        self.manifest["code_version"] = code_version()
+        (self.dir / "config.toml").write_text(to_toml(cfg))
+        self._engine = None
+        self._engine_key: tuple | None = None
+        self._tasks: dict[str, TaskSet] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        write_json(self.manifest_path, self.manifest)
+
+    def stage(
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        params: dict[str, Any],
+        inputs: list[Path] = (),
+        outputs: list[Path] = (),
+    ) -> None:
+        """Run `fn` unless this stage already finished with the same fingerprint."""
+        fp_src = json.dumps({"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__},
+                            sort_keys=True, default=str)
+        fp = hashlib.sha256(fp_src.encode()).hexdigest()[:16]
+        entry = self.manifest["stages"].get(name)
+        if entry and entry.get("status") == "done" and entry.get("fingerprint") == fp and all(Path(o).exists() for o in outputs):
+            console.print(f"[dim]✓ {name}: done ({entry.get('seconds', 0):.0f} s), skipped[/]")
+            return
+        if entry and entry.get("fingerprint") != fp:
+            # Config or inputs changed: partial outputs belong to another setting; start over.
+            for o in outputs:
+                o = Path(o)
+                if o.is_dir():
+                    shutil.rmtree(o)
+                elif o.exists():
+                    o.unlink()
+        resumed = bool(entry and entry.get("fingerprint") == fp and entry.get("status") != "done")
+        console.rule(f"[bold]{name}[/]" + (" (resuming)" if resumed else ""))
+        self.manifest["stages"][name] = {
+            "status": "running", "fingerprint": fp, "params": params,
+            "inputs": {str(p): file_fingerprint(p) for p in inputs},
+            "started_at": _now(), "code_version": self.manifest["code_version"],
+        }
+        self._save()
+        t0 = time.time()
+        try:
+            fn()
+        except BaseException:
+            self.manifest["stages"][name]["status"] = "failed"
+            self.manifest["stages"][name]["seconds"] = time.time() - t0
+            self._save()
+            raise
+        self.manifest["stages"][name].update(status="done", seconds=round(time.time() - t0, 2), finished_at=_now())
+        self._save()
+
+    # -- shared resources ----------------------------------------------------------------------
+
+    def tasks(self, spec: str = "all") -> TaskSet:
+        if spec not in self._tasks:
+            self._tasks[spec] = load_tasks(
+                "mbpp", data_dir=self.cfg.data_dir or None, task_ids=None if spec == "all" else spec
+            )
+            for tid, why in self._tasks[spec].skipped.items():
+                console.print(f"[yellow]warning[/]: task {tid} cannot be formatted and is left out: {why}")
+        return self._tasks[spec]
+
+    def authors_annotations(self) -> list[dict[str, Any]]:
+        """The paper authors' 195 human (x0, f, x1) triples as feedback records."""
+        from ilf.tasks import default_data_dir
+
+        d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()
+        path = (d / AUTHORS_FILE) if d else None
+        if path is None or not path.exists():
+            raise IlfError(f"{path or AUTHORS_FILE}: the authors' annotation file is needed (set data_dir)")
+        try:
+            from ilf.feedback.annotations import import_authors
+
+            return import_authors(path)
+        except ImportError:
+            out = []
+            for line, r in ((i, json.loads(l)) for i, l in enumerate(path.read_text().splitlines(), 1) if l.strip()):
+                out.append({
+                    "task_id": int(r["task_id"]), "sample_id": 0, "feedback_id": f"authors-{r['task_id']}",
+                    "program": _nl(r["original_model_completion"]), "feedback": _nl(r["Feedback"]).strip(),
+                    "refinement": _nl(r["unedited_annotator_completion"]), "source": "authors",
+                    "author": r.get("worker_id"), "created_at": None,
+                })
+            return out
+
+    def engine(self, model: str, engine: str | None = None):
+        """One loaded model at a time (2 cores, limited memory): switching closes the previous one."""
+        from ilf.generation import default_engine, get_engine
+
+        name = engine or self.cfg.model.engine
+        if name in ("", "auto"):
+            name = default_engine()
+        key = (str(model), name)
+        if self._engine_key != key:
+            self.close_engine()
+            console.print(f"loading [bold]{model}[/] with the [bold]{name}[/] engine")
+            self._engine = get_engine(name, str(model))
+            self._engine_key = key
+        return self._engine
+
+    def close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        self._engine, self._engine_key = None, None
+
+    # -- Algorithm 1 ---------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        model = cfg.model.base
+        rounds_R: list[list[dict]] = []
+        for r in range(1, cfg.rounds + 1):
+            model, pairs = self.ilf_round(r, model)
+            rounds_R.append(pairs)
+        self.close_engine()
+        self.evaluate_methods(final_model=model, rounds=cfg.rounds)
+        if cfg.report.perplexity:
+            self.perplexity_stage()
+        report = self.report_stage()
+        return report
+
+    def ilf_round(self, r: int, model: str) -> tuple[str, list[dict]]:
+        cfg, rd = self.cfg, self.dir / f"r{r}"
+        rd.mkdir(exist_ok=True)
+        fb_path = rd / "feedback.jsonl"
+
+        # x0 ~ π_θ and EVAL(x0): needed unless the feedback is the authors' (their x0 came from CodeGen-6B).
+        if cfg.feedback.source != "authors":
+            self.sample_stage(f"r{r}/sample", model, self.feedback_task_ids(), cfg.sample, rd / "samples.jsonl")
+            self.eval_stage(f"r{r}/eval-x0", rd / "samples.jsonl", rd / "results.jsonl")
+
+        self.stage(
+            f"r{r}/feedback",
+            lambda: write_jsonl(fb_path, self.collect_feedback(r, rd, model)),
+            params={"feedback": asdict(cfg.feedback), "model": model, "seed": cfg.seed},
+            inputs=[rd / "results.jsonl"] if cfg.feedback.source != "authors" else [],
+            outputs=[fb_path],
+        )
+        feedback = load_jsonl(fb_path)
+        if not feedback:
+            raise IlfError(f"{fb_path}: no feedback to refine (no failing programs on the feedback tasks?)")
+
+        refiner = self.refiner_stage()
+        raw = rd / "refinements_raw.jsonl"
+        self.stage(
+            f"r{r}/refine",
+            lambda: self.refine_samples(feedback, refiner, raw),
+            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed},
+            inputs=[fb_path],
+            outputs=[raw],
+        )
+        refined = rd / "refinements.jsonl"
+        self.eval_stage(f"r{r}/eval-refine", raw, refined)
+        pairs_path = rd / "train_pairs.jsonl"
+
+        def select():
+            from ilf.refine import refine_summary, select_training_set
+
+            results = load_jsonl(refined)
+            write_json(rd / "refine_summary.json", refine_summary(results, cfg.refine.n))
+            pairs = select_training_set(results, self.tasks(), seed=cfg.seed + r,
+                                        max_edit_distance=cfg.refine.max_edit_distance)
+            write_jsonl(pairs_path, pairs)
+
+        self.stage(f"r{r}/select", select, params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed},
+                   inputs=[refined], outputs=[pairs_path, rd / "refine_summary.json"])
+        pairs = load_jsonl(pairs_path)
+        summary = json.loads((rd / "refine_summary.json").read_text())
+        console.print(
+            f"π_Refine: {summary.get('num_feedback', 0)} (x0, f) pairs, pass@1 {summary.get('pass@1', 0):.3f}, "
+            f"1+ correct {summary.get('one_plus_correct', 0):.3f}; R has {len(pairs)} programs"
+        )
+        if not pairs:
+            raise IlfError(
+                f"{pairs_path}: π_Refine produced no passing refinement, so R is empty; "
+                "raise refine.n or feedback.max_tasks, or use a stronger refine.model"
+            )
+        out_model = rd / "model"
+        self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, cfg.finetune)
+        return str(out_model), pairs
+
+    # -- stage bodies ---------------------------------------------------------------------------
+
+    def feedback_task_ids(self) -> str:
+        ids = sorted(parse_ranges(self.cfg.feedback.tasks))
+        return ",".join(str(i) for i in ids)
+
+    def sample_stage(self, name: str, model: str, task_spec: str, sc, out: Path) -> None:
+        from ilf.generation import SamplingParams
+        from ilf.sampling import sample
+
+        tasks = self.tasks(task_spec)
+        if self.cfg.feedback.max_tasks and name.endswith("/sample") and name.startswith("r"):
+            tasks = TaskSet({k: v for k, v in list(tasks.tasks.items())[: self.cfg.feedback.max_tasks]}, {}, tasks.source)
+        params = SamplingParams(n=sc.n, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
+                                max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed)
+
+        def body():
+            eng = self.engine(model)
+            sample(list(tasks), eng, params, out, resume=True)
+
+        self.stage(name, body, params={"model": model, "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
+                   inputs=[Path(model)] if Path(model).is_dir() else [], outputs=[out])
+
+    def eval_stage(self, name: str, samples: Path, out: Path) -> None:
+        from ilf.evaluation import evaluate
+
+        def body():
+            self.close_engine()  # EVAL wants both cores
+            recs = load_jsonl(samples)
+            evaluate(recs, self.tasks(), timeout=self.cfg.eval.timeout or None, output=out, progress=True)
+
+        self.stage(name, body, params={"timeout": self.cfg.eval.timeout}, inputs=[samples], outputs=[out])
+
+    def collect_feedback(self, r: int, rd: Path, model: str) -> list[dict[str, Any]]:
+        import random
+
+        cfg = self.cfg.feedback
+        wanted = parse_ranges(cfg.tasks)
+        if cfg.source == "authors":
+            recs = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+            recs.sort(key=lambda a: a["task_id"])
+            if r > 1:
+                console.print("[yellow]warning[/]: feedback.source = authors gives the same feedback every round")
+            return recs[: cfg.max_tasks] if cfg.max_tasks else recs
+
+        results = load_jsonl(rd / "results.jsonl")
+        by_task: dict[Any, list[dict]] = {}
+        for res in results:
+            by_task.setdefault(res["task_id"], []).append(res)
+        failing: list[dict] = []
+        for tid in sorted(by_task):
+            rs = by_task[tid]
+            if cfg.only_unsolved and any(x["passed"] for x in rs):
+                continue
+            bad = [x for x in rs if not x["passed"]]
+            if bad:
+                # The paper's annotators pick the sample easiest to fix; automatic sources take one at random.
+                failing.append(random.Random(f"{self.cfg.seed}:{r}:{tid}").choice(bad))
+        tasks = self.tasks()
+        if cfg.source == "trace":
+            from ilf.feedback.trace import trace_feedback
+
+            return [
+                {"task_id": x["task_id"], "sample_id": x["sample_id"], "program": x["program"],
+                 "feedback": trace_feedback(x, tasks[x["task_id"]]), "source": "trace", "author": "ilf-trace",
+                 "feedback_id": f"trace-r{r}-{x['task_id']}-{x['sample_id']}", "created_at": _now()}
+                for x in failing
+            ]
+        if cfg.source == "llm":
+            from ilf.feedback.llm import generate_llm_feedback
+
+            eng = self.engine(cfg.llm_model or model, cfg.llm_engine or None)
+            examples = [a for a in self.authors_annotations() if a["task_id"] in parse_ranges(self.cfg.refine.examples_tasks)]
+            return generate_llm_feedback(failing, tasks, eng, k_shot=cfg.llm_shots, examples=examples, seed=self.cfg.seed)
+        # human: annotations collected with `ilf annotate RUN_DIR`
+        from ilf.feedback.store import FeedbackStore
+
+        db = Path(cfg.human_db) if cfg.human_db else self.dir / "feedback.db"
+        if not db.exists():
+            raise IlfError(
+                f"{db}: no human feedback yet. x0 and their results are ready in {rd}; "
+                f"collect feedback with `ilf annotate {self.dir}`, then rerun `ilf run`"
+            )
+        recs = [x for x in FeedbackStore(db).export_records() if x["task_id"] in wanted and x.get("feedback")]
+        if not recs:
+            raise IlfError(f"{db}: the store holds no feedback for tasks {cfg.tasks}; annotate with `ilf annotate {self.dir}`")
+        return recs
+
+    def refiner_stage(self) -> str:
+        """π_Refine's model: the base model few-shot, or FINETUNE on human triples (refine.mode = finetune)."""
+        cfg = self.cfg
+        base = cfg.refine.model or cfg.model.base
+        if cfg.refine.mode == "fewshot":
+            return base
+        from ilf.refine import body_after_prompt
+        from ilf.tasks import refinement_prompt
+
+        pairs_path = self.dir / "refiner" / "train_pairs.jsonl"
+        wanted = parse_ranges(cfg.refine.examples_tasks)
+        tasks = self.tasks()
+
+        def pairs():
+            recs = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+            write_jsonl(pairs_path, [
+                {"task_id": a["task_id"], "kind": "refine",
+                 "prompt": refinement_prompt(tasks[a["task_id"]], a["program"], a["feedback"]),
+                 "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt)}
+                for a in recs
+            ])
+
+        self.stage("refiner/pairs", pairs, params={"examples_tasks": cfg.refine.examples_tasks}, outputs=[pairs_path])
+        out = self.dir / "refiner" / "model"
+        self.finetune_stage("refiner/finetune", base, pairs_path, out, cfg.refine_finetune)
+        return str(out)
+
+    def refine_samples(self, feedback: list[dict], refiner: str, out: Path) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ilf.generation import SamplingParams
+        from ilf.refine import sample_refinements
+
+        cfg = self.cfg.refine
+        examples: list[dict] = []
+        if cfg.mode == "fewshot" and cfg.shots:
+            wanted = parse_ranges(cfg.examples_tasks)
+            examples = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+        params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
+                                stop=["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
+        eng = self.engine(refiner)
+        with Progress(TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"),
+                      TimeElapsedColumn(), console=console) as bar:
+            t = bar.add_task("refine", total=len(feedback))
+            sample_refinements(
+                feedback, self.tasks(), eng, params, out, examples=examples, example_tasks=self.tasks(),
+                shots=cfg.shots if cfg.mode == "fewshot" else 0, seed=self.cfg.seed,
+                on_progress=lambda done, total: bar.update(t, completed=done, total=total),
+            )
+
+    def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc) -> None:
+        from ilf.finetune import FinetuneConfig, finetune
+
+        def body():
+            self.close_engine()
+            fc = make_finetune_config(FinetuneConfig, tc, seed=self.cfg.seed)
+            finetune(load_jsonl(pairs), base, out, fc)
+
+        self.stage(name, body, params={"base": base, "train": asdict(tc)},
+                   inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
+
+    # -- evaluation of every method on the test tasks -------------------------------------------
+
+    def evaluate_methods(self, final_model: str, rounds: int) -> None:
+        cfg = self.cfg
+        models: dict[str, str] = {}
+        for m in cfg.eval.methods:
+            if m == "zero-shot":
+                models[m] = cfg.model.base
+            elif m == "ilf":
+                models[m] = final_model
+            else:
+                models[m] = self.baseline_model(m)
+        if "ilf" in cfg.eval.methods and rounds > 1:
+            for r in range(1, rounds):
+                models[f"ilf-r{r}"] = str(self.dir / f"r{r}" / "model")
+        for method, model in models.items():
+            self.eval_method(method, model)
+
+    def eval_method(self, method: str, model: str) -> None:
+        from ilf.evaluation import summarize
+
+        cfg, ed = self.cfg, self.dir / "eval" / method
+        self.sample_stage(f"eval/{method}/sample", model, cfg.eval.tasks, cfg.eval, ed / "samples.jsonl")
+        self.eval_stage(f"eval/{method}/eval", ed / "samples.jsonl", ed / "results.jsonl")
+
+        def summary():
+            results = load_jsonl(ed / "results.jsonl")
+            s = summarize(results, ks=(1, 10, 100))
+            s = {k: v for k, v in s.items() if k != "per_task"}
+            train = None
+            if method.startswith("ilf"):
+                r = int(method[5:]) if method.startswith("ilf-r") else cfg.rounds
+                train = len(load_jsonl(self.dir / f"r{r}" / "train_pairs.jsonl"))
+            elif method != "zero-shot":
+                train = len(load_jsonl(self.dir / "baselines" / method / "train_pairs.jsonl"))
+            first = results[0] if results else {}
+            write_json(ed / "summary.json", {
+                "method": method, "model": model, "engine": first.get("engine"), "dataset": "mbpp", "split": cfg.eval.tasks,
+                "task_ids": sorted({r["task_id"] for r in results}), "n": cfg.eval.n,
+                "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p, "max_new_tokens": cfg.eval.max_new_tokens,
+                "seed": cfg.seed, "train_pairs": train, **s,
+            })
+
+        self.stage(f"eval/{method}/summary", summary, params={"method": method}, inputs=[ed / "results.jsonl"],
+                   outputs=[ed / "summary.json"])
+        s = json.loads((ed / "summary.json").read_text())
+        console.print(f"[bold]{method}[/]: pass@1 {s.get('pass@1', 0):.3f}"
+                      + (f", pass@10 {s['pass@10']:.3f}" if "pass@10" in s else "")
+                      + f", 1+ correct {s.get('one_plus_correct', 0):.3f} ({s.get('num_tasks')} tasks × {cfg.eval.n})")
+
+    def baseline_model(self, method: str) -> str:
+        """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""
+        from ilf.refine import body_after_prompt
+
+        cfg, bd = self.cfg, self.dir / "baselines" / method
+        r1 = load_jsonl(self.dir / "r1" / "train_pairs.jsonl")
+        r_tasks = [p["task_id"] for p in r1]
+        tasks = self.tasks()
+        pairs_path = bd / "train_pairs.jsonl"
+
+        def pairs():
+            if method == "gold":  # MBPP's gold programs for the same task ids as ILF's R
+                recs = [{"task_id": t, "prompt": tasks[t].prompt,
+                         "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt), "source": "gold"} for t in r_tasks]
+            elif method == "human-refinements":  # the annotators' own refinements on the feedback tasks
+                wanted = parse_ranges(cfg.feedback.tasks)
+                ann = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+                if cfg.feedback.max_tasks:
+                    ann = sorted(ann, key=lambda a: a["task_id"])[: cfg.feedback.max_tasks]
+                recs = [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
+                         "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt),
+                         "source": "human-refinements"} for a in ann]
+            else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
+                recs = self.llm_refinement_pairs(method, bd)
+            write_jsonl(pairs_path, recs)
+
+        self.stage(f"baselines/{method}/pairs", pairs, params={"method": method, "feedback": asdict(cfg.feedback)},
+                   inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
+        out = bd / "model"
+        self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, cfg.finetune)
+        return str(out)
+
+    def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
+        from ilf.feedback.llm import generate_llm_feedback
+        from ilf.refine import body_after_prompt, select_training_set
+
+        cfg = self.cfg
+        shots = 1 if method == "llm-1shot" else 2
+        wanted = parse_ranges(cfg.feedback.tasks)
+        ann = sorted([a for a in self.authors_annotations() if a["task_id"] in wanted], key=lambda a: a["task_id"])
+        if cfg.feedback.max_tasks:
+            ann = ann[: cfg.feedback.max_tasks]
+        examples = [a for a in self.authors_annotations() if a["task_id"] in parse_ranges(cfg.refine.examples_tasks)]
+        eng = self.engine(cfg.feedback.llm_model or cfg.model.base, cfg.feedback.llm_engine or None)
+        x0 = [{"task_id": a["task_id"], "sample_id": 0, "program": a["program"], "passed": False,
+               "status": "failed", "error": None} for a in ann]
+        recs = generate_llm_feedback(x0, self.tasks(), eng, k_shot=shots, examples=examples,
+                                     with_refinement=True, seed=cfg.seed)
+        write_jsonl(bd / "feedback.jsonl", recs)
+        self.close_engine()
+        from ilf.evaluation import evaluate
+        from ilf.refine import edit_distance
+
+        samples = [{"task_id": x["task_id"], "feedback_id": x["feedback_id"], "sample_id": 0,
+                    "program": x["refinement"], "refinement": x["refinement"],
+                    "edit_distance": edit_distance(x["program"], x["refinement"])} for x in recs if x.get("refinement")]
+        results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True)
+        chosen = select_training_set(results, self.tasks(), seed=cfg.seed)
+        for p in chosen:
+            p["source"] = method
+        return chosen
+
+    # -- perplexity and report ------------------------------------------------------------------
+
+    def perplexity_stage(self) -> None:
+        from ilf.refine import body_after_prompt
+
+        out = self.dir / "perplexity.jsonl"
+        tasks = self.tasks()
+        r1 = self.dir / "r1" / "train_pairs.jsonl"
+
+        def body():
+            from ilf.report import compute_perplexities
+
+            self.close_engine()
+            ilf_pairs = load_jsonl(r1)
+            wanted = parse_ranges(self.cfg.feedback.tasks)
+            ann = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+            if self.cfg.feedback.max_tasks:
+                ann = sorted(ann, key=lambda a: a["task_id"])[: self.cfg.feedback.max_tasks]
+            ids = sorted({p["task_id"] for p in ilf_pairs} | {a["task_id"] for a in ann})
+            sources = {
+                "gold": [{"task_id": t, "prompt": tasks[t].prompt,
+                          "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt)} for t in ids],
+                "human-refinements": [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
+                                       "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt)} for a in ann],
+                "ilf": [{"task_id": p["task_id"], "prompt": p["prompt"], "completion": p["completion"]} for p in ilf_pairs],
+            }
+            compute_perplexities(self.cfg.model.base, sources, out)
+
+        self.stage("perplexity", body, params={"model": self.cfg.model.base}, inputs=[r1], outputs=[out])
+
+    def report_stage(self) -> Path:
+        from ilf.report import write_report
+
+        inputs = sorted(self.dir.glob("eval/*/results.jsonl")) + sorted(self.dir.glob("r*/refinements.jsonl"))
+        path = self.dir / "report" / "report.md"
+        self.stage("report", lambda: write_report(self.dir), params={}, inputs=inputs, outputs=[path])
+        return path
+
+
+def make_finetune_config(cls, tc, seed: int = 0):
+    """Map the run config's [finetune] table onto ilf.finetune.FinetuneConfig (same names where shared)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in asdict(tc).items() if k != "extra"}
+    aliases = {"epochs": ("num_train_epochs", "epochs"), "learning_rate": ("learning_rate", "lr"),
+               "batch_size": ("batch_size", "effective_batch_size"),
+               "per_device_batch_size": ("per_device_batch_size", "per_device_train_batch_size"),
+               "lora": ("lora", "use_lora")}
+    kwargs: dict[str, Any] = {}
+    for k, v in values.items():
+        for cand in aliases.get(k, (k,)):
+            if cand in names:
+                kwargs[cand] = v
+                break
+    if "seed" in names:
+        kwargs["seed"] = seed
+    for k, v in tc.extra.items():
+        if k not in names:
+            raise IlfError(f"config key 'finetune.extra.{k}' is not a FINETUNE option (known: {', '.join(sorted(names))})")
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def run_pipeline(cfg: RunConfig) -> Path:
+    run = Run(cfg)
+    console.print(f"run directory: [bold]{run.dir}[/]")
+    try:
+        return run.run()
+    finally:
+        run.close_engine()

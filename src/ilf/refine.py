@@ -1,0 +1,218 @@
+"""π_Refine: repair a wrong program x0 given natural-language feedback f (paper §2, Figure 2).
+
+The input is the paper's format (`ilf.tasks.refinement_prompt`):
+
+    OLD CODE:
+    <task prompt + wrong program>
+
+    FEEDBACK:
+    <feedback>
+
+    REFINEMENT:
+    <task prompt>            <- the model continues from here
+
+used either few-shot (k human triples of OTHER tasks in front) or with a model fine-tuned on such
+triples (`refine.mode = finetune`). n refinements are sampled per (x0, f), each is EVALed, and one
+passing refinement per task is picked at random (seeded) into the training set R, as the paper does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+from ilf.jsonl import Appender, load_jsonl
+from ilf.tasks import Task, TaskSet, refinement_prompt
+
+EXAMPLE_SEPARATOR = "\n\n\n"  # between few-shot triples: blank lines end a program for the extractor
+
+
+def _nl(s: str) -> str:
+    return s.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def edit_distance(a: str, b: str) -> float:
+    """Normalised Levenshtein distance (0 = identical, 1 = nothing shared), line endings normalised.
+    The paper keeps human refinements under 0.5."""
+    return float(Levenshtein.normalized_distance(_nl(a), _nl(b)))
+
+
+def body_after_prompt(program: str, prompt: str) -> str:
+    """The part of a whole program that follows the task prompt (what π_θ is trained to write)."""
+    program, prompt = _nl(program), _nl(prompt)
+    if program.startswith(prompt):
+        return program[len(prompt) :]
+    # Human refinements sometimes touch the prompt's whitespace: align on the def header instead.
+    head = prompt.rstrip().splitlines()[-1] if prompt.strip() else ""
+    i = program.find(head)
+    if head and i >= 0:
+        return program[i + len(head) :].lstrip("\n")
+    return program
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot examples: human triples (x0, f, x1) from other tasks
+
+
+def fewshot_block(example: dict[str, Any], task: Task) -> str:
+    """One demonstration: the refinement prompt of the example's task followed by its human refinement."""
+    refinement = body_after_prompt(example["refinement"], task.prompt)
+    return refinement_prompt(task, example["program"], example["feedback"]) + refinement.rstrip() + "\n"
+
+
+def choose_examples(
+    examples: Sequence[dict[str, Any]], k: int, exclude_task: Any, seed: int, key: Any
+) -> list[dict[str, Any]]:
+    """k examples of other tasks, chosen reproducibly per (seed, key)."""
+    pool = [e for e in examples if e["task_id"] != exclude_task]
+    rng = random.Random(f"{seed}:{key}")
+    return rng.sample(pool, min(k, len(pool)))
+
+
+def build_prompt(
+    fb: dict[str, Any], task: Task, examples: Sequence[dict[str, Any]], example_tasks: TaskSet | dict, k: int, seed: int
+) -> str:
+    shots = choose_examples(examples, k, fb["task_id"], seed, fb["feedback_id"]) if k else []
+    prefix = "".join(fewshot_block(e, example_tasks[e["task_id"]]) + EXAMPLE_SEPARATOR for e in shots)
+    return prefix + refinement_prompt(task, fb["program"], fb["feedback"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling refinements (resumable per feedback record)
+
+
+def sample_refinements(
+    feedback: Sequence[dict[str, Any]],
+    tasks: TaskSet,
+    engine,
+    params,
+    output: str | Path,
+    *,
+    examples: Sequence[dict[str, Any]] = (),
+    example_tasks: TaskSet | dict | None = None,
+    shots: int = 0,
+    seed: int = 0,
+    chunk: int = 4,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Sample params.n refinements per feedback record; append them to `output` per record.
+
+    Records already in `output` (same feedback_id) are kept, so a killed run resumes.
+    Returns refinement records: task_id, feedback_id, sample_id, completion, refinement (the whole
+    program EVAL runs), num_tokens, finish_reason.
+    """
+    from ilf.extraction import extract_program
+
+    output = Path(output)
+    done: dict[str, list[dict]] = defaultdict(list)
+    if output.exists():
+        for rec in load_jsonl(output, allow_torn_tail=True):
+            done[rec["feedback_id"]].append(rec)
+    # A feedback record counts as done only with all n refinements written.
+    todo = [fb for fb in feedback if len(done.get(fb["feedback_id"], [])) < params.n]
+    partial = {fb["feedback_id"] for fb in todo if fb["feedback_id"] in done}
+    if partial:  # drop partially written groups (a kill between lines): rewrite them whole
+        keep = [r for fid, rs in done.items() if fid not in partial for r in rs]
+        from ilf.jsonl import write_jsonl
+
+        write_jsonl(output, keep)
+    finished = len(feedback) - len(todo)
+    if on_progress:
+        on_progress(finished, len(feedback))
+    with Appender(output) as out:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            prompts = [
+                build_prompt(fb, tasks[fb["task_id"]], examples, example_tasks or tasks, shots, seed) for fb in batch
+            ]
+
+            def written(i: int, completions, batch=batch) -> None:
+                fb = batch[i]
+                task = tasks[fb["task_id"]]
+                for j, c in enumerate(completions):
+                    program = extract_program(task, c.text)
+                    out.write(
+                        {
+                            "task_id": fb["task_id"],
+                            "feedback_id": fb["feedback_id"],
+                            "x0_sample_id": fb.get("sample_id"),
+                            "sample_id": j,
+                            "completion": c.text,
+                            "refinement": program,
+                            "program": program,
+                            "num_tokens": c.num_tokens,
+                            "finish_reason": c.finish_reason,
+                            "edit_distance": edit_distance(fb["program"], program),
+                        }
+                    )
+                nonlocal finished
+                finished += 1
+                if on_progress:
+                    on_progress(finished, len(feedback))
+
+            engine.generate(prompts, params, progress=written)
+    order = {fb["feedback_id"]: i for i, fb in enumerate(feedback)}
+    recs = [r for r in load_jsonl(output) if r["feedback_id"] in order]
+    recs.sort(key=lambda r: (order[r["feedback_id"]], r["sample_id"]))
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------
+# Selecting R and scoring π_Refine
+
+
+def select_training_set(
+    results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 0, max_edit_distance: float = 1.0
+) -> list[dict[str, Any]]:
+    """R: per task, one passing refinement chosen at random (seeded), as the paper does.
+
+    Pairs are (task prompt -> refinement body): the prompt π_θ sees at test time and the code it
+    should have written.
+    """
+    by_task: dict[Any, list[dict]] = defaultdict(list)
+    for r in results:
+        if r.get("passed") and r.get("edit_distance", 0.0) < max_edit_distance:
+            by_task[r["task_id"]].append(r)
+    pairs = []
+    for tid in sorted(by_task, key=lambda t: (str(type(t)), t)):
+        cands = sorted(by_task[tid], key=lambda r: (str(r["feedback_id"]), r["sample_id"]))
+        pick = random.Random(f"{seed}:select:{tid}").choice(cands)
+        task = tasks[tid]
+        pairs.append(
+            {
+                "task_id": tid,
+                "prompt": task.prompt,
+                "completion": body_after_prompt(pick["refinement"], task.prompt),
+                "source": "ilf",
+                "feedback_id": pick["feedback_id"],
+                "sample_id": pick["sample_id"],
+                "edit_distance": pick.get("edit_distance"),
+            }
+        )
+    return pairs
+
+
+def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
+    """π_Refine's pass rates (the paper's Table 3 analog) over (x0, f) pairs."""
+    from ilf.evaluation import estimate_pass_at_k
+
+    groups: dict[str, list[bool]] = defaultdict(list)
+    task_of: dict[str, Any] = {}
+    for r in results:
+        groups[r["feedback_id"]].append(bool(r.get("passed")))
+        task_of[r["feedback_id"]] = r["task_id"]
+    ns = [len(v) for v in groups.values()]
+    cs = [sum(v) for v in groups.values()]
+    out: dict[str, Any] = {"num_feedback": len(groups), "n": n}
+    if groups:
+        for k in sorted({1, 5, 10, n}):
+            if k <= min(ns):
+                out[f"pass@{k}"] = float(estimate_pass_at_k(ns, cs, k).mean())
+        out["one_plus_correct"] = sum(c > 0 for c in cs) / len(cs)
+        out["num_tasks_solved"] = len({task_of[f] for f, v in groups.items() if any(v)})
+    out["per_feedback"] = {fid: {"task_id": task_of[fid], "n": len(v), "c": sum(v)} for fid, v in groups.items()}
+    return out
