@@ -13,38 +13,12 @@ from __future__ import annotations
 import ast
 import re
 
+from rapidfuzz.distance import Levenshtein
+
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert/delete/substitute, unit costs) in O(len(a) * len(b) / wordsize).
-
-    Myers/Hyyrö bit-parallel algorithm with Python integers as bit vectors: one pass over `a`
-    with a few big-int operations per character, so a 2,000-character program is ~1 ms."""
-    if len(a) < len(b):
-        a, b = b, a
-    m = len(b)
-    if m == 0:
-        return len(a)
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(b):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    full = (1 << m) - 1
-    top = 1 << (m - 1)
-    pv, mv, score = full, 0, m
-    for ch in a:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | ~(xh | pv)
-        mh = pv & xh
-        if ph & top:
-            score += 1
-        elif mh & top:
-            score -= 1
-        ph = (ph << 1) | 1  # `| 1`: global distance (row 0 is 0, 1, 2, ...)
-        mh = mh << 1
-        pv = (mh | ~(xv | ph)) & full
-        mv = ph & xv & full
-    return score
+    """Edit distance (insert/delete/substitute, unit costs), by rapidfuzz (C++, bit-parallel)."""
+    return Levenshtein.distance(a, b)
 
 
 def body(program: str, prefix: str | None) -> str:
