@@ -159,20 +159,12 @@ class Run:
         path = (d / AUTHORS_FILE) if d else None
         if path is None or not path.exists():
             raise IlfError(f"{path or AUTHORS_FILE}: the authors' annotation file is needed (set data_dir)")
-        try:
-            from ilf.feedback.annotations import import_authors
+        from ilf.feedback.annotations import load_authors
 
-            return import_authors(path)
-        except ImportError:
-            out = []
-            for line, r in ((i, json.loads(l)) for i, l in enumerate(path.read_text().splitlines(), 1) if l.strip()):
-                out.append({
-                    "task_id": int(r["task_id"]), "sample_id": 0, "feedback_id": f"authors-{r['task_id']}",
-                    "program": _nl(r["original_model_completion"]), "feedback": _nl(r["Feedback"]).strip(),
-                    "refinement": _nl(r["unedited_annotator_completion"]), "source": "authors",
-                    "author": r.get("worker_id"), "created_at": None,
-                })
-            return out
+        recs = load_authors(path)
+        for r in recs:  # the authors' programs mix CRLF and LF; prompts and EVAL want LF
+            r["program"], r["refinement"], r["feedback"] = _nl(r["program"]), _nl(r["refinement"]), _nl(r["feedback"]).strip()
+        return recs
 
     def engine(self, model: str, engine: str | None = None):
         """One loaded model at a time (2 cores, limited memory): switching closes the previous one."""
@@ -353,7 +345,7 @@ class Run:
                 f"{db}: no human feedback yet. x0 and their results are ready in {rd}; "
                 f"collect feedback with `ilf annotate {self.dir}`, then rerun `ilf run`"
             )
-        recs = [x for x in FeedbackStore(db).export_records() if x["task_id"] in wanted and x.get("feedback")]
+        recs = [x for x in FeedbackStore(db).feedback_records(sources=["human"]) if x["task_id"] in wanted and x.get("feedback")]
         if not recs:
             raise IlfError(f"{db}: the store holds no feedback for tasks {cfg.tasks}; annotate with `ilf annotate {self.dir}`")
         return recs
@@ -525,7 +517,7 @@ class Run:
 
         samples = [{"task_id": x["task_id"], "feedback_id": x["feedback_id"], "sample_id": 0,
                     "program": x["refinement"], "refinement": x["refinement"],
-                    "edit_distance": edit_distance(x["program"], x["refinement"])} for x in recs if x.get("refinement")]
+                    "edit_distance": edit_distance(x["program"], x["refinement"], self.tasks()[x["task_id"]].prompt)} for x in recs if x.get("refinement")]
         results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True)
         chosen = select_training_set(results, self.tasks(), seed=cfg.seed)
         for p in chosen:

@@ -23,8 +23,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from rapidfuzz.distance import Levenshtein
-
 from ilf.jsonl import Appender, load_jsonl
 from ilf.tasks import Task, TaskSet, refinement_prompt
 
@@ -35,10 +33,12 @@ def _nl(s: str) -> str:
     return s.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def edit_distance(a: str, b: str) -> float:
-    """Normalised Levenshtein distance (0 = identical, 1 = nothing shared), line endings normalised.
-    The paper keeps human refinements under 0.5."""
-    return float(Levenshtein.normalized_distance(_nl(a), _nl(b)))
+def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
+    """The authors' measure: Levenshtein(old body, new body) / len(old body), bodies taken after
+    the task prompt (see ilf.feedback.text). The paper keeps human refinements under 0.5."""
+    from ilf.feedback.text import normalized_edit_distance
+
+    return float(normalized_edit_distance(_nl(old), _nl(new), _nl(prompt) if prompt else None))
 
 
 def body_after_prompt(program: str, prompt: str) -> str:
@@ -146,7 +146,7 @@ def sample_refinements(
                             "program": program,
                             "num_tokens": c.num_tokens,
                             "finish_reason": c.finish_reason,
-                            "edit_distance": edit_distance(fb["program"], program),
+                            "edit_distance": edit_distance(fb["program"], program, task.prompt),
                         }
                     )
                 nonlocal finished
