@@ -125,46 +125,14 @@ class RunConfig:
 # ---------------------------------------------------------------------------------------------
 # The built-in default: all of Algorithm 1 at demo scale, <= 15 minutes on 2 CPU cores.
 
-DEFAULT_TOML = """\
-# ilf's built-in demo: Algorithm 1 end to end on the bundled Qwen2.5-Coder-0.5B-Instruct, CPU.
-# Feedback: the paper authors' human annotations (x0 = CodeGen-6B programs, f = human feedback).
-name = "demo"
-seed = 0
-rounds = 1
+BUILTIN_DIR = Path(__file__).parent / "configs"  # demo.toml (the default), paper.toml
 
-[model]
-base = "qwen2.5-coder-0.5b-instruct"
-engine = "auto"
 
-[feedback]
-source = "authors"
-tasks = "train"        # MBPP_Train tasks with a human annotation
-max_tasks = 32
+def builtin_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.toml"))}
 
-[refine]
-mode = "fewshot"
-shots = 1
-n = 4
-temperature = 0.8
-max_new_tokens = 192
 
-[finetune]
-learning_rate = 1e-5
-batch_size = 8
-per_device_batch_size = 4
-epochs = 2
-max_length = 512
-
-[eval]
-tasks = "11-50"
-n = 5
-temperature = 0.8
-max_new_tokens = 192
-methods = ["zero-shot", "ilf"]
-
-[report]
-perplexity = true
-"""
+DEFAULT_TOML = (BUILTIN_DIR / "demo.toml").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,8 +301,10 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """DEFAULT, or a TOML file, then command-line overrides; validated."""
+    if path is not None and not Path(path).exists() and str(path) in builtin_configs():
+        path = builtin_configs()[str(path)]  # `ilf run paper`
     if path is None:
-        where, text = "<built-in default config>", DEFAULT_TOML
+        where, text = str(BUILTIN_DIR / "demo.toml"), DEFAULT_TOML
     else:
         p = Path(path)
         if not p.exists():
