@@ -1,0 +1,78 @@
+"""Sampling engines behind one interface (`ilf.generation.base`), one file per engine.
+
+    from ilf.generation import get_engine, SamplingParams
+    with get_engine("openvino", "qwen2.5-coder-0.5b-instruct") as eng:
+        outs = eng.generate(prompts, SamplingParams(n=10, temperature=0.8, stop=["\\ndef "]))
+
+Every engine class is constructed as `Cls(model_spec, **options)`, where model_spec is anything
+`ilf.models.resolve_model` accepts (or, for the OpenAI-compatible engine, the server's model name).
+Engine modules are imported only when asked for, so heavy libraries load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from ilf.errors import IlfError
+from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
+
+# name -> "module:Class". The names are the values of `ilf sample --engine`.
+ENGINES: dict[str, str] = {
+    "transformers": "ilf.generation.hf:HFEngine",
+    "openvino": "ilf.generation.openvino:OpenVINOEngine",
+    "vllm": "ilf.generation.vllm:VLLMEngine",
+    "openai": "ilf.generation.openai:OpenAIEngine",
+}
+ALIASES = {"hf": "transformers", "ov": "openvino"}
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def default_engine() -> str:
+    """vLLM on a CUDA GPU; on a CPU the fastest engine measured (benchmarks/bench_sampling.py):
+    OpenVINO GenAI, else transformers when openvino-genai is not installed."""
+    if _cuda_available() and importlib.util.find_spec("vllm") is not None:
+        return "vllm"
+    if importlib.util.find_spec("openvino_genai") is not None:
+        return "openvino"
+    return "transformers"
+
+
+def engine_class(name: str) -> type[Engine]:
+    key = ALIASES.get(name, name)
+    if key not in ENGINES:
+        raise IlfError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
+    mod_name, cls_name = ENGINES[key].split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == mod_name or mod_name.startswith(e.name + ".")):
+            raise IlfError(f"engine {key!r} is not available in this installation ({mod_name} missing)") from None
+        raise IlfError(f"engine {key!r} needs the package {e.name!r}, which is not installed") from None
+    return getattr(mod, cls_name)
+
+
+def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
+    """Load `model_spec` in engine `name` (None = default_engine())."""
+    return engine_class(name or default_engine())(model_spec, **kw)
+
+
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "Engine",
+    "SamplingParams",
+    "default_engine",
+    "engine_class",
+    "get_engine",
+    "prompt_seed",
+]
