@@ -1,0 +1,357 @@
+"""ilf.report on small synthetic run directories (real files with made-up per-sample results) and
+completion-only perplexity on a tiny random Qwen2 model built here."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ilf import report
+from ilf.errors import IlfError
+from ilf.jsonl import load_jsonl, write_json, write_jsonl
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic run directories
+
+
+def _results(method: str, outcomes: dict[int, list[bool]], model: str) -> list[dict]:
+    return [
+        {"task_id": t, "sample_id": i, "model": model, "engine": "openvino", "prompt": "p", "completion": "c",
+         "program": "x", "passed": ok, "status": "passed" if ok else "failed", "error": None}
+        for t, oks in outcomes.items() for i, ok in enumerate(oks)
+    ]
+
+
+def make_run(root: Path, name: str = "demo", *, n: int = 10, zero_rate: float = 0.2, ilf_rate: float = 0.5,
+             tasks: range = range(11, 31), refine: bool = True, feedback: bool = True, perplexity: bool = True,
+             manifest: bool = True) -> Path:
+    """A run directory as the pipeline writes it: zero-shot and ilf evals, one round, optional sections.
+    Task t passes its first round(rate * n) samples, shifted per task so tasks differ."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(f'name = "{name}"\nseed = 0\n\n[report]\nbootstrap = 500\n')
+    for method, rate, model in (("zero-shot", zero_rate, "qwen2.5-coder-0.5b-instruct"), ("ilf", ilf_rate, f"runs/{name}/r1/model")):
+        outcomes = {}
+        for j, t in enumerate(tasks):
+            c = max(0, min(n, round(rate * n) + (j % 3) - 1))
+            outcomes[t] = [i < c for i in range(n)]
+        ed = run / "eval" / method
+        write_jsonl(ed / "results.jsonl", _results(method, outcomes, model))
+        write_json(ed / "summary.json", {
+            "method": method, "model": model, "engine": "openvino", "dataset": "mbpp", "split": "11-30",
+            "task_ids": list(tasks), "n": n, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 192, "seed": 0,
+            "train_pairs": 7 if method == "ilf" else None,
+        })
+    if refine:
+        r1 = run / "r1"
+        refs = []
+        # 8 (x0, f) pairs x 4 refinements; pair p has p % 5 passing refinements.
+        for p in range(8):
+            for s in range(4):
+                refs.append({"task_id": 311 + p, "feedback_id": f"f{p}", "sample_id": s, "refinement": "def f(): pass",
+                             "passed": s < p % 5, "status": "passed" if s < p % 5 else "failed", "error": None,
+                             "edit_distance": 0.25})
+        write_jsonl(r1 / "refinements.jsonl", refs)
+        write_jsonl(r1 / "train_pairs.jsonl", [{"task_id": 311 + p, "prompt": "p", "completion": "c", "source": "ilf"}
+                                                for p in range(8) if p % 5 > 0])
+        write_json(r1 / "refine_summary.json", {"num_feedback": 8, "n": 4})
+    if feedback:
+        write_jsonl(run / "r1" / "feedback.jsonl", [
+            {"task_id": 311, "sample_id": 0, "program": "x", "feedback": "The loop should stop one step earlier.",
+             "source": "authors", "author": "a", "feedback_id": "f0", "created_at": "2023"},
+            {"task_id": 312, "sample_id": 0, "program": "x", "feedback": "Use sorted instead of sort:\nreturn sorted(xs)",
+             "source": "authors", "author": "a", "feedback_id": "f1", "created_at": "2023"},
+            {"task_id": 313, "sample_id": 0, "program": "x", "feedback": "Wrong operator.",
+             "source": "trace", "author": "ilf", "feedback_id": "f2", "created_at": "2023"},
+        ])
+    if perplexity:
+        rng = np.random.default_rng(0)
+        recs = []
+        for source, mu in (("gold", 1.6), ("human-refinements", 1.4), ("ilf", 1.1)):
+            for t in range(311, 331):
+                ppl = float(np.exp(rng.normal(mu, 0.3)))
+                recs.append({"source": source, "task_id": t, "index": 0, "perplexity": ppl, "nll": math.log(ppl),
+                             "num_tokens": 40, "model": "m", "dtype": "float32"})
+        write_jsonl(run / "perplexity.jsonl", recs)
+    if manifest:
+        write_json(run / "manifest.json", {"code_version": "abc123", "created_at": "2026-11-22T04:00:00Z", "stages": {
+            "r1/refine": {"status": "done", "seconds": 12.5, "fingerprint": "x"},
+            "eval/ilf/eval": {"status": "done", "seconds": 30.0, "fingerprint": "y"}}})
+    return run
+
+
+def _method(rep: dict, name: str) -> dict:
+    return next(m for m in rep["runs"][0]["methods"] if m["method"] == name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Maths
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 2, 1), (5, 2, 2), (10, 3, 5), (10, 0, 3), (10, 10, 10), (4, 1, 4), (30, 7, 10)])
+def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
+    expected = 1.0 - comb(n - c, k) / comb(n, k)
+    assert report.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+    assert report._own_pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_bootstrap_ci_contains_the_mean_narrows_with_more_tasks_and_is_seeded():
+    pattern = [1.0, 0.0, 0.0, 0.5, 0.2, 0.0, 1.0, 0.1, 0.0, 0.3]
+    small = np.array(pattern * 2)  # 20 tasks
+    big = np.array(pattern * 40)  # 400 tasks, same mean
+    lo_s, hi_s = report.bootstrap_ci(small, resamples=2000, seed=1)
+    lo_b, hi_b = report.bootstrap_ci(big, resamples=2000, seed=1)
+    mean = small.mean()
+    assert lo_s < mean < hi_s and lo_b < mean < hi_b
+    assert (hi_b - lo_b) < 0.5 * (hi_s - lo_s)  # ~ 1/sqrt(20) of the width
+    assert report.bootstrap_ci(small, resamples=2000, seed=1) == (lo_s, hi_s)
+    assert report.bootstrap_ci(small, resamples=2000, seed=2) != (lo_s, hi_s)
+    # Constant values: a zero-width interval at the value.
+    assert report.bootstrap_ci(np.full(15, 0.4)) == pytest.approx((0.4, 0.4))
+
+
+def test_compress_ids():
+    assert report.compress_ids(["11", "12", "13", "20", "22", "23"]) == "11-13, 20, 22-23"
+    assert report.compress_ids(["HumanEval/0", "HumanEval/1"]) == "HumanEval/0, HumanEval/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+def test_write_report_has_every_section_with_numbers_from_the_results(tmp_path):
+    run = make_run(tmp_path)
+    md_path = report.write_report(run)
+    assert md_path == run / "report" / "report.md"
+    md = md_path.read_text()
+    rep = json.loads((run / "report" / "report.json").read_text())
+
+    # Table 4 analog: numbers recomputed by hand from results.jsonl.
+    res = load_jsonl(run / "eval" / "ilf" / "results.jsonl")
+    per_task: dict[int, list[bool]] = {}
+    for r in res:
+        per_task.setdefault(r["task_id"], []).append(r["passed"])
+    p1 = np.mean([sum(v) / len(v) for v in per_task.values()])
+    p10 = np.mean([1.0 - comb(len(v) - sum(v), 10) / comb(len(v), 10) for v in per_task.values()])
+    one_plus = np.mean([any(v) for v in per_task.values()])
+    ilf = _method(rep, "ilf")
+    assert ilf["metrics"]["pass@1"]["value"] == pytest.approx(p1)
+    assert ilf["metrics"]["pass@10"]["value"] == pytest.approx(p10)
+    assert ilf["metrics"]["one_plus_correct"]["value"] == pytest.approx(one_plus)
+    for m in ilf["metrics"].values():
+        assert m["lo"] <= m["value"] <= m["hi"]
+    assert ilf["train_pairs"] == 7 and ilf["num_tasks"] == 20 and ilf["n_min"] == 10
+    assert rep["runs"][0]["bootstrap"]["resamples"] == 500  # from config.toml [report] bootstrap
+    # ILF is better on every task here: the paired difference's CI excludes 0.
+    d = ilf["delta_vs_zero-shot"]["metrics"]["pass@1"]
+    assert d["lo"] > 0 and d["value"] == pytest.approx(p1 - _method(rep, "zero-shot")["metrics"]["pass@1"]["value"])
+
+    for heading in ("Table 4 analog", "Table 3 analog", "## Training sets", "Table 6 analog", "Figure 3 analog", "## Stages"):
+        assert heading in md
+    assert "temperature 0.8, top_p 0.95, max new tokens 192, seed 0; engine openvino" in md
+    assert "20 tasks (11-30)" in md and "n = 10 samples per task" in md
+    assert f"| ilf | runs/demo/r1/model | 7 | 20 | 10 | {100 * p1:.1f} [" in md
+    assert md.index("| zero-shot |") < md.index("| ilf |")
+
+    # Table 3 analog: 8 pairs x 4 refinements, pair p passes p % 5 of 4 -> c = 0,1,2,3,4,0,1,2.
+    cs = [p % 5 for p in range(8)]
+    r1 = rep["runs"][0]["refine"][0]
+    assert r1["pairs"] == 8 and r1["refinements"] == 32 and r1["train_pairs"] == 6
+    assert r1["metrics"]["pass@1"]["value"] == pytest.approx(np.mean([c / 4 for c in cs]))
+    assert r1["metrics"]["one_plus_correct"]["value"] == pytest.approx(6 / 8)
+    assert r1["mean_edit_distance_passing"] == pytest.approx(0.25)
+
+    fb = {f["source"]: f for f in rep["runs"][0]["feedback"]}
+    assert fb["authors"]["count"] == 2 and fb["trace"]["count"] == 1
+    assert fb["authors"]["mean_words"] == pytest.approx((7 + 7) / 2)
+    assert fb["authors"]["share_with_code"] == pytest.approx(0.5)  # "return sorted(xs)" is a line of code
+    ppl = {p["source"]: p for p in rep["runs"][0]["perplexity"]}
+    assert set(ppl) == {"gold", "human-refinements", "ilf"} and ppl["ilf"]["count"] == 20
+    assert "| r1/refine | done | 12.5 |" in md
+
+    # Figures: valid PNGs that matplotlib reads back, referenced from the Markdown.
+    import matplotlib.image as mpimg
+
+    assert set(rep["figures"]) == {"pass_at_k", "pass_curve", "refine_rounds", "perplexity"}
+    for name in rep["figures"].values():
+        data = (run / "report" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        assert mpimg.imread(run / "report" / name).shape[0] > 200
+        assert f"]({name})" in md
+
+
+def test_missing_inputs_give_one_line_each_instead_of_failing(tmp_path):
+    run = make_run(tmp_path, n=5, refine=False, feedback=False, perplexity=False, manifest=False)
+    md = report.write_report(run).read_text()
+    assert "No perplexity.jsonl in this run" in md
+    assert "No ILF rounds" in md
+    assert "No feedback.jsonl" in md
+    assert "No manifest.json" in md
+    assert "pass@10" not in md  # n = 5 < 10
+    rep = json.loads((run / "report" / "report.json").read_text())
+    assert set(rep["figures"]) == {"pass_at_k", "pass_curve"}
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    md = report.write_report(empty).read_text()
+    assert "No evaluation results" in md
+
+
+def test_unfinished_method_and_summary_mismatch_are_reported(tmp_path):
+    run = make_run(tmp_path)
+    (run / "eval" / "gold").mkdir()  # stage started, no results yet
+    s = json.loads((run / "eval" / "ilf" / "summary.json").read_text())
+    s["pass@1"] = 0.99
+    write_json(run / "eval" / "ilf" / "summary.json", s)
+    md = report.write_report(run).read_text()
+    assert "Not finished (no results.jsonl): gold." in md
+    assert "summary.json says pass@1 = 0.9900" in md
+
+
+@pytest.mark.parametrize(
+    "path,content,expected",
+    [
+        ("eval/ilf/results.jsonl", '{"task_id": 11, "passed": true}\n{"task_id": 11}\n', "results.jsonl:2: missing field 'passed'"),
+        ("eval/ilf/results.jsonl", '{"task_id": 11, "passed": "yes"}\n', "results.jsonl:1: field 'passed' must be bool"),
+        ("r1/refinements.jsonl", '{"task_id": 311, "passed": true}\n', "refinements.jsonl:1: missing field 'feedback_id'"),
+        ("eval/ilf/summary.json", '{"model": ', "summary.json:1: invalid JSON"),
+        ("perplexity.jsonl", '{"source": "gold", "task_id": 1, "num_tokens": 3}\n', "perplexity.jsonl:1: missing field 'perplexity'"),
+        ("r1/feedback.jsonl", '{"task_id": 1, "source": "authors"}\n', "feedback.jsonl:1: missing field 'feedback'"),
+    ],
+)
+def test_malformed_artifact_is_one_clear_error_and_nothing_is_written(tmp_path, path, content, expected):
+    run = make_run(tmp_path)
+    (run / path).write_text(content)
+    with pytest.raises(IlfError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        report.write_report(run)
+    assert not (run / "report" / "report.md").exists()
+
+
+def test_cli_report_bad_artifact_exits_2_with_one_line(tmp_path):
+    run = make_run(tmp_path)
+    (run / "eval" / "zero-shot" / "results.jsonl").write_text('{"task_id": 11, "passed": true}\nnot json\n')
+    p = subprocess.run([sys.executable, "-m", "ilf.cli", "report", str(run)], capture_output=True, text=True)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "results.jsonl:2: invalid JSON" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs
+
+
+def test_compare_runs_has_one_row_per_run_and_method(tmp_path):
+    a = make_run(tmp_path, "demo", ilf_rate=0.5)
+    b = make_run(tmp_path, "paper", ilf_rate=0.7, perplexity=False)
+    out = tmp_path / "cmp"
+    md = report.compare_runs([a, b], out).read_text()
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in rep["runs"]] == ["demo", "paper"]
+    for run in ("demo", "paper"):
+        for method in ("zero-shot", "ilf"):
+            assert f"| {run} | {method} |" in md
+    assert "| demo | 1 | 8 |" in md and "| paper | 1 | 8 |" in md  # π_Refine rows per run
+    ilf_a = next(m for m in rep["runs"][0]["methods"] if m["method"] == "ilf")
+    ilf_b = next(m for m in rep["runs"][1]["methods"] if m["method"] == "ilf")
+    assert ilf_b["metrics"]["pass@1"]["value"] > ilf_a["metrics"]["pass@1"]["value"]
+    for name in rep["figures"].values():
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+
+    # Default output beside the first run; the CLI writes the same.
+    p = subprocess.run([sys.executable, "-m", "ilf.cli", "report", str(a), str(b)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "compare-demo-vs-paper" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Perplexity on a tiny random model
+
+
+def _tiny_model(d: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    corpus = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n", '"""Sum a list."""\n']
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus * 10, trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    Qwen2ForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+def _hand_perplexity(model_dir: Path, prompt: str, completion: str) -> tuple[float, int]:
+    """exp(mean NLL of the completion tokens), one unpadded sequence, from the full logits."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    p = tok(prompt)["input_ids"]
+    full = tok(prompt + completion)["input_ids"]
+    start = next((i for i, (a, b) in enumerate(zip(p, full)) if a != b), min(len(p), len(full)))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([full])).logits[0].double(), -1)
+    nll = [-float(logp[i - 1, full[i]]) for i in range(start, len(full))]
+    return math.exp(sum(nll) / len(nll)), len(nll)
+
+
+def test_perplexity_equals_exp_mean_nll_by_hand_and_resumes(tmp_path):
+    model_dir = _tiny_model(tmp_path / "tiny")
+    prompt = "def add(a, b):\n"
+    sources = {
+        "gold": [{"task_id": 1, "prompt": prompt, "completion": "    return a + b\n"},
+                 {"task_id": 2, "prompt": "# loop\n", "completion": "for i in range(10):\n    print(i)\n" * 3}],
+        "ilf": [{"task_id": 1, "prompt": prompt, "completion": "    return b + a\n"},
+                {"task_id": 1, "prompt": prompt, "completion": "    print(a)\n"}],  # same task twice
+    }
+    out = tmp_path / "perplexity.jsonl"
+    # batch_size 3: rows of different lengths share a batch (left padding is exercised).
+    report.compute_perplexities(str(model_dir), sources, out, batch_size=3, dtype="float32", progress=False)
+    recs = load_jsonl(out)
+    assert [(r["source"], r["task_id"], r["index"]) for r in recs] == [("gold", 1, 0), ("gold", 2, 0), ("ilf", 1, 0), ("ilf", 1, 1)]
+    for rec, src in zip(recs, [sources["gold"][0], sources["gold"][1], sources["ilf"][0], sources["ilf"][1]]):
+        ppl, ntok = _hand_perplexity(model_dir, src["prompt"], src["completion"])
+        assert rec["num_tokens"] == ntok
+        assert rec["perplexity"] == pytest.approx(ppl, rel=1e-4)
+    # A random model over ~300 tokens: perplexity near the vocabulary size, far from 1.
+    assert all(50 < r["perplexity"] < 2000 for r in recs)
+
+    # Resume: records already in the file are kept as they are (marked here), only new ones are scored.
+    recs[0]["perplexity"] = 123.0
+    write_jsonl(out, recs[:2])
+    sources["ilf"].append({"task_id": 3, "prompt": prompt, "completion": "    return 0\n"})
+    report.compute_perplexities(str(model_dir), sources, out, batch_size=8, dtype="float32", progress=False)
+    again = load_jsonl(out)
+    assert len(again) == 5 and again[0]["perplexity"] == 123.0
+    assert again[2]["perplexity"] == pytest.approx(recs[2]["perplexity"], rel=1e-4)
+
+    # The report reads it (Figure 3 section).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "perplexity.jsonl").write_text(out.read_text())
+    md = report.write_report(run).read_text()
+    assert "| gold | 2 |" in md and (run / "report" / "perplexity.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_perplexity_bad_source_record_is_one_clear_error(tmp_path):
+    with pytest.raises(IlfError, match=r"perplexity source 'gold' record 1: missing field 'completion'"):
+        report.compute_perplexities("unused", {"gold": [{"task_id": 1, "prompt": "a", "completion": "b"},
+                                                        {"task_id": 2, "prompt": "a"}]}, tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists()
