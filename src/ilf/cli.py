@@ -122,6 +122,30 @@ def run(
     print(report)
 
 
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+@app.command()
+@friendly
+def report(
+    run_dirs: List[Path] = typer.Argument(..., help="One run directory, or several to compare side by side."),
+    output: Optional[Path] = typer.Option(
+        None, help="Output directory (default: RUN_DIR/report; several runs: compare-A-vs-B beside the first)."),
+    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples for the 95% CIs (default: config's report.bootstrap, else 2000)."),
+    seed: Optional[int] = typer.Option(None, help="Bootstrap seed (default 0)."),
+):
+    """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
+    from ilf import report as rep
+
+    if len(run_dirs) == 1 and output is None:
+        path = rep.write_report(run_dirs[0], resamples=bootstrap, seed=seed)
+    else:
+        path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
+    err.print(f"[bold green]report[/]: [bold]{path}[/]")
+    print(path)
+
+
 def main() -> None:
     app()
 
