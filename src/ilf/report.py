@@ -592,7 +592,7 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", frameon=False, ncol=1 if len(rows) < 5 else 2)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), frameon=False, ncol=min(4, len(rows)))
     return _save(fig, path)
 
 
@@ -617,23 +617,39 @@ def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Pat
     return _save(fig, path)
 
 
-def plot_perplexity(values: dict[str, list[float]], path: Path, title: str) -> Path:
-    """Histogram of per-program perplexity per training-data source (the paper's Figure 3), log x."""
+def plot_perplexity(panels: list[tuple[str, dict[str, list[float]]]], path: Path, title: str) -> Path:
+    """Histogram of per-program perplexity per training-data source (the paper's Figure 3), log x;
+    one panel per run (label, {source: values}), dashed lines at the medians."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    allv = [v for vs in values.values() for v in vs if v > 0]
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    panels = [(label, vals) for label, vals in panels if vals]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 1.0 + 3.2 * len(panels)), sharex=True, squeeze=False)
+    allv = [v for _, vals in panels for vs in vals.values() for v in vs if v > 0]
     lo, hi = min(allv), max(allv)
     if hi <= lo:
         hi = lo * 1.5
     bins = np.geomspace(lo * 0.95, hi * 1.05, 25)
-    for source, vs in values.items():
-        ax.hist(vs, bins=bins, alpha=0.5, label=f"{source} (n={len(vs)}, median {statistics.median(vs):.2f})",
-                histtype="stepfilled", edgecolor="black", linewidth=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("perplexity of the completion under the base model (log scale)")
-    ax.set_ylabel("programs")
-    ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (label, values) in zip(axes[:, 0], panels):
+        for i, source in enumerate(_order_sources(values)):
+            vs = values[source]
+            med = statistics.median(vs)
+            ax.hist(vs, bins=bins, alpha=0.25, color=colors(i % 10), histtype="stepfilled")
+            ax.hist(vs, bins=bins, color=colors(i % 10), histtype="step", linewidth=1.6,
+                    label=f"{source} (n={len(vs)}, median {med:.2f})")
+            ax.axvline(med, color=colors(i % 10), linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("programs")
+        if label:
+            ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("perplexity of the completion under the base model (log scale; dashed: medians)")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -643,12 +659,14 @@ def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: st
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = plt.get_cmap("tab10")
     ci = 0
+    series = len(rows) * 2
     for label, rounds in rows:
         for metric, marker in (("pass@1", "o"), ("one_plus_correct", "s")):
             pts = [(r["round"], r["metrics"][metric]) for r in rounds if metric in r.get("metrics", {})]
             if not pts:
                 continue
-            xs = [p[0] for p in pts]
+            dodge = 0.3 * (ci - (series - 1) / 2) / max(1, series - 1)  # side by side within a round
+            xs = [p[0] + dodge for p in pts]
             ys = [100 * p[1]["value"] for p in pts]
             err = [[100 * (p[1]["value"] - p[1]["lo"]) for p in pts], [100 * (p[1]["hi"] - p[1]["value"]) for p in pts]]
             name = f"{label}: {_metric_label(metric)}" if label else _metric_label(metric)
@@ -682,7 +700,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(x):
         return "–" if x is None else str(x).replace("|", "\\|").replace("\n", " ")
 
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
     return out
 
@@ -708,7 +726,8 @@ def _protocol_lines(runs: list[tuple[str, dict]]) -> list[str]:
     nmin = min(m["n_min"] for _, m in methods)
     nmax = max(m["n_max"] for _, m in methods)
     nstr = str(nmin) if nmin == nmax else f"{nmin}-{nmax}"
-    split = f" ({proto['split']})" if proto.get("split") else ""
+    # A named split ("test") is worth stating; an id range is already in the task list.
+    split = f" ({proto['split']})" if isinstance(proto.get("split"), str) and re.search(r"[A-Za-z]", proto["split"]) else ""
     lines.append(
         f"**Protocol.** Dataset {_fmt(proto['dataset'])}{split}; {len(ids)} tasks ({compress_ids(ids)})"
         + ("" if len(task_sets) == 1 else ", not the same task set for every row (see the tasks column)")
@@ -847,9 +866,9 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
         rows = [([label] if compare else []) + [p["source"], p["count"], f"{p['mean']:.3f}", f"{p['median']:.3f}",
                                                  f"{p['std']:.3f}", f"{p['mean_tokens']:.0f}"]
                 for label, a in runs for p in a["perplexity"]]
-        L += ["Perplexity of each training completion (prompt given, completion tokens scored) under the base model "
-              "π_θ. The paper finds ILF's refinements closer to the model's own distribution (lower perplexity) than "
-              "gold programs.", ""]
+        L += ["Perplexity of each training completion under the base model π_θ: exp(mean negative log-likelihood of "
+              "the completion's tokens, given its prompt). The paper's Figure 3 shows π_Refine's refinements with lower "
+              "perplexity than gold programs and human-written refinements, i.e. closer to what the model itself writes.", ""]
         L += _table((["run"] if compare else []) + ["source", "programs", "mean", "median", "std", "tokens (mean)"], rows) + [""]
         if "perplexity" in figures:
             L += [f"![perplexity histogram]({figures['perplexity']})", ""]
@@ -894,8 +913,8 @@ def _figures(runs: list[tuple[str, dict]], out: Path, suffix: str) -> dict[str, 
     ref = [(label if compare else "", [r for r in a["refine"] if "metrics" in r]) for label, a in runs]
     if any(rs for _, rs in ref):
         figs["refine_rounds"] = plot_refine_rounds(ref, out / "refine_rounds.png", f"π_Refine pass rate per round{suffix}").name
-    ppl = {(f"{label}: " if compare else "") + s: v for label, a in runs for s, v in a["_perplexity_values"].items() if v}
-    if ppl:
+    ppl = [(label if compare else "", {s: v for s, v in a["_perplexity_values"].items() if v}) for label, a in runs]
+    if any(vals for _, vals in ppl):
         figs["perplexity"] = plot_perplexity(ppl, out / "perplexity.png", f"Training data perplexity under the base model{suffix}").name
     return figs
 
