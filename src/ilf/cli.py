@@ -146,6 +146,187 @@ def report(
     print(path)
 
 
+# ---------------------------------------------------------------------------------------------
+# FINETUNE
+
+
+@app.command()
+@friendly
+def finetune(
+    data: str = typer.Option(..., help="Pairs JSONL {prompt, completion[, task_id, kind]}, or 'surge' for the authors' annotations."),
+    model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="Base model: bundled name, HF dir, .gguf file or hub id."),
+    output: Path = typer.Option(..., help="Output model directory (a complete Hugging Face model dir)."),
+    split: str = typer.Option("refine", help="With --data surge: MBPP split or id ranges of the annotations."),
+    kind: str = typer.Option("refine", help="With --data surge: refine (π_Refine triples) | program (task prompt -> refinement)."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    config: Optional[Path] = typer.Option(None, help="TOML file; its [finetune] table (keys = these flags' names)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it holds another run."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default 5e-6 (paper)."),
+    batch_size: Optional[int] = typer.Option(None, help="Effective batch, via gradient accumulation. Default 32."),
+    per_device_batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass. Default 1."),
+    epochs: Optional[float] = typer.Option(None, help="Default 2."),
+    max_length: Optional[int] = typer.Option(None, help="Prompt + completion tokens; prompts are cut, never targets. Default 1024."),
+    lr_scheduler: Optional[str] = typer.Option(None, help="Default linear."),
+    warmup: Optional[float] = typer.Option(None, help="Warmup steps (>= 1) or fraction of steps (< 1). Default 0."),
+    weight_decay: Optional[float] = typer.Option(None),
+    optim: Optional[str] = typer.Option(None, help="Default adamw_torch."),
+    max_grad_norm: Optional[float] = typer.Option(None),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA (merged into the saved model) or full fine-tuning (default)."),
+    lora_r: Optional[int] = typer.Option(None),
+    lora_alpha: Optional[int] = typer.Option(None),
+    lora_dropout: Optional[float] = typer.Option(None),
+    lora_target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default off: slower on this CPU, see docs/finetune.md)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (0 = all cores)."),
+    seed: Optional[int] = typer.Option(None),
+    logging_steps: Optional[int] = typer.Option(None),
+    report_to: Optional[str] = typer.Option(None, help="tensorboard (default; OUTPUT/runs) | none | any Trainer integration."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N optimizer steps (0 = each epoch)."),
+    save_total_limit: Optional[int] = typer.Option(None),
+    keep_checkpoints: Optional[bool] = typer.Option(None, "--keep-checkpoints/--no-keep-checkpoints"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint (default)."),
+    save_dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps (-1 = epochs decide)."),
+    sweep: bool = typer.Option(False, "--sweep", help="The paper's grid (Appendix A.1), best by validation pass rate."),
+    sweep_learning_rates: Optional[str] = typer.Option(None, help="Shrink the grid, e.g. 5e-6,1e-5 (default 1e-6,5e-6,1e-5)."),
+    sweep_batch_sizes: Optional[str] = typer.Option(None, help="Default 32,64,128."),
+    sweep_epochs: Optional[str] = typer.Option(None, help="Default 1,2,5."),
+    val_tasks: Optional[str] = typer.Option(None, help="Sweep validation task ids (e.g. 511-530)."),
+    val_dataset: str = typer.Option("mbpp", help="Dataset of --val-tasks."),
+    engine: Optional[str] = typer.Option(None, help="Sampling engine for the sweep's validation (default: fastest here)."),
+    val_n: int = typer.Option(1, help="Samples per validation task."),
+    val_temperature: float = typer.Option(0.0, help="Validation sampling temperature (0 = greedy)."),
+):
+    """FINETUNE: supervised fine-tuning (loss on the completion only) with TRL's SFTTrainer; full or LoRA."""
+    from ilf.finetune import finetune_command
+
+    names = ("learning_rate", "batch_size", "per_device_batch_size", "epochs", "max_length", "lr_scheduler",
+             "warmup", "weight_decay", "optim", "max_grad_norm", "lora", "lora_r", "lora_alpha", "lora_dropout",
+             "lora_target_modules", "bf16", "gradient_checkpointing", "threads", "seed", "logging_steps", "report_to",
+             "save_steps", "save_total_limit", "keep_checkpoints", "resume", "save_dtype", "max_steps")
+    values = locals()
+    out = finetune_command(
+        data, model, output, split=split, kind=kind, data_dir=data_dir, config_file=config,
+        overrides={k: values[k] for k in names}, overwrite=overwrite, do_sweep=sweep,
+        sweep_learning_rates=sweep_learning_rates, sweep_batch_sizes=sweep_batch_sizes, sweep_epochs=sweep_epochs,
+        val_tasks=val_tasks, val_dataset=val_dataset, engine=engine, val_n=val_n, val_temperature=val_temperature,
+    )
+    print(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feedback f: the annotation app, LLM / trace feedback, statistics, the authors' annotations
+
+
+@app.command()
+@friendly
+def annotate(
+    source: Optional[str] = typer.Argument(None, help="Run directory (its newest rK/results.jsonl) or a results JSONL of `ilf evaluate`."),
+    db: Optional[str] = typer.Option(None, help="SQLite store (default: RUN_DIR/feedback.db, or feedback.db beside the results)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let colleagues connect)."),
+    port: int = typer.Option(8000, help="Port."),
+    add_annotator: List[str] = typer.Option([], help="Create an annotator (repeatable); prints their token and login URL."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset of the results (default: the run's, else mbpp)."),
+    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    only_unsolved: bool = typer.Option(True, "--only-unsolved/--all-failing", help="Annotate only tasks with no passing sample (the paper)."),
+    max_edit_distance: float = typer.Option(0.5, help="Refuse refinements at or above this normalised edit distance."),
+    require_passing: bool = typer.Option(True, "--require-passing/--allow-failing", help="Refuse refinements that fail the tests."),
+    annotations_per_task: int = typer.Option(1, help="Annotators per task."),
+    exclusive: bool = typer.Option(True, "--exclusive/--shared", help="Never serve a task to two annotators at once."),
+    lease_minutes: float = typer.Option(30.0, help="A served task stays reserved for its annotator this long."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Only load the samples and print tokens."),
+):
+    """Collect human feedback with the paper's protocol in a web app (docs/feedback.md)."""
+    from ilf.feedback import commands
+    from ilf.feedback.app import AnnotateConfig
+
+    config = AnnotateConfig(
+        max_edit_distance=max_edit_distance,
+        require_passing=require_passing,
+        annotations_per_task=annotations_per_task,
+        exclusive=exclusive,
+        lease_seconds=lease_minutes * 60,
+    )
+    commands.annotate(
+        source, db=db, host=host, port=port, add_annotators=add_annotator, dataset=dataset, data_dir=data_dir,
+        tasks_file=tasks_file, only_unsolved=only_unsolved, config=config, serve_app=not no_serve,
+    )
+
+
+@app.command("feedback")
+@friendly
+def feedback_cmd(
+    results: str = typer.Argument(..., help="Results JSONL of `ilf evaluate`."),
+    source: str = typer.Option(..., help="llm | trace"),
+    output: Optional[str] = typer.Option(None, help="Feedback JSONL (default: RESULTS with _SOURCE_feedback suffix)."),
+    model: Optional[str] = typer.Option(None, help="llm: model spec (default: the bundled model) or the endpoint's model name."),
+    engine: Optional[str] = typer.Option(None, help="llm: sampling engine (transformers, openvino, vllm, openai)."),
+    base_url: Optional[str] = typer.Option(None, help="llm with --engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1."),
+    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
+    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    k_shot: int = typer.Option(1, help="llm: human examples of other tasks in the prompt (paper: 1 or 2)."),
+    with_refinement: bool = typer.Option(False, help="llm: the model also writes the refinement (checked in the sandbox)."),
+    per_task: int = typer.Option(1, help="Failing samples per task that get feedback (0 = all)."),
+    only_unsolved: bool = typer.Option(False, "--only-unsolved/--all-tasks", help="Skip tasks with a passing sample."),
+    examples: Optional[str] = typer.Option(None, help="llm: few-shot examples file (default: the authors' annotations)."),
+    seed: int = typer.Option(0, help="Seed for the choice of samples and examples, and for sampling."),
+):
+    """Generate LLM or execution-trace feedback for the failing programs of a results file."""
+    from ilf.feedback import commands
+
+    commands.feedback(
+        results, source=source, output=output, model=model, engine=engine, base_url=base_url, dataset=dataset,
+        data_dir=data_dir, tasks_file=tasks_file, k_shot=k_shot, with_refinement=with_refinement, per_task=per_task,
+        only_unsolved=only_unsolved, examples_path=examples, seed=seed,
+    )
+
+
+@app.command("feedback-stats")
+@friendly
+def feedback_stats_cmd(
+    files: List[str] = typer.Argument(..., help="Feedback JSONL files (any source) or the authors' surge_annotations.jsonl."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Words per feedback, share with code lines, refinement edit distance, per source (Table 6 analog)."""
+    from ilf.feedback import commands
+
+    commands.feedback_stats(files, as_json)
+
+
+annotations_app = typer.Typer(help="Import/export annotation files into/from a feedback store.", no_args_is_help=True)
+app.add_typer(annotations_app, name="annotations")
+
+
+@annotations_app.command("import")
+@friendly
+def annotations_import_cmd(
+    file: str = typer.Argument(..., help="The authors' surge_annotations.jsonl, or a feedback JSONL of ilf."),
+    db: str = typer.Option("feedback.db", help="SQLite store to import into."),
+):
+    """Import annotations into a store (records already present are skipped)."""
+    from ilf.feedback import commands
+
+    commands.annotations_import(file, db)
+
+
+@annotations_app.command("export")
+@friendly
+def annotations_export_cmd(
+    output: str = typer.Argument(..., help="JSONL file to write."),
+    db: str = typer.Option("feedback.db", help="SQLite store to export from."),
+    format: str = typer.Option("ilf", help="ilf (feedback records) | authors (the authors' field names, byte-identical)."),
+    source: List[str] = typer.Option([], help="Only these sources (human, llm, trace, authors); repeatable."),
+    include_skips: bool = typer.Option(False, help="ilf format: also write 'none is easy to fix' skips."),
+):
+    """Export a store's feedback records (format ilf) or its imported authors' rows (format authors)."""
+    from ilf.feedback import commands
+
+    commands.annotations_export(db, output, format, source, include_skips)
+
+
 def main() -> None:
     app()
 

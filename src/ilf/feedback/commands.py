@@ -1,0 +1,178 @@
+"""What the feedback commands of `ilf` do (cli.py only parses flags and calls these)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from ilf.errors import IlfError
+
+console = Console(stderr=True)
+
+
+def default_db(source: str | os.PathLike | None) -> Path:
+    """RUN_DIR/feedback.db for a run directory (where `ilf run` looks), else beside the results."""
+    if source is None:
+        return Path("feedback.db")
+    p = Path(source)
+    return p / "feedback.db" if p.is_dir() else p.parent / "feedback.db"
+
+
+def annotate(
+    source: str | None,
+    *,
+    db: str | None,
+    host: str,
+    port: int,
+    add_annotators: Sequence[str],
+    dataset: str | None,
+    data_dir: str | None,
+    tasks_file: str | None,
+    only_unsolved: bool,
+    config: Any,
+    serve_app: bool = True,
+) -> None:
+    from ilf.feedback.app import load_failing, serve
+    from ilf.feedback.store import FeedbackStore
+
+    if source is None and db is None:
+        raise IlfError("give a run directory or results file to annotate, or --db of an existing collection")
+    db_path = Path(db) if db else default_db(source)
+    store = FeedbackStore(db_path)
+    if source is not None:
+        results, tasks = load_failing(source, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file, only_unsolved=only_unsolved)
+        rep = store.add_failing(results, tasks)
+        console.print(
+            f"[bold]{db_path}[/]: {rep.tasks} new task(s), {rep.samples} new failing sample(s) "
+            f"({store.count_tasks()} task(s) in the collection)"
+        )
+    if store.count_tasks() == 0:
+        raise IlfError(f"{db_path}: no failing samples to annotate")
+    names = list(add_annotators)
+    if not names and not store.annotators():
+        names = ["annotator"]  # one command gives a usable collection
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    for name in names:
+        token = store.add_annotator(name)
+        console.print(f"annotator [bold]{name}[/]: token {token}\n    http://{shown}:{port}/?token={token}")
+    if not names:
+        console.print(f"{len(store.annotators())} annotator(s) already registered; add one with --add-annotator NAME")
+    if serve_app:
+        console.print(f"serving http://{host}:{port}  (Ctrl+C stops; every submission is already saved)")
+        serve(store, config, host=host, port=port)
+
+
+def feedback(
+    results_path: str,
+    *,
+    source: str,
+    output: str | None,
+    model: str | None,
+    engine: str | None,
+    base_url: str | None,
+    dataset: str,
+    data_dir: str | None,
+    tasks_file: str | None,
+    k_shot: int,
+    with_refinement: bool,
+    per_task: int,
+    only_unsolved: bool,
+    examples_path: str | None,
+    seed: int,
+) -> Path:
+    from ilf.feedback.llm import choose_failing
+    from ilf.jsonl import load_jsonl, write_jsonl
+    from ilf.tasks import load_tasks
+
+    if source not in ("llm", "trace"):
+        raise IlfError(f"--source must be llm or trace, got {source!r}")
+    results = load_jsonl(results_path)
+    for i, r in enumerate(results, start=1):
+        for f in ("task_id", "passed"):
+            if f not in r:
+                raise IlfError(f"{results_path}:{i}: missing field '{f}'")
+    failing = choose_failing(results, per_task=per_task, only_unsolved=only_unsolved, seed=seed)
+    ids = sorted({r["task_id"] for r in failing}, key=str)
+    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file, task_ids=ids if dataset != "jsonl" else None)
+    out = Path(output) if output else Path(results_path).with_name(Path(results_path).stem + f"_{source}_feedback.jsonl")
+    if source == "trace":
+        from ilf.feedback.trace import trace_feedback_records
+
+        recs = trace_feedback_records(failing, tasks)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from ilf.feedback.annotations import load_authors
+        from ilf.feedback.stats import load_feedback_file
+        from ilf.generation import get_engine
+
+        examples = load_feedback_file(examples_path) if examples_path else load_authors(
+            Path(data_dir) / "surge_annotations.jsonl" if data_dir else None
+        )
+        if examples and "authors" in examples[0] and tasks is not None:
+            # Examples' tests and errors come from their MBPP tasks.
+            ex_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids={e["task_id"] for e in examples})
+            merged = dict(ex_tasks.tasks)
+            merged.update(tasks.tasks)
+            tasks_for_prompts: Any = merged
+        else:
+            tasks_for_prompts = tasks.tasks
+        kw = {"base_url": base_url} if base_url else {}
+        from ilf.feedback.llm import generate_llm_feedback
+
+        with get_engine(engine, model, **kw) as eng, Progress(
+            TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        ) as bar:
+            t = bar.add_task("llm", total=len(failing) * (2 if with_refinement else 1))
+            recs = generate_llm_feedback(
+                failing, tasks_for_prompts, eng, k_shot=k_shot, with_refinement=with_refinement, examples=examples,
+                seed=seed, model_name=model, progress=lambda d, n: bar.update(t, completed=d),
+            )
+    write_jsonl(out, recs)
+    console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
+    return out
+
+
+def feedback_stats(files: Sequence[str], as_json: bool) -> None:
+    import json
+
+    from ilf.feedback.stats import feedback_stats as compute, load_feedback_file, stats_json, stats_table
+
+    recs = []
+    for f in files:
+        recs.extend(load_feedback_file(f))
+    stats = compute(recs)
+    if as_json:
+        print(json.dumps(stats_json(stats), indent=2))
+    else:
+        Console().print(stats_table(stats))
+
+
+def annotations_import(file: str, db: str) -> None:
+    from ilf.feedback.annotations import is_authors_file, load_authors
+    from ilf.feedback.stats import load_feedback_file
+    from ilf.feedback.store import FeedbackStore
+
+    recs = load_authors(file) if is_authors_file(file) else load_feedback_file(file)
+    n = FeedbackStore(db).add_feedback(recs)
+    console.print(f"{db}: imported {n} new record(s) of {len(recs)} from {file}")
+
+
+def annotations_export(db: str, output: str, fmt: str, sources: Sequence[str], include_skips: bool) -> None:
+    from ilf.feedback.annotations import write_authors
+    from ilf.feedback.store import FeedbackStore
+
+    if not Path(db).exists():
+        raise IlfError(f"{db}: file not found")
+    store = FeedbackStore(db)
+    if fmt == "authors":
+        recs = [r for r in store.feedback_records(sources or ["authors"]) if "authors" in r]
+        n = write_authors(output, recs)
+    elif fmt == "ilf":
+        n = store.export(output, sources=sources or None, include_skips=include_skips)
+    else:
+        raise IlfError(f"--format must be ilf or authors, got {fmt!r}")
+    console.print(f"{n} record(s) -> {output}")

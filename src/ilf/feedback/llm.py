@@ -1,0 +1,255 @@
+"""LLM feedback: a model writes the feedback a human annotator would (paper §3.3-3.4).
+
+The model (any ilf engine, including an OpenAI-compatible endpoint through the `openai` engine)
+is prompted with k human examples of OTHER tasks, then the task, its tests, the failing program
+and its error, and continues after "FEEDBACK:". With `with_refinement` it then also writes the
+repaired program after "REFINEMENT:" (the paper's 1-shot/2-shot InstructGPT ablation), which is
+checked in `ilf.sandbox` and measured against the original like a human refinement.
+
+    TASK: <description>
+    TESTS:
+    <asserts>
+    OLD CODE:
+    <program>
+    ERROR: <error of EVAL>
+    FEEDBACK:
+    <1-4 sentences>
+    REFINEMENT:              (with_refinement only)
+    <program>
+    ---
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from ilf.errors import IlfError
+from ilf.feedback.store import now_iso
+from ilf.feedback.text import normalized_edit_distance
+
+INSTRUCTION = (
+    "Each example shows a programming task, its tests, a wrong Python program and the error it "
+    "raised, then feedback from an expert: 1-4 sentences saying what is wrong and how to fix it, "
+    "in words, without writing code."
+)
+SEPARATOR = "\n---\n"
+# Feedback ends at the next section or a blank line; refinements at the next example.
+FEEDBACK_STOP = ["\nREFINEMENT:", "\n---", "\nTASK:", "\nOLD CODE:", "\n\n"]
+REFINEMENT_STOP = ["\n---", "\nTASK:", "\nFEEDBACK:", "\nOLD CODE:", "\n\n\n"]
+FEEDBACK_MAX_TOKENS = 96
+REFINEMENT_MAX_TOKENS = 384
+# Few-shot examples longer than this (program + feedback + refinement, characters) are not used:
+# they would crowd a small model's context.
+MAX_EXAMPLE_CHARS = 2500
+
+
+def _nl(s: str | None) -> str:
+    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _tests_text(task: Any) -> str:
+    tests = list(getattr(task, "tests", None) or [])
+    if tests:
+        return "\n".join(tests)
+    return _nl(getattr(task, "test", "")).strip()
+
+
+def _task_text(task: Any, rec: Mapping[str, Any] | None = None) -> str:
+    if task is not None and getattr(task, "text", ""):
+        return " ".join(task.text.split())
+    prompt = ((rec or {}).get("authors") or {}).get("prompt", "")
+    if '"""' in prompt:  # the authors' prompt is the docstring prompt: take its first paragraph
+        return " ".join(prompt.split('"""')[1].strip().split("\n\n")[0].split())
+    return ""
+
+
+def block(task_text: str, tests: str, program: str, error: str | None, feedback: str | None = None,
+          refinement: str | None = None, with_refinement: bool = False) -> str:
+    """One example (or, with feedback=None, the query the model continues)."""
+    s = f"TASK: {task_text}\nTESTS:\n{tests.strip()}\nOLD CODE:\n{_nl(program).rstrip()}\nERROR: {error or 'the tests fail'}\nFEEDBACK:\n"
+    if feedback is None:
+        return s
+    s += " ".join(_nl(feedback).split()) + "\n"
+    if with_refinement:
+        s += "REFINEMENT:\n" + _nl(refinement).rstrip() + "\n"
+    return s
+
+
+def pick_examples(examples: Sequence[Mapping[str, Any]], k: int, exclude_task: Any, seed: int) -> list[Mapping[str, Any]]:
+    """k examples of other tasks: a fixed seeded order of the usable pool, so most prompts share
+    the same few-shot prefix (cheaper for engines with prefix caching), skipping the target task."""
+    pool = [
+        e for e in examples
+        if e.get("feedback") and e.get("program") and e.get("task_id") != exclude_task
+        and len(e["program"]) + len(e["feedback"]) + len(e.get("refinement") or "") <= MAX_EXAMPLE_CHARS
+    ]
+    pool.sort(key=lambda e: hashlib.sha256(f"{seed}:{e.get('feedback_id', e['task_id'])}".encode()).hexdigest())
+    return pool[:k]
+
+
+def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[str, str | None]:
+    """EVAL's error for each example's wrong program (examples rarely record it), via ilf.sandbox."""
+    from ilf.sandbox import Sandbox
+
+    lookup = tasks.get if hasattr(tasks, "get") else (lambda _: None)
+    jobs, ids = [], []
+    out: dict[str, str | None] = {}
+    for e in examples:
+        fid = e.get("feedback_id", str(e["task_id"]))
+        if e.get("error"):
+            out[fid] = e["error"]
+            continue
+        task = lookup(e["task_id"])
+        if task is None:
+            out[fid] = None
+            continue
+        ids.append(fid)
+        jobs.append((_nl(e["program"]), task.test))
+    if jobs:
+        with Sandbox(workers=min(2, len(jobs))) as sb:
+            for i, v in sb.run_many(jobs):
+                out[ids[i]] = v.error
+    return out
+
+
+def _engine_label(engine: Any) -> str:
+    resolved = getattr(engine, "resolved", None)
+    name = getattr(resolved, "name", None) or getattr(engine, "model_name", None) or getattr(engine, "model", None)
+    return f"{getattr(engine, 'name', 'engine')}:{name}" if isinstance(name, str) else str(getattr(engine, "name", "engine"))
+
+
+def _cut_refinement(task: Any, completion: str) -> str:
+    program = task.prompt + completion
+    try:
+        from ilf.extraction import extract_program
+    except ImportError:  # extraction not installed: the stop strings already cut at the next section
+        return program.rstrip() + "\n"
+    return extract_program(task, completion)
+
+
+def generate_llm_feedback(
+    failing_results: Sequence[Mapping[str, Any]],
+    tasks: Any,
+    engine: Any,
+    k_shot: int = 1,
+    with_refinement: bool = False,
+    *,
+    examples: Sequence[Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    temperature: float = 0.0,
+    max_new_tokens: int = FEEDBACK_MAX_TOKENS,
+    check_refinements: bool = True,
+    model_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Feedback records (source "llm") for failing EVAL results, one per result.
+
+    examples: human feedback records of other tasks (default: the authors' 195 annotations);
+    k_shot of them go in each prompt. with_refinement: the model also writes the refinement,
+    which is run in the sandbox (passed/status/error) and measured (edit_distance)."""
+    from ilf.generation.base import SamplingParams
+
+    if k_shot < 0:
+        raise IlfError("k_shot must be >= 0")
+    if examples is None:
+        from ilf.feedback.annotations import load_authors
+
+        examples = load_authors()
+    lookup = tasks.get if hasattr(tasks, "get") else dict(tasks).get
+    targets = [r for r in failing_results if r.get("passed") is not True]
+    for r in targets:
+        if lookup(r["task_id"]) is None:
+            raise IlfError(f"task {r['task_id']!r} of the results is not in the loaded tasks")
+    chosen = {id(r): pick_examples(examples, k_shot, r["task_id"], seed) for r in targets}
+    used = {e.get("feedback_id", str(e["task_id"])): e for shots in chosen.values() for e in shots}
+    errors = example_errors(used.values(), tasks) if used else {}
+
+    def shots_text(r) -> str:
+        parts = []
+        for e in chosen[id(r)]:
+            et = lookup(e["task_id"])
+            tests = _tests_text(et) if et is not None else ""
+            parts.append(block(_task_text(et, e), tests, e["program"], errors.get(e.get("feedback_id", str(e["task_id"]))),
+                               e["feedback"], e.get("refinement"), with_refinement))
+        return INSTRUCTION + "\n\n" + "".join(p + SEPARATOR for p in parts)
+
+    def program_of(r, task) -> str:
+        return r["program"] if isinstance(r.get("program"), str) else task.prompt + r.get("completion", "")
+
+    queries = []
+    for r in targets:
+        task = lookup(r["task_id"])
+        queries.append(shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error")))
+    params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens, stop=FEEDBACK_STOP, seed=seed)
+    done = [0]
+
+    def tick(_i, _c):
+        done[0] += 1
+        if progress:
+            progress(done[0], len(queries) * (2 if with_refinement else 1))
+
+    outs = engine.generate(queries, params, progress=tick) if queries else []
+    feedbacks = [" ".join(o[0].text.split()) for o in outs]
+
+    refinements: list[str | None] = [None] * len(targets)
+    verdicts: list[Any] = [None] * len(targets)
+    if with_refinement and targets:
+        rq = []
+        for q, fb, r in zip(queries, feedbacks, targets):
+            rq.append(q + fb + "\nREFINEMENT:\n" + lookup(r["task_id"]).prompt)
+        rparams = SamplingParams(n=1, temperature=temperature, max_new_tokens=REFINEMENT_MAX_TOKENS, stop=REFINEMENT_STOP, seed=seed)
+        routs = engine.generate(rq, rparams, progress=tick)
+        refinements = [_cut_refinement(lookup(r["task_id"]), o[0].text) for r, o in zip(targets, routs)]
+        if check_refinements:
+            from ilf.sandbox import Sandbox
+
+            with Sandbox(workers=min(2, len(targets))) as sb:
+                jobs = [(x, lookup(r["task_id"]).test) for x, r in zip(refinements, targets)]
+                for i, v in sb.run_many(jobs):
+                    verdicts[i] = v
+
+    label = model_name or _engine_label(engine)
+    records = []
+    for i, r in enumerate(targets):
+        task = lookup(r["task_id"])
+        program = program_of(r, task)
+        fid = hashlib.sha256(f"{label}:{k_shot}:{with_refinement}:{seed}:{r['task_id']}:{r.get('sample_id')}".encode()).hexdigest()[:12]
+        v = verdicts[i]
+        records.append(
+            {
+                "task_id": r["task_id"],
+                "sample_id": r.get("sample_id"),
+                "program": program,
+                "feedback": feedbacks[i],
+                "refinement": refinements[i],
+                "source": "llm",
+                "author": label,
+                "created_at": now_iso(),
+                "feedback_id": f"llm-{fid}",
+                "edit_distance": normalized_edit_distance(program, refinements[i], task.prompt) if refinements[i] is not None else None,
+                "passed": v.passed if v is not None else None,
+                "status": v.status if v is not None else None,
+                "error": v.error if v is not None else None,
+                "k_shot": k_shot,
+                "example_ids": [e.get("feedback_id", e["task_id"]) for e in chosen[id(r)]],
+            }
+        )
+    return records
+
+
+def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0) -> list[Mapping[str, Any]]:
+    """Failing results to give feedback on: `per_task` per task (seeded choice), in task order."""
+    by_task: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in results:
+        by_task.setdefault(r["task_id"], []).append(r)
+    out = []
+    for tid, rs in by_task.items():
+        if only_unsolved and any(r.get("passed") is True for r in rs):
+            continue
+        bad = [r for r in rs if r.get("passed") is not True]
+        if per_task and len(bad) > per_task:
+            bad = random.Random(f"{seed}:{tid}").sample(bad, per_task)
+        out.extend(bad)
+    return out
