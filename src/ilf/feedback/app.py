@@ -157,7 +157,9 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         resp = await call_next(request)
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"  # the login URL carries a token
+        # The login URL carries a token: never send it to another site (same-origin keeps the Origin
+        # header on our own POSTs, which "no-referrer" would turn into "null").
+        resp.headers["Referrer-Policy"] = "same-origin"
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
