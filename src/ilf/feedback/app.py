@@ -69,6 +69,10 @@ class AnnotateConfig:
     secure_cookies: bool = False  # set when the app is served over https (behind a proxy)
 
 
+def _nl(s: str | None) -> str:
+    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
 # -- syntax highlighting ----------------------------------------------------------------------
 
 
@@ -344,10 +348,11 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             return refuse(413, f"The refinement is longer than {MAX_PROGRAM_CHARS} characters.", json_api=True)
         task_key, sample = found
         task = store.task(task_key)
+        refinement = _nl(refinement)
         from starlette.concurrency import run_in_threadpool
 
         verdict = await run_in_threadpool(runner.run, refinement, task["test"])
-        verdict["edit_distance"] = normalized_edit_distance(sample.program, refinement, task.get("prompt"))
+        verdict["edit_distance"] = normalized_edit_distance(_nl(sample.program), refinement, _nl(task.get("prompt")))
         verdict["max_edit_distance"] = config.max_edit_distance
         return verdict
 
@@ -386,8 +391,9 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             return RedirectResponse("/task", status_code=303)
         task_key = form["task_key"]
         task = store.task(task_key)
-        feedback = form.get("feedback", "").strip()
-        refinement = form.get("refinement", "")
+        # Browsers submit textarea text with CRLF line ends: store what the annotator saw (LF).
+        feedback = _nl(form.get("feedback", "")).strip()
+        refinement = _nl(form.get("refinement", ""))
         errors = []
         found = sample_of(task_key, form.get("sample"))
         if found is None:
@@ -404,7 +410,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         distance = None
         if not errors:
             sample = found[1]
-            distance = normalized_edit_distance(sample.program, refinement, task.get("prompt"))
+            distance = normalized_edit_distance(_nl(sample.program), refinement, _nl(task.get("prompt")))
             if distance >= config.max_edit_distance:
                 errors.append(
                     f"The refinement changes too much: edit distance {distance:.2f} must be below "
