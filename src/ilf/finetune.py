@@ -1,0 +1,970 @@
+"""FINETUNE (Algorithm 1, lines for π_Refine and π_θ*): supervised fine-tuning, loss on the target only.
+
+Built on TRL's `SFTTrainer` with prompt-completion data, PEFT LoRA as an option, so users get the
+Hugging Face training loop they know: TensorBoard logging, checkpoints, `resume_from_checkpoint`,
+`accelerate launch` for several GPUs (see docs/gpus.md).
+
+Input: pairs `{prompt, completion}` (+ optional `task_id`, `kind`), docs/finetune.md. Output: a
+complete Hugging Face model directory (LoRA merged, tokenizer, generation config listing every end
+token) that every ilf sampling engine loads, plus `ilf_finetune.json` (config, data fingerprint,
+skipped examples, metrics).
+
+Tokenization is done here, not by TRL, for two reasons:
+- the target is never truncated: an over-long refinement prompt loses the end of its OLD CODE first
+  (as the authors' finetune_refinement_model.py does), any other prompt loses its start; a pair whose
+  target does not fit is reported and skipped, never trained on with a zero loss;
+- prompt and completion are tokenized separately, so the model trains on exactly the prompt tokens
+  the sampling engines feed it (joint tokenization may merge the prompt's last "\n" with the body's
+  indentation, and TRL would then cut that token out of the prompt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from ilf.errors import IlfError
+from ilf.jsonl import read_jsonl, require, write_json, write_jsonl
+
+# --- defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh ---------
+DEFAULT_LEARNING_RATE = 5e-6
+DEFAULT_BATCH_SIZE = 32  # effective batch; the authors: per-device 1 x gradient accumulation 32
+DEFAULT_EPOCHS = 2.0
+DEFAULT_MAX_LENGTH = 1024  # prompt + completion tokens (authors: max_seq_length=1024)
+# The paper's sweep (Appendix A.1).
+SWEEP_LEARNING_RATES = (1e-6, 5e-6, 1e-5)
+SWEEP_BATCH_SIZES = (32, 64, 128)
+SWEEP_EPOCHS = (1.0, 2.0, 5.0)
+
+# A truncated prompt keeps at least this many tokens: a target with (almost) no context teaches nothing
+# and its first token is never predicted.
+MIN_PROMPT_TOKENS = 16
+# LoRA on every linear layer of a decoder block (attention and MLP), the usual choice for code models.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CHECKPOINT_SUBDIR = "checkpoints"
+META_FILE = "ilf_finetune.json"
+PAIRS_FILE = "train_pairs.jsonl"  # `ilf finetune --data surge` writes the pairs it built here
+_OWN_FILES = {PAIRS_FILE, "sweep", "sweep.jsonl", "runs", CHECKPOINT_SUBDIR}
+REFINE_HEAD = "OLD CODE:\n"
+REFINE_SPLIT = "\n\nFEEDBACK:\n"  # see ilf.tasks.REFINE_TEMPLATE
+
+
+@dataclass
+class FinetuneConfig:
+    """Every field is also a flag of `ilf finetune` (learning_rate <-> --learning-rate) and a key of
+    the `[finetune]` table of a TOML config."""
+
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    batch_size: int = DEFAULT_BATCH_SIZE  # effective: per_device_batch_size x accumulation x processes
+    per_device_batch_size: int = 1  # per device and forward pass (the authors used 1)
+    epochs: float = DEFAULT_EPOCHS
+    max_length: int = DEFAULT_MAX_LENGTH
+    lr_scheduler: str = "linear"
+    warmup: float = 0.0  # warmup steps (>= 1) or a fraction of all steps (< 1)
+    weight_decay: float = 0.0
+    optim: str = "adamw_torch"  # AdamW, as the authors (HF Trainer default)
+    max_grad_norm: float = 1.0
+    # LoRA (PEFT) instead of full fine-tuning; the adapter is merged into the saved model.
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
+    # CPU practicality (docs/finetune.md has the measurements behind these defaults).
+    bf16: bool = False  # autocast to bf16; did not pay on this machine's CPU (no AVX512-BF16/AMX exposed)
+    gradient_checkpointing: bool = False  # trades ~30% more compute for activation memory
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    seed: int = 42
+    # Logging, checkpoints, resumption.
+    logging_steps: int = 1
+    report_to: str = "tensorboard"  # "none" to disable; logs go to OUTPUT/runs
+    save_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of each epoch
+    save_total_limit: int = 1  # a full-FT checkpoint of the 0.5B model is ~7.5 GB (weights + AdamW)
+    keep_checkpoints: bool = False  # delete OUTPUT/checkpoints once the final model is saved
+    resume: bool = True  # continue from the last complete checkpoint in OUTPUT/checkpoints
+    save_dtype: str = "float32"  # bf16 would round away updates of lr 5e-6 (relative precision 2^-8)
+    max_steps: int = -1  # stop after this many optimizer steps (tests, quick runs); -1 = epochs decide
+
+    def __post_init__(self):
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        checks = [
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.per_device_batch_size >= 1, "per_device_batch_size must be >= 1"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.max_length >= 2 * MIN_PROMPT_TOKENS, f"max_length must be >= {2 * MIN_PROMPT_TOKENS}"),
+            (self.save_dtype in ("float32", "bfloat16", "float16"), "save_dtype must be float32|bfloat16|float16"),
+            (self.lora_r >= 1, "lora_r must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise IlfError(f"finetune config: {msg}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "FinetuneConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise IlfError(f"{source}: unknown finetune key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def demo_config(**overrides) -> FinetuneConfig:
+    """Settings for the CPU demo of `ilf run` (20-40 short pairs of the bundled 0.5B model in a few
+    minutes; measured in docs/finetune.md): shorter sequences, a smaller batch so a few dozen pairs
+    still give several optimizer steps, and a learning rate that moves the model in those steps."""
+    base = dict(learning_rate=1e-5, batch_size=8, epochs=2.0, max_length=512)
+    base.update(overrides)
+    return FinetuneConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+
+
+@dataclass
+class Pair:
+    prompt: str
+    completion: str
+    task_id: Any = None
+    kind: Optional[str] = None  # e.g. "refine" (π_Refine) or "program" (π_θ)
+    source: str = ""  # file:line, for reports
+
+
+def load_pairs(data: str | os.PathLike | Iterable[dict] | Iterable[Pair]) -> list[Pair]:
+    """Pairs from a JSONL file or from records; bad records fail with file:line:field."""
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        pairs = []
+        for line, rec in read_jsonl(path):
+            pairs.append(_pair_from_record(rec, path, line))
+    else:
+        pairs = []
+        for i, rec in enumerate(data, start=1):
+            pairs.append(rec if isinstance(rec, Pair) else _pair_from_record(rec, "<pairs>", i))
+    if not pairs:
+        raise IlfError(f"{data if isinstance(data, (str, os.PathLike)) else '<pairs>'}: no training pairs")
+    return pairs
+
+
+def _pair_from_record(rec: dict, path: Any, line: int) -> Pair:
+    prompt = require(rec, "prompt", str, path, line)
+    completion = require(rec, "completion", str, path, line)
+    kind = rec.get("kind")
+    if kind is not None and not isinstance(kind, str):
+        raise IlfError(f"{path}:{line}: field 'kind' must be str, got {type(kind).__name__}")
+    return Pair(prompt=prompt, completion=completion, task_id=rec.get("task_id"), kind=kind, source=f"{path}:{line}")
+
+
+def fingerprint(pairs: Sequence[Pair]) -> str:
+    """sha256 of the training text, order included (a different order is a different run)."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps([p.prompt, p.completion], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization with the target-preserving truncation rule
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    completion_mask: list[int]
+    num_target_tokens: int
+    truncated: str = ""  # "" | "old_code" | "prompt_start"
+
+
+@dataclass
+class Skipped:
+    index: int
+    task_id: Any
+    source: str
+    reason: str
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _lead_ids(tokenizer) -> list[int]:
+    """Special tokens the tokenizer puts before any text (a BOS for Llama-style models, none for Qwen)."""
+    return list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
+def split_refinement_prompt(prompt: str) -> Optional[tuple[str, str, str]]:
+    """(head, old_code, tail) of a π_Refine prompt (ilf.tasks.REFINE_TEMPLATE), else None."""
+    if not prompt.startswith(REFINE_HEAD):
+        return None
+    cut = prompt.find(REFINE_SPLIT, len(REFINE_HEAD))
+    if cut < 0:
+        return None
+    return REFINE_HEAD, prompt[len(REFINE_HEAD) : cut], prompt[cut:]
+
+
+def encode_pair(pair: Pair, tokenizer, max_length: int, eos_token_id: int) -> Encoded | str:
+    """Token ids and completion mask for one pair, or the reason it cannot be trained on.
+
+    The completion (+ one end token) is kept whole. If the sequence is too long, a refinement
+    prompt first loses the end of its OLD CODE (like the authors), any prompt then loses its start.
+    """
+    if not pair.completion.strip():
+        return "empty completion: nothing to learn"
+    target = _ids(tokenizer, pair.completion) + [eos_token_id]
+    lead = _lead_ids(tokenizer)
+    budget = max_length - len(target)  # tokens left for the prompt
+    if budget < len(lead) + MIN_PROMPT_TOKENS:
+        return (
+            f"completion is {len(target)} tokens: with max_length={max_length} fewer than {MIN_PROMPT_TOKENS} "
+            "prompt tokens would remain (the target is never truncated; raise --max-length)"
+        )
+    prompt_ids = lead + _ids(tokenizer, pair.prompt)
+    truncated = ""
+    if len(prompt_ids) > budget:
+        parts = split_refinement_prompt(pair.prompt)
+        new_ids = None
+        if parts is not None:
+            head, old, tail = (_ids(tokenizer, s) for s in parts)
+            keep = budget - len(lead) - len(head) - len(tail)
+            if keep >= 0:
+                new_ids = lead + head + old[:keep] + tail
+                truncated = "old_code"
+        if new_ids is None:
+            body = prompt_ids[len(lead) :]
+            new_ids = lead + body[len(body) - (budget - len(lead)) :]
+            truncated = "prompt_start"
+        prompt_ids = new_ids
+    ids = prompt_ids + target
+    assert len(ids) <= max_length
+    return Encoded(ids, [0] * len(prompt_ids) + [1] * len(target), len(target), truncated)
+
+
+def encode_pairs(pairs: Sequence[Pair], tokenizer, max_length: int, eos_token_id: int):
+    """(encoded examples, skipped examples with reasons, truncation counts)."""
+    encoded: list[Encoded] = []
+    skipped: list[Skipped] = []
+    counts = {"old_code": 0, "prompt_start": 0}
+    for i, p in enumerate(pairs):
+        e = encode_pair(p, tokenizer, max_length, eos_token_id)
+        if isinstance(e, str):
+            skipped.append(Skipped(i, p.task_id, p.source, e))
+            continue
+        if e.truncated:
+            counts[e.truncated] += 1
+        encoded.append(e)
+    return encoded, skipped, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Model loading and saving
+
+
+def _load_base(model_spec: str | os.PathLike):
+    """(model, tokenizer, description) through ilf.models, which resolves every model spec (hub id,
+    directory, GGUF file, bundled default); GGUF weights come back dequantized and trainable."""
+    import torch
+
+    try:
+        from ilf import models as ilf_models
+    except ImportError:  # only while ilf.models did not exist yet; plain HF directories still work
+        ilf_models = None
+    if ilf_models is not None:
+        resolved = ilf_models.resolve_model(str(model_spec))
+        model, tok = ilf_models.load_hf_model(str(model_spec), dtype=torch.float32)
+        desc = {"spec": str(model_spec), "name": getattr(resolved, "name", str(model_spec))}
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_spec), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(model_spec))
+        desc = {"spec": str(model_spec), "name": Path(str(model_spec)).name}
+    _make_trainable(model)
+    return model, tok, desc
+
+
+def _make_trainable(model) -> None:
+    """A model loaded from GGUF keeps its quantizer marker, and then refuses both training and
+    save_pretrained although its weights are plain float tensors (DESIGN.md pitfall)."""
+    import torch
+
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        try:
+            del model.config.quantization_config
+        except AttributeError:
+            model.config.quantization_config = None
+    for attr in ("is_quantized", "_is_quantized_training_enabled"):
+        if getattr(model, attr, False):
+            try:
+                setattr(model, attr, False)
+            except AttributeError:
+                pass
+    if model.dtype != torch.float32:  # fp32 master weights: lr 5e-6 steps vanish in bf16
+        model.to(torch.float32)
+
+
+def end_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token that ends a completion: ilf.models.eos_token_ids when present (it knows the bundled
+    model lists only <|im_end|> and adds <|endoftext|>), the model's generation config otherwise."""
+    try:
+        from ilf.models import eos_token_ids
+
+        ids = list(eos_token_ids(tokenizer))
+    except ImportError:
+        ids = []
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        for tok in ("<|endoftext|>", "<|im_end|>"):
+            tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
+            if tid is not None and tid not in ids:
+                ids.append(tid)
+    if model is not None and model.generation_config is not None:
+        g = model.generation_config.eos_token_id
+        for tid in [g] if isinstance(g, int) else (g or []):
+            if tid not in ids:
+                ids.append(tid)
+    if not ids:
+        raise IlfError("the tokenizer has no end-of-sequence token; cannot teach the model to stop")
+    return ids
+
+
+def training_eos_id(tokenizer, eos_ids: list[int]) -> int:
+    """The end token appended to each target. Plain-text (non-chat) completions end with the
+    tokenizer's document end (`<|endoftext|>` for Qwen) when it is one of the end tokens."""
+    vocab = tokenizer.get_vocab()
+    for name in ("<|endoftext|>", "</s>"):
+        if name in vocab and vocab[name] in eos_ids:
+            return vocab[name]
+    return eos_ids[0]
+
+
+def _save_final(model, tokenizer, output_dir: Path, eos_ids: list[int], save_dtype: str) -> None:
+    import torch
+
+    _make_trainable(model) if getattr(model, "hf_quantizer", None) is not None else None
+    dtype = getattr(torch, save_dtype)
+    model.to(dtype)
+    model.config.use_cache = True
+    gc = model.generation_config
+    gc.eos_token_id = list(eos_ids)
+    if gc.pad_token_id is None:
+        gc.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[-1]
+    model.config.eos_token_id = eos_ids[0]
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress (rich, like the rest of ilf; replaces the Trainer's tqdm bar)
+
+
+def _rich_progress_callback():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self):
+            self.progress = None
+            self.task = None
+            self.t0 = 0.0
+            self.step0 = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            self.progress = Progress(
+                TextColumn("[bold]fine-tuning"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.progress.start()
+            self.t0, self.step0 = time.time(), state.global_step
+            self.task = self.progress.add_task("ft", total=state.max_steps, completed=state.global_step, info="")
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.progress is None:
+                return
+            done = state.global_step - self.step0
+            rate = done / max(time.time() - self.t0, 1e-9)
+            info = self.progress.tasks[0].fields.get("info", "")
+            info = re.sub(r"^[\d.]+ s/step ?", "", info)
+            self.progress.update(self.task, completed=state.global_step, info=f"{1 / rate:.1f} s/step {info}" if rate else info)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.progress is None or not logs or "loss" not in logs:
+                return
+            self.progress.update(self.task, info=f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step)
+                self.progress.stop()
+                self.progress = None
+
+    return RichProgress()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and run identity
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    """The newest `checkpoint-N` whose trainer_state.json exists (the Trainer writes it last, so a
+    run killed while saving leaves an incomplete folder that is ignored)."""
+    if not ckpt_dir.is_dir():
+        return None
+    best = None
+    for d in ckpt_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and (d / "trainer_state.json").exists():
+            if best is None or int(m.group(1)) > best[0]:
+                best = (int(m.group(1)), d)
+    return best[1] if best else None
+
+
+# Fields that do not change what is trained: a run may resume or be skipped across changes of these.
+_NON_IDENTITY_FIELDS = {"threads", "logging_steps", "report_to", "save_steps", "save_total_limit", "keep_checkpoints", "resume"}
+
+
+def _identity(cfg: FinetuneConfig, data_fp: str, base: str) -> dict[str, Any]:
+    c = {k: v for k, v in asdict(cfg).items() if k not in _NON_IDENTITY_FIELDS}
+    return {"base_model": base, "data_fingerprint": data_fp, "config": c}
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("ilf", "torch", "transformers", "trl", "peft", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# FINETUNE
+
+
+def finetune(
+    pairs: str | os.PathLike | Iterable[dict] | Iterable[Pair],
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    *,
+    overwrite: bool = False,
+    callbacks: Sequence[Any] = (),
+    console=None,
+) -> Path:
+    """Fine-tune `model` (any ilf model spec) on prompt/completion `pairs`; return the model directory.
+
+    Resumes from the last complete checkpoint in OUTPUT/checkpoints; returns at once when OUTPUT
+    already holds this exact run (same base model, data and training config).
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    cfg = config or FinetuneConfig()
+    cfg.validate()
+    output_dir = Path(output_dir)
+    data_list = load_pairs(pairs)
+    data_fp = fingerprint(data_list)
+    ident = _identity(cfg, data_fp, str(model))
+    meta_path = output_dir / META_FILE
+    ckpt_dir = output_dir / CHECKPOINT_SUBDIR
+
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        if old.get("identity") == ident and not overwrite:
+            console.print(f"[green]{output_dir}[/]: already fine-tuned on this data with this config; skipping")
+            return output_dir
+        if not overwrite:
+            raise IlfError(
+                f"{output_dir}: holds a model fine-tuned with another base model, data or config; "
+                "choose another --output or pass --overwrite"
+            )
+        meta_path.unlink()
+    run_marker = ckpt_dir / "ilf_run.json"
+    if ckpt_dir.exists():
+        same = run_marker.exists() and json.loads(run_marker.read_text(encoding="utf-8")) == ident
+        if not cfg.resume or overwrite or not same:
+            if not same and cfg.resume and not overwrite and last_complete_checkpoint(ckpt_dir):
+                raise IlfError(
+                    f"{ckpt_dir}: checkpoints of a run with another base model, data or config; "
+                    "pass --overwrite (or --no-resume) to start over"
+                )
+            shutil.rmtree(ckpt_dir)
+    elif output_dir.exists() and any(p.name not in _OWN_FILES for p in output_dir.iterdir()) and not overwrite:
+        raise IlfError(f"{output_dir}: directory exists and is not an ilf fine-tuning output; choose another --output")
+
+    import torch
+
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    t_load = time.time()
+    with console.status(f"loading {model} ..."):
+        hf_model, tokenizer, base_desc = _load_base(model)
+    load_s = time.time() - t_load
+    eos_ids = end_token_ids(tokenizer, hf_model)
+    train_eos = training_eos_id(tokenizer, eos_ids)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(train_eos)
+
+    encoded, skipped, trunc_counts = encode_pairs(data_list, tokenizer, cfg.max_length, train_eos)
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s.source or f'pair {s.index}'} (task {s.task_id}): {s.reason}", highlight=False)
+    if trunc_counts["old_code"] or trunc_counts["prompt_start"]:
+        console.print(
+            f"truncated prompts to fit max_length={cfg.max_length}: {trunc_counts['old_code']} in OLD CODE, "
+            f"{trunc_counts['prompt_start']} from the start (targets are never truncated)"
+        )
+    if not encoded:
+        raise IlfError(f"no trainable pair left: all {len(data_list)} were skipped (see the reasons above)")
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in encoded], "completion_mask": [e.completion_mask for e in encoded]}
+    )
+    accum = max(1, math.ceil(cfg.batch_size / (cfg.per_device_batch_size * _world_size())))
+    effective_batch = accum * cfg.per_device_batch_size * _world_size()
+    save_kw = {"save_strategy": "epoch"} if cfg.save_steps <= 0 else {"save_strategy": "steps", "save_steps": cfg.save_steps}
+    report_to = [] if cfg.report_to in ("none", "") else [r.strip() for r in cfg.report_to.split(",")]
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(cfg.warmup) if cfg.warmup >= 1 else cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16,
+        fp16=False,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps,
+        report_to=report_to,
+        save_total_limit=cfg.save_total_limit,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        **save_kw,
+        **{_checkpointing_arg(): cfg.gradient_checkpointing},
+    )
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+    old_tb = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "runs")  # outlives the deleted checkpoints
+    try:
+        trainer = SFTTrainer(
+            model=hf_model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=list(callbacks),
+        )
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_rich_progress_callback())
+        if _is_main_process():
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_marker, ident)
+        resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
+        resumed_step = 0
+        if resume_from is not None:
+            resumed_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+            console.print(f"resuming from {resume_from} (step {resumed_step})")
+        t0 = time.time()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_s = time.time() - t0
+    finally:
+        if old_tb is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old_tb
+
+    state = trainer.state
+    tokens_per_epoch = sum(e.num_target_tokens for e in encoded)
+    steps_per_epoch = math.ceil(len(encoded) / (cfg.per_device_batch_size * _world_size()) / accum)
+    start_epoch = resumed_step / max(steps_per_epoch, 1)
+    target_tokens = tokens_per_epoch * max(state.epoch - start_epoch, 0.0)
+
+    # Save: merge LoRA into the base weights so every engine loads a plain model directory.
+    t_save = time.time()
+    if cfg.lora and _world_size() == 1:
+        final = trainer.model.merge_and_unload()
+        if _is_main_process():
+            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+    elif cfg.lora:
+        adapter_dir = output_dir / "adapter"
+        trainer.save_model(str(adapter_dir))  # distributed-safe; merged below on the main process
+        if _is_main_process():
+            from peft import PeftModel
+
+            base, _, _ = _load_base(model)
+            final = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+    else:
+        if _world_size() == 1:
+            _save_final(trainer.model, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+        else:  # FSDP/ZeRO-3 gather the full state dict inside save_model
+            trainer.save_model(str(output_dir))
+            if _is_main_process():
+                tokenizer.save_pretrained(output_dir)
+                _fix_generation_config(output_dir, eos_ids)
+    save_s = time.time() - t_save
+
+    if not _is_main_process():
+        return output_dir
+    metrics = {
+        "train_loss": result.training_loss,
+        "global_step": state.global_step,
+        "resumed_from_step": resumed_step,
+        "epochs": state.epoch,
+        "effective_batch_size": effective_batch,
+        "gradient_accumulation_steps": accum,
+        "train_seconds": round(train_s, 2),
+        "load_seconds": round(load_s, 2),
+        "save_seconds": round(save_s, 2),
+        "target_tokens": int(target_tokens),
+        "target_tokens_per_second": round(target_tokens / train_s, 2) if train_s > 0 else None,
+        "seconds_per_step": round(train_s / max(state.global_step - resumed_step, 1), 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "log_history": state.log_history,
+    }
+    meta = {
+        "identity": ident,
+        "config": asdict(cfg),
+        "base_model": base_desc,
+        "data": {
+            "source": str(pairs) if isinstance(pairs, (str, os.PathLike)) else "<records>",
+            "fingerprint": data_fp,
+            "num_pairs": len(data_list),
+            "num_trained": len(encoded),
+            "num_skipped": len(skipped),
+            "skipped": [asdict(s) for s in skipped],
+            "truncated": trunc_counts,
+            "target_tokens_per_epoch": tokens_per_epoch,
+        },
+        "eos_token_ids": eos_ids,
+        "training_eos_token_id": train_eos,
+        "metrics": metrics,
+        "versions": _versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(meta_path, meta)  # written last: its presence marks a complete model directory
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    console.print(
+        f"[green]fine-tuned[/] {len(encoded)} pairs ({len(skipped)} skipped), {state.global_step} steps, "
+        f"loss {result.training_loss:.4f}, {metrics['target_tokens_per_second']} target tokens/s, "
+        f"peak RSS {metrics['peak_rss_mb'] / 1024:.1f} GiB -> {output_dir}"
+    )
+    return output_dir
+
+
+def _checkpointing_arg() -> str:
+    """transformers 5.x renamed gradient_checkpointing to activation_checkpointing."""
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def _fix_generation_config(model_dir: Path, eos_ids: list[int]) -> None:
+    from transformers import GenerationConfig
+
+    try:
+        gc = GenerationConfig.from_pretrained(model_dir)
+    except OSError:
+        gc = GenerationConfig()
+    gc.eos_token_id = list(eos_ids)
+    gc.save_pretrained(model_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# π_Refine pairs from the authors' human annotations
+
+
+def annotation_pairs(
+    path: str | os.PathLike | None = None,
+    split: str = "refine",
+    kind: str = "refine",
+    data_dir: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Pairs from the ILF authors' `surge_annotations.jsonl` (ilf.feedback.annotations reads it).
+
+    kind "refine" (π_Refine): prompt = refinement_prompt(task, x0, f), completion = the human
+    refinement's body after the task prompt; kind "program" (π_θ on human refinements): prompt =
+    the task prompt, same completion. split: an MBPP split name or id ranges ("refine" = the 44
+    MBPP_Refine triples the paper trains π_Refine on).
+    """
+    from ilf.feedback.annotations import default_path, load_authors
+    from ilf.refine import body_after_prompt
+    from ilf.tasks import load_tasks, parse_ranges, refinement_prompt
+
+    if kind not in ("refine", "program"):
+        raise IlfError(f"unknown pair kind {kind!r}; expected refine or program")
+    wanted = parse_ranges(split)
+    src = Path(path) if path else default_path(data_dir)
+    recs = [r for r in load_authors(src) if wanted is None or r["task_id"] in wanted]
+    tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=[r["task_id"] for r in recs]) if recs else None
+    pairs = []
+    for r in recs:
+        task = tasks.get(r["task_id"]) if tasks else None
+        if task is None:
+            continue  # an MBPP task that cannot be formatted is reported by load_tasks' callers
+        nl = lambda s: s.replace("\r\n", "\n").replace("\r", "\n")  # noqa: E731 (the authors mix CRLF/LF)
+        completion = body_after_prompt(nl(r["refinement"]), task.prompt)
+        prompt = refinement_prompt(task, nl(r["program"]), nl(r["feedback"])) if kind == "refine" else task.prompt
+        pairs.append({"task_id": r["task_id"], "kind": kind, "prompt": prompt, "completion": completion})
+    if not pairs:
+        raise IlfError(f"{src}: no annotation in split {split!r}")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's sweep (Appendix A.1), picked by pass rate on a validation split
+
+
+@dataclass
+class SweepGrid:
+    learning_rates: list[float] = field(default_factory=lambda: list(SWEEP_LEARNING_RATES))
+    batch_sizes: list[int] = field(default_factory=lambda: list(SWEEP_BATCH_SIZES))
+    epochs: list[float] = field(default_factory=lambda: list(SWEEP_EPOCHS))
+
+    def settings(self) -> list[tuple[float, int, float]]:
+        return [(lr, b, e) for lr in self.learning_rates for b in self.batch_sizes for e in self.epochs]
+
+
+def setting_name(lr: float, batch: int, epochs: float) -> str:
+    return f"lr{lr:g}-bs{batch}-ep{epochs:g}"
+
+
+def sweep(
+    pairs: str | os.PathLike | Iterable[dict],
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    val_tasks: Sequence[Any],
+    config: FinetuneConfig | None = None,
+    grid: SweepGrid | None = None,
+    *,
+    engine: str | None = None,
+    n: int = 1,
+    temperature: float = 0.0,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    console=None,
+) -> Path:
+    """Fine-tune once per grid setting, sample `n` programs per validation task with each model,
+    EVAL them, and make OUTPUT the model with the best pass rate (ties: the earlier setting).
+
+    Resumable: each setting's model and results live in OUTPUT/sweep/<setting>/, the table in
+    OUTPUT/sweep.jsonl; settings already there are not redone. Only the best model's weights are
+    kept (a full-FT model of the bundled 0.5B model is 2.5 GB).
+    """
+    from rich.console import Console
+
+    from ilf.evaluation import evaluate, summarize
+    from ilf.generation import SamplingParams, get_engine
+    from ilf.jsonl import load_jsonl
+    from ilf.sampling import sample
+
+    console = console or Console(stderr=True)
+    cfg = config or FinetuneConfig()
+    grid = grid or SweepGrid()
+    output_dir = Path(output_dir)
+    data = load_pairs(pairs)
+    val = list(val_tasks)
+    if not val:
+        raise IlfError("sweep: the validation split has no tasks")
+    val_ids = {str(t.task_id) for t in val}
+    overlap = sorted({str(p.task_id) for p in data if p.task_id is not None} & val_ids)
+    if overlap:
+        raise IlfError(f"sweep: validation tasks also in the training pairs: {', '.join(overlap[:10])}")
+    table_path = output_dir / "sweep.jsonl"
+    rows = {r["setting"]: r for r in load_jsonl(table_path)} if table_path.exists() else {}
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    for lr, bs, ep in grid.settings():
+        name = setting_name(lr, bs, ep)
+        if name in rows:
+            continue
+        sdir = output_dir / "sweep" / name
+        c = dataclasses.replace(cfg, learning_rate=lr, batch_size=bs, epochs=ep)
+        console.print(f"[bold]sweep[/] {name}")
+        finetune(data, model, sdir / "model", c, console=console)
+        eng = get_engine(engine, str(sdir / "model"))
+        try:
+            samples = sample(val, eng, params, sdir / "samples.jsonl", resume=True)
+        finally:
+            eng.close()
+        results = evaluate(samples, val, output=sdir / "results.jsonl", progress=True)
+        summ = summarize(results, ks=[1])
+        meta = json.loads((sdir / "model" / META_FILE).read_text(encoding="utf-8"))
+        rows[name] = {
+            "setting": name,
+            "learning_rate": lr,
+            "batch_size": bs,
+            "epochs": ep,
+            "pass_rate": sum(bool(r.get("passed")) for r in results) / max(len(results), 1),
+            "pass@1": summ.get("pass@1"),
+            "num_samples": len(results),
+            "train_loss": meta["metrics"]["train_loss"],
+            "model_dir": str(sdir / "model"),
+        }
+        write_jsonl(table_path, list(rows.values()))
+        console.print(f"  pass rate {rows[name]['pass_rate']:.3f} on {len(val)} validation tasks")
+        _prune_sweep_models(rows, grid)
+
+    order = [setting_name(*s) for s in grid.settings()]
+    best = max((rows[s] for s in order), key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
+    best_dir = Path(best["model_dir"])
+    for f in best_dir.iterdir():  # OUTPUT becomes the best model (hard links: no extra disk)
+        if f.is_file():
+            dst = output_dir / f.name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(f, dst)
+            except OSError:
+                shutil.copy2(f, dst)
+    meta = json.loads((output_dir / META_FILE).read_text(encoding="utf-8"))
+    meta["sweep"] = {"best": best, "table": [rows[s] for s in order], "val_tasks": sorted(val_ids)}
+    write_json(output_dir / META_FILE, meta)
+    console.print(f"[green]sweep[/]: best {best['setting']} (pass rate {best['pass_rate']:.3f}) -> {output_dir}")
+    return output_dir
+
+
+def _prune_sweep_models(rows: dict[str, dict], grid: SweepGrid) -> None:
+    """Delete the weights of every evaluated model but the best so far (keep their metadata)."""
+    order = [setting_name(*s) for s in grid.settings()]
+    done = [rows[s] for s in order if s in rows]
+    best = max(done, key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
+    for r in done:
+        if r is not best:
+            for f in Path(r["model_dir"]).glob("*.safetensors*"):
+                f.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# The `ilf finetune` command (cli.py parses; this merges config sources and dispatches)
+
+ANNOTATION_DATA = ("surge", "authors")  # --data values meaning the authors' annotation file
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise IlfError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def resolve_config(config_file: Optional[Path], overrides: dict[str, Any]) -> FinetuneConfig:
+    """Dataclass defaults < the `[finetune]` table of a TOML file (or the whole file) < flags."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        import tomllib
+
+        try:
+            doc = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise IlfError(f"{config_file}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise IlfError(f"{config_file}: invalid TOML ({e})") from None
+        values.update(doc.get("finetune", doc))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return FinetuneConfig.from_dict(values, source=str(config_file or "flags"))
+
+
+def finetune_command(
+    data: str,
+    model: str,
+    output: Path,
+    *,
+    split: str = "refine",
+    kind: str = "refine",
+    data_dir: Optional[Path] = None,
+    config_file: Optional[Path] = None,
+    overrides: dict[str, Any],
+    overwrite: bool = False,
+    do_sweep: bool = False,
+    sweep_learning_rates: Optional[str] = None,
+    sweep_batch_sizes: Optional[str] = None,
+    sweep_epochs: Optional[str] = None,
+    val_tasks: Optional[str] = None,
+    val_dataset: str = "mbpp",
+    engine: Optional[str] = None,
+    val_n: int = 1,
+    val_temperature: float = 0.0,
+) -> Path:
+    cfg = resolve_config(config_file, overrides)
+    if data.lower() in ANNOTATION_DATA:
+        pairs: Any = write_jsonl(output / PAIRS_FILE, annotation_pairs(split=split, kind=kind, data_dir=data_dir))
+    else:
+        if not Path(data).exists():
+            raise IlfError(f"{data}: file not found (or pass --data surge for the authors' annotations)")
+        pairs = data
+    if not do_sweep:
+        return finetune(pairs, model, output, cfg, overwrite=overwrite)
+    if not val_tasks:
+        raise IlfError("--sweep needs --val-tasks (validation task ids, e.g. 511-530, disjoint from the training pairs)")
+    from ilf.tasks import load_tasks
+
+    grid = SweepGrid(
+        learning_rates=_floats(sweep_learning_rates) if sweep_learning_rates else list(SWEEP_LEARNING_RATES),
+        batch_sizes=[int(x) for x in _floats(sweep_batch_sizes)] if sweep_batch_sizes else list(SWEEP_BATCH_SIZES),
+        epochs=_floats(sweep_epochs) if sweep_epochs else list(SWEEP_EPOCHS),
+    )
+    tasks = load_tasks(val_dataset, data_dir=data_dir, task_ids=val_tasks)
+    return sweep(pairs, model, output, list(tasks), cfg, grid, engine=engine, n=val_n, temperature=val_temperature,
+                 seed=cfg.seed)

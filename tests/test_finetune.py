@@ -1,0 +1,262 @@
+"""FINETUNE on a tiny Qwen2-architecture model built here (random weights, a real byte-level BPE
+tokenizer trained here): real TRL SFTTrainer runs, real checkpoints, a real killed process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ilf.errors import IlfError
+from ilf.finetune import (
+    META_FILE,
+    FinetuneConfig,
+    Pair,
+    encode_pair,
+    finetune,
+    load_pairs,
+    split_refinement_prompt,
+)
+from ilf.jsonl import write_jsonl
+from ilf.tasks import REFINE_TEMPLATE
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "def is_even(n):\n    return n % 2 == 0\n",
+    "OLD CODE:\nFEEDBACK:\nREFINEMENT:\n",
+    '"""\nWrite a function to reverse a list.\n\n>>> Example: rev([1, 2]) = [2, 1]\n"""\n\ndef rev(xs):\n',
+    "    for i in range(len(xs)):\n        if xs[i] > 0:\n            total += xs[i]\n",
+    "The loop is wrong because it skips the last element; fix the range.",
+] * 5
+
+# Memorised targets: distinct prompts, each with its own body.
+MEMO = [
+    ("def square(x):\n", "    return x * x\n"),
+    ("def negate(x):\n", "    return -x\n"),
+    ("def first(xs):\n", "    return xs[0]\n"),
+    ("def size(xs):\n", "    return len(xs)\n"),
+]
+
+
+def build_tiny_model(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    import torch
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS + [p + c for p, c in MEMO], trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(hf_tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        # With the default 0.02, the frozen lm_head behind a frozen RMSNorm caps the logits so low that LoRA
+        # on the blocks plateaus at loss ~4.8 (seen in a plain PEFT loop too); real models are not like that.
+        initializer_range=0.2,
+        bos_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+    )
+    model = Qwen2ForCausalLM(cfg)
+    # Like the bundled model: the generation config lists only <|im_end|>.
+    model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, bos_token_id=cfg.bos_token_id)
+    model.save_pretrained(path)
+    hf_tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny)
+
+
+def greedy(model_dir: Path, prompt: str, max_new_tokens: int = 20) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
+    pairs = [{"prompt": p, "completion": c, "task_id": i, "kind": "program"} for i, (p, c) in enumerate(MEMO)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    before = greedy(tiny, MEMO[0][0])
+    cfg = FinetuneConfig(learning_rate=3e-3, batch_size=4, epochs=40, report_to="tensorboard", threads=1)
+    out = finetune(data, tiny, tmp_path / "out", cfg)
+
+    meta = json.loads((out / META_FILE).read_text())
+    losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert meta["data"]["num_trained"] == 4 and meta["data"]["num_skipped"] == 0
+    assert meta["metrics"]["global_step"] == 40
+    # A complete HF model dir; generation config lists both end tokens; checkpoints removed; TB logs kept.
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert sorted(gen["eos_token_id"]) == sorted(meta["eos_token_ids"]) and len(gen["eos_token_id"]) == 2
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert not (out / "checkpoints").exists()
+    assert any((out / "runs").rglob("events.out.tfevents*"))
+    # Memorised: greedy decoding reproduces each target and then stops.
+    assert before != MEMO[0][1]
+    for p, c in MEMO:
+        assert greedy(out, p) == c
+
+    # Same data + config again: the finished run is recognised and skipped.
+    t = time.time()
+    assert finetune(data, tiny, out, cfg) == out
+    assert time.time() - t < 5
+    # Other data into the same directory: refused with a clear message.
+    with pytest.raises(IlfError, match="another base model, data or config"):
+        finetune(pairs[:2], tiny, out, cfg)
+
+
+def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
+    pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
+    cfg = FinetuneConfig(lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2, batch_size=4,
+                         epochs=60, report_to="none", threads=1)
+    out = finetune(pairs, tiny, tmp_path / "lora", cfg)
+    assert not (out / "adapter_config.json").exists()  # merged, not an adapter
+    meta = json.loads((out / META_FILE).read_text())
+    losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert greedy(out, MEMO[1][0]) == MEMO[1][1]
+
+
+# --- truncation rule ---------------------------------------------------------------------------
+
+
+def _refine_prompt(old: str, feedback: str, task_prompt: str) -> str:
+    return REFINE_TEMPLATE.format(old_code=old, feedback=feedback, prompt=task_prompt)
+
+
+def test_truncation_cuts_old_code_first_and_keeps_target(tokenizer):
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    task_prompt = "def rev(xs):\n"
+    old = "def rev(xs):\n" + "    for i in range(len(xs)):\n        total += xs[i]\n" * 40
+    prompt = _refine_prompt(old, "The loop is wrong; fix the range.", task_prompt)
+    completion = "    return xs[::-1]\n"
+    full = len(tokenizer(prompt + completion)["input_ids"])
+    e = encode_pair(Pair(prompt, completion), tokenizer, 160, eos)
+    assert full > 160 and len(e.input_ids) <= 160
+    assert e.truncated == "old_code"
+    target = [t for t, m in zip(e.input_ids, e.completion_mask) if m]
+    assert tokenizer.decode(target) == completion + "<|endoftext|>"
+    # The feedback and the task prompt after REFINEMENT survive; only OLD CODE lost its end.
+    text = tokenizer.decode([t for t, m in zip(e.input_ids, e.completion_mask) if not m])
+    assert text.startswith("OLD CODE:\ndef rev(xs):\n")
+    assert text.endswith("\n\nFEEDBACK:\nThe loop is wrong; fix the range.\n\nREFINEMENT:\n" + task_prompt)
+    assert split_refinement_prompt(prompt)[1] == old
+
+
+def test_truncation_of_other_prompts_cuts_their_start(tokenizer):
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    prompt = "The loop is wrong because it skips the last element. " * 30 + "def add(a, b):\n"
+    e = encode_pair(Pair(prompt, "    return a + b\n"), tokenizer, 64, eos)
+    assert e.truncated == "prompt_start" and len(e.input_ids) <= 64
+    kept = tokenizer.decode([t for t, m in zip(e.input_ids, e.completion_mask) if not m])
+    assert kept.endswith("def add(a, b):\n")
+    assert tokenizer.decode([t for t, m in zip(e.input_ids, e.completion_mask) if m]) == "    return a + b\n<|endoftext|>"
+
+
+def test_examples_without_target_room_are_skipped_and_reported(tiny, tmp_path, tokenizer):
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    long_target = "    for i in range(len(xs)):\n        total += xs[i]\n" * 20
+    assert "never truncated" in encode_pair(Pair("def f(xs):\n", long_target), tokenizer, 64, eos)
+    assert "empty completion" in encode_pair(Pair("def f(xs):\n", "  \n"), tokenizer, 64, eos)
+
+    pairs = [
+        {"prompt": MEMO[0][0], "completion": MEMO[0][1], "task_id": 1},
+        {"prompt": "def f(xs):\n", "completion": long_target, "task_id": 2},
+        {"prompt": "def g(xs):\n", "completion": "", "task_id": 3},
+    ]
+    data = write_jsonl(tmp_path / "p.jsonl", pairs)
+    cfg = FinetuneConfig(max_length=64, batch_size=1, epochs=1, report_to="none", threads=1, learning_rate=1e-3)
+    out = finetune(data, tiny, tmp_path / "o", cfg)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["data"]["num_trained"] == 1
+    assert [(s["task_id"], s["source"].endswith(f":{s['task_id']}")) for s in meta["data"]["skipped"]] == [(2, True), (3, True)]
+    losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
+    assert losses and all(x > 0 for x in losses)  # never a silent zero loss
+
+    with pytest.raises(IlfError, match="no trainable pair left"):
+        finetune(pairs[1:], tiny, tmp_path / "o2", cfg)
+
+
+def test_bad_pairs_file_names_file_line_field(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(IlfError, match=r"bad.jsonl:2: missing field 'completion'"):
+        load_pairs(p)
+
+
+# --- resumption after a kill ---------------------------------------------------------------------
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
+    pairs = [{"prompt": p, "completion": c} for p, c in MEMO] * 2
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ilf.cli", "finetune", "--data", str(data), "--model", str(tiny), "--output", str(out),
+           "--batch-size", "1", "--epochs", "20", "--save-steps", "5", "--learning-rate", "1e-3", "--threads", "1",
+           "--report-to", "none", "--save-total-limit", "2"]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 120
+    ckpt = out / "checkpoints"
+    try:
+        while time.time() < deadline:
+            done = [d for d in ckpt.glob("checkpoint-*") if (d / "trainer_state.json").exists()] if ckpt.exists() else []
+            if done:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint written in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / META_FILE).exists()  # killed before the end
+    killed_at = max(int(d.name.split("-")[1]) for d in ckpt.glob("checkpoint-*") if (d / "trainer_state.json").exists())
+    assert 5 <= killed_at < 160
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["metrics"]["resumed_from_step"] >= killed_at
+    assert meta["metrics"]["global_step"] == 160
+    steps = [h["step"] for h in meta["metrics"]["log_history"] if "loss" in h]
+    assert "resuming from" in r.stdout + r.stderr
+    assert steps[-1] == 160
