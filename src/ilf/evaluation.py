@@ -256,7 +256,7 @@ def _resume(output, samples, programs, results, by_id, kind) -> None:
     an interrupted run appends in completion order)."""
     by_sid: dict[tuple, dict] = {}
     by_prog: dict[tuple, list[dict]] = defaultdict(list)
-    for _, rec in read_jsonl(output):
+    for _, rec in read_jsonl(output, allow_torn_tail=True):  # a kill may leave half a line
         if not all(f in rec for f in ("task_id", "passed", "status")):
             continue
         try:
