@@ -423,7 +423,10 @@ class Run:
             elif m == "ilf":
                 models[m] = final_model
             else:
-                models[m] = self.baseline_model(m)
+                model = self.baseline_model(m)
+                if model is None:
+                    continue
+                models[m] = model
         if "ilf" in cfg.eval.methods and rounds > 1:
             for r in range(1, rounds):
                 models[f"ilf-r{r}"] = str(self.dir / f"r{r}" / "model")
@@ -462,7 +465,7 @@ class Run:
                       + (f", pass@10 {s['pass@10']:.3f}" if "pass@10" in s else "")
                       + f", 1+ correct {s.get('one_plus_correct', 0):.3f} ({s.get('num_tasks')} tasks × {cfg.eval.n})")
 
-    def baseline_model(self, method: str) -> str:
+    def baseline_model(self, method: str) -> str | None:
         """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""
         from ilf.refine import body_after_prompt
 
@@ -490,6 +493,10 @@ class Run:
 
         self.stage(f"baselines/{method}/pairs", pairs, params={"method": method, "feedback": asdict(cfg.feedback)},
                    inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
+        if not load_jsonl(pairs_path):
+            # Nothing to train on (e.g. no LLM refinement passed): no model, so no row in the report.
+            console.print(f"[yellow]warning[/]: baseline {method!r} has no training data ({pairs_path}); not evaluated")
+            return None
         out = bd / "model"
         self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, cfg.finetune)
         return str(out)

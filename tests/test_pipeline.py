@@ -1,0 +1,284 @@
+"""Algorithm 1 end to end on a tiny real model: every stage, every artifact, resume after SIGKILL.
+
+The tiny model (Qwen2 architecture, random init, a byte-level BPE tokenizer trained on MBPP) is
+first taught, with ilf's own FINETUNE, to answer the paper's refinement prompt of three MBPP_Train
+tasks with the human refinement, so that π_Refine (few-shot, 0 shots, greedy) really produces
+passing refinements and the training set R is not empty. Everything after that is the real
+pipeline: sandboxed EVAL, selection of R, FINETUNE of π_θ, evaluation, perplexity and report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ilf.config import load_config
+from ilf.jsonl import load_jsonl
+
+FEEDBACK_TASKS = [641, 646, 789]  # MBPP_Train tasks with short human refinements in the authors' file
+ILF = [sys.executable, "-m", "ilf.cli"]
+
+
+def build_refiner_model(out: Path, data_dir: Path) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from ilf.feedback.annotations import load_authors
+    from ilf.finetune import FinetuneConfig, finetune
+    from ilf.refine import body_after_prompt
+    from ilf.tasks import load_tasks, refinement_prompt
+
+    tasks = load_tasks("mbpp", data_dir=data_dir)
+    base = out / "init"
+    corpus = [t.prompt + t.gold for t in tasks]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(vocab_size=1500, special_tokens=["<|endoftext|>", "<|im_end|>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(base)
+    eos = tok.token_to_id("<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(base)
+
+    ann = {a["task_id"]: a for a in load_authors(data_dir / "surge_annotations.jsonl")}
+    pairs = []
+    for tid in FEEDBACK_TASKS:
+        a, t = ann[tid], tasks[tid]
+        program = a["program"].replace("\r\n", "\n")
+        pairs.append({"prompt": refinement_prompt(t, program, a["feedback"].replace("\r\n", "\n").strip()),
+                      "completion": body_after_prompt(a["refinement"].replace("\r\n", "\n"), t.prompt)})
+    fc = FinetuneConfig(learning_rate=3e-3, batch_size=3, per_device_batch_size=3, epochs=120, max_length=1024,
+                        warmup=0.0, report_to="none", logging_steps=50, seed=0)
+    return finetune(pairs, str(base), out / "refiner", fc)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, data_dir) -> Path:
+    return build_refiner_model(tmp_path_factory.mktemp("tiny"), data_dir)
+
+
+def write_config(path: Path, model: Path, run_dir: Path, **over) -> Path:
+    eval_tasks = over.get("eval_tasks", "11-13")
+    eval_n = over.get("eval_n", 2)
+    ft_epochs = over.get("ft_epochs", 1)
+    save_steps = over.get("save_steps", 0)
+    path.write_text(f"""
+name = "tiny"
+run_dir = "{run_dir}"
+seed = 0
+
+[model]
+base = "{model}"
+engine = "transformers"
+
+[feedback]
+source = "authors"
+tasks = "{','.join(map(str, FEEDBACK_TASKS))}"
+
+[refine]
+mode = "fewshot"
+shots = 0
+n = 2
+temperature = 0.0
+max_new_tokens = 48
+
+[finetune]
+learning_rate = 1e-4
+batch_size = 2
+per_device_batch_size = 1
+epochs = {ft_epochs}
+max_length = 512
+bf16 = false
+extra = {{ report_to = "none", save_steps = {save_steps} }}
+
+[eval]
+tasks = "{eval_tasks}"
+n = {eval_n}
+temperature = 0.8
+max_new_tokens = {over.get("eval_tokens", 24)}
+methods = ["zero-shot", "ilf", "gold"]
+
+[report]
+perplexity = true
+bootstrap = 200
+""")
+    return path
+
+
+def _stable(recs: list[dict]) -> list[tuple]:
+    return [(r["task_id"], r["sample_id"], r["program"], r["passed"], r["status"]) for r in recs]
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir)
+    proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = Path(proc.stdout.strip().splitlines()[-1])
+    assert report == run_dir / "report" / "report.md" and report.exists()
+
+    # Every artifact exists and is well-formed.
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values()), manifest["stages"]
+    for stage in ["r1/feedback", "r1/refine", "r1/eval-refine", "r1/select", "r1/finetune",
+                  "eval/zero-shot/sample", "eval/ilf/eval", "baselines/gold/finetune", "perplexity", "report"]:
+        assert stage in manifest["stages"]
+    fb = load_jsonl(run_dir / "r1" / "feedback.jsonl")
+    assert sorted(r["task_id"] for r in fb) == FEEDBACK_TASKS and all(r["feedback"] for r in fb)
+    refinements = load_jsonl(run_dir / "r1" / "refinements.jsonl")
+    assert len(refinements) == 2 * len(FEEDBACK_TASKS)
+    assert {"task_id", "feedback_id", "sample_id", "refinement", "passed", "status", "edit_distance"} <= set(refinements[0])
+    pairs = load_jsonl(run_dir / "r1" / "train_pairs.jsonl")
+    passing_tasks = {r["task_id"] for r in refinements if r["passed"]}
+    assert passing_tasks, "the memorised refinements should pass their tests"
+    assert sorted(p["task_id"] for p in pairs) == sorted(passing_tasks)  # one per task, only passing ones
+    summary = json.loads((run_dir / "r1" / "refine_summary.json").read_text())
+    assert summary["num_feedback"] == 3 and 0 < summary["pass@1"] <= 1
+    assert (run_dir / "r1" / "model" / "config.json").exists()
+    for method in ["zero-shot", "ilf", "gold"]:
+        s = json.loads((run_dir / "eval" / method / "summary.json").read_text())
+        assert s["num_tasks"] == 3 and s["num_samples"] == 6 and s["n"] == 2 and 0 <= s["pass@1"] <= 1
+        results = load_jsonl(run_dir / "eval" / method / "results.jsonl")
+        assert len(results) == 6 and all(r["status"] in ("passed", "failed", "error", "timeout") for r in results)
+    ilf_model = json.loads((run_dir / "eval" / "ilf" / "summary.json").read_text())["model"]
+    assert ilf_model.endswith("r1/model")
+    ppl = load_jsonl(run_dir / "perplexity.jsonl")
+    assert {"gold", "human-refinements", "ilf"} <= {p["source"] for p in ppl}
+
+    text = report.read_text()
+    for needle in ["zero-shot", "ilf", "gold", "pass@1", "π_Refine", "erplexity"]:
+        assert needle in text, needle
+    pngs = list((run_dir / "report").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+    # A second run skips every finished stage and changes nothing.
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
+    proc2 = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=600)
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    assert "skipped" in proc2.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
+
+
+def _wait_for(pred, proc, timeout=300.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _stage_running(run_dir: Path, name: str) -> bool:
+    try:
+        m = json.loads((run_dir / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return m["stages"].get(name, {}).get("status") == "running"
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_during_sampling_and_training_resumes(tiny_model, tmp_path):
+    """Kill -9 in the middle of sampling, then of training; rerun: no finished work is redone and
+    the final artifacts equal those of an uninterrupted run with the same seeds."""
+    opts = dict(eval_tasks="11-22", eval_n=3, eval_tokens=48, ft_epochs=6, save_steps=1)
+    clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
+    clean_cfg = write_config(tmp_path / "clean.toml", tiny_model, clean_dir, **opts)
+    killed_cfg = write_config(tmp_path / "killed.toml", tiny_model, killed_dir, **opts)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(ILF + ["run", str(clean_cfg)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # 1) Kill during training of π_θ, once a checkpoint exists.
+    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True, env=env)
+    ckpts = killed_dir / "r1" / "model" / "checkpoints"
+    hit = _wait_for(lambda: _stage_running(killed_dir, "r1/finetune") and ckpts.exists() and any(ckpts.glob("checkpoint-*")), p)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert hit, "did not catch the training stage with a checkpoint"
+    # 2) Rerun and kill during sampling of the zero-shot evaluation, after some tasks are written.
+    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True, env=env)
+    samples = killed_dir / "eval" / "zero-shot" / "samples.jsonl"
+    hit = _wait_for(lambda: _stage_running(killed_dir, "eval/zero-shot/sample") and _lines(samples) >= 6, p)
+    os.killpg(p.pid, signal.SIGKILL)
+    _, err2 = p.communicate()
+    assert hit, "did not catch the sampling stage midway"
+    assert b"resum" in err2.lower(), "the training stage should have resumed from its checkpoint"
+    written = _lines(samples)
+    assert 0 < written < 12 * 3
+    # 3) Finish.
+    proc = subprocess.run(ILF + ["run", str(killed_cfg)], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stderr
+    for method in ["zero-shot", "ilf", "gold"]:
+        a = load_jsonl(clean_dir / "eval" / method / "results.jsonl")
+        b = load_jsonl(killed_dir / "eval" / method / "results.jsonl")
+        assert _stable(a) == _stable(b), method
+    assert load_jsonl(clean_dir / "r1" / "train_pairs.jsonl") == load_jsonl(killed_dir / "r1" / "train_pairs.jsonl")
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[refine]\nn = "ten"\n')
+    proc = subprocess.run(ILF + ["run", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and f"{bad}:3" in lines[0] and "refine.n" in lines[0]
+
+    proc = subprocess.run(ILF + ["run", "--dry-run", "eval.methods=['zero-shot','bogus']"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "eval.methods" in proc.stderr and "bogus" in proc.stderr
+
+    proc = subprocess.run(ILF + ["run", "--dry-run", "--unknown.key", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown config key 'unknown'" in proc.stderr
+
+    proc = subprocess.run(ILF + ["run", str(tmp_path / "missing.toml")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing.toml: config file not found" in proc.stderr
+
+
+def test_malformed_artifact_is_one_clear_line(tmp_path, data_dir):
+    """A run whose feedback artifact was edited by hand into invalid JSON fails with file:line."""
+    from ilf.errors import IlfError
+    from ilf.pipeline import Run
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'r'}", f"data_dir={data_dir}"])
+    run = Run(cfg)
+    (run.dir / "manifest.json").write_text("{ not json")
+    with pytest.raises(IlfError, match=r"manifest.json:1: invalid JSON"):
+        Run(cfg)
+
+
+def test_paper_config_validates():
+    cfg = load_config("paper")
+    assert cfg.eval.n == 30 and cfg.eval.temperature == 0.8 and cfg.refine.mode == "finetune"
+    assert cfg.feedback.tasks == "train" and cfg.eval.tasks == "test" and cfg.refine.examples_tasks == "refine"
+    assert cfg.finetune.learning_rate == 5e-6 and cfg.finetune.batch_size == 32 and cfg.finetune.epochs == 2
+    assert set(cfg.eval.methods) == {"zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot"}
