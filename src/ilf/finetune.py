@@ -586,6 +586,8 @@ def finetune(
         completion_only_loss=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
+        # Several CPU processes (torchrun on a machine without GPUs) talk over gloo.
+        ddp_backend="gloo" if _world_size() > 1 and not torch.cuda.is_available() else None,
         disable_tqdm=True,
         **save_kw,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
@@ -712,6 +714,14 @@ def finetune(
         f"peak RSS {metrics['peak_rss_mb'] / 1024:.1f} GiB -> {output_dir}"
     )
     return output_dir
+
+
+def accelerate_config(name: str) -> Path:
+    """Path of a shipped `accelerate launch --config_file` (ddp | fsdp | deepspeed_zero3); docs/gpus.md."""
+    p = Path(__file__).parent / "accelerate_configs" / f"{name}.yaml"
+    if not p.exists():
+        raise IlfError(f"no accelerate config {name!r}; shipped: ddp, fsdp, deepspeed_zero3")
+    return p
 
 
 def _checkpointing_arg() -> str:
