@@ -313,3 +313,33 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
     with get_engine(engine, str(out)) as eng:
         [[c]] = eng.generate([pairs[0]["prompt"]], SamplingParams(n=1, temperature=0, max_new_tokens=48))
     assert c.text.strip() and c.num_tokens > 0
+
+
+# --- the sweep ---------------------------------------------------------------------------------------
+
+
+def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
+    pytest.importorskip("ilf.sampling", reason="ilf.sampling (the sample stage) is not in this tree yet")
+    from ilf.finetune import SweepGrid, sweep
+    from ilf.tasks import load_tasks
+
+    pairs = [{"prompt": p, "completion": c, "task_id": 900 + i} for i, (p, c) in enumerate(MEMO)]
+    val = list(load_tasks("mbpp", task_ids="11-12"))
+    grid = SweepGrid(learning_rates=[1e-3, 3e-3], batch_sizes=[4], epochs=[1])
+    cfg = FinetuneConfig(report_to="none", threads=1)
+    out = sweep(pairs, tiny, tmp_path / "sw", val, cfg, grid, engine="transformers", n=1, max_new_tokens=16)
+
+    rows = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
+    assert [r["setting"] for r in rows] == ["lr0.001-bs4-ep1", "lr0.003-bs4-ep1"]
+    assert all(r["num_samples"] == 2 and 0 <= r["pass_rate"] <= 1 for r in rows)
+    meta = json.loads((out / META_FILE).read_text())
+    best = meta["sweep"]["best"]["setting"]
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    kept = [r["setting"] for r in rows if (Path(r["model_dir"]) / "model.safetensors").exists()]
+    assert kept == [best]  # the other model's weights were pruned
+    # Resumable: a second call trains and samples nothing.
+    t = time.time()
+    sweep(pairs, tiny, tmp_path / "sw", val, cfg, grid, engine="transformers", n=1, max_new_tokens=16)
+    assert time.time() - t < 10
+    with pytest.raises(IlfError, match="validation tasks also in the training pairs"):
+        sweep([dict(pairs[0], task_id=11)], tiny, tmp_path / "sw2", val, cfg, grid, engine="transformers")
