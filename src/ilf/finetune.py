@@ -357,7 +357,8 @@ def training_eos_id(tokenizer, eos_ids: list[int]) -> int:
 def _save_final(model, tokenizer, output_dir: Path, eos_ids: list[int], save_dtype: str) -> None:
     import torch
 
-    _make_trainable(model) if getattr(model, "hf_quantizer", None) is not None else None
+    if getattr(model, "hf_quantizer", None) is not None:
+        _make_trainable(model)
     dtype = getattr(torch, save_dtype)
     model.to(dtype)
     model.config.use_cache = True
@@ -958,8 +959,12 @@ def finetune_command(
     val_temperature: float = 0.0,
 ) -> Path:
     cfg = resolve_config(config_file, overrides)
-    if data.lower() in ANNOTATION_DATA:
-        pairs: Any = write_jsonl(output / PAIRS_FILE, annotation_pairs(split=split, kind=kind, data_dir=data_dir))
+    from ilf.feedback.annotations import is_authors_file
+
+    if data.lower() in ANNOTATION_DATA or (Path(data).is_file() and is_authors_file(data)):
+        path = None if data.lower() in ANNOTATION_DATA else data
+        built = annotation_pairs(path, split=split, kind=kind, data_dir=data_dir)
+        pairs: Any = write_jsonl(output / PAIRS_FILE, built)
     else:
         if not Path(data).exists():
             raise IlfError(f"{data}: file not found (or pass --data surge for the authors' annotations)")
