@@ -19,18 +19,16 @@ as root, an unprivileged uid), and a warning says so once per process.
 
 from __future__ import annotations
 
+import _thread
 import ast
 import json
 import math
 import os
-import queue
 import select
 import shutil
 import signal
 import struct
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,12 +73,14 @@ SANDBOX_UID_BASE = 1_000_000
 """When ilf runs as root, children run as uid/gid SANDBOX_UID_BASE + n (no such user exists):
 RLIMIT_NPROC is not enforced for root, and an unprivileged uid cannot signal the worker."""
 
-# Modules imported once by each worker, so a forked child gets them for free.
+# Modules imported once by each worker, so a forked child gets them for free (what MBPP and
+# HumanEval programs import). Not `random`, `tempfile`, `threading` or anything importing them:
+# their at-fork hooks make every fork 1.5-2x costlier; a program that imports them pays instead.
+# (The worker itself must not import threading, queue or subprocess for the same reason.)
 PREIMPORT = (
-    "abc array ast base64 binascii bisect builtins calendar cmath collections collections.abc "
-    "contextlib copy ctypes dataclasses datetime decimal enum fractions functools gc hashlib heapq io "
-    "itertools json math numbers operator random re statistics string struct sys tempfile textwrap time "
-    "types typing unicodedata"
+    "abc array ast bisect builtins cmath collections collections.abc copy datetime decimal enum "
+    "fractions functools heapq io itertools json math numbers operator re string struct sys "
+    "time types typing"
 ).split()
 
 ISOLATION_ENV = "ILF_SANDBOX"
@@ -231,9 +231,9 @@ def _child_main(program: str, test: str, report_fd: int, nonce: str) -> None:
             report(_describe(e, None, ""))
             exit_(0)
         try:
+            # statements keep their positions through _instrument_test: failed_test stays exact
             test_tree = _instrument_test(ast.parse(test, _TEST_FILE))
             test_code = compile(test_tree, _TEST_FILE, "exec", dont_inherit=True)
-            test_tree = ast.parse(test, _TEST_FILE)  # pristine positions for failed_test
         except (SyntaxError, ValueError) as e:
             report(dict(status="error", error_type="TestSyntaxError", message=f"the test script does not parse: {e}"))
             exit_(0)
@@ -305,22 +305,14 @@ def _child_setup(job: dict, cfg: dict, workdir: str, out_w: int, rep_w: int) -> 
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    try:
-        _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries can't give privileges back
-    except Exception:  # noqa: BLE001
-        pass
-    os.environ.clear()
-    os.environ.update(cfg["env"])
+    if not cfg["pidns"]:  # bubblewrap already set no_new_privs for the whole sandbox
+        try:
+            _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries can't give privileges back
+        except Exception:  # noqa: BLE001
+            pass
+    # The environment is the worker's (already scrubbed); sys.stdin/stdout/stderr are the worker's
+    # objects, now on /dev/null and the output pipe (line-buffered, see _worker_main).
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-    import io
-    import random
-    import tempfile
-
-    tempfile.tempdir = workdir
-    random.seed()  # each child its own stream, not the worker's
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, errors="replace")
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, errors="replace")
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.argv = ["program"]
     return 3
 
@@ -431,7 +423,10 @@ class _Worker:
             self._kill_leftovers()
             os.close(out_r)
             os.close(rep_r)
-            shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                os.rmdir(workdir)  # the common case: the program wrote no files
+            except OSError:
+                shutil.rmtree(workdir, ignore_errors=True)
 
     def _supervise(self, pid, job, nonce, out_r, rep_r, start) -> dict:
         cpu_limit = job["timeout"]
@@ -496,8 +491,8 @@ class _Worker:
             if pidfd is not None:
                 os.close(pidfd)
         duration = time.monotonic() - start
-        # Whatever is still in the report pipe was written before the child died.
-        self._kill_leftovers()
+        # Whatever is in the report pipe now was written before the child died (leftover
+        # processes are killed afterwards, in run()).
         while (chunk := _read_some(rep_r)) and len(report) < 1 << 20:
             report += chunk
         output = out.decode("utf-8", "replace")[:MAX_OUTPUT_KEEP]
@@ -620,13 +615,17 @@ def _worker_main(cfg_json: str) -> None:
     for fd in (0, 1):
         os.dup2(null, fd)
     os.close(null)
-    try:
-        _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
-    except Exception:  # noqa: BLE001
-        pass
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, errors="replace")  # children exit with os._exit
+    if not cfg["pidns"]:
+        try:
+            _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
+        except Exception:  # noqa: BLE001
+            pass
     import importlib
 
-    _libc()
     for name in PREIMPORT:
         try:
             importlib.import_module(name)
@@ -651,7 +650,7 @@ _SCRUBBED_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-_probe_lock = threading.Lock()
+_probe_lock = _thread.allocate_lock()
 _probe_result: tuple[bool, str] | None = None
 _warned = False
 
@@ -718,13 +717,15 @@ def probe_bwrap() -> tuple[bool, str]:
         if _probe_result is None:
             try:
                 cmd = _bwrap_command("/tmp") + [sys.executable, "-I", "-c", "import os; print(os.getpid())"]
+                import subprocess
+
                 r = subprocess.run(cmd, env=_SCRUBBED_ENV, capture_output=True, text=True, timeout=30)
                 if r.returncode == 0:
                     _probe_result = (True, "")
                 else:
                     last = (r.stderr.strip().splitlines() or ["exit code %d" % r.returncode])[-1]
                     _probe_result = (False, f"bwrap failed: {last}")
-            except (OSError, subprocess.SubprocessError) as e:
+            except (OSError, __import__("subprocess").SubprocessError) as e:
                 _probe_result = (False, f"{type(e).__name__}: {e}")
         return _probe_result
 
@@ -775,7 +776,7 @@ class SandboxError(RuntimeError):
     """The sandbox machinery itself failed (not the program under test)."""
 
 
-_uid_lock = threading.Lock()
+_uid_lock = _thread.allocate_lock()
 _uid_next = 0
 
 
@@ -792,7 +793,7 @@ class _WorkerHandle:
 
     def __init__(self, mode: str):
         self.mode = mode
-        self.proc: subprocess.Popen | None = None
+        self.proc = None  # subprocess.Popen of the worker
         self.uid: int | None = None
 
     def start(self) -> None:
@@ -828,6 +829,8 @@ class _WorkerHandle:
         src = str(Path(__file__).resolve().parents[1])
         cmd = prefix + [sys.executable, "-I", "-c", boot, src, json.dumps(cfg)]
         debug = os.environ.get("ILF_SANDBOX_DEBUG")
+        import subprocess
+
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -892,6 +895,8 @@ class _WorkerHandle:
         )
 
     def kill(self) -> None:
+        import subprocess
+
         if self.proc is None:
             return
         try:
@@ -914,6 +919,8 @@ class _WorkerHandle:
         self.proc = None
 
     def close(self) -> None:
+        import subprocess
+
         if self.proc is None:
             return
         try:
@@ -935,12 +942,14 @@ class Sandbox:
     """
 
     def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, workers: int = 0):
+        import queue
+
         self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
         self.workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
         self.mode = _isolation_mode()
         if self.mode != "bwrap":
             _warn_once(isolation_status())
-        self._idle: queue.Queue[_WorkerHandle] = queue.Queue()
+        self._idle: queue.Queue = queue.Queue()
         self._all: list[_WorkerHandle] = []
         for _ in range(self.workers):
             h = _WorkerHandle(self.mode)
@@ -973,6 +982,9 @@ class Sandbox:
     ) -> Iterator[tuple[int, Verdict]]:
         """Run (program, test) or (program, test, timeout) jobs on all workers; yields
         (index, Verdict) as they finish, in any order."""
+        import queue
+        import threading
+
         it = iter(enumerate(jobs))
         lock = threading.Lock()
         results: queue.Queue = queue.Queue()
@@ -1012,7 +1024,7 @@ class Sandbox:
 
 
 _default: Sandbox | None = None
-_default_lock = threading.Lock()
+_default_lock = _thread.allocate_lock()
 
 
 def check(program: str, test: str, timeout: float | None = None) -> Verdict:
