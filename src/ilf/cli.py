@@ -327,6 +327,43 @@ def annotations_export_cmd(
     commands.annotations_export(db, output, format, source, include_skips)
 
 
+# ---------------------------------------------------------------------------------------------
+# Sharing one loaded model
+
+
+@app.command()
+@friendly
+def serve(
+    model: Optional[str] = typer.Option(None, help="Model spec (bundled name, HF dir, .gguf, hub id; default: the bundled model)."),
+    engine: Optional[str] = typer.Option(None, help="transformers | openvino | vllm (default: the fastest here)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the model to your network)."),
+    port: int = typer.Option(8000, help="Port (8000, like `vllm serve`)."),
+    model_name: Optional[str] = typer.Option(None, help="Name clients ask for (default: the model spec)."),
+    api_key: Optional[str] = typer.Option(None, envvar="ILF_SERVE_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    dtype: Optional[str] = typer.Option(None, help="vllm: weights dtype (auto, bfloat16, float16)."),
+    tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs to split the model across."),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: fraction of GPU memory to use."),
+    max_model_len: Optional[int] = typer.Option(None, help="vllm: context length (lower it to fit the KV cache)."),
+):
+    """Serve a model on an OpenAI-compatible /v1/completions endpoint (use it with --engine openai)."""
+    from ilf.generation import default_engine, get_engine
+    from ilf.serve import serve as run_server
+
+    name = engine or default_engine()
+    if name == "openai":
+        raise IlfError("--engine openai would serve another server's model: point clients at that server instead")
+    vllm_opts = dict(dtype=dtype, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    opts = {k: v for k, v in vllm_opts.items() if v is not None}
+    if opts and name != "vllm":
+        raise IlfError(f"--{next(iter(opts)).replace('_', '-')} applies to --engine vllm only")
+    eng = get_engine(name, model, **opts)
+    from ilf.models import DEFAULT_MODEL
+
+    served = model_name or model or DEFAULT_MODEL
+    err.print(f"serving [bold]{served}[/] ({name}) on http://{host}:{port}/v1", highlight=False)
+    run_server(eng, served, host=host, port=port, api_key=api_key)
+
+
 def main() -> None:
     app()
 
