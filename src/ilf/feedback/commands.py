@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ilf.errors import IlfError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # tokens and URLs must never be wrapped
 
 
 def default_db(source: str | os.PathLike | None) -> Path:
