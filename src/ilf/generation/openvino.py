@@ -1,0 +1,231 @@
+"""OpenVINO GenAI engine: the fast CPU sampler (continuous batching, int8 weights).
+
+Conversion. OpenVINO GenAI reads GGUF files itself (Q8_0, F16, F32 tensors; not the Q5_0 tensors of
+the bundled Q4_K_M file), and optimum-intel's exporter needs an older transformers than ilf's. So the
+Hugging Face directory is written once as a GGUF whose matrices are Q8_0 (int8 weights, one scale
+per 32 values, exactly what OpenVINO runs as int8) and whose tokenizer metadata comes from the
+bundled model's GGUF. This covers Qwen2-architecture models with the Qwen2.5 tokenizer: the bundled
+models and everything FINETUNE makes from them. Others get a clear error (use --engine transformers).
+The converted file is cached under `ilf.models.engine_dir(resolved, "openvino")`.
+
+Sampling. All prompts are queued in a `ContinuousBatchingPipeline`; each request asks for n samples
+of one prompt (they share its KV cache) with `rng_seed = prompt_seed(seed, prompt)`. Requests are
+added one at a time, never more than MAX_INFLIGHT_PROMPTS at once, and each is read as soon as it
+finishes, so progress and resumable writes follow the work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from ilf.errors import IlfError
+from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
+
+# KV cache for the scheduler, in GB (0.5B model, n=10, <=1k tokens per sequence fits easily).
+KV_CACHE_GB = 2
+# Prompts queued in the pipeline at once (n sequences each). Enough to keep both cores busy with
+# batched decoding; bounded so memory stays flat on long runs.
+MAX_INFLIGHT_PROMPTS = 8
+GGUF_NAME = "model-q8_0.gguf"
+SUPPORTED_ARCHS = {"qwen2"}
+
+
+def _num_threads() -> int:
+    return int(os.environ.get("ILF_NUM_THREADS") or os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion: Hugging Face directory -> Q8_0 GGUF
+
+
+def _tokenizer_template():
+    """The bundled model's GGUF reader: source of the Qwen2.5 tokenizer metadata."""
+    import gguf
+
+    from ilf.models import BUNDLED, DEFAULT_MODEL, assemble_bundled
+
+    return gguf.GGUFReader(assemble_bundled(BUNDLED[DEFAULT_MODEL]))
+
+
+def hf_to_gguf_q8(hf_dir: Path, out: Path) -> None:
+    """Write a Hugging Face Qwen2 directory as a GGUF with Q8_0 matrices and F32 vectors."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    if cfg.model_type not in SUPPORTED_ARCHS:
+        raise IlfError(
+            f"{hf_dir}: the openvino engine converts Qwen2-architecture models, not {cfg.model_type!r}; "
+            "use --engine transformers"
+        )
+    tmpl = _tokenizer_template()
+    tmpl_tokens = tmpl.fields["tokenizer.ggml.tokens"].contents()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    vocab = tok.get_vocab()
+    if any(vocab.get(t) != i for i, t in enumerate(tmpl_tokens[: len(vocab)] if len(vocab) <= len(tmpl_tokens) else [])) or len(vocab) > len(tmpl_tokens):
+        raise IlfError(f"{hf_dir}: the openvino engine needs the Qwen2.5 tokenizer; use --engine transformers")
+    if cfg.vocab_size != len(tmpl_tokens):
+        raise IlfError(
+            f"{hf_dir}: vocab_size {cfg.vocab_size} != {len(tmpl_tokens)} of the Qwen2.5 tokenizer; use --engine transformers"
+        )
+
+    arch = "qwen2"
+    w = gguf.GGUFWriter(out, arch)
+    w.add_name(Path(hf_dir).name)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    w.add_rope_freq_base(float(rope))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    for key, field in tmpl.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), vtype, sub)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
+    files = sorted(Path(hf_dir).glob("*.safetensors"))
+    if not files:
+        raise IlfError(f"{hf_dir}: no *.safetensors weights to convert")
+    seen, embed = set(), None
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for name in st.keys():
+                gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
+                if gname is None:
+                    raise IlfError(f"{f}: cannot map tensor {name!r} to GGUF; use --engine transformers")
+                data = st.get_tensor(name).to(torch.float32).numpy()
+                seen.add(gname)
+                if gname == "token_embd.weight":
+                    embed = data
+                if data.ndim == 2 and data.shape[1] % 32 == 0:
+                    w.add_tensor(gname, gguf.quants.quantize(data, q8), raw_dtype=q8)
+                else:
+                    w.add_tensor(gname, np.ascontiguousarray(data, dtype=np.float32))
+    if "output.weight" not in seen and embed is not None:
+        # Tied embeddings: OpenVINO's GGUF reader wants the output head as its own tensor.
+        w.add_tensor("output.weight", gguf.quants.quantize(embed, q8), raw_dtype=q8)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def converted_gguf(resolved) -> Path:
+    """The cached Q8_0 GGUF for `resolved`, converting once (atomically) with a message."""
+    from rich.console import Console
+
+    from ilf.models import build_atomically, engine_dir
+
+    final = engine_dir(resolved, "openvino")
+    if not (final / GGUF_NAME).exists():
+        con = Console(stderr=True)
+        with con.status(f"[bold]Converting {resolved.name} for OpenVINO (int8 GGUF, once) into {final} ..."):
+            build_atomically(final, lambda tmp: hf_to_gguf_q8(resolved.hf_dir, tmp / GGUF_NAME))
+        con.print(f"[green]converted[/] {resolved.name} for OpenVINO -> {final}")
+    return final / GGUF_NAME
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine
+
+
+class OpenVINOEngine(Engine):
+    name = "openvino"
+
+    def __init__(self, model: Any = None, threads: int | None = None, kv_cache_gb: float = KV_CACHE_GB, **_: Any):
+        import openvino_genai as ov_genai
+
+        from ilf.models import resolve_model
+
+        self.resolved = resolve_model(model)
+        path = converted_gguf(self.resolved)
+        sched = ov_genai.SchedulerConfig()
+        sched.cache_size = int(kv_cache_gb)
+        sched.enable_prefix_caching = False
+        props = {"INFERENCE_NUM_THREADS": int(threads or _num_threads())}
+        self.pipe = ov_genai.ContinuousBatchingPipeline(str(path), sched, "CPU", props)
+        self.tokenizer = self.pipe.get_tokenizer()
+        self._ov = ov_genai
+        from ilf.models import ENDOFTEXT_ID, IM_END_ID
+
+        self.eos_ids = {ENDOFTEXT_ID, IM_END_ID}
+        self._next_id = 0
+
+    def _config(self, params: SamplingParams, prompt: str):
+        c = self._ov.GenerationConfig()
+        c.apply_chat_template = False  # plain completion of the paper's prompt (it defaults to chat)
+        c.max_new_tokens = params.max_new_tokens
+        c.stop_token_ids = set(self.eos_ids)
+        if params.stop:
+            c.stop_strings = set(params.stop)
+            c.include_stop_str_in_output = False
+        if params.temperature > 0:
+            c.do_sample = True
+            c.temperature = params.temperature
+            c.top_p = params.top_p
+            c.top_k = params.top_k if params.top_k > 0 else 0
+            c.num_return_sequences = params.n
+            c.rng_seed = prompt_seed(params.seed, prompt)
+        else:
+            c.do_sample = False
+            c.num_return_sequences = 1
+        return c
+
+    def _completions(self, outputs, params: SamplingParams) -> list[Completion]:
+        from ilf.generation.hf import cut_at_stop
+
+        comps = []
+        for out in outputs:
+            ids = list(out.generated_ids)
+            ended_eos = bool(ids) and ids[-1] in self.eos_ids
+            body = ids[:-1] if ended_eos else ids
+            text, hit = cut_at_stop(self.tokenizer.decode(body, skip_special_tokens=True), params.stop)
+            reason = "stop" if (ended_eos or hit or len(ids) < params.max_new_tokens) else "length"
+            comps.append(Completion(text=text, num_tokens=len(ids), finish_reason=reason))
+        if len(comps) < params.n:  # greedy: one decode, copied
+            comps = [Completion(c.text, c.num_tokens, c.finish_reason) for c in comps * params.n][: params.n]
+        return comps
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams,
+        progress: Optional[Callable[[int, list[Completion]], None]] = None,
+    ) -> list[list[Completion]]:
+        results: list[Optional[list[Completion]]] = [None] * len(prompts)
+        pending = list(range(len(prompts)))[::-1]
+        inflight: dict[int, Any] = {}
+        while pending or inflight:
+            while pending and len(inflight) < MAX_INFLIGHT_PROMPTS:
+                i = pending.pop()
+                self._next_id += 1
+                inflight[i] = self.pipe.add_request(self._next_id, prompts[i], self._config(params, prompts[i]))
+            self.pipe.step()
+            for i, handle in list(inflight.items()):
+                status = handle.get_status()
+                if status == self._ov.GenerationStatus.RUNNING:
+                    continue
+                if status != self._ov.GenerationStatus.FINISHED:
+                    raise IlfError(f"openvino: request for prompt {i} ended with status {status}")
+                comps = self._completions(handle.read_all(), params)
+                results[i] = comps
+                del inflight[i]
+                if progress:
+                    progress(i, comps)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.pipe = None
