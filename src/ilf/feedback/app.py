@@ -380,6 +380,8 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             store.submit(sess.annotator, form["submission_id"], form["task_key"], skip=True)
         except AlreadyAnnotated:
             pass  # a second click on another tab: the task is done either way
+        except IlfError as e:
+            return refuse(409, str(e), request)
         return RedirectResponse("/task", status_code=303)
 
     @app.post("/submit")
@@ -440,6 +442,8 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             )
         except AlreadyAnnotated as e:
             return refuse(409, f"{e}. Your earlier submission is kept.", request)
+        except IlfError as e:  # e.g. a submission id of another annotator
+            return refuse(409, str(e), request)
         return RedirectResponse("/task", status_code=303)
 
     return app
