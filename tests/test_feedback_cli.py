@@ -65,3 +65,30 @@ def test_annotations_import_export_and_stats(tmp_path, data_dir):
     assert stats["authors"]["n"] == 195 and round(stats["authors"]["words_mean"], 1) == 68.7
     p = run("annotations", "export", str(tmp_path / "x.jsonl"), "--db", str(tmp_path / "missing.db"))
     assert p.returncode == 2 and "missing.db: file not found" in p.stderr
+
+
+def test_run_directory_input_uses_the_newest_round(tmp_path, data_dir):
+    import pytest
+
+    from ilf.errors import IlfError
+    from ilf.feedback.app import load_failing
+    from ilf.feedback.commands import default_db
+
+    run = tmp_path / "runs" / "demo"
+    with pytest.raises(IlfError, match="no such results file or run directory"):
+        load_failing(run)
+    (run / "r1").mkdir(parents=True)
+    (run / "r2").mkdir()
+    (run / "config.toml").write_text(f'name = "demo"\ndataset = "mbpp"\ndata_dir = "{data_dir}"\n')
+    row = {"task_id": 11, "sample_id": 0, "program": "x", "passed": False, "status": "failed", "error": None}
+    (run / "r1" / "results.jsonl").write_text(json.dumps(row) + "\n")
+    rows = [row, {**row, "task_id": 12}, {**row, "task_id": 12, "sample_id": 1, "passed": True}]
+    (run / "r2" / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results, tasks = load_failing(run)
+    assert [r["task_id"] for r in results] == [11]  # task 12 has a passing sample (only unsolved)
+    assert 11 in tasks.tasks and default_db(run) == run / "feedback.db"
+    results, _ = load_failing(run, only_unsolved=False)
+    assert sorted({r["task_id"] for r in results}) == [11, 12]
+    (run / "r2" / "results.jsonl").write_text('{"task_id": 11, "sample_id": 0}\n')
+    with pytest.raises(IlfError, match=r"r2/results.jsonl:1: missing field 'passed'"):
+        load_failing(run)
