@@ -233,6 +233,14 @@ def test_retries_on_429_and_5xx_then_succeeds_and_cuts_stop_client_side(monkeypa
         httpd.shutdown()
 
 
+def test_serve_cli_refuses_bad_combinations():
+    for args, msg in [(["--engine", "openai"], "would serve another server's model"),
+                      (["--engine", "transformers", "--dtype", "float16"], "--dtype applies to --engine vllm only")]:
+        r = subprocess.run([sys.executable, "-m", "ilf.cli", "serve", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2
+        assert msg in r.stderr and "Traceback" not in r.stderr
+
+
 def test_helpers():
     assert normalize_base_url("127.0.0.1:8000") == "http://127.0.0.1:8000/v1"
     assert normalize_base_url("https://api.example.com/v1/") == "https://api.example.com/v1"

@@ -5,6 +5,7 @@ environment through the worker subprocess, on a tiny Qwen2 model built here. One
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -84,6 +85,36 @@ def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny_m
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
+def test_ilf_serve_over_vllm_answers_like_the_engine(engine):
+    import threading
+    import time
+
+    import uvicorn
+
+    from ilf.generation.openai import OpenAIEngine
+    from ilf.serve import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, "tiny"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = OpenAIEngine(base_url=f"http://127.0.0.1:{port}/v1")
+        greedy = SamplingParams(n=2, temperature=0.0, max_new_tokens=16, stop=["\n\n"])
+        assert client.generate(PROMPTS, greedy) == engine.generate(PROMPTS, greedy)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_vllm
 def test_close_ends_every_vllm_process(engine):
     # Runs after the test above (file order) and shuts the shared engine down.
     eng = engine
@@ -108,6 +139,14 @@ def test_missing_vllm_environment_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("ILF_VLLM_PYTHON", str(tmp_path / "nope" / "python"))
     with pytest.raises(IlfError, match="ILF_VLLM_PYTHON=.*no such file"):
         find_vllm_python()
+
+
+def test_missing_worker_python_is_one_clear_error(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(IlfError, match="python=.*no such file"):
+        VLLMEngine(str(model), python=str(tmp_path / "nope"))
 
 
 def test_unknown_engine_option_is_one_clear_error():

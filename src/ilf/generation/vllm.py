@@ -292,6 +292,8 @@ class VLLMEngine(Engine):
             self._backend: Any = _InProcess(self.model_dir, self.config)
         else:
             py = Path(python) if python else find_vllm_python()
+            if py is not None and not py.exists():
+                raise IlfError(f"vllm engine: python={py}: no such file")
             if py is None:
                 raise IlfError(
                     "vLLM is not installed: on a GPU machine `pip install vllm`; on a CPU run "
