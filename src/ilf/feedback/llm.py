@@ -35,9 +35,10 @@ INSTRUCTION = (
     "in words, without writing code."
 )
 SEPARATOR = "\n---\n"
-# Feedback ends at the next section or a blank line; refinements at the next example.
-FEEDBACK_STOP = ["\nREFINEMENT:", "\n---", "\nTASK:", "\nOLD CODE:", "\n\n"]
-REFINEMENT_STOP = ["\n---", "\nTASK:", "\nFEEDBACK:", "\nOLD CODE:", "\n\n\n"]
+# Feedback ends at the next section or a blank line; refinements at the next example. At most 4
+# stop strings each: OpenAI-compatible APIs refuse more.
+FEEDBACK_STOP = ["\nREFINEMENT:", "\n---", "\nTASK:", "\n\n"]
+REFINEMENT_STOP = ["\n---", "\nTASK:", "\nFEEDBACK:", "\n\n\n"]
 FEEDBACK_MAX_TOKENS = 96
 REFINEMENT_MAX_TOKENS = 384
 # Few-shot examples longer than this (program + feedback + refinement, characters) are not used:
