@@ -129,22 +129,23 @@ def _cap(s: str, n: int) -> str:
 # Inside the child: run the program, then the tests, and report.
 
 
-def _instrument_test(tree: ast.Module) -> ast.Module:
+class _Instrument(ast.NodeTransformer):
     """`assert L op R` -> `assert (__ilf_got__ := L) op R`: L is still evaluated once, in its own
     scope, so the test's meaning is unchanged, and a failing assert can report what L was."""
 
-    class Rewriter(ast.NodeTransformer):
-        def visit_Assert(self, node: ast.Assert):
-            t = node.test
-            if isinstance(t, ast.Compare) and len(t.ops) == 1 and not isinstance(t.left, ast.Starred):
-                named = ast.NamedExpr(target=ast.Name(id=_GOT, ctx=ast.Store()), value=t.left)
-                t.left = ast.copy_location(named, t.left)
-            return node
+    def visit_Assert(self, node: ast.Assert):
+        t = node.test
+        if isinstance(t, ast.Compare) and len(t.ops) == 1 and not isinstance(t.left, ast.Starred):
+            named = ast.NamedExpr(target=ast.Name(id=_GOT, ctx=ast.Store()), value=t.left)
+            t.left = ast.copy_location(named, t.left)
+        return node
 
-        def visit_ClassDef(self, node):  # a walrus in a class body binds oddly; leave classes alone
-            return node
+    def visit_ClassDef(self, node):  # a walrus in a class body binds oddly; leave classes alone
+        return node
 
-    return ast.fix_missing_locations(Rewriter().visit(tree))
+
+def _instrument_test(tree: ast.Module) -> ast.Module:
+    return ast.fix_missing_locations(_Instrument().visit(tree))
 
 
 def _statement_at(tree: ast.AST, lineno: int) -> ast.stmt | None:
@@ -209,12 +210,30 @@ def _describe(exc: BaseException, test_tree, test_src: str) -> dict:
     return dict(status="error", error_type=etype, message=msg, failed_test=failed_test)
 
 
-def _child_main(program: str, test: str, report_fd: int, nonce: str) -> None:
+def _compile_program(program: str):
+    """Compile (never run) the program in the worker, before the fork: a program that does not
+    parse needs no child, and the child then touches fewer fresh pages (cheaper forks)."""
+    try:
+        return compile(program, _PROGRAM_FILE, "exec", dont_inherit=True), None
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:  # ValueError: NUL bytes
+        return None, _describe(e, None, "")
+
+
+def _compile_test(test: str):
+    """-> (instrumented tree, code) or an error payload. Statements keep their positions through
+    _instrument_test, so failed_test stays exact."""
+    try:
+        tree = _instrument_test(ast.parse(test, _TEST_FILE))
+        return (tree, compile(tree, _TEST_FILE, "exec", dont_inherit=True)), None
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        return None, dict(status="error", error_type="TestSyntaxError", message=f"the test script does not parse: {e}")
+
+
+def _child_main(code, test_tree, test_code, test: str, report_fd: int, nonce: str, passed_line: bytes) -> None:
     """Runs in the forked child, after isolation is in place. Never returns."""
     write, exit_, dumps = os.write, os._exit, json.dumps  # bound before untrusted code can patch them
 
-    def report(payload: dict) -> None:
-        data = (nonce + dumps(payload) + "\n").encode()
+    def report(data: bytes) -> None:
         try:
             while data:
                 data = data[write(report_fd, data) :]
@@ -223,27 +242,14 @@ def _child_main(program: str, test: str, report_fd: int, nonce: str) -> None:
 
     import builtins
 
-    test_tree = None
     try:
-        try:
-            code = compile(program, _PROGRAM_FILE, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes
-            report(_describe(e, None, ""))
-            exit_(0)
-        try:
-            # statements keep their positions through _instrument_test: failed_test stays exact
-            test_tree = _instrument_test(ast.parse(test, _TEST_FILE))
-            test_code = compile(test_tree, _TEST_FILE, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError) as e:
-            report(dict(status="error", error_type="TestSyntaxError", message=f"the test script does not parse: {e}"))
-            exit_(0)
         namespace = {"__name__": "__ilf__", "__builtins__": builtins}
         exec(code, namespace)  # noqa: S102 - this IS the sandbox
         exec(test_code, namespace)  # noqa: S102
     except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt too: not a pass
-        report(_describe(e, test_tree, test))
+        report((nonce + dumps(_describe(e, test_tree, test)) + "\n").encode())
         exit_(0)
-    report({"status": "passed"})  # reached only after the last test statement ran
+    report(passed_line)  # reached only after the last test statement ran
     exit_(0)
 
 
@@ -325,6 +331,7 @@ class _Worker:
         self.tmp_root = cfg["tmp_root"]
         self.me = os.getpid()
         self.counter = 0
+        self.tests: dict[str, tuple] = {}  # test source -> compiled, see _compile_test
 
     # -- leftovers -------------------------------------------------------------------------
     def _others(self) -> list[int]:
@@ -398,6 +405,19 @@ class _Worker:
 
     # -- one job ---------------------------------------------------------------------------
     def run(self, job: dict) -> dict:
+        code, err = _compile_program(job["program"])
+        if err is not None:
+            return dict(err, duration=0.0, output="")
+        test = job["test"]
+        compiled = self.tests.get(test)
+        if compiled is None:
+            compiled = _compile_test(test)
+            if len(self.tests) >= 256:  # MBPP/HumanEval: n samples per task share one test
+                self.tests.clear()
+            self.tests[test] = compiled
+        (test_tree, test_code), err = compiled if compiled[0] else ((None, None), compiled[1])
+        if err is not None:
+            return dict(err, duration=0.0, output="")
         self.counter += 1
         workdir = os.path.join(self.tmp_root, f"job{self.counter}")
         os.mkdir(workdir, 0o700)
@@ -405,6 +425,7 @@ class _Worker:
         if uid is not None:
             os.chown(workdir, uid, uid)
         nonce = os.urandom(16).hex()
+        passed_line = (nonce + '{"status": "passed"}\n').encode()
         out_r, out_w = os.pipe()
         rep_r, rep_w = os.pipe()
         start = time.monotonic()
@@ -412,7 +433,7 @@ class _Worker:
         if pid == 0:  # ---- child
             try:
                 fd = _child_setup(job, self.cfg, workdir, out_w, rep_w)
-                _child_main(job["program"], job["test"], fd, nonce)
+                _child_main(code, test_tree, test_code, test, fd, nonce, passed_line)
             finally:
                 os._exit(70)
         os.close(out_w)
@@ -625,6 +646,7 @@ def _worker_main(cfg_json: str) -> None:
         except Exception:  # noqa: BLE001
             pass
     import importlib
+    import resource  # noqa: F401 - used by every child (_set_rlimits): import it once, here
 
     for name in PREIMPORT:
         try:
