@@ -166,13 +166,17 @@ class Run:
             r["program"], r["refinement"], r["feedback"] = _nl(r["program"]), _nl(r["refinement"]), _nl(r["feedback"]).strip()
         return recs
 
-    def engine(self, model: str, engine: str | None = None):
-        """One loaded model at a time (2 cores, limited memory): switching closes the previous one."""
-        from ilf.generation import default_engine, get_engine
+    def engine_name(self, engine: str | None = None) -> str:
+        from ilf.generation import default_engine
 
         name = engine or self.cfg.model.engine
-        if name in ("", "auto"):
-            name = default_engine()
+        return default_engine() if name in ("", "auto") else name
+
+    def engine(self, model: str, engine: str | None = None):
+        """One loaded model at a time (2 cores, limited memory): switching closes the previous one."""
+        from ilf.generation import get_engine
+
+        name = self.engine_name(engine)
         key = (str(model), name)
         if self._engine_key != key:
             self.close_engine()
@@ -279,8 +283,9 @@ class Run:
                                 max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed)
 
         def body():
-            eng = self.engine(model)
-            sample(list(tasks), eng, params, out, resume=True)
+            # The engine loads only if some task still needs sampling (a resumed stage may not).
+            sample(list(tasks), lambda: self.engine(model), params, out, resume=True,
+                   model_name=str(model), engine_name=self.engine_name())
 
         self.stage(name, body, params={"model": model, "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
                    inputs=[Path(model)] if Path(model).is_dir() else [], outputs=[out])
@@ -380,6 +385,7 @@ class Run:
     def refine_samples(self, feedback: list[dict], refiner: str, out: Path) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from ilf.extraction import STOP_SEQUENCES
         from ilf.generation import SamplingParams
         from ilf.refine import sample_refinements
 
@@ -390,8 +396,8 @@ class Run:
             examples = [a for a in self.authors_annotations() if a["task_id"] in wanted]
         params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                 max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
-                                stop=["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
-        eng = self.engine(refiner)
+                                stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
+        eng = lambda: self.engine(refiner)  # noqa: E731 (loaded only if something is left to do)
         with Progress(TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"),
                       TimeElapsedColumn(), console=console) as bar:
             t = bar.add_task("refine", total=len(feedback))

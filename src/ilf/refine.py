@@ -123,6 +123,8 @@ def sample_refinements(
     finished = len(feedback) - len(todo)
     if on_progress:
         on_progress(finished, len(feedback))
+    if todo and not hasattr(engine, "generate"):
+        engine = engine()  # a loader: the model loads only when something is left to sample
     with Appender(output) as out:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
