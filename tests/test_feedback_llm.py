@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from feedback_helpers import FIXED, PROMPT, WRONG, failing, make_task
-from ilf.feedback.llm import FEEDBACK_STOP, block, generate_llm_feedback, pick_examples
+from ilf.feedback.llm import FEEDBACK_STOP, block, generate_llm_feedback, llm_feedback_id, pick_examples
 
 HUMAN_EXAMPLES = [
     {"task_id": 10, "feedback_id": "h-10", "program": PROMPT + "    return a\n", "refinement": FIXED,
@@ -89,6 +89,7 @@ def test_llm_feedback_with_refinement_is_checked_in_the_sandbox(tiny_engine):
     assert isinstance(rec["edit_distance"], float)
 
 
+@pytest.mark.slow  # three CLI processes, each importing torch (~20 s on 2 busy cores)
 def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     """`ilf feedback` on MBPP results: trace feedback names the failing assert; llm feedback runs a model."""
     from ilf.tasks import load_tasks
@@ -120,6 +121,14 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["source"] == "llm" and rec["feedback"] and rec["example_ids"][0].startswith("authors-")
     assert rec["example_ids"] != ["authors-11"]
+    assert rec["feedback_id"] == llm_feedback_id(str(model_dir), 1, False, 0, 11, 0)
+    assert not (tmp_path / "llm.jsonl.partial").exists()
+    # Resume: a record already in OUTPUT.partial (a killed run) is kept, not generated again.
+    (tmp_path / "llm.jsonl.partial").write_text(json.dumps({**rec, "feedback": "FROM THE KILLED RUN"}) + "\n")
+    subprocess.run(cmd[:-4] + ["--source", "llm", "--engine", "transformers", "--model", str(model_dir), "--output", str(out)],
+                   check=True, env=env, capture_output=True, text=True)
+    (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rec["feedback"] == "FROM THE KILLED RUN"
 
 
 @pytest.mark.slow

@@ -115,7 +115,13 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
     return out
 
 
-def _engine_label(engine: Any) -> str:
+def llm_feedback_id(label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any) -> str:
+    """Deterministic: the same settings give the same id, so a killed run knows what is done."""
+    h = hashlib.sha256(f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}".encode()).hexdigest()[:12]
+    return f"llm-{h}"
+
+
+def engine_label(engine: Any) -> str:
     resolved = getattr(engine, "resolved", None)
     name = getattr(resolved, "name", None) or getattr(engine, "model_name", None) or getattr(engine, "model", None)
     return f"{getattr(engine, 'name', 'engine')}:{name}" if isinstance(name, str) else str(getattr(engine, "name", "engine"))
@@ -211,12 +217,12 @@ def generate_llm_feedback(
                 for i, v in sb.run_many(jobs):
                     verdicts[i] = v
 
-    label = model_name or _engine_label(engine)
+    label = model_name or engine_label(engine)
     records = []
     for i, r in enumerate(targets):
         task = lookup(r["task_id"])
         program = program_of(r, task)
-        fid = hashlib.sha256(f"{label}:{k_shot}:{with_refinement}:{seed}:{r['task_id']}:{r.get('sample_id')}".encode()).hexdigest()[:12]
+        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"))
         v = verdicts[i]
         records.append(
             {
@@ -228,7 +234,7 @@ def generate_llm_feedback(
                 "source": "llm",
                 "author": label,
                 "created_at": now_iso(),
-                "feedback_id": f"llm-{fid}",
+                "feedback_id": fid,
                 "edit_distance": normalized_edit_distance(program, refinements[i], task.prompt) if refinements[i] is not None else None,
                 "passed": v.passed if v is not None else None,
                 "status": v.status if v is not None else None,
