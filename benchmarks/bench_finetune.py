@@ -9,6 +9,9 @@ variant runs in its own process (so its peak RSS is its own) under `flock /tmp/i
 
     flock /tmp/ilf-heavy.lock python benchmarks/bench_finetune.py [--pairs 8 --batch 4 --steps 2]
 
+The machine is shared: the load average at start and end is printed, since other processes that do
+not take the lock slow every variant (compare variants within one run, not across runs).
+
 Tokens/s counts target (completion + end) tokens trained divided by the training loop's wall time
 (model loading and saving excluded; they are printed separately). Raw per-variant JSON goes to
 benchmarks/results/bench_finetune.json.
@@ -30,6 +33,8 @@ VARIANTS = {
     "ilf-full-fp32": dict(lora=False, bf16=False),
     "ilf-full-bf16": dict(lora=False, bf16=True),
     "ilf-lora-fp32": dict(lora=True, bf16=False),
+    "ilf-lora-fp32-gc": dict(lora=True, bf16=False, gradient_checkpointing=True),
+    "ilf-full-fp32-pd4": dict(lora=False, bf16=False, per_device_batch_size=4),
     "ilf-full-fp32-gc": dict(lora=False, bf16=False, gradient_checkpointing=True),
     "plain-Trainer-full-fp32": None,
 }
@@ -45,8 +50,9 @@ def run_ilf(name: str, args) -> dict:
     from ilf.finetune import FinetuneConfig, finetune
 
     out = Path(tempfile.mkdtemp(prefix="bench_ft_")) / "model"
-    cfg = FinetuneConfig(batch_size=args.batch, per_device_batch_size=1, max_steps=args.steps, max_length=args.max_length,
-                         report_to="none", save_steps=10**6, **VARIANTS[name])
+    kw = {"per_device_batch_size": 1, **VARIANTS[name]}
+    cfg = FinetuneConfig(batch_size=args.batch, max_steps=args.steps, max_length=args.max_length,
+                         report_to="none", save_steps=10**6, **kw)
     finetune(pairs_for(args.pairs), args.model, out, cfg)
     m = json.loads((out / "ilf_finetune.json").read_text())["metrics"]
     return {
@@ -106,7 +112,39 @@ def run_plain(args) -> dict:
     }
 
 
+def run_bf16_probe(args) -> dict:
+    """fp32 vs bf16 autocast for one forward+backward of the same sequence, same process: does
+    bf16 pay on this CPU? (A whole bf16 variant takes too long to run by default.)"""
+    import torch
+
+    from ilf.finetune import Pair, encode_pairs, end_token_ids, training_eos_id
+    from ilf.models import load_hf_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, tok = load_hf_model(args.model, dtype=torch.float32)
+    model.train()
+    eos = training_eos_id(tok, end_token_ids(tok, model))
+    e = encode_pairs([Pair(p["prompt"], p["completion"]) for p in pairs_for(1)], tok, args.max_length, eos)[0][0]
+    ids = torch.tensor([e.input_ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(e.input_ids, e.completion_mask)]])
+    times = {}
+    for name in ("fp32", "fp32", "bf16"):  # the first fp32 pass warms up
+        t = time.time()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        times[name] = time.time() - t
+    return {"tokens": len(e.input_ids), "fp32_seconds": round(times["fp32"], 2), "bf16_seconds": round(times["bf16"], 2),
+            "bf16_over_fp32": round(times["bf16"] / times["fp32"], 2)}
+
+
 def child(name: str, args) -> None:
+    if name == "bf16-probe":
+        r = run_bf16_probe(args)
+        r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        print("BENCH_RESULT " + json.dumps(r), flush=True)
+        return
     r = run_plain(args) if VARIANTS[name] is None else run_ilf(name, args)
     r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print("BENCH_RESULT " + json.dumps(r), flush=True)
@@ -119,7 +157,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="gradient accumulation steps (per-device batch 1)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    default = [v for v in VARIANTS if v != "ilf-full-bf16"] + ["bf16-probe"]  # whole bf16 runs: ~8x slower here
+    ap.add_argument("--variants", default=",".join(default))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -130,6 +169,7 @@ def main() -> None:
 
     resolve_model(args.model)  # convert once, outside the timed children
     results = {}
+    load_start = os.getloadavg()[0]
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--pairs", str(args.pairs),
                "--batch", str(args.batch), "--steps", str(args.steps), "--max-length", str(args.max_length)]
@@ -146,11 +186,16 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
     print(f"\nFINETUNE on {args.model}: {args.pairs} pairs, per-device batch 1 x accumulation {args.batch}, "
-          f"{args.steps} optimizer steps, max_length {args.max_length}, {os.cpu_count()} CPU threads")
+          f"{args.steps} optimizer steps, max_length {args.max_length}, {os.cpu_count()} CPU threads; "
+          f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     hdr = f"{'variant':26} {'target tok/s':>12} {'s/step':>8} {'train s':>8} {'load s':>7} {'peak RSS GiB':>13} {'loss':>7}"
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
+        if name == "bf16-probe" and "error" not in r:
+            print(f"{'bf16 autocast probe':26} one fwd+bwd of {r['tokens']} tokens: fp32 {r['fp32_seconds']} s, "
+                  f"bf16 {r['bf16_seconds']} s ({r['bf16_over_fp32']}x)")
+            continue
         if "error" in r:
             print(f"{name:26} error: {r['error']}")
             continue

@@ -589,6 +589,7 @@ def finetune(
         dataloader_pin_memory=False,
         # Several CPU processes (torchrun on a machine without GPUs) talk over gloo.
         ddp_backend="gloo" if _world_size() > 1 and not torch.cuda.is_available() else None,
+        use_cpu=not torch.cuda.is_available(),  # else the Trainer refuses bf16 autocast on a CPU
         disable_tqdm=True,
         **save_kw,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
