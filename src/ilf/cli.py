@@ -182,7 +182,7 @@ def finetune(
     seed: Optional[int] = typer.Option(None),
     logging_steps: Optional[int] = typer.Option(None),
     report_to: Optional[str] = typer.Option(None, help="tensorboard (default; OUTPUT/runs) | none | any Trainer integration."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N optimizer steps (0 = each epoch)."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N optimizer steps (0 = each epoch, -1 = never)."),
     save_total_limit: Optional[int] = typer.Option(None),
     keep_checkpoints: Optional[bool] = typer.Option(None, "--keep-checkpoints/--no-keep-checkpoints"),
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint (default)."),
@@ -362,6 +362,58 @@ def serve(
     served = model_name or model or DEFAULT_MODEL
     err.print(f"serving [bold]{served}[/] ({name}) on http://{host}:{port}/v1", highlight=False)
     run_server(eng, served, host=host, port=port, api_key=api_key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling x0 ~ π_θ
+
+
+@app.command()
+@friendly
+def sample(
+    model: Optional[str] = typer.Option(None, help="Bundled name, HF model dir, .gguf file or hub id (default: the bundled 0.5B)."),
+    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
+    split: Optional[str] = typer.Option(None, help="MBPP split: test (11-110) | refine | train | prompt | all."),
+    tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
+    n: int = typer.Option(10, help="Samples per task."),
+    temperature: float = typer.Option(0.8, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling."),
+    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
+    max_new_tokens: int = typer.Option(128, help="Max generated tokens per sample."),
+    seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
+    engine: Optional[str] = typer.Option(None, help="transformers | openvino | vllm | openai (default: the fastest here)."),
+    output: Path = typer.Option(..., help="Sample records JSONL (resumes if it exists)."),
+    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
+):
+    """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
+    from ilf.generation import default_engine, get_engine
+    from ilf.generation.base import SamplingParams
+    from ilf.sampling import sample as run_sample
+    from ilf.tasks import load_tasks
+
+    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise IlfError("need --n >= 1, --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    ts = load_tasks(dataset, data_dir=data_dir, split=split, task_ids=tasks, path=tasks_file)
+    for tid, why in ts.skipped.items():
+        err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
+    if not len(ts):
+        raise IlfError("no tasks selected (check --split / --tasks)")
+    name = engine or default_engine()
+    kw = {"base_url": base_url} if name == "openai" else {}
+    if name == "openai":
+        model_name = model or "default"
+    else:
+        from ilf.models import resolve_model
+
+        model = resolve_model(model)  # converts once (with a message) before the engine loads
+        model_name = model.name
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+    t0 = __import__("time").perf_counter()
+    recs = run_sample(ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name, engine_name=name)
+    dt = __import__("time").perf_counter() - t0
+    err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({dt:.0f} s)", highlight=False)
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ class FinetuneConfig:
     # Logging, checkpoints, resumption.
     logging_steps: int = 1
     report_to: str = "tensorboard"  # "none" to disable; logs go to OUTPUT/runs
-    save_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of each epoch
+    save_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of each epoch; -1 = never
     save_total_limit: int = 1  # a full-FT checkpoint of the 0.5B model is ~7.5 GB (weights + AdamW)
     keep_checkpoints: bool = False  # delete OUTPUT/checkpoints once the final model is saved
     resume: bool = True  # continue from the last complete checkpoint in OUTPUT/checkpoints
@@ -564,7 +564,12 @@ def finetune(
     )
     accum = max(1, math.ceil(cfg.batch_size / (cfg.per_device_batch_size * _world_size())))
     effective_batch = accum * cfg.per_device_batch_size * _world_size()
-    save_kw = {"save_strategy": "epoch"} if cfg.save_steps <= 0 else {"save_strategy": "steps", "save_steps": cfg.save_steps}
+    if cfg.save_steps < 0:
+        save_kw: dict[str, Any] = {"save_strategy": "no"}
+    elif cfg.save_steps == 0:
+        save_kw = {"save_strategy": "epoch"}
+    else:
+        save_kw = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     report_to = [] if cfg.report_to in ("none", "") else [r.strip() for r in cfg.report_to.split(",")]
     args = SFTConfig(
         output_dir=str(ckpt_dir),
