@@ -69,7 +69,7 @@ def evaluate(
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
-    timeout: float = typer.Option(None, help="Seconds per program (default: sandbox.DEFAULT_TIMEOUT)."),
+    timeout: float = typer.Option(None, help="CPU seconds per program; wall limit is 2x (default: 6, sandbox.DEFAULT_TIMEOUT)."),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
     k: List[int] = typer.Option([1, 10, 100], help="k for pass@k (reported when every task has >= k samples)."),
