@@ -121,8 +121,11 @@ class VLLMServe:
                     raise SystemExit("vllm serve did not start")
                 time.sleep(1)
         # vLLM extensions: stop on <|endoftext|> too, and return token ids for exact token counts.
+        from transformers import AutoTokenizer
+
+        stop_ids = eos_token_ids(AutoTokenizer.from_pretrained(hf_dir))
         self.engine = OpenAIEngine("bundled", base_url=url + "/v1", concurrency=8,
-                                   extra_body={"stop_token_ids": [151643, 151645], "return_token_ids": True})
+                                   extra_body={"stop_token_ids": stop_ids, "return_token_ids": True})
 
     def generate(self, prompts, params, progress=None):
         return self.engine.generate(prompts, params, progress)
@@ -156,11 +159,13 @@ def run(name: str, hf_dir: Path, task_ids: str) -> dict:
     eng = make_engine(name, hf_dir)
     startup = time.perf_counter() - t0
     print(f"[{name}] started in {startup:.1f} s; sampling {len(tasks)} tasks x {PARAMS.n}", flush=True)
-    t1 = time.perf_counter()
-    outs = eng.generate([t.prompt for t in tasks], PARAMS,
-                        progress=lambda i, c: print(f"[{name}] task {i + 1}/{len(tasks)}", flush=True))
-    wall = time.perf_counter() - t1
-    eng.close()
+    try:
+        t1 = time.perf_counter()
+        outs = eng.generate([t.prompt for t in tasks], PARAMS,
+                            progress=lambda i, c: print(f"[{name}] task {i + 1}/{len(tasks)}", flush=True))
+        wall = time.perf_counter() - t1
+    finally:
+        eng.close()
     records = [r for t, comps in zip(tasks, outs) for r in make_records(t, comps, PARAMS, "qwen2.5-coder-0.5b-instruct", name)]
     results = evaluate(records, tasks, progress=False)
     (OUT / "vllm").mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,12 @@ def test_stop_strings_are_honoured_by_the_server_and_the_client(engine, server):
     assert cut.text == full[:first]
     assert cut.finish_reason == "stop"
     assert cut.num_tokens < 40
+    # Servers that take at most a few stop strings (OpenAI, vLLM: 4) get the first ones; the client
+    # still cuts at the others (the server then generates on, to the token limit).
+    capped = OpenAIEngine(base_url=server, max_stop=1)
+    late = capped.generate([PROMPTS[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=40, stop=["@@never@@", stop]))[0][0]
+    assert capped.request_body("x", SamplingParams(stop=["a", "b"]))["stop"] == ["a"]
+    assert (late.text, late.finish_reason, late.num_tokens) == (full[:first], "stop", 40)
     # The server itself cuts (not only the client's safety net), as vLLM does.
     raw = post(server + "/completions", {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 40, "temperature": 0, "stop": stop})
     assert raw["choices"][0]["text"] == full[:first]

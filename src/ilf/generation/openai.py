@@ -10,8 +10,9 @@ Standard library HTTP only (urllib + threads): no client package to pin, nothing
 
 Seeds: each request carries `seed = prompt_seed(params.seed, prompt)` (the base.py contract), which
 vLLM, llama.cpp and ilf serve honour; hosted APIs treat it as best effort.
-Stop strings are sent to the server AND applied again here, so a server that ignores or truncates
-the `stop` list (OpenAI accepts at most 4) still yields text cut at the first stop string.
+Stop strings: the first `max_stop` (4) are sent to the server, because the OpenAI API and vLLM's
+server refuse longer lists; ALL are applied again here, so the text is always cut at the first
+stop string, even by a server that ignores `stop` (it then only spends more tokens).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ DEFAULT_TIMEOUT = 600.0  # seconds per request: n=30 samples of 512 tokens on a 
 MAX_RETRIES = 5  # on 429 and 5xx, and on dropped connections
 BACKOFF_BASE = 1.0  # seconds; doubles per retry, with jitter, capped by BACKOFF_MAX
 BACKOFF_MAX = 30.0
+MAX_SERVER_STOP = 4  # stop strings per request the OpenAI API (and vLLM's server) accept
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -69,6 +71,8 @@ class OpenAIEngine(Engine):
     model: the model name the server serves (None: the first one `/v1/models` lists).
     api_key: None reads `OPENAI_API_KEY` (local servers need none).
     extra_body: more JSON fields for every request, e.g. vLLM's `{"stop_token_ids": [...]}`.
+    max_stop: stop strings sent per request (None = all; ilf serve has no limit); the rest are
+        applied on the client only.
     """
 
     name = "openai"
@@ -82,6 +86,7 @@ class OpenAIEngine(Engine):
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = MAX_RETRIES,
         extra_body: Optional[dict[str, Any]] = None,
+        max_stop: Optional[int] = MAX_SERVER_STOP,
     ):
         self.base_url = normalize_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -89,6 +94,7 @@ class OpenAIEngine(Engine):
         self.timeout = timeout
         self.max_retries = max_retries
         self.extra_body = dict(extra_body or {})
+        self.max_stop = max_stop
         served = self.list_models()  # fails fast, in one line, when the server is not there
         if model is None:
             if not served:
@@ -153,8 +159,9 @@ class OpenAIEngine(Engine):
             "max_tokens": params.max_new_tokens,
             "seed": prompt_seed(params.seed, prompt),
         }
-        if params.stop:
-            body["stop"] = list(params.stop)
+        stop = [x for x in params.stop if x]
+        if stop:
+            body["stop"] = stop if self.max_stop is None else stop[: self.max_stop]
         if params.top_k > 0:
             body["top_k"] = params.top_k  # an extension vLLM, llama.cpp and ilf serve accept
         body.update(self.extra_body)
