@@ -239,6 +239,17 @@ def test_retries_on_429_and_5xx_then_succeeds_and_cuts_stop_client_side(monkeypa
         httpd.shutdown()
 
 
+def test_ilf_sample_through_the_endpoint_writes_sample_records(server, data_dir, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    cmd = [sys.executable, "-m", "ilf.cli", "sample", "--engine", "openai", "--base-url", server, "--tasks", "11-12",
+           "--n", "2", "--max-new-tokens", "8", "--data-dir", str(data_dir), "--output", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["task_id"], x["sample_id"]) for x in recs] == [(11, 0), (11, 1), (12, 0), (12, 1)]
+    assert all(x["engine"] == "openai" and 1 <= x["num_tokens"] <= 8 and "program" in x for x in recs)
+
+
 def test_serve_cli_refuses_bad_combinations():
     for args, msg in [(["--engine", "openai"], "would serve another server's model"),
                       (["--engine", "transformers", "--dtype", "float16"], "--dtype applies to --engine vllm only")]:

@@ -103,6 +103,7 @@ class OpenAIEngine(Engine):
         elif served and model not in served:
             raise IlfError(f"{self.base_url} does not serve model '{model}' (it serves: {', '.join(served)})")
         self.model = model
+        self.model_name = model  # what sample records call the model
 
     # -- HTTP ------------------------------------------------------------------------------------
 

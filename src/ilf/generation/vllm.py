@@ -285,7 +285,11 @@ class VLLMEngine(Engine):
         if unknown:
             raise IlfError(f"vllm engine: unknown option(s) {', '.join(unknown)} (known: {', '.join(fields)})")
         self.config = config or VLLMConfig(**options)
-        self.model_dir = _model_dir(model_spec)
+        from ilf.models import resolve_model
+
+        # vLLM loads a Hugging Face directory, not GGUF: the bundled model's converted directory.
+        self.resolved = resolve_model(model_spec)
+        self.model_dir = str(self.resolved.hf_dir)
         self.tokenizer = None  # serve.py asks; vLLM counts prompt tokens itself
         if python is None and vllm_importable():
             self.mode = "in-process"
@@ -331,13 +335,6 @@ class VLLMEngine(Engine):
         if backend is not None:
             backend.close()
             self._backend = None
-
-
-def _model_dir(spec: Any) -> str:
-    """vLLM loads a Hugging Face directory (not GGUF): the bundled model's converted directory."""
-    from ilf.models import resolve_model
-
-    return str(resolve_model(spec).hf_dir)
 
 
 def _status(msg: str) -> None:
