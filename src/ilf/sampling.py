@@ -1,0 +1,181 @@
+"""Sample x0 ~ π_θ: n programs per task, written as sample records that `ilf evaluate` reads.
+
+A sample record (docs/artifacts.md): task_id, sample_id, model, engine, prompt, completion (raw),
+program (what EVAL runs, see ilf.extraction), num_tokens, finish_reason, seed, temperature, top_p,
+top_k, max_new_tokens.
+
+Resumable per task: the n records of a task are appended together as soon as the engine finishes
+that task; a rerun keeps complete tasks and samples only the rest (a task cut short by a kill, or a
+torn last line, is sampled again). Per-prompt seeds (generation/base.py) make the resumed samples
+the same as an uninterrupted run's. The finished file is rewritten in task order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from ilf.errors import IlfError
+from ilf.extraction import STOP_SEQUENCES, extract_program
+from ilf.generation.base import Engine, SamplingParams
+from ilf.jsonl import Appender, read_jsonl, write_jsonl
+from ilf.tasks import Task
+
+# Settings that must match for records already in the output file to be reused.
+RESUME_KEYS = ("model", "engine", "seed", "temperature", "top_p", "top_k", "max_new_tokens")
+
+
+def _task_key(task_id: Any) -> str:
+    return str(task_id)
+
+
+def _settings(model: str, engine: str, params: SamplingParams) -> dict[str, Any]:
+    return {
+        "model": model,
+        "engine": engine,
+        "seed": params.seed,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "max_new_tokens": params.max_new_tokens,
+    }
+
+
+def _load_existing(output: Path, settings: dict[str, Any], n: int) -> dict[str, list[dict]]:
+    """Complete tasks already in `output` (task key -> n records). Mismatched settings are an error."""
+    by_task: dict[str, dict[int, dict]] = defaultdict(dict)
+    for line, rec in read_jsonl(output, allow_torn_tail=True):
+        for k in RESUME_KEYS:
+            if k in rec and rec[k] != settings[k]:
+                raise IlfError(
+                    f"{output}:{line}: field '{k}' is {rec[k]!r} but this run uses {settings[k]!r}; "
+                    "resume only with the same settings, or choose another --output"
+                )
+        if "task_id" not in rec or not isinstance(rec.get("sample_id"), int):
+            raise IlfError(f"{output}:{line}: not a sample record (needs task_id and integer sample_id)")
+        by_task[_task_key(rec["task_id"])][rec["sample_id"]] = rec
+    return {t: [recs[i] for i in range(n)] for t, recs in by_task.items() if all(i in recs for i in range(n))}
+
+
+def make_records(task: Task, completions, params: SamplingParams, model: str, engine: str) -> list[dict]:
+    recs = []
+    for i, c in enumerate(completions):
+        recs.append(
+            {
+                "task_id": task.task_id,
+                "sample_id": i,
+                "model": model,
+                "engine": engine,
+                "prompt": task.prompt,
+                "completion": c.text,
+                "program": extract_program(task, c.text),
+                "num_tokens": c.num_tokens,
+                "finish_reason": c.finish_reason,
+                "seed": params.seed,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "top_k": params.top_k,
+                "max_new_tokens": params.max_new_tokens,
+            }
+        )
+    return recs
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.console import Console
+
+    return Progress(
+        TextColumn("[bold]sampling[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks"),
+        TextColumn("{task.fields[programs]} programs"),
+        TextColumn("{task.fields[tps]:.1f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def sample(
+    tasks: Iterable[Task],
+    engine: Engine | Any,
+    params: SamplingParams,
+    output: str | os.PathLike,
+    resume: bool = True,
+    model_name: Optional[str] = None,
+    progress: bool = True,
+    engine_name: Optional[str] = None,
+) -> list[dict]:
+    """Sample params.n completions per task with `engine` (an Engine, or a callable returning one,
+    called only if some task still needs sampling) and write sample records to `output`.
+
+    params.stop empty -> ilf.extraction.STOP_SEQUENCES. Returns all records, in task order."""
+    tasks = list(tasks)
+    output = Path(output)
+    if not params.stop:
+        params = replace(params, stop=list(STOP_SEQUENCES))
+    eng = engine if isinstance(engine, Engine) else None
+    engine_name = engine_name or getattr(eng or engine, "name", None) or "unknown"
+    model = model_name or _model_name(eng)
+    settings = _settings(model, engine_name, params)
+
+    done: dict[str, list[dict]] = {}
+    if resume and output.exists():
+        done = _load_existing(output, settings, params.n)
+    todo = [t for t in tasks if _task_key(t.task_id) not in done]
+    # Start the file afresh with only complete tasks (drops a partial task and any torn line).
+    keep = [r for t in tasks if _task_key(t.task_id) in done for r in done[_task_key(t.task_id)]]
+    write_jsonl(output, keep)
+
+    if todo:
+        if eng is None:
+            eng = engine()
+        new = _run(todo, eng, params, output, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
+        done.update(new)
+    records = [r for t in tasks for r in done.get(_task_key(t.task_id), [])]
+    write_jsonl(output, records)
+    return records
+
+
+def _model_name(eng: Any) -> str:
+    resolved = getattr(eng, "resolved", None)
+    return getattr(resolved, "name", None) or getattr(eng, "model_name", None) or "unknown"
+
+
+def _run(todo, eng, params, output, model, engine_name, show, already, total) -> dict[str, list[dict]]:
+    new: dict[str, list[dict]] = {}
+    start = time.perf_counter()
+    tokens = 0
+    prog = _progress() if show else None
+    bar = prog.add_task("sample", total=total, completed=already, programs=0, tps=0.0) if prog else None
+
+    with Appender(output) as app:
+
+        def on_done(i: int, comps) -> None:
+            nonlocal tokens
+            task = todo[i]
+            recs = make_records(task, comps, params, model, engine_name)
+            for r in recs:
+                app.write(r)
+            new[_task_key(task.task_id)] = recs
+            tokens += sum(c.num_tokens for c in comps)
+            if prog is not None:
+                dt = max(time.perf_counter() - start, 1e-9)
+                prog.update(bar, advance=1, programs=len(new) * params.n, tps=tokens / dt)
+
+        prompts = [t.prompt for t in todo]
+        if prog is not None:
+            with prog:
+                results = eng.generate(prompts, params, progress=on_done)
+        else:
+            results = eng.generate(prompts, params, progress=on_done)
+        for i, comps in enumerate(results):  # an engine that did not report every prompt
+            if _task_key(todo[i].task_id) not in new:
+                on_done(i, comps)
+    return new
