@@ -8,7 +8,8 @@ print or assert can crash or, worse, pass a program for the wrong reason).
 The authors cut at the first non-indented line. That rule breaks on a helper defined after the
 function, on a truncated last statement, and on prose. Here:
 
-1. cut at the first markdown fence or stop string (`STOP_SEQUENCES`);
+1. cut at the first line opening a markdown fence (the engine already cut at `STOP_SEQUENCES`;
+   they are not re-applied here, since one can occur inside a string literal);
 2. drop trailing lines until `prompt + completion` parses (prose, a statement cut by the token limit);
 3. keep, with `ast`, only: everything the prompt itself contains, the entry point's definition,
    and later top-level imports, plus the functions, classes and simple assignments the kept code
@@ -25,7 +26,7 @@ import ast
 from typing import Any
 
 # Stop strings for sampling: they mark top-level code after the function. Cutting there saves
-# tokens; `extract_program` does not depend on them (it re-checks everything with ast).
+# tokens; `extract_program` does not depend on them (ast decides what is kept).
 STOP_SEQUENCES = [
     "\nif __name__",
     "\nprint(",
@@ -111,10 +112,6 @@ def extract_program(task: Any, completion: str) -> str:
     prompt: str = task.prompt
     entry: str = task.entry_point
     completion = _cut_fence(completion.replace("\r\n", "\n"))
-    for s in STOP_SEQUENCES:
-        i = completion.find(s)
-        if i >= 0:
-            completion = completion[:i]
     source = prompt + completion
     prompt_lines = prompt.count("\n") + 1  # the line the completion starts on
     prompt_last = prompt.count("\n") if prompt.endswith("\n") else prompt_lines  # last line of prompt text

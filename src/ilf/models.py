@@ -275,6 +275,22 @@ def ensure_bundled(name: str) -> ResolvedModel:
     return ResolvedModel(spec=name, name=bm.name, hf_dir=final, gguf=gguf_path if gguf_path.exists() else None)
 
 
+def bundled_tokenizer_dir(name: str = DEFAULT_MODEL) -> Path:
+    """A directory holding only the bundled model's tokenizer (tests build tiny models on it).
+    The converted model directory if it exists; else read from the GGUF once (~20 s) and cached."""
+    hf = cache_dir() / "hf" / name
+    if hf.exists():
+        return hf
+    gguf_path = assemble_bundled(BUNDLED[name])
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(tmp)
+
+    return build_atomically(cache_dir() / "tokenizers" / name, build)
+
+
 # ---------------------------------------------------------------------------------------------
 # Resolution
 
