@@ -81,8 +81,13 @@
     if (checked) { refinement.value = document.getElementById("orig-" + checked.value).value; updateDistance(); }
   });
   refinement.addEventListener("input", updateDistance);
-  // Tab inserts four spaces in the code editor instead of leaving it.
+  // Tab inserts four spaces in the code editor instead of leaving it; Ctrl+Enter runs the tests.
   refinement.addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      document.getElementById("run-tests").click();
+      return;
+    }
     if (e.key === "Tab" && !e.shiftKey) {
       e.preventDefault();
       const s = refinement.selectionStart, t = refinement.selectionEnd;
