@@ -127,6 +127,15 @@ def test_setup_code_and_test_namespace(sb):
     assert run(sb, "def f(x):\n    return K * x\n", test).passed
 
 
+def test_imports_that_were_not_preloaded_work(sb):
+    prog = "import random, tempfile, textwrap, statistics, zlib\nx = statistics.mean([random.random() for _ in range(5)])\n"
+    v = run(sb, prog, "assert 0 <= x < 1\nassert tempfile.gettempdir() == __import__('os').getcwd()\n")
+    assert v.passed, v
+    # each program gets its own random stream, not a copy of the worker's
+    outs = {run(sb, "import random\nprint(random.random())\n").output for _ in range(3)}
+    assert len(outs) == 3
+
+
 def test_check_function_module_level(sb):
     v = check("def f():\n    return 42\n", "assert f() == 42\n")
     assert v.passed
@@ -412,6 +421,7 @@ def test_rlimits_fallback_still_gives_honest_verdicts(monkeypatch, capsys):
         assert s.mode == "rlimits"
         assert s.run("def f():\n    return 1\n", "assert f() == 1\n").passed
         assert s.run("import os\nos._exit(0)\n", "assert False\n").status == "error"
+        assert s.run("import random, tempfile\nx = random.random()\n", "assert 0 <= x < 1\n").passed
         assert s.run("while True:\n    pass\n", "assert True\n").status == "timeout"
         v = s.run("x = b' ' * (4 * 2**30)\n", "assert True\n", timeout=5)
         assert v.error_type == "MemoryError"

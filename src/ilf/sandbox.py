@@ -82,6 +82,12 @@ PREIMPORT = (
     "fractions functools heapq io itertools json math numbers operator re string struct sys "
     "time types typing"
 ).split()
+# Without bubblewrap, a root ilf's children run as a uid that may not be able to read a Python
+# installed under /root: import more up front there (forks cost more, imports cannot fail).
+FALLBACK_PREIMPORT = (
+    "base64 binascii calendar contextlib dataclasses hashlib random statistics string tempfile "
+    "textwrap unicodedata"
+).split()
 
 ISOLATION_ENV = "ILF_SANDBOX"
 """auto (default): bubblewrap when it works, else rlimits with a warning; bwrap: require it;
@@ -648,7 +654,7 @@ def _worker_main(cfg_json: str) -> None:
     import importlib
     import resource  # noqa: F401 - used by every child (_set_rlimits): import it once, here
 
-    for name in PREIMPORT:
+    for name in PREIMPORT + ([] if cfg["pidns"] else FALLBACK_PREIMPORT):
         try:
             importlib.import_module(name)
         except ImportError:
