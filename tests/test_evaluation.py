@@ -135,6 +135,8 @@ def test_evaluate_resumes_without_rerunning(tmp_path):
     rows[0]["error"] = "KEPT"
     rows[3]["error"] = "KEPT TOO"
     write_jsonl(out, rows[:1] + rows[3:])  # as if killed after two results (task 12/13 lost)
+    with open(out, "a") as f:
+        f.write('{"task_id": 13, "sample_id": 0, "pass')  # ... in the middle of writing a third
     again = evaluate(samples, tasks, output=out, progress=False)
     assert [r["error"] for r in again] == ["KEPT", None, None, "KEPT TOO"]
     # a changed program is re-run even though its key matches
