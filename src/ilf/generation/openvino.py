@@ -171,7 +171,7 @@ class OpenVINOEngine(Engine):
         c.stop_token_ids = set(self.eos_ids)
         if params.stop:
             c.stop_strings = set(params.stop)
-            c.include_stop_str_in_output = False
+            c.include_stop_str_in_output = True  # ids keep the stop token; the text is cut here, exactly
         if params.temperature > 0:
             c.do_sample = True
             c.temperature = params.temperature
