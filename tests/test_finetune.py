@@ -115,14 +115,16 @@ def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c, "task_id": i, "kind": "program"} for i, (p, c) in enumerate(MEMO)]
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     before = greedy(tiny, MEMO[0][0])
-    cfg = FinetuneConfig(learning_rate=3e-3, batch_size=4, epochs=40, report_to="tensorboard", threads=1)
-    out = finetune(data, tiny, tmp_path / "out", cfg)
+    cfg = FinetuneConfig(learning_rate=3e-3, batch_size=4, epochs=40, report_to="tensorboard", threads=1, eval_steps=20)
+    out = finetune(data, tiny, tmp_path / "out", cfg, eval_pairs=pairs[:2])
 
     meta = json.loads((out / META_FILE).read_text())
     losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
     assert losses[-1] < 0.2 * losses[0], losses
     assert meta["data"]["num_trained"] == 4 and meta["data"]["num_skipped"] == 0
     assert meta["metrics"]["global_step"] == 40
+    evals = [h["eval_loss"] for h in meta["metrics"]["log_history"] if "eval_loss" in h]
+    assert len(evals) == 2 and evals[-1] < evals[0] and meta["metrics"]["eval_loss"] == evals[-1]
     # A complete HF model dir; generation config lists both end tokens; checkpoints removed; TB logs kept.
     gen = json.loads((out / "generation_config.json").read_text())
     assert sorted(gen["eos_token_id"]) == sorted(meta["eos_token_ids"]) and len(gen["eos_token_id"]) == 2
@@ -136,7 +138,7 @@ def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
 
     # Same data + config again: the finished run is recognised and skipped.
     t = time.time()
-    assert finetune(data, tiny, out, cfg) == out
+    assert finetune(data, tiny, out, cfg, eval_pairs=pairs[:2]) == out
     assert time.time() - t < 5
     # Other data into the same directory: refused with a clear message.
     with pytest.raises(IlfError, match="another base model, data or config"):

@@ -188,6 +188,8 @@ def finetune(
     resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint (default)."),
     save_dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps (-1 = epochs decide)."),
+    eval_data: Optional[str] = typer.Option(None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."),
+    eval_steps: Optional[int] = typer.Option(None, help="Optimizer steps between evaluations (0 = each epoch)."),
     sweep: bool = typer.Option(False, "--sweep", help="The paper's grid (Appendix A.1), best by validation pass rate."),
     sweep_learning_rates: Optional[str] = typer.Option(None, help="Shrink the grid, e.g. 5e-6,1e-5 (default 1e-6,5e-6,1e-5)."),
     sweep_batch_sizes: Optional[str] = typer.Option(None, help="Default 32,64,128."),
@@ -204,11 +206,11 @@ def finetune(
     names = ("learning_rate", "batch_size", "per_device_batch_size", "epochs", "max_length", "lr_scheduler",
              "warmup", "weight_decay", "optim", "max_grad_norm", "lora", "lora_r", "lora_alpha", "lora_dropout",
              "lora_target_modules", "bf16", "gradient_checkpointing", "threads", "seed", "logging_steps", "report_to",
-             "save_steps", "save_total_limit", "keep_checkpoints", "resume", "save_dtype", "max_steps")
+             "save_steps", "save_total_limit", "keep_checkpoints", "resume", "save_dtype", "max_steps", "eval_steps")
     values = locals()
     out = finetune_command(
         data, model, output, split=split, kind=kind, data_dir=data_dir, config_file=config,
-        overrides={k: values[k] for k in names}, overwrite=overwrite, do_sweep=sweep,
+        overrides={k: values[k] for k in names}, overwrite=overwrite, eval_data=eval_data, do_sweep=sweep,
         sweep_learning_rates=sweep_learning_rates, sweep_batch_sizes=sweep_batch_sizes, sweep_epochs=sweep_epochs,
         val_tasks=val_tasks, val_dataset=val_dataset, engine=engine, val_n=val_n, val_temperature=val_temperature,
     )

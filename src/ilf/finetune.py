@@ -94,6 +94,7 @@ class FinetuneConfig:
     resume: bool = True  # continue from the last complete checkpoint in OUTPUT/checkpoints
     save_dtype: str = "float32"  # bf16 would round away updates of lr 5e-6 (relative precision 2^-8)
     max_steps: int = -1  # stop after this many optimizer steps (tests, quick runs); -1 = epochs decide
+    eval_steps: int = 0  # with eval pairs: optimizer steps between evaluations; 0 = each epoch
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str):
@@ -489,10 +490,13 @@ def finetune(
     config: FinetuneConfig | None = None,
     *,
     overwrite: bool = False,
+    eval_pairs: str | os.PathLike | Iterable[dict] | None = None,
     callbacks: Sequence[Any] = (),
     console=None,
 ) -> Path:
     """Fine-tune `model` (any ilf model spec) on prompt/completion `pairs`; return the model directory.
+
+    eval_pairs: held-out pairs whose loss (target only) is logged every `eval_steps` (0 = each epoch).
 
     Resumes from the last complete checkpoint in OUTPUT/checkpoints; returns at once when OUTPUT
     already holds this exact run (same base model, data and training config).
@@ -505,7 +509,10 @@ def finetune(
     output_dir = Path(output_dir)
     data_list = load_pairs(pairs)
     data_fp = fingerprint(data_list)
+    eval_list = load_pairs(eval_pairs) if eval_pairs is not None else []
     ident = _identity(cfg, data_fp, str(model))
+    if eval_list:
+        ident["eval_fingerprint"] = fingerprint(eval_list)
     meta_path = output_dir / META_FILE
     ckpt_dir = output_dir / CHECKPOINT_SUBDIR
 
@@ -559,9 +566,18 @@ def finetune(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    dataset = Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in encoded], "completion_mask": [e.completion_mask for e in encoded]}
-    )
+    def to_dataset(examples: list[Encoded]) -> Dataset:
+        return Dataset.from_dict(
+            {"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]}
+        )
+
+    dataset = to_dataset(encoded)
+    eval_dataset = None
+    if eval_list:
+        eval_encoded, eval_skipped, _ = encode_pairs(eval_list, tokenizer, cfg.max_length, train_eos)
+        for s in eval_skipped:
+            console.print(f"[yellow]skipped eval pair[/] {s.source}: {s.reason}", highlight=False)
+        eval_dataset = to_dataset(eval_encoded) if eval_encoded else None
     bf16 = _use_bf16(cfg.bf16, console)
     accum = max(1, math.ceil(cfg.batch_size / (cfg.per_device_batch_size * _world_size())))
     effective_batch = accum * cfg.per_device_batch_size * _world_size()
@@ -572,6 +588,9 @@ def finetune(
     else:
         save_kw = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     report_to = [] if cfg.report_to in ("none", "") else [r.strip() for r in cfg.report_to.split(",")]
+    eval_kw: dict[str, Any] = {"eval_strategy": "no"}
+    if eval_dataset is not None:
+        eval_kw = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if cfg.eval_steps > 0 else {"eval_strategy": "epoch"}
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         learning_rate=cfg.learning_rate,
@@ -600,6 +619,7 @@ def finetune(
         use_cpu=not torch.cuda.is_available(),  # else the Trainer refuses bf16 autocast on a CPU
         disable_tqdm=True,
         **save_kw,
+        **eval_kw,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
     )
     peft_config = None
@@ -620,6 +640,7 @@ def finetune(
             model=hf_model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=eval_dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=list(callbacks),
@@ -681,6 +702,7 @@ def finetune(
         return output_dir
     metrics = {
         "train_loss": result.training_loss,
+        "eval_loss": next((h["eval_loss"] for h in reversed(state.log_history) if "eval_loss" in h), None),
         "global_step": state.global_step,
         "resumed_from_step": resumed_step,
         "epochs": state.epoch,
@@ -985,6 +1007,7 @@ def finetune_command(
     config_file: Optional[Path] = None,
     overrides: dict[str, Any],
     overwrite: bool = False,
+    eval_data: Optional[str] = None,
     do_sweep: bool = False,
     sweep_learning_rates: Optional[str] = None,
     sweep_batch_sizes: Optional[str] = None,
@@ -1007,7 +1030,7 @@ def finetune_command(
             raise IlfError(f"{data}: file not found (or pass --data surge for the authors' annotations)")
         pairs = data
     if not do_sweep:
-        return finetune(pairs, model, output, cfg, overwrite=overwrite)
+        return finetune(pairs, model, output, cfg, overwrite=overwrite, eval_pairs=eval_data)
     if not val_tasks:
         raise IlfError("--sweep needs --val-tasks (validation task ids, e.g. 511-530, disjoint from the training pairs)")
     from ilf.tasks import load_tasks
