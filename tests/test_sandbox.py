@@ -176,6 +176,35 @@ def test_memory_bomb_is_bounded(sb):
     assert v.status == "error" and v.error_type == "MemoryError"
 
 
+def test_forking_memory_bomb_is_bounded_by_the_sandbox_cgroup(monkeypatch):
+    # Per-process RLIMIT_AS cannot stop N processes x 1 GB; the worker's memory cgroup can.
+    monkeypatch.setattr(sandbox, "SANDBOX_MEMORY_MB", 256)
+    prog = """
+    import os, time
+    kids = []
+    for i in range(3):
+        pid = os.fork()
+        if pid == 0:
+            x = b' ' * (200 << 20)
+            time.sleep(0.5)
+            os._exit(0)
+        kids.append(pid)
+    finished = 0
+    for pid in kids:
+        _, st = os.waitpid(pid, 0)
+        finished += os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0
+    """
+    with Sandbox(timeout=10, workers=1) as s:
+        assert s.run("x = 1\n", "assert x == 1\n").passed
+        if not s._all[0].cgroups:
+            pytest.skip("no writable cgroup v1 memory hierarchy here")
+        v = s.run(textwrap.dedent(prog), "assert finished < 3, finished\n")
+        assert v.passed, v  # at least one allocation was OOM-killed inside the sandbox
+        assert s.run("x = 1\n", "assert x == 1\n").passed  # and the worker survived
+        cgroups = list(s._all[0].cgroups)
+    assert not any(os.path.exists(d) for d in cgroups)  # removed on close
+
+
 def test_fork_storm_is_contained(sb):
     # Each process forks at most 12 times, so an unbounded sandbox would see ~4000 processes at most.
     prog = """

@@ -50,6 +50,11 @@ MEMORY_LIMIT_MB = 1024
 """Address-space limit (RLIMIT_AS) per process; allocating beyond it raises MemoryError."""
 MAX_PROCESSES = 64
 """Processes + threads the program may have at once (RLIMIT_NPROC, per sandbox uid/user ns)."""
+SANDBOX_MEMORY_MB = 2048
+"""RAM (tmpfs included) of one worker's whole sandbox, where a cgroup v1 memory hierarchy is
+writable: bounds a program that forks AND allocates, which per-process limits cannot
+(MAX_PROCESSES x MEMORY_LIMIT_MB is more than this machine has). The pids cgroup, where writable,
+caps the worker's processes at MAX_PROCESSES + 16 as well."""
 MAX_OUTPUT_BYTES = 1 << 20
 """stdout+stderr bytes a program may write; more is an error (OutputLimitExceeded) and kills it."""
 MAX_FILE_MB = 64
@@ -800,6 +805,52 @@ def _warn_once(text: str) -> None:
         sys.stderr.flush()
 
 
+def _own_cgroup(controller: str) -> str | None:
+    """This process's cgroup v1 directory for `controller`, if that hierarchy is mounted."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, ctrls, path = line.rstrip("\n").split(":", 2)
+                if controller in ctrls.split(","):
+                    d = f"/sys/fs/cgroup/{controller}{path.rstrip('/')}"
+                    return d if os.path.isdir(d) else None
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _make_cgroups(name: str) -> list[str]:
+    """Best effort: child memory and pids cgroups for one worker (none where not writable)."""
+    made = []
+    for ctrl, key, value in (
+        ("memory", "memory.limit_in_bytes", SANDBOX_MEMORY_MB << 20),
+        ("pids", "pids.max", MAX_PROCESSES + 16),
+    ):
+        parent = _own_cgroup(ctrl)
+        if parent is None or not os.access(parent, os.W_OK):
+            continue
+        d = f"{parent}/{name}"
+        try:
+            os.mkdir(d)
+            with open(f"{d}/{key}", "w") as f:
+                f.write(str(value))
+            made.append(d)
+        except OSError:
+            _remove_cgroup(d)
+    return made
+
+
+def _remove_cgroup(d: str) -> None:
+    for _ in range(50):  # a cgroup can be removed once its last process is gone
+        try:
+            os.rmdir(d)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
 class SandboxError(RuntimeError):
     """The sandbox machinery itself failed (not the program under test)."""
 
@@ -856,6 +907,10 @@ class _WorkerHandle:
         )
         src = str(Path(__file__).resolve().parents[1])
         cmd = prefix + [sys.executable, "-I", "-c", boot, src, json.dumps(cfg)]
+        self.cgroups = _make_cgroups(f"ilf-sandbox-{os.getpid()}-{id(self)}")
+        if self.cgroups:  # enter the cgroups first, so that everything the worker starts is in them
+            enter = "".join(f'echo $$ > "{d}/cgroup.procs" && ' for d in self.cgroups)
+            cmd = ["/bin/sh", "-c", enter + 'exec "$@"', "sh"] + cmd
         debug = os.environ.get("ILF_SANDBOX_DEBUG")
         import subprocess
 
@@ -944,6 +999,9 @@ class _WorkerHandle:
             if self.uid is not None:
                 _Worker._kill_uid(self.uid)  # children of a dead unconfined worker
             shutil.rmtree(self.tmp_root, ignore_errors=True)
+        for d in getattr(self, "cgroups", []):
+            _remove_cgroup(d)
+        self.cgroups = []
         self.proc = None
 
     def close(self) -> None:
