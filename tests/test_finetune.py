@@ -345,3 +345,30 @@ def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
     assert time.time() - t < 10
     with pytest.raises(IlfError, match="validation tasks also in the training pairs"):
         sweep([dict(pairs[0], task_id=11)], tiny, tmp_path / "sw2", val, cfg, grid, engine="transformers")
+
+
+# --- π_Refine pairs from the authors' annotations, through the CLI ---------------------------------------
+
+
+def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from ilf.cli import app
+
+    out = tmp_path / "refiner"
+    r = CliRunner().invoke(app, ["finetune", "--data", "surge", "--split", "refine", "--model", str(tiny), "--output",
+                                 str(out), "--max-steps", "1", "--batch-size", "2", "--report-to", "none"])
+    assert r.exit_code == 0, r.output
+    pairs = [json.loads(x) for x in (out / "train_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 44 and all(111 <= p["task_id"] <= 310 and p["kind"] == "refine" for p in pairs)
+    p = pairs[0]
+    head, old, tail = split_refinement_prompt(p["prompt"])
+    assert "\r" not in p["completion"] and p["completion"].strip() and tail.startswith("\n\nFEEDBACK:\n")
+    assert tail.endswith('"""\n' + tail.split('"""\n', 2)[-1]) and "def " in tail.splitlines()[-1]
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["data"]["num_pairs"] == 44 and meta["metrics"]["global_step"] == 1
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 3, "completion": "x"}\n')
+    r = CliRunner().invoke(app, ["finetune", "--data", str(bad), "--model", str(tiny), "--output", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "bad.jsonl:1: field 'prompt' must be str" in r.output
