@@ -480,7 +480,10 @@ def _stages(run_dir: Path) -> tuple[Optional[dict], list[dict]]:
         if not isinstance(st, dict):
             raise IlfError(f"{path}:1: field 'stages.{name}' must be an object, got {type(st).__name__}")
         sec = st.get("seconds")
-        rows.append({"stage": name, "status": st.get("status"), "seconds": float(sec) if isinstance(sec, (int, float)) else None})
+        status = st.get("status")
+        if name == "report" and status == "running":
+            status = "running (this report)"
+        rows.append({"stage": name, "status": status, "seconds": float(sec) if isinstance(sec, (int, float)) else None})
     return manifest, rows
 
 
