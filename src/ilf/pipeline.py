@@ -413,7 +413,7 @@ class Run:
         def body():
             self.close_engine()
             fc = make_finetune_config(FinetuneConfig, tc, seed=self.cfg.seed)
-            finetune(load_jsonl(pairs), base, out, fc)
+            finetune(load_jsonl(pairs), base, out, fc, overwrite=True)
 
         self.stage(name, body, params={"base": base, "train": asdict(tc)},
                    inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
