@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -67,15 +68,16 @@ def dumps(rec: dict[str, Any]) -> str:
     return json.dumps(rec, ensure_ascii=False)
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
-    """Write all records atomically: readers see the old file or the whole new one."""
+@contextmanager
+def atomic_open(path: str | os.PathLike, encoding: str = "utf-8", newline: str | None = None):
+    """Open a temp file beside `path` for writing; on success it replaces `path` (fsynced), on any
+    error it is removed. Readers see the old file or the whole new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(dumps(rec) + "\n")
+        with os.fdopen(fd, "w", encoding=encoding, newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -85,28 +87,22 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> P
         except FileNotFoundError:
             pass
         raise
-    return path
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
+    """Write all records atomically: readers see the old file or the whole new one."""
+    with atomic_open(path) as f:
+        for rec in records:
+            f.write(dumps(rec) + "\n")
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write one JSON document (manifests, summaries)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return Path(path)
 
 
 class Appender:

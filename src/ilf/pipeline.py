@@ -90,6 +90,7 @@ class Run:
         self._engine = None
         self._engine_key: tuple | None = None
         self._tasks: dict[str, TaskSet] = {}
+        self._authors: list[dict[str, Any]] | None = None
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -152,7 +153,12 @@ class Run:
         return self._tasks[spec]
 
     def authors_annotations(self) -> list[dict[str, Any]]:
-        """The paper authors' 195 human (x0, f, x1) triples as feedback records."""
+        """The paper authors' 195 human (x0, f, x1) triples as feedback records (read once per run)."""
+        if self._authors is None:
+            self._authors = self._load_authors()
+        return self._authors
+
+    def _load_authors(self) -> list[dict[str, Any]]:
         from ilf.tasks import default_data_dir
 
         d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()

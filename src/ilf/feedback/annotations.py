@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ilf.errors import IlfError
-from ilf.jsonl import read_jsonl, require
+from ilf.jsonl import atomic_open, read_jsonl, require
 
 AUTHORS_FILE = "surge_annotations.jsonl"
 AUTHORS_FIELDS = (
@@ -123,25 +123,10 @@ def authors_line(row: Mapping[str, Any]) -> str:
 
 def write_authors(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
     """Export imported records back to the authors' format, atomically. Returns the row count."""
-    import tempfile
-
     rows = [to_authors_row(r) for r in records]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="") as f:
-            for row in rows:
-                f.write(authors_line(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, encoding="ascii", newline="") as f:
+        for row in rows:
+            f.write(authors_line(row) + "\n")
     return len(rows)
 
 

@@ -30,6 +30,19 @@ class Completion:
     finish_reason: str = "stop"  # "stop" (eos or stop string) | "length"
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` at the earliest stop string (excluded). Returns (text, whether it was cut)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def repeat_to_n(comps: list[Completion], n: int) -> list[Completion]:
+    """Greedy decoding runs once: copy its completion(s) up to n samples (fresh objects)."""
+    if len(comps) >= n:
+        return comps
+    return [Completion(c.text, c.num_tokens, c.finish_reason) for c in comps * n][:n]
+
+
 def prompt_seed(seed: int, prompt: str) -> int:
     """A per-prompt seed that depends only on the run seed and the prompt text."""
     import zlib

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
+from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
 
 
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Text before the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 class _StopOnStrings:
@@ -109,9 +104,7 @@ class HFEngine(Engine):
             else:
                 num, reason = len(ids), "length"
             comps.append(Completion(text=text, num_tokens=num, finish_reason=reason))
-        if len(comps) < params.n:
-            comps = [Completion(c.text, c.num_tokens, c.finish_reason) for c in comps * params.n][: params.n]
-        return comps
+        return repeat_to_n(comps, params.n)
 
     def generate(
         self,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 from urllib.parse import urlsplit
 
 from ilf.errors import IlfError
-from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
+from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `ilf serve` and `vllm serve` listen by default
 DEFAULT_CONCURRENCY = 8  # requests in flight: enough to keep a batching server busy, polite to hosted APIs
@@ -53,16 +53,6 @@ def normalize_base_url(url: str) -> str:
         url += "/v1"
     return url
 
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Cut `text` at the earliest stop string (excluded). Returns (text, whether it was cut)."""
-    cut = len(text)
-    for s in stop:
-        if s:
-            i = text.find(s)
-            if 0 <= i < cut:
-                cut = i
-    return text[:cut], cut < len(text)
 
 
 class OpenAIEngine(Engine):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ilf.errors import IlfError
-from ilf.generation.base import Completion, Engine, SamplingParams, prompt_seed
+from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
 
 # KV cache for the scheduler, in GB (0.5B model, n=10, <=1k tokens per sequence fits easily).
 KV_CACHE_GB = 2
@@ -185,7 +185,6 @@ class OpenVINOEngine(Engine):
         return c
 
     def _completions(self, outputs, params: SamplingParams) -> list[Completion]:
-        from ilf.generation.hf import cut_at_stop
 
         comps = []
         for out in outputs:
@@ -195,9 +194,7 @@ class OpenVINOEngine(Engine):
             text, hit = cut_at_stop(self.tokenizer.decode(body, skip_special_tokens=True), params.stop)
             reason = "stop" if (ended_eos or hit or len(ids) < params.max_new_tokens) else "length"
             comps.append(Completion(text=text, num_tokens=len(ids), finish_reason=reason))
-        if len(comps) < params.n:  # greedy: one decode, copied
-            comps = [Completion(c.text, c.num_tokens, c.finish_reason) for c in comps * params.n][: params.n]
-        return comps
+        return repeat_to_n(comps, params.n)  # greedy: one decode, copied
 
     def generate(
         self,
