@@ -726,8 +726,11 @@ def _bwrap_command(tmp_root: str) -> list[str]:
     for d in hidden:
         cmd += ["--perms", "0755", "--tmpfs", d]
     made: set[str] = set()
+    # Python, the venv or ilf may live under a directory masked above (a clone in /tmp, a venv
+    # in $HOME): bind those paths back read-only, or the worker cannot even start.
+    masked = hidden + ["/tmp", "/var/tmp", "/dev/shm"]
     for p in _needed_paths():
-        parent = next((d for d in hidden if p.startswith(d + "/")), None)
+        parent = next((d for d in masked if p.startswith(d + "/")), None)
         if parent is None:
             continue
         # bwrap creates missing parents 0700: a dropped uid could not walk through them
