@@ -219,7 +219,7 @@ class Run:
 
         # x0 ~ π_θ and EVAL(x0): needed unless the feedback is the authors' (their x0 came from CodeGen-6B).
         if cfg.feedback.source != "authors":
-            self.sample_stage(f"r{r}/sample", model, self.feedback_task_ids(), cfg.sample, rd / "samples.jsonl")
+            self.sample_stage(f"r{r}/sample", model, self.feedback_tasks(), cfg.sample, rd / "samples.jsonl")
             self.eval_stage(f"r{r}/eval-x0", rd / "samples.jsonl", rd / "results.jsonl")
 
         self.stage(
@@ -274,17 +274,30 @@ class Run:
 
     # -- stage bodies ---------------------------------------------------------------------------
 
-    def feedback_task_ids(self) -> str:
-        ids = sorted(parse_ranges(self.cfg.feedback.tasks))
-        return ",".join(str(i) for i in ids)
+    def feedback_tasks(self) -> TaskSet:
+        """The tasks that get x0 and feedback: feedback.tasks, the first feedback.max_tasks of them."""
+        tasks = self.tasks(self.cfg.feedback.tasks)
+        if self.cfg.feedback.max_tasks:
+            tasks = TaskSet(dict(list(tasks.tasks.items())[: self.cfg.feedback.max_tasks]), {}, tasks.source)
+        return tasks
 
-    def sample_stage(self, name: str, model: str, task_spec: str, sc, out: Path) -> None:
+    def example_annotations(self) -> list[dict[str, Any]]:
+        """Human triples that teach π_Refine and the LLM (refine.examples_tasks, MBPP_Refine)."""
+        wanted = parse_ranges(self.cfg.refine.examples_tasks)
+        return [a for a in self.authors_annotations() if a["task_id"] in wanted]
+
+    def feedback_annotations(self) -> list[dict[str, Any]]:
+        """The authors' annotations on feedback.tasks, by task id, the first feedback.max_tasks."""
+        wanted = parse_ranges(self.cfg.feedback.tasks)
+        ann = sorted((a for a in self.authors_annotations() if a["task_id"] in wanted), key=lambda a: a["task_id"])
+        return ann[: self.cfg.feedback.max_tasks] if self.cfg.feedback.max_tasks else ann
+
+    def sample_stage(self, name: str, model: str, tasks: TaskSet | str, sc, out: Path) -> None:
         from ilf.generation import SamplingParams
         from ilf.sampling import sample
 
-        tasks = self.tasks(task_spec)
-        if self.cfg.feedback.max_tasks and name.endswith("/sample") and name.startswith("r"):
-            tasks = TaskSet({k: v for k, v in list(tasks.tasks.items())[: self.cfg.feedback.max_tasks]}, {}, tasks.source)
+        if isinstance(tasks, str):
+            tasks = self.tasks(tasks)
         params = SamplingParams(n=sc.n, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
                                 max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed)
 
@@ -312,11 +325,9 @@ class Run:
         cfg = self.cfg.feedback
         wanted = parse_ranges(cfg.tasks)
         if cfg.source == "authors":
-            recs = [a for a in self.authors_annotations() if a["task_id"] in wanted]
-            recs.sort(key=lambda a: a["task_id"])
             if r > 1:
                 console.print("[yellow]warning[/]: feedback.source = authors gives the same feedback every round")
-            return recs[: cfg.max_tasks] if cfg.max_tasks else recs
+            return self.feedback_annotations()
 
         results = load_jsonl(rd / "results.jsonl")
         by_task: dict[Any, list[dict]] = {}
@@ -345,7 +356,7 @@ class Run:
             from ilf.feedback.llm import generate_llm_feedback
 
             eng = self.engine(cfg.llm_model or model, cfg.llm_engine or None)
-            examples = [a for a in self.authors_annotations() if a["task_id"] in parse_ranges(self.cfg.refine.examples_tasks)]
+            examples = self.example_annotations()
             return generate_llm_feedback(failing, tasks, eng, k_shot=cfg.llm_shots, examples=examples, seed=self.cfg.seed)
         # human: annotations collected with `ilf annotate RUN_DIR`
         from ilf.feedback.store import FeedbackStore
@@ -371,11 +382,10 @@ class Run:
         from ilf.tasks import refinement_prompt
 
         pairs_path = self.dir / "refiner" / "train_pairs.jsonl"
-        wanted = parse_ranges(cfg.refine.examples_tasks)
         tasks = self.tasks()
 
         def pairs():
-            recs = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+            recs = self.example_annotations()
             write_jsonl(pairs_path, [
                 {"task_id": a["task_id"], "kind": "refine",
                  "prompt": refinement_prompt(tasks[a["task_id"]], a["program"], a["feedback"]),
@@ -398,8 +408,7 @@ class Run:
         cfg = self.cfg.refine
         examples: list[dict] = []
         if cfg.mode == "fewshot" and cfg.shots:
-            wanted = parse_ranges(cfg.examples_tasks)
-            examples = [a for a in self.authors_annotations() if a["task_id"] in wanted]
+            examples = self.example_annotations()
         params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                 max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
                                 stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
@@ -492,10 +501,7 @@ class Run:
                 recs = [{"task_id": t, "prompt": tasks[t].prompt,
                          "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt), "source": "gold"} for t in r_tasks]
             elif method == "human-refinements":  # the annotators' own refinements on the feedback tasks
-                wanted = parse_ranges(cfg.feedback.tasks)
-                ann = [a for a in self.authors_annotations() if a["task_id"] in wanted]
-                if cfg.feedback.max_tasks:
-                    ann = sorted(ann, key=lambda a: a["task_id"])[: cfg.feedback.max_tasks]
+                ann = self.feedback_annotations()
                 recs = [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
                          "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt),
                          "source": "human-refinements"} for a in ann]
@@ -515,15 +521,12 @@ class Run:
 
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
         from ilf.feedback.llm import generate_llm_feedback
-        from ilf.refine import body_after_prompt, select_training_set
+        from ilf.refine import select_training_set
 
         cfg = self.cfg
         shots = 1 if method == "llm-1shot" else 2
-        wanted = parse_ranges(cfg.feedback.tasks)
-        ann = sorted([a for a in self.authors_annotations() if a["task_id"] in wanted], key=lambda a: a["task_id"])
-        if cfg.feedback.max_tasks:
-            ann = ann[: cfg.feedback.max_tasks]
-        examples = [a for a in self.authors_annotations() if a["task_id"] in parse_ranges(cfg.refine.examples_tasks)]
+        ann = self.feedback_annotations()
+        examples = self.example_annotations()
         eng = self.engine(cfg.feedback.llm_model or cfg.model.base, cfg.feedback.llm_engine or None)
         x0 = [{"task_id": a["task_id"], "sample_id": 0, "program": a["program"], "passed": False,
                "status": "failed", "error": None} for a in ann]
@@ -557,10 +560,7 @@ class Run:
 
             self.close_engine()
             ilf_pairs = load_jsonl(r1)
-            wanted = parse_ranges(self.cfg.feedback.tasks)
-            ann = [a for a in self.authors_annotations() if a["task_id"] in wanted]
-            if self.cfg.feedback.max_tasks:
-                ann = sorted(ann, key=lambda a: a["task_id"])[: self.cfg.feedback.max_tasks]
+            ann = self.feedback_annotations()
             ids = sorted({p["task_id"] for p in ilf_pairs} | {a["task_id"] for a in ann})
             sources = {
                 "gold": [{"task_id": t, "prompt": tasks[t].prompt,
