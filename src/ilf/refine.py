@@ -96,7 +96,7 @@ def sample_refinements(
     example_tasks: TaskSet | dict | None = None,
     shots: int = 0,
     seed: int = 0,
-    chunk: int = 4,
+    chunk: int = 16,  # prompts per engine call; records are written per prompt as each finishes
     on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample params.n refinements per feedback record; append them to `output` per record.
