@@ -31,6 +31,8 @@ from pathlib import Path
 
 VARIANTS = {
     "ilf-full-fp32": dict(lora=False, bf16=False),
+    "ilf-full-bf16": dict(lora=False, bf16=True),  # autocast; ilf falls back to fp32 without AVX512-BF16/AMX
+    "ilf-lora-bf16": dict(lora=True, bf16=True),
     "ilf-lora-fp32": dict(lora=True, bf16=False),
     "ilf-lora-fp32-gc": dict(lora=True, bf16=False, gradient_checkpointing=True),
     "ilf-full-fp32-pd4": dict(lora=False, bf16=False, per_device_batch_size=4),

@@ -478,3 +478,43 @@ class TestStormSource:
     if os.getpid() != ROOT_PID:
         os._exit(0)
     """
+
+
+
+
+@needs_bwrap
+def test_isolation_works_when_python_and_ilf_live_under_tmp(tmp_path):
+    """Regression: a clone with its venv under /tmp (which the sandbox replaces with a private tmpfs)
+    left the worker without its Python, and the sandbox fell back to rlimits. The venv and ilf must be
+    bound back into the sandbox, read-only."""
+    import subprocess
+    import sys
+
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    base = os.path.join(sys.base_prefix, "bin", "python3")
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert site.startswith(str(tmp_path))
+    src = Path(sandbox.__file__).resolve().parent
+    shutil.copytree(src, Path(site) / "ilf", ignore=shutil.ignore_patterns("__pycache__"))  # stdlib-only module
+    planted = Path(site) / "ilf" / "planted.py"
+    hostile = f"try:\n    open({str(planted)!r}, 'w')\nexcept OSError:\n    pass\nelse:\n    raise SystemError('wrote into ilf')\n"
+    script = textwrap.dedent(
+        f"""
+        import ilf, ilf.sandbox as s
+        assert ilf.__file__.startswith({str(tmp_path)!r}), ilf.__file__
+        v = s.check("def f():\\n    return 1\\n", "assert f() == 1\\n", timeout=10)
+        w = s.check({hostile!r}, "", timeout=10)
+        print(s.isolation_status().split(":")[0], v.status, w.status, w.error)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env[sandbox.ISOLATION_ENV] = "bwrap"  # fail rather than fall back to rlimits
+    r = subprocess.run([str(py), "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # bubblewrap isolation, both programs ran (the second could not write into ilf), host untouched
+    assert r.stdout.split()[:3] == ["bubblewrap", "passed", "passed"], r.stdout
+    assert not planted.exists()
