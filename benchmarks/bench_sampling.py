@@ -112,7 +112,19 @@ def run_engine(name, model, tasks, params):
         "pass_rate": round(sum(r["passed"] for r in results) / len(results), 3),
         "pass@1": s.get("pass@1"),
         "pass@10": s.get("pass@10"),
+        "per_task_correct": {str(t["task_id"]): t["num_correct"] for t in s["per_task"]},
     }
+
+
+def paired_delta(row, base, resamples=10000, seed=0):
+    """Mean over shared tasks of (row's pass rate - base's), with a 95% paired bootstrap CI over tasks."""
+    import numpy as np
+
+    ids = sorted(set(row["per_task_correct"]) & set(base["per_task_correct"]))
+    n_r, n_b = row["programs"] / len(row["per_task_correct"]), base["programs"] / len(base["per_task_correct"])
+    d = np.array([row["per_task_correct"][i] / n_r - base["per_task_correct"][i] / n_b for i in ids])
+    means = d[np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))].mean(1)
+    return float(d.mean()), [float(x) for x in np.percentile(means, [2.5, 97.5])]
 
 
 def main():
@@ -147,6 +159,13 @@ def main():
               if same else "-")
         print(f"| {r['engine']} | {r['tasks']} | {r['programs']} | {r['load_s']} | {r['sample_s']} | {r['tokens_per_s']} | "
               f"{r['programs_per_s']} | {r['pass_rate']} | {r['pass@1']} | {r['pass@10']} | {sp} |")
+    if base:
+        for r in rows:
+            if r is not base and r["tasks"] == base["tasks"]:
+                m, (lo, hi) = paired_delta(r, base)
+                r["delta_pass_rate_vs_hf"] = {"mean": m, "ci95": [lo, hi]}
+                print(f"{r['engine']} - hf-generate, pass rate on the same {len(r['per_task_correct'])} tasks: "
+                      f"{100 * m:+.1f} points [95% paired bootstrap CI over tasks {100 * lo:+.1f}, {100 * hi:+.1f}]")
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "sampling_summary.json", "w") as f:
         json.dump({"tasks": args.tasks, "baseline_tasks": args.baseline_tasks, "n": args.n, "cpus": os.cpu_count(),

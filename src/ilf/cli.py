@@ -117,8 +117,12 @@ def run(
     if dry_run:
         print(to_toml(cfg), end="")
         return
+    import time
+
+    t0 = time.time()
     report = run_pipeline(cfg)
-    err.print(f"\n[bold green]done[/]: report at [bold]{report}[/]")
+    m, sec = divmod(int(time.time() - t0), 60)
+    err.print(f"\n[bold green]done[/] in {m} min {sec:02d} s: report at [bold]{report}[/]")
     print(report)
 
 
