@@ -206,7 +206,8 @@ def test_forking_memory_bomb_is_bounded_by_the_sandbox_cgroup(monkeypatch):
 
 
 def test_fork_storm_is_contained(sb):
-    # Each process forks at most 12 times, so an unbounded sandbox would see ~4000 processes at most.
+    # Each process forks at most 12 times (+80 from the parent), so an unbounded sandbox would see
+    # ~4000 processes at most.
     prog = """
     import os, time
     made = 0
@@ -221,6 +222,16 @@ def test_fork_storm_is_contained(sb):
             made = 0
             continue
         made += 1
+    if os.getpid() == ROOT_PID:
+        # Then 80 long-lived children from the parent itself: more than the limit on their own, so
+        # the parent sees a refusal whatever the pace of the storm above (else the test was a race).
+        for _ in range(80):
+            try:
+                if os.fork() == 0:
+                    time.sleep(0.5)
+                    os._exit(0)
+            except OSError:
+                refused += 1
     time.sleep(0.5)
     if os.getpid() != ROOT_PID:
         os._exit(0)
@@ -474,6 +485,14 @@ class TestStormSource:
         except OSError:
             refused += 1
             continue
+    if os.getpid() == ROOT_PID:  # deterministic refusal (see test_fork_storm_is_contained)
+        for _ in range(80):
+            try:
+                if os.fork() == 0:
+                    time.sleep(0.3)
+                    os._exit(0)
+            except OSError:
+                refused += 1
     time.sleep(0.3)
     if os.getpid() != ROOT_PID:
         os._exit(0)
