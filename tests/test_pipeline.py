@@ -164,6 +164,8 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     ppl = load_jsonl(run_dir / "perplexity.jsonl")
     assert {"gold", "human-refinements", "ilf"} <= {p["source"] for p in ppl}
 
+    # The run ends with the headline table (pass@1 per method, Δ vs zero-shot) and its wall time.
+    assert "Δ vs zero-shot" in proc.stderr and "done in" in proc.stderr
     text = report.read_text()
     for needle in ["zero-shot", "ilf", "gold", "pass@1", "π_Refine", "erplexity"]:
         assert needle in text, needle

@@ -122,8 +122,36 @@ def run(
     t0 = time.time()
     report = run_pipeline(cfg)
     m, sec = divmod(int(time.time() - t0), 60)
+    _print_run_summary(report.parent / "report.json")
     err.print(f"\n[bold green]done[/] in {m} min {sec:02d} s: report at [bold]{report}[/]")
     print(report)
+
+
+def _print_run_summary(report_json: Path) -> None:
+    """pass@1 per method with its 95% CI and the paired Δ vs zero-shot, from the report's own numbers."""
+    import json
+
+    from rich.table import Table
+
+    try:
+        run = json.loads(report_json.read_text(encoding="utf-8"))["runs"][0]
+    except (OSError, ValueError, KeyError, IndexError):
+        return  # the report itself is what counts; this is a convenience
+    t = Table(title="pass@1 (%) on the evaluation tasks, 95% bootstrap CI", title_justify="left")
+    for col in ("method", "train pairs", "tasks × n", "pass@1", "Δ vs zero-shot"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+
+    def pct(x: dict) -> str:
+        return f"{100 * x['value']:.1f} [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}]"
+
+    for mth in run.get("methods", []):
+        p1 = mth.get("metrics", {}).get("pass@1")
+        if not p1:
+            continue
+        d = (mth.get("delta_vs_zero-shot") or {}).get("metrics", {}).get("pass@1")
+        delta = f"{100 * d['value']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else "–"
+        t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}", pct(p1), delta)
+    err.print(t)
 
 
 # ---------------------------------------------------------------------------------------------
