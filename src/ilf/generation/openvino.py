@@ -28,13 +28,14 @@ from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop,
 # 57 KB for the 1.5B, so 4 GB holds 8 prompts x n=10 x ~900 tokens of the larger one.
 KV_CACHE_GB = 4
 # Prompts queued in the pipeline at once (n sequences each). Enough to keep both cores busy with
-# batched decoding (16 or 32 measured no faster here); bounded so memory stays flat on long runs.
+# batched decoding (16 or 32 measured no faster here, and 16 once deadlocked OpenVINO GenAI's sampler,
+# docs/limits.md); bounded so memory stays flat on long runs.
 MAX_INFLIGHT_PROMPTS = 8
 # Activations and KV cache in f32, not the CPU plugin's defaults (bf16 activations on CPUs with
 # AVX512-BF16, u8 KV cache): with those, a prompt's samples depended on what else shared the batch
-# (111-112 of 120 identical when the number of prompts in flight changed), so a resumed run differed
-# from an uninterrupted one. In f32 they are batch-invariant (120/120, tests/test_generation.py) and
-# no slower here: 3.9 vs 3.6 programs/s (MBPP prompts, n=5), 1.55 vs 1.3 (refinement prompts).
+# (46/55 identical when resumed), so a resumed run differed from an uninterrupted one. In f32 they are
+# batch-invariant (55/55; tests/test_models.py) at a small cost here: MBPP prompts 3.0-3.4 vs 3.05
+# programs/s, refinement prompts 1.28-1.30 vs 1.39 (benchmarks/bench_openvino_settings.py).
 INFERENCE_PRECISION: str | None = "f32"
 KV_CACHE_PRECISION: str | None = "f32"
 GGUF_NAME = "model-q8_0.gguf"
@@ -161,6 +162,7 @@ class OpenVINOEngine(Engine):
         kv_cache_gb: float = KV_CACHE_GB,
         max_inflight: int = MAX_INFLIGHT_PROMPTS,
         kv_cache_precision: str | None = KV_CACHE_PRECISION,
+        inference_precision: str | None = INFERENCE_PRECISION,
         ov_properties: dict[str, Any] | None = None,
         **_: Any,
     ):
@@ -174,8 +176,8 @@ class OpenVINOEngine(Engine):
         sched.cache_size = int(kv_cache_gb)
         sched.enable_prefix_caching = False
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": int(threads or _num_threads())}
-        if INFERENCE_PRECISION:
-            props["INFERENCE_PRECISION_HINT"] = INFERENCE_PRECISION
+        if inference_precision:  # None: the CPU plugin's default
+            props["INFERENCE_PRECISION_HINT"] = inference_precision
         if kv_cache_precision:
             props["KV_CACHE_PRECISION"] = kv_cache_precision
         props.update(ov_properties or {})  # any OpenVINO CPU plugin property, passed through
