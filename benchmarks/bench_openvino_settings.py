@@ -51,16 +51,12 @@ def workloads():
     return {"mbpp": (mbpp, p_mbpp), "refine": (refine, p_ref)}
 
 
-def make_engine(opts: dict):
-    return get_engine("openvino", DEFAULT_MODEL, **opts)
-
-
 def main() -> None:
     resolve_model(DEFAULT_MODEL)
     loads = workloads()
     rows = []
     for name, opts in VARIANTS.items():
-        eng = make_engine(opts)
+        eng = get_engine("openvino", DEFAULT_MODEL, **opts)
         eng.generate(loads["mbpp"][0][:2], loads["mbpp"][1])  # warm-up, untimed (first-call compilation)
         row = {"variant": name}
         for wl, (prompts, params) in loads.items():

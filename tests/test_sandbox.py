@@ -205,6 +205,18 @@ def test_forking_memory_bomb_is_bounded_by_the_sandbox_cgroup(monkeypatch):
     assert not any(os.path.exists(d) for d in cgroups)  # removed on close
 
 
+# After a storm, 80 long-lived children from the parent itself: more than the process limit on their
+# own, so the parent sees a refusal whatever the pace of the storm (without it the tests were a race).
+PARENT_OVERFLOW = """if os.getpid() == ROOT_PID:
+        for _ in range(80):
+            try:
+                if os.fork() == 0:
+                    time.sleep(0.5)
+                    os._exit(0)
+            except OSError:
+                refused += 1"""
+
+
 def test_fork_storm_is_contained(sb):
     # Each process forks at most 12 times (+80 from the parent), so an unbounded sandbox would see
     # ~4000 processes at most.
@@ -222,21 +234,12 @@ def test_fork_storm_is_contained(sb):
             made = 0
             continue
         made += 1
-    if os.getpid() == ROOT_PID:
-        # Then 80 long-lived children from the parent itself: more than the limit on their own, so
-        # the parent sees a refusal whatever the pace of the storm above (else the test was a race).
-        for _ in range(80):
-            try:
-                if os.fork() == 0:
-                    time.sleep(0.5)
-                    os._exit(0)
-            except OSError:
-                refused += 1
+    {PARENT_OVERFLOW}
     time.sleep(0.5)
     if os.getpid() != ROOT_PID:
         os._exit(0)
     """
-    prog = "import os\nROOT_PID = os.getpid()\n" + textwrap.dedent(prog)
+    prog = "import os\nROOT_PID = os.getpid()\n" + textwrap.dedent(prog.replace("{PARENT_OVERFLOW}", PARENT_OVERFLOW))
     v = run(sb, prog, "assert refused > 0\n", timeout=5.0)
     # The storm hit the process limit (refused forks), and the parent still reported.
     assert v.status == "passed", v
@@ -485,20 +488,11 @@ class TestStormSource:
         except OSError:
             refused += 1
             continue
-    if os.getpid() == ROOT_PID:  # deterministic refusal (see test_fork_storm_is_contained)
-        for _ in range(80):
-            try:
-                if os.fork() == 0:
-                    time.sleep(0.3)
-                    os._exit(0)
-            except OSError:
-                refused += 1
+    {PARENT_OVERFLOW}
     time.sleep(0.3)
     if os.getpid() != ROOT_PID:
         os._exit(0)
-    """
-
-
+    """.replace("{PARENT_OVERFLOW}", PARENT_OVERFLOW)
 
 
 @needs_bwrap

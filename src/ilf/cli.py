@@ -133,6 +133,8 @@ def _print_run_summary(report_json: Path) -> None:
 
     from rich.table import Table
 
+    from ilf.report import _pct  # the report's own CI formatting
+
     try:
         run = json.loads(report_json.read_text(encoding="utf-8"))["runs"][0]
     except (OSError, ValueError, KeyError, IndexError):
@@ -141,16 +143,13 @@ def _print_run_summary(report_json: Path) -> None:
     for col in ("method", "train pairs", "tasks × n", "pass@1", "Δ vs zero-shot"):
         t.add_column(col, justify="left" if col == "method" else "right")
 
-    def pct(x: dict) -> str:
-        return f"{100 * x['value']:.1f} [{100 * x['lo']:.1f}, {100 * x['hi']:.1f}]"
-
     for mth in run.get("methods", []):
         p1 = mth.get("metrics", {}).get("pass@1")
         if not p1:
             continue
         d = (mth.get("delta_vs_zero-shot") or {}).get("metrics", {}).get("pass@1")
-        delta = f"{100 * d['value']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]" if d else "–"
-        t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}", pct(p1), delta)
+        t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}",
+                  _pct(p1), _pct(d, signed=True))
     err.print(t)
 
 

@@ -9,8 +9,8 @@ models and everything FINETUNE makes from them. Others get a clear error (use --
 The converted file is cached under `ilf.models.engine_dir(resolved, "openvino")`.
 
 Sampling. f32 activations and KV cache keep every prompt's samples independent of the batch (see
-INFERENCE_PRECISION). All prompts are queued in a `ContinuousBatchingPipeline`; each request asks for n samples
-of one prompt (they share its KV cache) with `rng_seed = prompt_seed(seed, prompt)`. Requests are
+INFERENCE_PRECISION). All prompts are queued in a `ContinuousBatchingPipeline`; each request asks for
+n samples of one prompt (they share its KV cache) with `rng_seed = prompt_seed(seed, prompt)`. Requests are
 added one at a time, never more than MAX_INFLIGHT_PROMPTS at once, and each is read as soon as it
 finishes, so progress and resumable writes follow the work.
 """
