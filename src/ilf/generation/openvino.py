@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ilf.errors import IlfError
 from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
+from ilf.generation.watchdog import STALL_TIMEOUT, StallWatchdog
 
 # KV cache for the scheduler, in GB: f32 entries (below) take 24 KB per token for the 0.5B model,
 # 57 KB for the 1.5B, so 4 GB holds 8 prompts x n=10 x ~900 tokens of the larger one.
@@ -164,6 +165,7 @@ class OpenVINOEngine(Engine):
         kv_cache_precision: str | None = KV_CACHE_PRECISION,
         inference_precision: str | None = INFERENCE_PRECISION,
         ov_properties: dict[str, Any] | None = None,
+        stall_timeout: float | None = STALL_TIMEOUT,
         **_: Any,
     ):
         import openvino_genai as ov_genai
@@ -182,6 +184,7 @@ class OpenVINOEngine(Engine):
             props["KV_CACHE_PRECISION"] = kv_cache_precision
         props.update(ov_properties or {})  # any OpenVINO CPU plugin property, passed through
         self.max_inflight = int(max_inflight)
+        self.stall_timeout = stall_timeout
         self.pipe = ov_genai.ContinuousBatchingPipeline(str(path), sched, "CPU", props)
         self.tokenizer = self.pipe.get_tokenizer()
         self._ov = ov_genai
@@ -231,23 +234,26 @@ class OpenVINOEngine(Engine):
         results: list[Optional[list[Completion]]] = [None] * len(prompts)
         pending = list(range(len(prompts)))[::-1]
         inflight: dict[int, Any] = {}
-        while pending or inflight:
-            while pending and len(inflight) < self.max_inflight:
-                i = pending.pop()
-                self._next_id += 1
-                inflight[i] = self.pipe.add_request(self._next_id, prompts[i], self._config(params, prompts[i]))
-            self.pipe.step()
-            for i, handle in list(inflight.items()):
-                status = handle.get_status()
-                if status == self._ov.GenerationStatus.RUNNING:
-                    continue
-                if status != self._ov.GenerationStatus.FINISHED:
-                    raise IlfError(f"openvino: request for prompt {i} ended with status {status}")
-                comps = self._completions(handle.read_all(), params)
-                results[i] = comps
-                del inflight[i]
-                if progress:
-                    progress(i, comps)
+        # step() holds the GIL and hung once (docs/limits.md): a watchdog process ends a stalled run.
+        with StallWatchdog("openvino sampling", self.stall_timeout) as watchdog:
+            while pending or inflight:
+                while pending and len(inflight) < self.max_inflight:
+                    i = pending.pop()
+                    self._next_id += 1
+                    inflight[i] = self.pipe.add_request(self._next_id, prompts[i], self._config(params, prompts[i]))
+                self.pipe.step()
+                watchdog.beat()
+                for i, handle in list(inflight.items()):
+                    status = handle.get_status()
+                    if status == self._ov.GenerationStatus.RUNNING:
+                        continue
+                    if status != self._ov.GenerationStatus.FINISHED:
+                        raise IlfError(f"openvino: request for prompt {i} ended with status {status}")
+                    comps = self._completions(handle.read_all(), params)
+                    results[i] = comps
+                    del inflight[i]
+                    if progress:
+                        progress(i, comps)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

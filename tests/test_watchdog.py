@@ -1,0 +1,74 @@
+"""The stall watchdog that ends a sampling loop stuck in a native call holding the GIL (OpenVINO
+GenAI's step() hung once: docs/limits.md). The hang is simulated by a real GIL-holding C call
+(catastrophic regex backtracking) in a real child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+STUCK = """
+import re, signal, sys
+from ilf.generation.watchdog import StallWatchdog
+{handler}
+with StallWatchdog("test sampling", timeout=2, grace=1) as wd:
+    wd.beat()
+    print("stepping", flush=True)
+    re.match(r"(a+)+$", "a" * 60 + "b")  # C code holding the GIL for ages: no Python runs
+print("returned", flush=True)
+"""
+
+
+def _run(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_simulated_hang_in_a_gil_holding_call_is_ended_with_one_clear_line():
+    p = _run(STUCK.format(handler=""))
+    assert p.returncode == -signal.SIGTERM
+    assert "stepping" in p.stdout and "returned" not in p.stdout
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip("\x1b[?25h").strip()]
+    assert len(lines) == 1, p.stderr
+    assert "ilf: test sampling made no progress for 2 s" in lines[0] and "rerun the same command to resume" in lines[0]
+
+
+def test_simulated_hang_with_a_sigterm_handler_that_cannot_run_gets_sigkill():
+    # A Python SIGTERM handler never runs while C code holds the GIL: the watchdog follows up.
+    p = _run(STUCK.format(handler="signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))"))
+    assert p.returncode == -signal.SIGKILL
+    assert "made no progress" in p.stderr
+
+
+def test_a_loop_that_keeps_beating_is_left_alone_and_the_watchdog_exits_with_it():
+    code = """
+    import time
+    from ilf.generation.watchdog import StallWatchdog
+    with StallWatchdog("test sampling", timeout=3, grace=1) as wd:
+        pid = wd.proc.pid
+        end = time.monotonic() + 6
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            wd.beat()
+        print(pid, flush=True)
+    print("done", flush=True)
+    """
+    p = _run(code)
+    assert p.returncode == 0, p.stderr
+    pid, done = p.stdout.split()
+    assert done == "done" and p.stderr == ""
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_disabled_watchdog_starts_no_process():
+    from ilf.generation.watchdog import StallWatchdog
+
+    with StallWatchdog("x", timeout=0) as wd:
+        wd.beat()
+        assert wd.proc is None
