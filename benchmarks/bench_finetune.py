@@ -4,7 +4,7 @@ SFTTrainer; full fine-tuning fp32, full with bf16 autocast, LoRA) beside a plain
 
 Protocol: the bundled Qwen2.5-Coder-0.5B-Instruct (ilf.models, fp32 master weights); data = the
 first PAIRS π_θ pairs (task prompt -> human refinement) of the authors' annotations on MBPP_Train;
-per-device batch 1, gradient accumulation BATCH, MAX_STEPS optimizer steps, AdamW, lr 5e-6. Each
+per-device batch 1, gradient accumulation BATCH, MAX_STEPS optimizer steps, AdamW (fused), lr 5e-6. Each
 variant runs in its own process (so its peak RSS is its own) under `flock /tmp/ilf-heavy.lock`:
 
     flock /tmp/ilf-heavy.lock python benchmarks/bench_finetune.py [--pairs 8 --batch 4 --steps 2]
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,8 +55,11 @@ def run_ilf(name: str, args) -> dict:
     kw = {"per_device_batch_size": 1, **VARIANTS[name]}
     cfg = FinetuneConfig(batch_size=args.batch, max_steps=args.steps, max_length=args.max_length,
                          report_to="none", save_steps=-1, **kw)  # no checkpoint: the plain loop writes none either
-    finetune(pairs_for(args.pairs), args.model, out, cfg)
-    m = json.loads((out / "ilf_finetune.json").read_text())["metrics"]
+    try:
+        finetune(pairs_for(args.pairs), args.model, out, cfg)
+        m = json.loads((out / "ilf_finetune.json").read_text())["metrics"]
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)  # a 2.4 GB model per variant
     return {
         "train_seconds": m["train_seconds"],
         "load_seconds": m["load_seconds"],
@@ -93,6 +97,7 @@ def run_plain(args) -> dict:
             return {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(labels)}
 
     targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench_plain_"), per_device_train_batch_size=1,
+                              optim="adamw_torch_fused",  # the Trainer's default, as ilf's
                               gradient_accumulation_steps=args.batch, max_steps=args.steps, learning_rate=5e-6,
                               lr_scheduler_type="linear", report_to=[], save_strategy="no", logging_steps=1,
                               dataloader_pin_memory=False, disable_tqdm=True, seed=42)

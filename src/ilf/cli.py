@@ -200,7 +200,7 @@ def finetune(
     lr_scheduler: Optional[str] = typer.Option(None, help="Default linear."),
     warmup: Optional[float] = typer.Option(None, help="Warmup steps (>= 1) or fraction of steps (< 1). Default 0."),
     weight_decay: Optional[float] = typer.Option(None),
-    optim: Optional[str] = typer.Option(None, help="Default adamw_torch."),
+    optim: Optional[str] = typer.Option(None, help="Default adamw_torch_fused (AdamW, one fused kernel)."),
     max_grad_norm: Optional[float] = typer.Option(None),
     lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA (merged into the saved model) or full fine-tuning (default)."),
     lora_r: Optional[int] = typer.Option(None),
