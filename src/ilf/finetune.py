@@ -463,6 +463,26 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _end_process_group_at_exit() -> None:
+    """Under torchrun a rank that exits with its process group alive can abort in C++ ("terminate
+    called without an active exception", exit -6: seen once in CI on the 2-process test, after the
+    model was written). End the group before the interpreter shuts down."""
+    import atexit
+
+    import torch.distributed as dist
+
+    def end() -> None:
+        if dist.is_available() and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+
+    if not getattr(_end_process_group_at_exit, "registered", False):
+        atexit.register(end)
+        _end_process_group_at_exit.registered = True  # type: ignore[attr-defined]
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -645,6 +665,8 @@ def finetune(
             peft_config=peft_config,
             callbacks=list(callbacks),
         )
+        if _world_size() > 1:
+            _end_process_group_at_exit()
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
