@@ -15,7 +15,7 @@ STUCK = """
 import re, signal, sys
 from ilf.generation.watchdog import StallWatchdog
 {handler}
-with StallWatchdog("test sampling", timeout=2, grace=1) as wd:
+with StallWatchdog("test sampling", timeout=2, grace=1) as wd, wd.armed():
     wd.beat()
     print("stepping", flush=True)
     re.match(r"(a+)+$", "a" * 60 + "b")  # C code holding the GIL for ages: no Python runs
@@ -43,16 +43,18 @@ def test_simulated_hang_with_a_sigterm_handler_that_cannot_run_gets_sigkill():
     assert "made no progress" in p.stderr
 
 
-def test_a_loop_that_keeps_beating_is_left_alone_and_the_watchdog_exits_with_it():
+def test_a_loop_that_keeps_beating_or_is_disarmed_is_left_alone_and_the_watchdog_exits_with_it():
     code = """
     import time
     from ilf.generation.watchdog import StallWatchdog
     with StallWatchdog("test sampling", timeout=3, grace=1) as wd:
         pid = wd.proc.pid
-        end = time.monotonic() + 6
-        while time.monotonic() < end:
-            time.sleep(0.05)
-            wd.beat()
+        with wd.armed():
+            end = time.monotonic() + 6
+            while time.monotonic() < end:
+                time.sleep(0.05)
+                wd.beat()
+        time.sleep(4)  # disarmed: an idle engine is not a stall
         print(pid, flush=True)
     print("done", flush=True)
     """
@@ -69,6 +71,6 @@ def test_a_loop_that_keeps_beating_is_left_alone_and_the_watchdog_exits_with_it(
 def test_disabled_watchdog_starts_no_process():
     from ilf.generation.watchdog import StallWatchdog
 
-    with StallWatchdog("x", timeout=0) as wd:
+    with StallWatchdog("x", timeout=0) as wd, wd.armed():
         wd.beat()
         assert wd.proc is None

@@ -20,6 +20,7 @@ Tokenization is done here, not by TRL, for two reasons:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -463,24 +464,17 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _end_process_group_at_exit() -> None:
-    """Under torchrun a rank that exits with its process group alive can abort in C++ ("terminate
-    called without an active exception", exit -6: seen once in CI on the 2-process test, after the
-    model was written). End the group before the interpreter shuts down."""
-    import atexit
-
+def _destroy_process_group() -> None:
+    """Registered at exit under torchrun: a rank that exits with its process group alive can abort in
+    C++ ("terminate called without an active exception", exit -6: seen once in CI on the 2-process
+    test, after the model was written)."""
     import torch.distributed as dist
 
-    def end() -> None:
-        if dist.is_available() and dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - best effort at exit
-                pass
-
-    if not getattr(_end_process_group_at_exit, "registered", False):
-        atexit.register(end)
-        _end_process_group_at_exit.registered = True  # type: ignore[attr-defined]
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 def _peak_rss_mb() -> float:
@@ -666,7 +660,8 @@ def finetune(
             callbacks=list(callbacks),
         )
         if _world_size() > 1:
-            _end_process_group_at_exit()
+            atexit.unregister(_destroy_process_group)  # once, however many runs this process makes
+            atexit.register(_destroy_process_group)
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         trainer.remove_callback(ProgressCallback)

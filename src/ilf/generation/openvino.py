@@ -184,7 +184,6 @@ class OpenVINOEngine(Engine):
             props["KV_CACHE_PRECISION"] = kv_cache_precision
         props.update(ov_properties or {})  # any OpenVINO CPU plugin property, passed through
         self.max_inflight = int(max_inflight)
-        self.stall_timeout = stall_timeout
         self.pipe = ov_genai.ContinuousBatchingPipeline(str(path), sched, "CPU", props)
         self.tokenizer = self.pipe.get_tokenizer()
         self._ov = ov_genai
@@ -192,6 +191,8 @@ class OpenVINOEngine(Engine):
 
         self.eos_ids = {ENDOFTEXT_ID, IM_END_ID}
         self._next_id = 0
+        # step() holds the GIL and hung once (docs/limits.md): a watchdog process ends a stalled run.
+        self.watchdog = StallWatchdog("openvino sampling", stall_timeout)
 
     def _config(self, params: SamplingParams, prompt: str):
         c = self._ov.GenerationConfig()
@@ -234,8 +235,7 @@ class OpenVINOEngine(Engine):
         results: list[Optional[list[Completion]]] = [None] * len(prompts)
         pending = list(range(len(prompts)))[::-1]
         inflight: dict[int, Any] = {}
-        # step() holds the GIL and hung once (docs/limits.md): a watchdog process ends a stalled run.
-        with StallWatchdog("openvino sampling", self.stall_timeout) as watchdog:
+        with self.watchdog.armed() as watchdog:
             while pending or inflight:
                 while pending and len(inflight) < self.max_inflight:
                     i = pending.pop()
@@ -258,3 +258,4 @@ class OpenVINOEngine(Engine):
 
     def close(self) -> None:
         self.pipe = None
+        self.watchdog.close()

@@ -279,23 +279,26 @@ class _Worker:
             pass
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """The process's start time in clock ticks (/proc/PID/stat field 22): tells a reused pid apart."""
+def _stat(pid: int) -> Optional[list[str]]:
+    """/proc/PID/stat fields after the command name (index 0 = state, 1 = ppid, 19 = start time in
+    clock ticks, which tells a reused pid apart); None if the process is gone or not on Linux."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _start_time(pid: int) -> Optional[str]:
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def _alive(family: list[tuple[int, Optional[str]]]) -> list[tuple[int, Optional[str]]]:
     """The members of family still running (zombies count as ended: their parent reaps them)."""
     out = []
     for pid, started in family:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and fields[19] == started:
+        fields = _stat(pid)
+        if fields and fields[0] != "Z" and fields[19] == started:
             out.append((pid, started))
     return out
 
@@ -303,12 +306,10 @@ def _alive(family: list[tuple[int, Optional[str]]]) -> list[tuple[int, Optional[
 def _descendants(pid: int) -> list[int]:
     """Child processes of pid, recursively (Linux /proc; empty elsewhere)."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _stat(int(entry.name))
+        if fields:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -2,14 +2,18 @@
 
 OpenVINO GenAI's `pipeline.step()` holds the GIL, and it hung once here (docs/limits.md): then no
 Python thread of the process runs, not even a signal handler. So the watchdog is a small separate
-process. The sampling loop sends it a heartbeat after each step; if none comes for `timeout`
-seconds, it prints one clear line and ends the stuck process (SIGTERM, then SIGKILL). Finished work
-is already on disk (sampling writes per task), so rerunning the same command resumes.
+process, started once per engine. While armed (inside a sampling loop) it expects a heartbeat
+after each step; if none comes for `timeout` seconds, it prints one clear line and ends the stuck
+process (SIGTERM, then SIGKILL). Disarmed (an idle engine, e.g. `ilf serve` between requests), it
+only waits. Finished work is already on disk (sampling writes per task), so rerunning the same
+command resumes.
 
-    with StallWatchdog("openvino sampling", timeout=600) as wd:
+    watchdog = StallWatchdog("openvino sampling", timeout=600)
+    with watchdog.armed():
         while work:
             pipe.step()
-            wd.beat()
+            watchdog.beat()
+    watchdog.close()
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 # Seconds without a finished decoding step before the process is ended. One step here takes
 # 0.1-0.5 s (a few seconds with long prefills); ten minutes leaves room for much slower machines.
@@ -39,11 +44,15 @@ def state():
     except (OSError, IndexError):
         return "?"
 
+armed = False
 while True:
-    ready, _, _ = select.select([0], [], [], timeout)
+    ready, _, _ = select.select([0], [], [], timeout if armed else None)
     if ready:
-        if not os.read(0, 4096):
-            sys.exit(0)  # the loop finished (or its process is gone)
+        data = os.read(0, 4096)
+        if not data:
+            sys.exit(0)  # closed (or its process is gone)
+        for byte in data:  # a: armed, d: disarmed, .: a heartbeat; any byte restarts the clock
+            armed = {97: True, 100: False}.get(byte, armed)
         continue
     if state() in ("T", "t"):
         continue  # stopped (Ctrl-Z, a debugger): not a stall
@@ -65,7 +74,8 @@ while True:
 
 
 class StallWatchdog:
-    """Ends this process if `beat()` is not called for `timeout` seconds (0 or None: disabled)."""
+    """Ends this process if, while `armed()`, `beat()` is not called for `timeout` seconds
+    (0 or None: disabled, no process)."""
 
     def __init__(self, what: str, timeout: Optional[float] = STALL_TIMEOUT, grace: float = TERM_GRACE):
         self.proc: Optional[subprocess.Popen] = None
@@ -77,13 +87,26 @@ class StallWatchdog:
                 close_fds=True,
             )
 
+    @contextmanager
+    def armed(self) -> Iterator[StallWatchdog]:
+        self._send(b"a")
+        self._last = time.monotonic()
+        try:
+            yield self
+        finally:
+            self._send(b"d")
+
     def beat(self) -> None:
         now = time.monotonic()
-        if self.proc is None or now - self._last < BEAT_INTERVAL:
+        if now - self._last >= BEAT_INTERVAL:
+            self._last = now
+            self._send(b".")
+
+    def _send(self, msg: bytes) -> None:
+        if self.proc is None:
             return
-        self._last = now
         try:
-            os.write(self.proc.stdin.fileno(), b".")  # type: ignore[union-attr]
+            os.write(self.proc.stdin.fileno(), msg)  # type: ignore[union-attr]
         except OSError:
             pass
 
