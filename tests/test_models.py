@@ -92,12 +92,12 @@ def test_gguf_file_spec_converts_once_and_loads(tmp_path, cache):
     """A .gguf spec (here: a tiny Qwen2 written as Q8_0 GGUF) becomes a saved HF dir that loads."""
     import torch
 
-    from ilf.generation.openvino import hf_to_gguf_q8
+    from ilf.generation.openvino import hf_to_gguf
     from qwen_tiny import build_qwen_tiny
 
     src = build_qwen_tiny(tmp_path / "tiny")
     gguf_path = tmp_path / "tiny.gguf"
-    hf_to_gguf_q8(src, gguf_path)
+    hf_to_gguf(src, gguf_path)
     r = resolve_model(str(gguf_path))
     assert r.gguf == gguf_path.resolve() and (r.hf_dir / "model.safetensors").exists()
     assert resolve_model(str(gguf_path)).hf_dir == r.hf_dir  # cached, not converted again

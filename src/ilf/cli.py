@@ -419,6 +419,7 @@ def sample(
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
+    weights: str = typer.Option("q8_0", help="--engine openvino: matrices as q8_0 (fastest) or f16 (keeps a fine-tuning update; use one format for models you compare)."),
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
     from ilf.generation import default_engine, get_engine
@@ -433,8 +434,12 @@ def sample(
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
     if not len(ts):
         raise IlfError("no tasks selected (check --split / --tasks)")
+    from ilf.generation.weights import WEIGHT_FORMATS, engine_label
+
+    if weights not in WEIGHT_FORMATS:
+        raise IlfError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
     name = engine or default_engine()
-    kw = {"base_url": base_url} if name == "openai" else {}
+    kw = {"base_url": base_url} if name == "openai" else {"weights": weights} if name == "openvino" else {}
     if name == "openai":
         model_name = model or "default"
     else:
@@ -444,7 +449,8 @@ def sample(
         model_name = model.name
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
     t0 = __import__("time").perf_counter()
-    recs = run_sample(ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name, engine_name=name)
+    recs = run_sample(ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name,
+                      engine_name=engine_label(name, weights))
     dt = __import__("time").perf_counter() - t0
     err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({dt:.0f} s)", highlight=False)
 

@@ -19,13 +19,16 @@ from ilf.errors import IlfError
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
-METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot")
+METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft")
 
 
 @dataclass
 class ModelConfig:
     base: str = "qwen2.5-coder-0.5b-instruct"  # π_θ: bundled name, HF dir, .gguf file or hub id
     engine: str = "auto"  # sampling engine; auto = fastest available (vllm on a GPU)
+    # openvino engine: matrices as f16 (a fine-tuning update survives) or q8_0 (faster, but its error
+    # exceeds a small update). Every model of a run is sampled at this one precision, so methods compare.
+    weights: str = "f16"
 
 
 @dataclass
@@ -65,7 +68,8 @@ class RefineConfig:
     top_p: float = 0.95
     top_k: int = 0
     max_new_tokens: int = 256
-    max_edit_distance: float = 1.0  # keep refinements closer than this to x0 (1.0 = no filter)
+    # Drop passing refinements farther than this from x0 (bounded edit distance in [0, 1]; 1.0 = keep all).
+    max_edit_distance: float = 1.0
 
 
 @dataclass
@@ -273,6 +277,13 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             bad("eval.methods", f"has unknown method {m!r}; known: {', '.join(METHODS)}")
     if cfg.rounds < 1:
         bad("rounds", "must be >= 1")
+    from ilf.generation.weights import WEIGHT_FORMATS
+
+    if cfg.model.weights not in WEIGHT_FORMATS:
+        bad("model.weights", f"must be one of {', '.join(WEIGHT_FORMATS)}, got {cfg.model.weights!r}")
+    if cfg.rounds > 1 and cfg.feedback.source == "authors":
+        bad("rounds", "must be 1 with feedback.source = 'authors': their feedback is on CodeGen-6B's fixed programs, "
+            "so every round would train on the same data (use feedback.source = trace or llm for rounds > 1)")
     for key, v in [("sample.n", cfg.sample.n), ("refine.n", cfg.refine.n), ("eval.n", cfg.eval.n)]:
         if v < 1:
             bad(key, "must be >= 1")

@@ -152,6 +152,12 @@ class Run:
                 console.print(f"[yellow]warning[/]: task {tid} cannot be formatted and is left out: {why}")
         return self._tasks[spec]
 
+    def _has_authors(self) -> bool:
+        from ilf.tasks import default_data_dir
+
+        d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()
+        return bool(d and (d / AUTHORS_FILE).exists())
+
     def authors_annotations(self) -> list[dict[str, Any]]:
         """The paper authors' 195 human (x0, f, x1) triples as feedback records (read once per run)."""
         if self._authors is None:
@@ -186,10 +192,17 @@ class Run:
         key = (str(model), name)
         if self._engine_key != key:
             self.close_engine()
-            console.print(f"loading [bold]{model}[/] with the [bold]{name}[/] engine")
-            self._engine = get_engine(name, str(model))
+            console.print(f"loading [bold]{model}[/] with the [bold]{self.engine_label(engine)}[/] engine")
+            opts = {"weights": self.cfg.model.weights} if name == "openvino" else {}
+            self._engine = get_engine(name, str(model), **opts)
             self._engine_key = key
         return self._engine
+
+    def engine_label(self, engine: str | None = None) -> str:
+        """What sample records and the report name as the engine, e.g. 'openvino/f16'."""
+        from ilf.generation.weights import engine_label
+
+        return engine_label(self.engine_name(engine), self.cfg.model.weights)
 
     def close_engine(self) -> None:
         if self._engine is not None:
@@ -238,7 +251,7 @@ class Run:
         self.stage(
             f"r{r}/refine",
             lambda: self.refine_samples(feedback, refiner, raw),
-            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed},
+            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
             inputs=[fb_path],
             outputs=[raw],
         )
@@ -249,13 +262,24 @@ class Run:
         def select():
             from ilf.refine import refine_summary, select_training_set
 
+            from ilf.refine import edit_distance
+
             results = load_jsonl(refined)
-            write_json(rd / "refine_summary.json", refine_summary(results, cfg.refine.n))
+            x0 = {f["feedback_id"]: f["program"] for f in feedback}
+            for res in results:  # recomputed here: the measure is the selection's, not the sampler's
+                if res["feedback_id"] in x0:
+                    res["edit_distance"] = edit_distance(x0[res["feedback_id"]], res["refinement"],
+                                                         self.tasks()[res["task_id"]].prompt)
+            dropped: dict[str, int] = {}
             pairs = select_training_set(results, self.tasks(), seed=cfg.seed + r,
-                                        max_edit_distance=cfg.refine.max_edit_distance)
+                                        max_edit_distance=cfg.refine.max_edit_distance, dropped=dropped)
+            summary = refine_summary(results, cfg.refine.n)
+            summary.update(max_edit_distance=cfg.refine.max_edit_distance, **dropped, train_pairs=len(pairs))
+            write_json(rd / "refine_summary.json", summary)
             write_jsonl(pairs_path, pairs)
 
-        self.stage(f"r{r}/select", select, params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed},
+        self.stage(f"r{r}/select", select, params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed,
+                                                   "measure": "bounded"},
                    inputs=[refined], outputs=[pairs_path, rd / "refine_summary.json"])
         pairs = load_jsonl(pairs_path)
         summary = json.loads((rd / "refine_summary.json").read_text())
@@ -304,9 +328,10 @@ class Run:
         def body():
             # The engine loads only if some task still needs sampling (a resumed stage may not).
             sample(list(tasks), lambda: self.engine(model), params, out, resume=True,
-                   model_name=str(model), engine_name=self.engine_name())
+                   model_name=str(model), engine_name=self.engine_label())
 
-        self.stage(name, body, params={"model": model, "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
+        self.stage(name, body, params={"model": model, "engine": self.engine_label(),
+                                       "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
                    inputs=[Path(model)] if Path(model).is_dir() else [], outputs=[out])
 
     def eval_stage(self, name: str, samples: Path, out: Path) -> None:
@@ -324,9 +349,9 @@ class Run:
 
         cfg = self.cfg.feedback
         wanted = parse_ranges(cfg.tasks)
-        if cfg.source == "authors":
-            if r > 1:
-                console.print("[yellow]warning[/]: feedback.source = authors gives the same feedback every round")
+        if cfg.source == "authors":  # rounds > 1 is refused by config validation
+            console.print("[yellow]note[/]: feedback.source = authors: x0 are CodeGen-Mono 6.1B's programs (the paper's "
+                          f"annotations), not {self.cfg.model.base}'s own, so this ILF trains off-policy")
             return self.feedback_annotations()
 
         results = load_jsonl(rd / "results.jsonl")
@@ -500,11 +525,14 @@ class Run:
             if method == "gold":  # MBPP's gold programs for the same task ids as ILF's R
                 recs = [{"task_id": t, "prompt": tasks[t].prompt,
                          "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt), "source": "gold"} for t in r_tasks]
-            elif method == "human-refinements":  # the annotators' own refinements on the feedback tasks
-                ann = self.feedback_annotations()
+            elif method == "human-refinements":  # the annotators' own refinements, on R's tasks that have one
+                wanted = set(r_tasks)
+                ann = sorted((a for a in self.authors_annotations() if a["task_id"] in wanted), key=lambda a: a["task_id"])
                 recs = [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
                          "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt),
                          "source": "human-refinements"} for a in ann]
+            elif method == "rft":  # rejection sampling: π_θ's own passing x0, for as many tasks as R has
+                recs = self.rft_pairs(len(r_tasks))
             else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
@@ -518,6 +546,31 @@ class Run:
         out = bd / "model"
         self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, cfg.finetune)
         return str(out)
+
+    def rft_pairs(self, k: int) -> list[dict]:
+        """RFT control (not in the paper): one passing x0 ~ π_θ per task, on k tasks π_θ already
+        solves (seeded choice), so it trains on as many tasks as ILF's R without any feedback."""
+        import random
+
+        from ilf.refine import body_after_prompt
+
+        path = self.dir / "r1" / "results.jsonl"
+        if not path.exists():  # feedback.source = authors: π_θ's x0 were never sampled
+            console.print("[yellow]warning[/]: rft needs π_θ's own samples (feedback.source != authors); skipped")
+            return []
+        passing: dict[Any, list[dict]] = {}
+        for res in load_jsonl(path):
+            if res.get("passed"):
+                passing.setdefault(res["task_id"], []).append(res)
+        rng = random.Random(f"{self.cfg.seed}:rft")
+        chosen = rng.sample(sorted(passing), min(k, len(passing)))
+        tasks = self.tasks()
+        out = []
+        for tid in sorted(chosen):
+            pick = random.Random(f"{self.cfg.seed}:rft:{tid}").choice(sorted(passing[tid], key=lambda x: x["sample_id"]))
+            out.append({"task_id": tid, "prompt": tasks[tid].prompt, "sample_id": pick["sample_id"],
+                        "completion": body_after_prompt(pick["program"], tasks[tid].prompt), "source": "rft"})
+        return out
 
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
         from ilf.feedback.llm import generate_llm_feedback
@@ -559,9 +612,10 @@ class Run:
             from ilf.report import compute_perplexities
 
             self.close_engine()
+            # Figure 3: every source on R's task ids (human refinements where those tasks have one).
             ilf_pairs = load_jsonl(r1)
-            ann = self.feedback_annotations()
-            ids = sorted({p["task_id"] for p in ilf_pairs} | {a["task_id"] for a in ann})
+            ids = sorted({p["task_id"] for p in ilf_pairs})
+            ann = [a for a in self.authors_annotations() if a["task_id"] in set(ids)] if self._has_authors() else []
             sources = {
                 "gold": [{"task_id": t, "prompt": tasks[t].prompt,
                           "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt)} for t in ids],

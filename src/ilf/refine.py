@@ -34,11 +34,12 @@ def _nl(s: str) -> str:
 
 
 def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
-    """The authors' measure: Levenshtein(old body, new body) / len(old body), bodies taken after
-    the task prompt (see ilf.feedback.text). The paper keeps human refinements under 0.5."""
-    from ilf.feedback.text import normalized_edit_distance
+    """Bounded edit distance in [0, 1] between x0 and a refinement: Levenshtein(old body, new body) /
+    the longer body, bodies taken after the task prompt (ilf.feedback.text). Not the authors'
+    annotation measure (/ len(old body), unbounded), which would make a 1.0 threshold drop repairs."""
+    from ilf.feedback.text import bounded_edit_distance
 
-    return float(normalized_edit_distance(_nl(old), _nl(new), _nl(prompt) if prompt else None))
+    return float(bounded_edit_distance(_nl(old), _nl(new), _nl(prompt) if prompt else None))
 
 
 def body_after_prompt(program: str, prompt: str) -> str:
@@ -168,17 +169,28 @@ def sample_refinements(
 
 
 def select_training_set(
-    results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 0, max_edit_distance: float = 1.0
+    results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 0, max_edit_distance: float = 1.0,
+    dropped: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """R: per task, one passing refinement chosen at random (seeded), as the paper does.
 
     Pairs are (task prompt -> refinement body): the prompt π_θ sees at test time and the code it
-    should have written.
+    should have written. A passing refinement farther than `max_edit_distance` from its x0 (bounded
+    measure, `edit_distance`; 1.0 keeps all) is dropped; `dropped` receives the counts.
     """
     by_task: dict[Any, list[dict]] = defaultdict(list)
+    passing_tasks, n_dropped = set(), 0
     for r in results:
-        if r.get("passed") and r.get("edit_distance", 0.0) < max_edit_distance:
-            by_task[r["task_id"]].append(r)
+        if not r.get("passed"):
+            continue
+        passing_tasks.add(r["task_id"])
+        if r.get("edit_distance") is not None and r["edit_distance"] > max_edit_distance:
+            n_dropped += 1
+            continue
+        by_task[r["task_id"]].append(r)
+    if dropped is not None:
+        dropped["passing_refinements_dropped_by_edit_distance"] = n_dropped
+        dropped["tasks_lost_to_edit_distance"] = len(passing_tasks - set(by_task))
     pairs = []
     for tid in sorted(by_task, key=lambda t: (str(type(t)), t)):
         cands = sorted(by_task[tid], key=lambda r: (str(r["feedback_id"]), r["sample_id"]))

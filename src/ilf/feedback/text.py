@@ -3,6 +3,9 @@
 - `normalized_edit_distance`: the authors' keep rule measure. Their `refinement_edit_distance`
   is Levenshtein(old body, new body) / len(old body), where a body is the program after the task
   prompt (checked against all 195 rows of surge_annotations.jsonl in tests). It can exceed 1.
+  The annotation app applies it (the authors' < 0.5 rule).
+- `bounded_edit_distance`: Levenshtein / the longer body, in [0, 1]; what π_Refine's filter uses, so
+  `refine.max_edit_distance = 1.0` really keeps every refinement.
 - `code_lines`: lines of a feedback text that are whole lines of Python code (the protocol asks
   for feedback in words; the app warns, the statistics count it).
 - `sentences`, `word_count`: for the 1-4 sentence guideline and Table 6-style statistics.
@@ -37,6 +40,14 @@ def normalized_edit_distance(old: str, new: str, prefix: str | None = None) -> f
         prefix = None
     o, n = body(old, prefix), body(new, prefix)
     return levenshtein(o, n) / max(1, len(o))
+
+
+def bounded_edit_distance(old: str, new: str, prefix: str | None = None) -> float:
+    """Levenshtein(old body, new body) / max(len(old body), len(new body)): 0 = same, 1 = nothing shared."""
+    if prefix and not (old.startswith(prefix) and new.startswith(prefix)):
+        prefix = None
+    o, n = body(old, prefix), body(new, prefix)
+    return levenshtein(o, n) / max(1, len(o), len(n))
 
 
 # -- code inside feedback ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from ilf.errors import IlfError
 from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
 from ilf.generation.watchdog import STALL_TIMEOUT, StallWatchdog
+from ilf.generation.weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 
 # KV cache for the scheduler, in GB: f32 entries (below) take 24 KB per token for the 0.5B model,
 # 57 KB for the 1.5B, so 4 GB holds 8 prompts x n=10 x ~900 tokens of the larger one.
@@ -39,8 +40,12 @@ MAX_INFLIGHT_PROMPTS = 8
 # programs/s, refinement prompts 1.28-1.30 vs 1.39 (benchmarks/bench_openvino_settings.py).
 INFERENCE_PRECISION: str | None = "f32"
 KV_CACHE_PRECISION: str | None = "f32"
-GGUF_NAME = "model-q8_0.gguf"
 SUPPORTED_ARCHS = {"qwen2"}
+# How the matrices are stored in the converted GGUF: see ilf.generation.weights.
+
+
+def gguf_name(weights: str) -> str:
+    return f"model-{weights}.gguf"
 
 
 def _num_threads() -> int:
@@ -60,8 +65,8 @@ def _tokenizer_template():
     return gguf.GGUFReader(assemble_bundled(BUNDLED[DEFAULT_MODEL]))
 
 
-def hf_to_gguf_q8(hf_dir: Path, out: Path) -> None:
-    """Write a Hugging Face Qwen2 directory as a GGUF with Q8_0 matrices and F32 vectors."""
+def hf_to_gguf(hf_dir: Path, out: Path, weights: str = DEFAULT_WEIGHTS) -> None:
+    """Write a Hugging Face Qwen2 directory as a GGUF with `weights` matrices and F32 vectors."""
     import gguf
     import numpy as np
     import torch
@@ -97,7 +102,9 @@ def hf_to_gguf_q8(hf_dir: Path, out: Path) -> None:
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
     w.add_rope_freq_base(float(rope))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    if weights not in WEIGHT_FORMATS:
+        raise IlfError(f"openvino: weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    w.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16}[weights])
     for key, field in tmpl.fields.items():
         if not key.startswith("tokenizer."):
             continue
@@ -111,6 +118,15 @@ def hf_to_gguf_q8(hf_dir: Path, out: Path) -> None:
         raise IlfError(f"{hf_dir}: no *.safetensors weights to convert")
     seen, embed = set(), None
     q8 = gguf.GGMLQuantizationType.Q8_0
+
+    def matrix(gname: str, data):
+        if weights == "q8_0" and data.shape[1] % 32 == 0:
+            w.add_tensor(gname, gguf.quants.quantize(data, q8), raw_dtype=q8)
+        elif weights == "f16":
+            w.add_tensor(gname, np.ascontiguousarray(data, dtype=np.float16))
+        else:  # a q8_0 file keeps matrices whose rows do not split into blocks of 32 in f32
+            w.add_tensor(gname, np.ascontiguousarray(data, dtype=np.float32))
+
     for f in files:
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
@@ -121,32 +137,36 @@ def hf_to_gguf_q8(hf_dir: Path, out: Path) -> None:
                 seen.add(gname)
                 if gname == "token_embd.weight":
                     embed = data
-                if data.ndim == 2 and data.shape[1] % 32 == 0:
-                    w.add_tensor(gname, gguf.quants.quantize(data, q8), raw_dtype=q8)
+                if data.ndim == 2:
+                    matrix(gname, data)
                 else:
                     w.add_tensor(gname, np.ascontiguousarray(data, dtype=np.float32))
     if "output.weight" not in seen and embed is not None:
         # Tied embeddings: OpenVINO's GGUF reader wants the output head as its own tensor.
-        w.add_tensor("output.weight", gguf.quants.quantize(embed, q8), raw_dtype=q8)
+        matrix("output.weight", embed)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
 
-def converted_gguf(resolved) -> Path:
-    """The cached Q8_0 GGUF for `resolved`, converting once (atomically) with a message."""
+def converted_gguf(resolved, weights: str = DEFAULT_WEIGHTS) -> Path:
+    """The cached GGUF for `resolved` at `weights`, converting once (atomically) with a message."""
     from rich.console import Console
 
     from ilf.models import build_atomically, engine_dir
 
-    final = engine_dir(resolved, "openvino")
-    if not (final / GGUF_NAME).exists():
+    if weights not in WEIGHT_FORMATS:
+        raise IlfError(f"openvino: weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    # q8_0 keeps the historical cache folder; other formats get their own.
+    final = engine_dir(resolved, "openvino" if weights == "q8_0" else f"openvino-{weights}")
+    name = gguf_name(weights)
+    if not (final / name).exists():
         con = Console(stderr=True)
-        with con.status(f"[bold]Converting {resolved.name} for OpenVINO (int8 GGUF, once) into {final} ..."):
-            build_atomically(final, lambda tmp: hf_to_gguf_q8(resolved.hf_dir, tmp / GGUF_NAME))
-        con.print(f"[green]converted[/] {resolved.name} for OpenVINO -> {final}")
-    return final / GGUF_NAME
+        with con.status(f"[bold]Converting {resolved.name} for OpenVINO ({weights} GGUF, once) into {final} ..."):
+            build_atomically(final, lambda tmp: hf_to_gguf(resolved.hf_dir, tmp / name, weights))
+        con.print(f"[green]converted[/] {resolved.name} for OpenVINO ({weights}) -> {final}")
+    return final / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,6 +186,7 @@ class OpenVINOEngine(Engine):
         inference_precision: str | None = INFERENCE_PRECISION,
         ov_properties: dict[str, Any] | None = None,
         stall_timeout: float | None = STALL_TIMEOUT,
+        weights: str = DEFAULT_WEIGHTS,
         **_: Any,
     ):
         import openvino_genai as ov_genai
@@ -173,7 +194,8 @@ class OpenVINOEngine(Engine):
         from ilf.models import resolve_model
 
         self.resolved = resolve_model(model)
-        path = converted_gguf(self.resolved)
+        self.weights = weights
+        path = converted_gguf(self.resolved, weights)
         sched = ov_genai.SchedulerConfig()
         sched.cache_size = int(kv_cache_gb)
         sched.enable_prefix_caching = False

@@ -1,0 +1,143 @@
+"""The paper's protocol where ilf used to deviate (issue 11): the refinement filter, the baselines'
+data, the measurement precision, and the config rules that keep a run meaningful."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ilf.config import load_config
+from ilf.errors import IlfError
+from ilf.jsonl import write_jsonl
+
+
+def _authors(data_dir):
+    from ilf.feedback.annotations import load_authors
+
+    return load_authors(data_dir / "surge_annotations.jsonl")
+
+
+def test_bounded_edit_distance_keeps_every_passing_human_refinement(data_dir):
+    """With refine.max_edit_distance = 1.0 ("no filter") every passing refinement is kept. The authors'
+    measure (/ len(old body)) exceeds 1 for some of their own refinements, so it would drop them."""
+    from ilf.feedback.text import normalized_edit_distance
+    from ilf.refine import edit_distance, select_training_set
+    from ilf.tasks import load_tasks
+
+    tasks = load_tasks("mbpp", data_dir=data_dir)
+    ann = [a for a in _authors(data_dir) if a["task_id"] in tasks.tasks]
+    assert len(ann) == 195
+    nl = lambda s: s.replace("\r\n", "\n")  # noqa: E731
+    unbounded = [normalized_edit_distance(nl(a["program"]), nl(a["refinement"]), tasks[a["task_id"]].prompt) for a in ann]
+    assert sum(d >= 1.0 for d in unbounded) == 11  # what the old filter silently dropped
+    results = []
+    for i, a in enumerate(ann):
+        d = edit_distance(a["program"], a["refinement"], tasks[a["task_id"]].prompt)
+        assert 0.0 <= d <= 1.0
+        results.append({"task_id": a["task_id"], "feedback_id": f"f{i}", "sample_id": 0, "passed": True,
+                        "refinement": nl(a["refinement"]), "edit_distance": d})
+    dropped: dict = {}
+    pairs = select_training_set(results, tasks, max_edit_distance=1.0, dropped=dropped)
+    assert len(pairs) == len({a["task_id"] for a in ann})
+    assert dropped == {"passing_refinements_dropped_by_edit_distance": 0, "tasks_lost_to_edit_distance": 0}
+
+    strict: dict = {}
+    kept = select_training_set(results, tasks, max_edit_distance=0.2, dropped=strict)
+    far = [r for r in results if r["edit_distance"] > 0.2]
+    assert strict["passing_refinements_dropped_by_edit_distance"] == len(far) > 0
+    assert strict["tasks_lost_to_edit_distance"] == len(pairs) - len(kept) > 0
+
+
+def _run(tmp_path, data_dir, *over):
+    from ilf.pipeline import Run
+
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", f"data_dir={data_dir}", "feedback.source=trace", *over])
+    return Run(cfg)
+
+
+def test_rft_trains_on_own_passing_samples_for_as_many_tasks_as_R(tmp_path, data_dir):
+    run = _run(tmp_path, data_dir)
+    tasks = run.tasks()
+    results = []
+    for tid in (601, 602, 603, 604):  # π_θ solved these (some samples pass)...
+        for j in range(3):
+            results.append({"task_id": tid, "sample_id": j, "passed": j == 1,
+                            "program": tasks[tid].prompt + f"    return {j}\n"})
+    for j in range(3):  # ...and not this one
+        results.append({"task_id": 605, "sample_id": j, "passed": False, "program": tasks[605].prompt + "    pass\n"})
+    (run.dir / "r1").mkdir(parents=True)
+    write_jsonl(run.dir / "r1" / "results.jsonl", results)
+    pairs = run.rft_pairs(2)
+    assert len(pairs) == 2 and len({p["task_id"] for p in pairs}) == 2
+    assert all(p["task_id"] != 605 and p["sample_id"] == 1 and p["completion"] == "    return 1\n" for p in pairs)
+    assert pairs == run.rft_pairs(2)  # seeded
+    assert len(run.rft_pairs(10)) == 4  # never more tasks than π_θ solved
+
+
+def test_human_refinement_baseline_uses_R_task_ids(tmp_path, data_dir):
+    run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','human-refinements']")
+    annotated = sorted({a["task_id"] for a in _authors(data_dir) if a["task_id"] >= 311})[:2]
+    (run.dir / "r1").mkdir(parents=True)
+    write_jsonl(run.dir / "r1" / "train_pairs.jsonl",
+                [{"task_id": t, "prompt": "p", "completion": "c"} for t in annotated + [312 if 312 not in annotated else 313]])
+    run.finetune_stage = lambda *a, **k: None  # the data is what is tested here, not training
+    run.baseline_model("human-refinements")
+    recs = [json.loads(x) for x in (run.dir / "baselines" / "human-refinements" / "train_pairs.jsonl").read_text().splitlines()]
+    assert sorted(r["task_id"] for r in recs) == annotated
+
+
+def test_config_rules(tmp_path):
+    with pytest.raises(IlfError, match="rounds"):
+        load_config(None, ["rounds=2", "feedback.source=authors"])
+    assert load_config(None, ["rounds=2", "feedback.source=trace"]).rounds == 2
+    with pytest.raises(IlfError, match="model.weights"):
+        load_config(None, ["model.weights=f32"])
+    cfg = load_config(None)
+    assert cfg.model.weights == "f16" and cfg.feedback.source != "authors"  # the demo is on-policy
+
+
+@pytest.mark.slow
+def test_f16_weights_keep_a_small_update_that_q8_0_loses(tmp_path):
+    """The measurement path: a model updated by a small step (as a few optimizer steps at a small
+    learning rate do) keeps its update when converted with f16 matrices; Q8_0 re-quantization mostly
+    replaces it with noise (block scales move)."""
+    import gguf
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from ilf.generation.openvino import hf_to_gguf
+    from qwen_tiny import build_qwen_tiny
+
+    base = build_qwen_tiny(tmp_path / "base")
+    ft = tmp_path / "ft"
+    import shutil
+
+    shutil.copytree(base, ft)
+    sd = load_file(ft / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    g = torch.Generator().manual_seed(1)
+    w = sd[name].float()
+    delta = torch.randn(w.shape, generator=g) * w.abs().mean() * 2e-3
+    sd[name] = (w + delta).contiguous()
+    save_file(sd, ft / "model.safetensors", metadata={"format": "pt"})
+
+    def tensor(path, fmt):
+        r = gguf.GGUFReader(path)
+        t = next(t for t in r.tensors if t.name == "blk.0.ffn_up.weight")
+        if fmt == "f16":
+            assert t.tensor_type == gguf.GGMLQuantizationType.F16
+        else:
+            assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+        return gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape).astype(np.float64)
+
+    d = delta.numpy().astype(np.float64)
+    cos = {}
+    for fmt in ("f16", "q8_0"):
+        hf_to_gguf(base, tmp_path / f"base-{fmt}.gguf", fmt)
+        hf_to_gguf(ft, tmp_path / f"ft-{fmt}.gguf", fmt)
+        dq = tensor(tmp_path / f"ft-{fmt}.gguf", fmt) - tensor(tmp_path / f"base-{fmt}.gguf", fmt)
+        cos[fmt] = float((dq * d).sum() / np.sqrt((dq * dq).sum() * (d * d).sum()))
+    assert cos["f16"] > 0.9, cos
+    assert cos["q8_0"] < 0.5, cos
