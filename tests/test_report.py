@@ -355,3 +355,25 @@ def test_perplexity_bad_source_record_is_one_clear_error(tmp_path):
         report.compute_perplexities("unused", {"gold": [{"task_id": 1, "prompt": "a", "completion": "b"},
                                                         {"task_id": 2, "prompt": "a"}]}, tmp_path / "p.jsonl")
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_training_seeds_are_grouped_with_means_and_paired_ilf_deltas(tmp_path):
+    """Seeds i > 0 of a trained method (eval/<method>@s<i>) are shown per seed and as a mean, with
+    ILF − method paired per seed and on the seed averages."""
+    run = make_run(tmp_path, refine=False, feedback=False, perplexity=False, zero_rate=0.2, ilf_rate=0.5)
+    tasks = range(11, 31)
+    for method, rate in (("ilf@s1", 0.6), ("gold", 0.3), ("gold@s1", 0.1)):
+        outcomes = {t: [i < round(rate * 10) for i in range(10)] for t in tasks}
+        write_jsonl(run / "eval" / method / "results.jsonl", _results(method, outcomes, method))
+    a = report.analyze_run(run)
+    assert [m["method"] for m in a["methods"]] == ["zero-shot", "gold", "gold@s1", "ilf", "ilf@s1"]
+    groups = {g["method"]: g for g in a["train_seeds"]}
+    assert set(groups) == {"gold", "ilf"} and groups["gold"]["seeds"] == ["gold", "gold@s1"]
+    assert groups["gold"]["mean"]["value"] == pytest.approx(0.2)
+    ilf_mean = np.mean([a["methods"][3]["metrics"]["pass@1"]["value"], 0.6])
+    assert groups["ilf"]["mean"]["value"] == pytest.approx(ilf_mean)
+    assert groups["gold"]["ilf_minus"]["value"] == pytest.approx(ilf_mean - 0.2)
+    assert groups["gold"]["ilf_minus_per_seed"]["s1"]["value"] == pytest.approx(0.6 - 0.1)
+    assert groups["gold"]["ilf_minus"]["lo"] <= groups["gold"]["ilf_minus"]["value"] <= groups["gold"]["ilf_minus"]["hi"]
+    text = report.write_report(run).read_text()
+    assert "Training randomness" in text and "gold@s1" in text

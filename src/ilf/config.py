@@ -113,6 +113,9 @@ class RunConfig:
     data_dir: str = ""  # default: ../shared/data beside the project, or $ILF_DATA_DIR
     seed: int = 0
     rounds: int = 1  # > 1: π_θ* becomes the next round's π_θ (the paper's proposed iteration)
+    # FINETUNE seeds per trained method (seed, seed+1, ...): training randomness shows in the report;
+    # seed i > 0 of a method is evaluated as "<method>@s<i>" (sampling seeds stay the run's, so pairs compare).
+    train_seeds: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
@@ -277,6 +280,8 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             bad("eval.methods", f"has unknown method {m!r}; known: {', '.join(METHODS)}")
     if cfg.rounds < 1:
         bad("rounds", "must be >= 1")
+    if cfg.train_seeds < 1:
+        bad("train_seeds", "must be >= 1")
     from ilf.generation.weights import WEIGHT_FORMATS
 
     if cfg.model.weights not in WEIGHT_FORMATS:

@@ -91,7 +91,9 @@ BUNDLED: dict[str, BundledModel] = {
         file="data/part{i:02d}.bin",
         parts=22,
         version="0.2.0",
-        sha256=None,
+        # Recorded from the joined parts of 0.2.0 (GGUF general.name "Qwen2.5 Coder 1.5B Instruct GGUF", file type 15 = Q4_K_M),
+        # so a changed or corrupted part is refused like the 0.5B's.
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
     ),
 }

@@ -294,6 +294,9 @@ class Run:
             )
         out_model = rd / "model"
         self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, cfg.finetune)
+        if r == cfg.rounds:  # training randomness: the final π_θ* again with other FINETUNE seeds
+            for i in range(1, cfg.train_seeds):
+                self.finetune_stage(f"r{r}/finetune@s{i}", model, pairs_path, seed_dir(out_model, i), cfg.finetune, seed_offset=i)
         return str(out_model), pairs
 
     # -- stage bodies ---------------------------------------------------------------------------
@@ -447,15 +450,18 @@ class Run:
                 on_progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
 
-    def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc) -> None:
+    def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc, seed_offset: int = 0) -> None:
         from ilf.finetune import FinetuneConfig, finetune
 
         def body():
             self.close_engine()
-            fc = make_finetune_config(FinetuneConfig, tc, seed=self.cfg.seed)
+            fc = make_finetune_config(FinetuneConfig, tc, seed=self.cfg.seed + seed_offset)
             finetune(load_jsonl(pairs), base, out, fc, overwrite=True)
 
-        self.stage(name, body, params={"base": base, "train": asdict(tc)},
+        params = {"base": base, "train": asdict(tc)}
+        if seed_offset:
+            params["seed"] = self.cfg.seed + seed_offset
+        self.stage(name, body, params=params,
                    inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
 
     # -- evaluation of every method on the test tasks -------------------------------------------
@@ -468,11 +474,15 @@ class Run:
                 models[m] = cfg.model.base
             elif m == "ilf":
                 models[m] = final_model
+                for i in range(1, cfg.train_seeds):
+                    models[f"{m}@s{i}"] = str(seed_dir(Path(final_model), i))
             else:
                 model = self.baseline_model(m)
                 if model is None:
                     continue
                 models[m] = model
+                for i in range(1, cfg.train_seeds):
+                    models[f"{m}@s{i}"] = str(seed_dir(Path(model), i))
         if "ilf" in cfg.eval.methods and rounds > 1:
             for r in range(1, rounds):
                 models[f"ilf-r{r}"] = str(self.dir / f"r{r}" / "model")
@@ -491,11 +501,12 @@ class Run:
             s = summarize(results, ks=(1, 10, 100))
             s = {k: v for k, v in s.items() if k != "per_task"}
             train = None
-            if method.startswith("ilf"):
-                r = int(method[5:]) if method.startswith("ilf-r") else cfg.rounds
+            base_method = method.split("@")[0]
+            if base_method.startswith("ilf"):
+                r = int(base_method[5:]) if base_method.startswith("ilf-r") else cfg.rounds
                 train = len(load_jsonl(self.dir / f"r{r}" / "train_pairs.jsonl"))
             elif method != "zero-shot":
-                train = len(load_jsonl(self.dir / "baselines" / method / "train_pairs.jsonl"))
+                train = len(load_jsonl(self.dir / "baselines" / base_method / "train_pairs.jsonl"))
             first = results[0] if results else {}
             write_json(ed / "summary.json", {
                 "method": method, "model": model, "engine": first.get("engine"), "dataset": "mbpp", "split": cfg.eval.tasks,
@@ -545,6 +556,9 @@ class Run:
             return None
         out = bd / "model"
         self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, cfg.finetune)
+        for i in range(1, cfg.train_seeds):
+            self.finetune_stage(f"baselines/{method}/finetune@s{i}", cfg.model.base, pairs_path, seed_dir(out, i),
+                                cfg.finetune, seed_offset=i)
         return str(out)
 
     def rft_pairs(self, k: int) -> list[dict]:
@@ -659,6 +673,11 @@ def make_finetune_config(cls, tc, seed: int = 0):
             raise IlfError(f"config key 'finetune.extra.{k}' is not a FINETUNE option (known: {', '.join(sorted(names))})")
         kwargs[k] = v
     return cls(**kwargs)
+
+
+def seed_dir(model_dir: Path, i: int) -> Path:
+    """Where FINETUNE seed i (> 0) of a method writes its model: beside seed 0's, `model@s<i>`."""
+    return model_dir.with_name(f"{model_dir.name}@s{i}")
 
 
 def _now() -> str:

@@ -42,7 +42,7 @@ CONFIDENCE = 0.95
 TABLE_KS = (1, 10)
 
 # Rows in the paper's order (Table 4): baselines first, ILF last; unknown methods alphabetically between.
-METHOD_ORDER = ("zero-shot", "gold", "human-refinements", "llm-1shot", "llm-2shot")
+METHOD_ORDER = ("zero-shot", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft")
 
 # Perplexity (Figure 3 analog). Batch of 8 MBPP programs fits comfortably in memory with the 0.5B
 # model; logits are kept only for the completion positions (the vocabulary is 152k wide).
@@ -209,14 +209,16 @@ def compress_ids(ids: Iterable[str]) -> str:
 
 
 def _method_sort_key(method: str):
-    if method in METHOD_ORDER:
-        return (0, METHOD_ORDER.index(method), 0, method)
-    m = re.fullmatch(r"ilf-r(\d+)", method)
+    base, _, seed = method.partition("@")
+    s = int(seed[1:]) if seed[1:].isdigit() else 0
+    if base in METHOD_ORDER:
+        return (0, METHOD_ORDER.index(base), 0, s, method)
+    m = re.fullmatch(r"ilf-r(\d+)", base)
     if m:
-        return (2, 0, int(m.group(1)), method)
-    if method == "ilf":
-        return (3, 0, 0, method)
-    return (1, 0, 0, method)
+        return (2, 0, int(m.group(1)), s, method)
+    if base == "ilf":
+        return (3, 0, 0, s, method)
+    return (1, 0, 0, s, method)
 
 
 def _round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -325,6 +327,65 @@ def _paired_deltas(methods: list[dict], resamples: int, seed: int, baseline: str
             b = per_task_values({t: (base["per_task"][t]["n"], base["per_task"][t]["c"]) for t in common}, name)
             deltas[name] = estimate(a - b, resamples, seed, indices=idx)
         m["delta_vs_" + baseline] = {"num_common_tasks": len(common), "metrics": deltas}
+
+
+def base_method(method: str) -> str:
+    """'ilf@s2' -> 'ilf': seed i > 0 of a trained method is evaluated under '<method>@s<i>'."""
+    return method.split("@", 1)[0]
+
+
+def _seed_groups(methods: list[dict], resamples: int, seed: int) -> list[dict]:
+    """Training randomness: per trained method, each FINETUNE seed's pass@1 and the mean over seeds.
+
+    `mean` bootstraps over tasks the per-task pass@1 averaged over the method's seeds; `minus_zero_shot`
+    and `ilf_minus` are the same seed-averaged values, paired with zero-shot / with ILF's seed average
+    over the tasks both share. Per seed, `ilf_minus` pairs ILF seed i with the method's seed i."""
+    groups: dict[str, list[dict]] = {}
+    for m in methods:
+        groups.setdefault(base_method(m["method"]), []).append(m)
+
+    def per_task_mean(ms: list[dict], tasks: list[str]) -> np.ndarray:
+        return np.mean([per_task_values({t: (m["per_task"][t]["n"], m["per_task"][t]["c"]) for t in tasks}, "pass@1")
+                        for m in ms], axis=0)
+
+    def common(*groups_: list[dict]) -> list[str]:
+        sets = [set(m["per_task"]) for g in groups_ for m in g]
+        return sorted(set.intersection(*sets), key=_task_sort_key) if sets else []
+
+    zero, ilf = groups.get("zero-shot"), groups.get("ilf")
+    out = []
+    for name, ms in groups.items():
+        if name == "zero-shot" or len(ms) < 2 and name != "ilf":
+            continue
+        ms = sorted(ms, key=lambda m: m["method"])
+        row: dict[str, Any] = {"method": name, "seeds": [m["method"] for m in ms],
+                               "pass@1": [m["metrics"].get("pass@1", {}).get("value") for m in ms]}
+        tasks = common(ms)
+        if not tasks:
+            continue
+        idx = bootstrap_indices(len(tasks), resamples, seed)
+        row["mean"] = estimate(per_task_mean(ms, tasks), resamples, seed, indices=idx)
+        if zero:
+            t0 = common(ms, zero)
+            if t0:
+                row["minus_zero_shot"] = estimate(per_task_mean(ms, t0) - per_task_mean(zero, t0), resamples, seed,
+                                                  indices=bootstrap_indices(len(t0), resamples, seed))
+        if ilf and name != "ilf":
+            t1 = common(ms, ilf)
+            if t1:
+                row["ilf_minus"] = estimate(per_task_mean(ilf, t1) - per_task_mean(ms, t1), resamples, seed,
+                                            indices=bootstrap_indices(len(t1), resamples, seed))
+                by_seed = {m["method"].split("@")[1] if "@" in m["method"] else "s0": m for m in ms}
+                row["ilf_minus_per_seed"] = {}
+                for im in ilf:
+                    key = im["method"].split("@")[1] if "@" in im["method"] else "s0"
+                    if key in by_seed:
+                        tt = common([im], [by_seed[key]])
+                        row["ilf_minus_per_seed"][key] = estimate(
+                            per_task_mean([im], tt) - per_task_mean([by_seed[key]], tt), resamples, seed,
+                            indices=bootstrap_indices(len(tt), resamples, seed))
+        out.append(row)
+    return out
 
 
 def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
@@ -521,6 +582,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
             else:
                 unfinished.append(mdir.name)
     _paired_deltas(methods, resamples, seed)
+    seeds = _seed_groups(methods, resamples, seed)
     ppl_rows, ppl_values = _perplexity_stats(run_dir)
     return {
         "run": run_dir.resolve().name,
@@ -530,6 +592,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "unit": "task"},
         "stages": stages,
         "methods": methods,
+        "train_seeds": seeds,
         "unfinished_methods": unfinished,
         "refine": _analyze_refine(run_dir, resamples, seed),
         "feedback": _feedback_stats(run_dir),
@@ -770,6 +833,21 @@ def _methods_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     return out
 
 
+def _seeds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+    header = (["run"] if with_run else []) + ["method", "pass@1 per seed", "mean [95% CI]", "Δ vs zero-shot",
+                                              "ILF − method", "ILF − method per seed"]
+    rows = []
+    for label, a in runs:
+        for g in a.get("train_seeds", []):
+            per = ", ".join("–" if v is None else f"{100 * v:.1f}" for v in g["pass@1"])
+            ps = g.get("ilf_minus_per_seed") or {}
+            rows.append(([label] if with_run else []) + [
+                g["method"], per, _pct(g.get("mean")), _pct(g.get("minus_zero_shot"), signed=True) if g.get("minus_zero_shot") else "–",
+                _pct(g.get("ilf_minus"), signed=True) if g.get("ilf_minus") else "–",
+                "; ".join(f"{k}: {_pct(v, signed=True)}" for k, v in ps.items()) or "–"])
+    return _table(header, rows)
+
+
 def _refine_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     rows = []
     kcols: list[str] = []
@@ -825,6 +903,12 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
                 L += [f"![{cap}]({figures[key]})", ""]
     else:
         L += ["No evaluation results (eval/<method>/results.jsonl) yet: this section is empty.", ""]
+    if any(len(g["seeds"]) > 1 for _, a in runs for g in a.get("train_seeds", [])):
+        L += ["### Training randomness (FINETUNE seeds)", "",
+              "Each trained method was fine-tuned with several seeds (same data, same evaluation samples' seeds). "
+              "Mean = per-task pass@1 averaged over seeds, 95% bootstrap CI over tasks; Δ columns pair the seed "
+              "averages on the tasks both share; ILF − method per seed pairs ILF seed i with the method's seed i.", ""]
+        L += _seeds_table(runs, compare) + [""]
     for label, a in runs:
         if a["unfinished_methods"]:
             L += [f"Not finished{' in ' + label if compare else ''} (no results.jsonl): {', '.join(a['unfinished_methods'])}.", ""]
