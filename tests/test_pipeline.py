@@ -84,6 +84,7 @@ def write_config(path: Path, model: Path, run_dir: Path, **over) -> Path:
 name = "tiny"
 run_dir = "{run_dir}"
 seed = 0
+train_seeds = {over.get("train_seeds", 1)}
 
 [model]
 base = "{model}"
@@ -130,7 +131,7 @@ def _stable(recs: list[dict]) -> list[tuple]:
 @pytest.mark.slow
 def test_pipeline_end_to_end(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
-    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir)
+    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir, train_seeds=2)
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
@@ -161,6 +162,13 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
         assert len(results) == 6 and all(r["status"] in ("passed", "failed", "error", "timeout") for r in results)
     ilf_model = json.loads((run_dir / "eval" / "ilf" / "summary.json").read_text())["model"]
     assert ilf_model.endswith("r1/model")
+    # train_seeds = 2: every trained method again with FINETUNE seed 1, evaluated beside seed 0.
+    for method, model_dir in (("ilf@s1", "r1/model@s1"), ("gold@s1", "baselines/gold/model@s1")):
+        s = json.loads((run_dir / "eval" / method / "summary.json").read_text())
+        assert s["model"].endswith(model_dir) and s["num_samples"] == 6 and s["train_pairs"] == len(pairs)
+    assert manifest["stages"]["r1/finetune@s1"]["params"]["seed"] == 1
+    seeds = {g["method"]: g for g in json.loads((run_dir / "report" / "report.json").read_text())["runs"][0]["train_seeds"]}
+    assert seeds["ilf"]["seeds"] == ["ilf", "ilf@s1"] and "ilf_minus" in seeds["gold"]
     ppl = load_jsonl(run_dir / "perplexity.jsonl")
     assert {"gold", "human-refinements", "ilf"} <= {p["source"] for p in ppl}
 

@@ -141,3 +141,13 @@ def test_f16_weights_keep_a_small_update_that_q8_0_loses(tmp_path):
         cos[fmt] = float((dq * d).sum() / np.sqrt((dq * dq).sum() * (d * d).sum()))
     assert cos["f16"] > 0.9, cos
     assert cos["q8_0"] < 0.5, cos
+
+
+def test_sample_refuses_an_unknown_weight_format(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "ilf.cli", "sample", "--tasks", "11", "--weights", "f32",
+                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--weights must be one of f16, q8_0" in proc.stderr and not out.exists()

@@ -150,6 +150,10 @@ def _print_run_summary(report_json: Path) -> None:
         d = (mth.get("delta_vs_zero-shot") or {}).get("metrics", {}).get("pass@1")
         t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}",
                   _pct(p1), _pct(d, signed=True))
+    for g in run.get("train_seeds", []):
+        if len(g.get("seeds", [])) > 1 and g.get("mean"):
+            t.add_row(f"{g['method']} (mean of {len(g['seeds'])} seeds)", "", "", _pct(g["mean"]),
+                      _pct(g.get("minus_zero_shot"), signed=True))
     err.print(t)
 
 

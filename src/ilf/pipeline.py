@@ -592,10 +592,12 @@ class Run:
 
         cfg = self.cfg
         shots = 1 if method == "llm-1shot" else 2
-        ann = self.feedback_annotations()
+        # The same failing x0 as ILF's feedback: π_θ's own (on-policy) or the authors' CodeGen programs.
+        src = self.dir / "r1" / "feedback.jsonl"
+        ann = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
         examples = self.example_annotations()
         eng = self.engine(cfg.feedback.llm_model or cfg.model.base, cfg.feedback.llm_engine or None)
-        x0 = [{"task_id": a["task_id"], "sample_id": 0, "program": a["program"], "passed": False,
+        x0 = [{"task_id": a["task_id"], "sample_id": a.get("sample_id", 0), "program": a["program"], "passed": False,
                "status": "failed", "error": None} for a in ann]
         recs = generate_llm_feedback(x0, self.tasks(), eng, k_shot=shots, examples=examples,
                                      with_refinement=True, seed=cfg.seed)
