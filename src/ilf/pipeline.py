@@ -152,11 +152,15 @@ class Run:
                 console.print(f"[yellow]warning[/]: task {tid} cannot be formatted and is left out: {why}")
         return self._tasks[spec]
 
-    def _has_authors(self) -> bool:
+    def _authors_path(self) -> Path | None:
         from ilf.tasks import default_data_dir
 
         d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()
-        return bool(d and (d / AUTHORS_FILE).exists())
+        return (d / AUTHORS_FILE) if d else None
+
+    def _has_authors(self) -> bool:
+        path = self._authors_path()
+        return bool(path and path.exists())
 
     def authors_annotations(self) -> list[dict[str, Any]]:
         """The paper authors' 195 human (x0, f, x1) triples as feedback records (read once per run)."""
@@ -165,10 +169,7 @@ class Run:
         return self._authors
 
     def _load_authors(self) -> list[dict[str, Any]]:
-        from ilf.tasks import default_data_dir
-
-        d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()
-        path = (d / AUTHORS_FILE) if d else None
+        path = self._authors_path()
         if path is None or not path.exists():
             raise IlfError(f"{path or AUTHORS_FILE}: the authors' annotation file is needed (set data_dir)")
         from ilf.feedback.annotations import load_authors
@@ -260,9 +261,7 @@ class Run:
         pairs_path = rd / "train_pairs.jsonl"
 
         def select():
-            from ilf.refine import refine_summary, select_training_set
-
-            from ilf.refine import edit_distance
+            from ilf.refine import edit_distance, refine_summary, select_training_set
 
             results = load_jsonl(refined)
             x0 = {f["feedback_id"]: f["program"] for f in feedback}
@@ -548,7 +547,8 @@ class Run:
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
 
-        self.stage(f"baselines/{method}/pairs", pairs, params={"method": method, "feedback": asdict(cfg.feedback)},
+        self.stage(f"baselines/{method}/pairs", pairs, params={"method": method, "feedback": asdict(cfg.feedback),
+                                                             "tasks": "R's task ids"},
                    inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
         if not load_jsonl(pairs_path):
             # Nothing to train on (e.g. no LLM refinement passed): no model, so no row in the report.
