@@ -438,10 +438,9 @@ def sample(
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
     if not len(ts):
         raise IlfError("no tasks selected (check --split / --tasks)")
-    from ilf.generation.weights import WEIGHT_FORMATS, engine_label
+    from ilf.generation.weights import check_weights, engine_label
 
-    if weights not in WEIGHT_FORMATS:
-        raise IlfError(f"--weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    check_weights(weights, "--weights")
     name = engine or default_engine()
     kw = {"base_url": base_url} if name == "openai" else {"weights": weights} if name == "openvino" else {}
     if name == "openai":

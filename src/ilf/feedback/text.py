@@ -36,18 +36,21 @@ def normalized_edit_distance(old: str, new: str, prefix: str | None = None) -> f
 
     `prefix` (the task prompt) is removed from both programs when both start with it, so editing
     the program an annotator was shown is measured on the code the model wrote."""
-    if prefix and not (old.startswith(prefix) and new.startswith(prefix)):
-        prefix = None
-    o, n = body(old, prefix), body(new, prefix)
+    o, n = _bodies(old, new, prefix)
     return levenshtein(o, n) / max(1, len(o))
 
 
 def bounded_edit_distance(old: str, new: str, prefix: str | None = None) -> float:
     """Levenshtein(old body, new body) / max(len(old body), len(new body)): 0 = same, 1 = nothing shared."""
+    o, n = _bodies(old, new, prefix)
+    return levenshtein(o, n) / max(1, len(o), len(n))
+
+
+def _bodies(old: str, new: str, prefix: str | None) -> tuple[str, str]:
+    """Both programs after the task prompt, when both start with it; else both whole."""
     if prefix and not (old.startswith(prefix) and new.startswith(prefix)):
         prefix = None
-    o, n = body(old, prefix), body(new, prefix)
-    return levenshtein(o, n) / max(1, len(o), len(n))
+    return body(old, prefix), body(new, prefix)
 
 
 # -- code inside feedback ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from ilf.errors import IlfError
 from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
 from ilf.generation.watchdog import STALL_TIMEOUT, StallWatchdog
-from ilf.generation.weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS
+from ilf.generation.weights import DEFAULT_WEIGHTS, check_weights
 
 # KV cache for the scheduler, in GB: f32 entries (below) take 24 KB per token for the 0.5B model,
 # 57 KB for the 1.5B, so 4 GB holds 8 prompts x n=10 x ~900 tokens of the larger one.
@@ -102,8 +102,7 @@ def hf_to_gguf(hf_dir: Path, out: Path, weights: str = DEFAULT_WEIGHTS) -> None:
     rope = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
     w.add_rope_freq_base(float(rope))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    if weights not in WEIGHT_FORMATS:
-        raise IlfError(f"openvino: weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    check_weights(weights, "openvino: weights")
     w.add_file_type({"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f16": gguf.LlamaFileType.MOSTLY_F16}[weights])
     for key, field in tmpl.fields.items():
         if not key.startswith("tokenizer."):
@@ -156,8 +155,7 @@ def converted_gguf(resolved, weights: str = DEFAULT_WEIGHTS) -> Path:
 
     from ilf.models import build_atomically, engine_dir
 
-    if weights not in WEIGHT_FORMATS:
-        raise IlfError(f"openvino: weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    check_weights(weights, "openvino: weights")
     # q8_0 keeps the historical cache folder; other formats get their own.
     final = engine_dir(resolved, "openvino" if weights == "q8_0" else f"openvino-{weights}")
     name = gguf_name(weights)
@@ -194,7 +192,6 @@ class OpenVINOEngine(Engine):
         from ilf.models import resolve_model
 
         self.resolved = resolve_model(model)
-        self.weights = weights
         path = converted_gguf(self.resolved, weights)
         sched = ov_genai.SchedulerConfig()
         sched.cache_size = int(kv_cache_gb)

@@ -7,8 +7,17 @@ each weight on its own (2^-11 relative) and keeps the update (benchmarks/bench_f
 OpenVINO GenAI's GGUF reader takes F16, Q8_0 and Q4 matrices, not F32.
 """
 
+from ilf.errors import IlfError
+
 WEIGHT_FORMATS = ("f16", "q8_0")
 DEFAULT_WEIGHTS = "q8_0"  # the engine's own default (`ilf sample`, `ilf serve`); the pipeline sets f16
+
+
+def check_weights(weights: str, what: str = "weights") -> str:
+    """`weights` if it is a known format, else one clear error naming `what` (a flag or a key)."""
+    if weights not in WEIGHT_FORMATS:
+        raise IlfError(f"{what} must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+    return weights
 
 
 def engine_label(engine: str, weights: str | None) -> str:
