@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from feedback_helpers import FIXED, PROMPT, WRONG, failing, make_task
-from ilf.feedback.llm import FEEDBACK_STOP, block, generate_llm_feedback, llm_feedback_id, pick_examples
+from ilf.feedback.llm import (FEEDBACK_STOP, block, generate_llm_feedback, llm_feedback_id, pick_examples,
+                              write_llm_feedback)
 
 HUMAN_EXAMPLES = [
     {"task_id": 10, "feedback_id": "h-10", "program": PROMPT + "    return a\n", "refinement": FIXED,
@@ -87,6 +88,40 @@ def test_llm_feedback_with_refinement_is_checked_in_the_sandbox(tiny_engine):
     assert rec["refinement"].startswith(PROMPT)
     assert rec["passed"] in (True, False) and rec["status"] in ("passed", "failed", "error", "timeout")
     assert isinstance(rec["edit_distance"], float)
+
+
+def test_llm_feedback_draws_n_samples_per_x0_and_resumes(tiny_engine, tmp_path):
+    """The LLM baselines sample n (feedback, refinement) draws per x0 at a temperature, as π_Refine
+    does; a rerun keeps what the partial file holds and samples only the missing x0."""
+    tasks = {1: make_task(1), 2: make_task(2), 10: make_task(10), 11: make_task(11)}
+    x0 = [failing(1, 0), failing(2, 0)]
+    out = tmp_path / "llm.jsonl"
+    kw = dict(k_shot=1, with_refinement=True, examples=HUMAN_EXAMPLES, seed=0, n=3, temperature=1.0, model_name="tiny")
+    recs = write_llm_feedback(x0, tasks, tiny_engine, out, **kw)
+    assert [(r["task_id"], r["draw"]) for r in recs] == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert len({r["feedback_id"] for r in recs}) == 6
+    assert len({r["feedback"] for r in recs if r["task_id"] == 1}) > 1  # sampled, not one greedy text copied
+    assert all(r["refinement"].startswith(PROMPT) and r["status"] for r in recs)
+    assert not out.with_name(out.name + ".partial").exists()
+    # Kill after the first x0: only task 1's draws are in the partial file; the rerun adds task 2's.
+    out.with_name(out.name + ".partial").write_text("".join(json.dumps(r) + "\n" for r in recs[:3]))
+    out.unlink()
+    calls = []
+
+    class Counting:
+        def __init__(self, eng):
+            self.eng = eng
+
+        def generate(self, prompts, params, progress=None):
+            calls.append(len(prompts))
+            return self.eng.generate(prompts, params, progress=progress)
+
+    again = write_llm_feedback(x0, tasks, Counting(tiny_engine), out, **kw)
+    assert [r["feedback_id"] for r in again] == [r["feedback_id"] for r in recs]
+    assert calls == [1, 3]  # one x0's feedback prompt, then its 3 refinement prompts
+    # Greedy: one draw, whatever n says.
+    greedy = write_llm_feedback(x0[:1], tasks, tiny_engine, tmp_path / "g.jsonl", **{**kw, "temperature": 0.0})
+    assert len(greedy) == 1
 
 
 @pytest.mark.slow  # three CLI processes, each importing torch (~20 s on 2 busy cores)

@@ -100,6 +100,7 @@ shots = 0
 n = 2
 temperature = 0.0
 max_new_tokens = 48
+shuffled_n = {over.get("shuffled_n", 0)}
 
 [finetune]
 learning_rate = 1e-4
@@ -110,6 +111,7 @@ max_length = 512
 bf16 = false
 extra = {{ report_to = "none", save_steps = {save_steps} }}
 
+{over.get("sweep", "")}
 [eval]
 tasks = "{eval_tasks}"
 n = {eval_n}
@@ -131,7 +133,8 @@ def _stable(recs: list[dict]) -> list[tuple]:
 @pytest.mark.slow
 def test_pipeline_end_to_end(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
-    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir, train_seeds=2)
+    sweep = '[sweep]\nlearning_rates = [1e-4, 3e-3]\nmethods = ["ilf"]\ntasks = "14-15"\nn = 1\nmax_new_tokens = 16\n'
+    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir, train_seeds=2, shuffled_n=1, sweep=sweep)
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
@@ -154,6 +157,12 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     assert sorted(p["task_id"] for p in pairs) == sorted(passing_tasks)  # one per task, only passing ones
     summary = json.loads((run_dir / "r1" / "refine_summary.json").read_text())
     assert summary["num_feedback"] == 3 and 0 < summary["pass@1"] <= 1
+    # Table 2's control: every x0 refined once more with another task's feedback; none of it enters R.
+    control = load_jsonl(run_dir / "r1" / "refinements_shuffled.jsonl")
+    by_fid = {f["feedback_id"]: f for f in fb}
+    assert len(control) == len(FEEDBACK_TASKS) and all(r["feedback_id"].endswith("~shuffled") for r in control)
+    assert {r["feedback_id"].removesuffix("~shuffled") for r in control} == set(by_fid)
+    assert not {p.get("feedback_id") for p in pairs} & {r["feedback_id"] for r in control}
     assert (run_dir / "r1" / "model" / "config.json").exists()
     for method in ["zero-shot", "ilf", "gold"]:
         s = json.loads((run_dir / "eval" / method / "summary.json").read_text())
@@ -167,6 +176,17 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
         s = json.loads((run_dir / "eval" / method / "summary.json").read_text())
         assert s["model"].endswith(model_dir) and s["num_samples"] == 6 and s["train_pairs"] == len(pairs)
     assert manifest["stages"]["r1/finetune@s1"]["params"]["seed"] == 1
+    # The sweep: ILF fine-tuned per setting, measured on validation tasks 14-15 (never the test tasks
+    # 11-13), the best setting's learning rate then trains every ILF seed; gold is not swept.
+    table = load_jsonl(run_dir / "sweep" / "ilf" / "table.jsonl")
+    assert [r["setting"] for r in table] == ["lr0.0001-bs2-ep1", "lr0.003-bs2-ep1"]
+    assert all(r["num_tasks"] == 2 and r["num_samples"] == 2 for r in table)
+    assert {x["task_id"] for x in load_jsonl(run_dir / "sweep" / "ilf" / "lr0.003-bs2-ep1" / "results.jsonl")} == {14, 15}
+    best = json.loads((run_dir / "sweep" / "ilf" / "best.json").read_text())
+    for stage in ("r1/finetune", "r1/finetune@s1"):
+        assert manifest["stages"][stage]["params"]["train"]["learning_rate"] == best["learning_rate"]
+    assert manifest["stages"]["baselines/gold/finetune"]["params"]["train"]["learning_rate"] == 1e-4
+    assert not (run_dir / "sweep" / "ilf" / "lr0.003-bs2-ep1" / "model").exists()  # measured, then deleted
     seeds = {g["method"]: g for g in json.loads((run_dir / "report" / "report.json").read_text())["runs"][0]["train_seeds"]}
     assert seeds["ilf"]["seeds"] == ["ilf", "ilf@s1"] and "ilf_minus" in seeds["gold"]
     ppl = load_jsonl(run_dir / "perplexity.jsonl")
@@ -175,7 +195,7 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     # The run ends with the headline table (pass@1 per method, Δ vs zero-shot) and its wall time.
     assert "Δ vs zero-shot" in proc.stderr and "done in" in proc.stderr
     text = report.read_text()
-    for needle in ["zero-shot", "ilf", "gold", "pass@1", "π_Refine", "erplexity"]:
+    for needle in ["zero-shot", "ilf", "gold", "pass@1", "π_Refine", "erplexity", "Table 2 analog", "Appendix A.1"]:
         assert needle in text, needle
     pngs = list((run_dir / "report").glob("*.png"))
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

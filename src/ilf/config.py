@@ -53,6 +53,9 @@ class FeedbackConfig:
     llm_engine: str = ""  # default: model.engine
     llm_base_url: str = ""  # for the openai engine
     llm_shots: int = 1  # few-shot human examples in the LLM's feedback prompt (paper: 1 or 2)
+    # llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0 by the LLM, sampled at
+    # refine.temperature / refine.top_p (0 = refine.n, as π_Refine's samples per x0).
+    llm_n: int = 0
 
 
 @dataclass
@@ -70,6 +73,9 @@ class RefineConfig:
     max_new_tokens: int = 256
     # Drop passing refinements farther than this from x0 (bounded edit distance in [0, 1]; 1.0 = keep all).
     max_edit_distance: float = 1.0
+    # Table 2's control: refinements per x0 sampled with ANOTHER task's feedback (0 = off). If π_Refine
+    # repairs as often with unrelated feedback, it is not using the feedback.
+    shuffled_n: int = 0
 
 
 @dataclass
@@ -85,6 +91,29 @@ class TrainConfig:
     bf16: bool = True
     gradient_checkpointing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # passed to FinetuneConfig as-is
+
+
+@dataclass
+class SweepConfig:
+    """The paper's FINETUNE sweep (Appendix A.1): each trained method is fine-tuned once per grid
+    setting, sampled on validation tasks (MBPP_Refine by default, never eval.tasks), and trained
+    with the setting of the best pass rate. An empty list keeps that [finetune] value; all three
+    empty = no sweep. The paper's grid: lr 1e-6,5e-6,1e-5 x batch 32,64,128 x epochs 1,2,5."""
+
+    learning_rates: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    epochs: list[float] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)  # trained methods to sweep; empty = every trained one
+    tasks: str = "refine"
+    max_tasks: int = 40  # the first max_tasks validation tasks (0 = all)
+    n: int = 5
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 256
+
+    def enabled(self) -> bool:
+        return bool(self.learning_rates or self.batch_sizes or self.epochs)
 
 
 @dataclass
@@ -122,6 +151,7 @@ class RunConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     finetune: TrainConfig = field(default_factory=TrainConfig)
     refine_finetune: TrainConfig = field(default_factory=TrainConfig)  # π_Refine's FINETUNE (mode = finetune)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
@@ -301,15 +331,34 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
             bad(key, "must be >= 0")
     if cfg.refine.shots < 0:
         bad("refine.shots", "must be >= 0")
+    sw = cfg.sweep
+    if any(v <= 0 for v in sw.learning_rates) or any(v < 1 for v in sw.batch_sizes) or any(v <= 0 for v in sw.epochs):
+        bad("sweep", "learning_rates and epochs must be > 0 and batch_sizes >= 1")
+    for m in sw.methods:
+        if m not in METHODS or m == "zero-shot":
+            bad("sweep.methods", f"has {m!r}, which is not a trained method")
+    if sw.n < 1 or sw.temperature < 0 or not 0 < sw.top_p <= 1 or sw.max_tasks < 0:
+        bad("sweep", "needs n >= 1, temperature >= 0, 0 < top_p <= 1, max_tasks >= 0")
+    if cfg.feedback.llm_n < 0:
+        bad("feedback.llm_n", "must be >= 0 (0 = refine.n)")
+    if cfg.refine.shuffled_n < 0:
+        bad("refine.shuffled_n", "must be >= 0 (0 = no shuffled-feedback control)")
     if cfg.dataset != "mbpp":
         bad("dataset", "must be 'mbpp' for the pipeline (HumanEval(+) has no training split; use `ilf evaluate`)")
     from ilf.tasks import parse_ranges
 
-    for key, spec in [("feedback.tasks", cfg.feedback.tasks), ("refine.examples_tasks", cfg.refine.examples_tasks), ("eval.tasks", cfg.eval.tasks)]:
+    for key, spec in [("feedback.tasks", cfg.feedback.tasks), ("refine.examples_tasks", cfg.refine.examples_tasks),
+                      ("eval.tasks", cfg.eval.tasks), ("sweep.tasks", cfg.sweep.tasks)]:
         try:
             parse_ranges(spec)
         except IlfError as e:
             bad(key, str(e))
+    if cfg.sweep.enabled():
+        val = parse_ranges(cfg.sweep.tasks) or set()
+        if val & (parse_ranges(cfg.eval.tasks) or set()):
+            bad("sweep.tasks", "overlaps eval.tasks: settings are never chosen on the tasks that measure them")
+        if val & (parse_ranges(cfg.feedback.tasks) or set()):
+            bad("sweep.tasks", "overlaps feedback.tasks: the validation tasks must not be in the training data")
     if cfg.data_dir and not Path(cfg.data_dir).is_dir():
         bad("data_dir", f"is not a directory: {cfg.data_dir}")
     return cfg

@@ -6,6 +6,7 @@
         f = feedback on failing x0       (authors | human | llm | trace) rK/feedback.jsonl
         x1 ~ π_Refine(t, x0, f), EVAL(x1)                               rK/refinements.jsonl
         R = one passing x1 per task                                     rK/train_pairs.jsonl
+        [sweep: FINETUNE per grid setting, EVAL on validation tasks]    sweep/ilf/table.jsonl
         π_θ* = FINETUNE(π_θ, R)                                         rK/model/
         π_θ <- π_θ*
     EVAL every method on the test tasks                                 eval/<method>/
@@ -31,7 +32,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from ilf import __version__
-from ilf.config import RunConfig, to_toml
+from ilf.config import METHODS, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, write_json, write_jsonl
 from ilf.tasks import TaskSet, load_tasks, parse_ranges
@@ -258,6 +259,8 @@ class Run:
         )
         refined = rd / "refinements.jsonl"
         self.eval_stage(f"r{r}/eval-refine", raw, refined)
+        if cfg.refine.shuffled_n:
+            self.shuffled_control(r, rd, feedback, refiner)
         pairs_path = rd / "train_pairs.jsonl"
 
         def select():
@@ -292,11 +295,61 @@ class Run:
                 "raise refine.n or feedback.max_tasks, or use a stronger refine.model"
             )
         out_model = rd / "model"
-        self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, cfg.finetune)
+        tc = self.sweep_stage("ilf" if r == 1 else f"ilf-r{r}", model, pairs_path)
+        self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, tc)
         if r == cfg.rounds:  # training randomness: the final π_θ* again with other FINETUNE seeds
             for i in range(1, cfg.train_seeds):
-                self.finetune_stage(f"r{r}/finetune@s{i}", model, pairs_path, seed_dir(out_model, i), cfg.finetune, seed_offset=i)
+                self.finetune_stage(f"r{r}/finetune@s{i}", model, pairs_path, seed_dir(out_model, i), tc, seed_offset=i)
         return str(out_model), pairs
+
+    def sweep_stage(self, method: str, base: str, pairs_path: Path):
+        """The paper's FINETUNE sweep (Appendix A.1) for one method: fine-tune per grid setting, sample
+        the validation tasks (sweep.tasks), EVAL, and return [finetune] with the best setting
+        (ties: the earlier one). Resumable per setting: sweep/<method>/table.jsonl holds the finished
+        settings, whose models are deleted once measured (a full-FT 0.5B model is 2.4 GB)."""
+        import itertools
+        from dataclasses import replace
+
+        cfg, sw = self.cfg, self.cfg.sweep
+        swept = sw.methods or [m for m in METHODS if m != "zero-shot"]
+        if not sw.enabled() or method.split("-r")[0] not in swept:
+            return cfg.finetune
+        sd = self.dir / "sweep" / method
+        table = sd / "table.jsonl"
+        ident = {"base": base, "pairs": file_fingerprint(pairs_path), "finetune": asdict(cfg.finetune),
+                 "sweep": asdict(sw), "engine": self.engine_label(), "seed": cfg.seed}
+        ident_fp = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        rows = {r["setting"]: r for r in load_jsonl(table)} if table.exists() else {}
+        if any(r.get("fingerprint") != ident_fp for r in rows.values()):
+            shutil.rmtree(sd)  # another R or another grid: the measured settings do not apply
+            rows = {}
+        val = self.tasks(sw.tasks)
+        if sw.max_tasks:
+            val = TaskSet(dict(list(val.tasks.items())[: sw.max_tasks]), {}, val.source)
+        grid = list(itertools.product(sw.learning_rates or [cfg.finetune.learning_rate],
+                                      sw.batch_sizes or [cfg.finetune.batch_size], sw.epochs or [cfg.finetune.epochs]))
+        for lr, bs, ep in grid:
+            name = f"lr{lr:g}-bs{bs}-ep{ep:g}"
+            if name in rows:
+                continue
+            tc = replace(cfg.finetune, learning_rate=lr, batch_size=bs, epochs=ep)
+            mdir, stage = sd / name / "model", f"sweep/{method}/{name}"
+            self.finetune_stage(f"{stage}/finetune", base, pairs_path, mdir, tc)
+            self.sample_stage(f"{stage}/sample", str(mdir), val, sw, sd / name / "samples.jsonl")
+            self.eval_stage(f"{stage}/eval", sd / name / "samples.jsonl", sd / name / "results.jsonl")
+            self.close_engine()
+            res = load_jsonl(sd / name / "results.jsonl")
+            rows[name] = {"setting": name, "learning_rate": lr, "batch_size": bs, "epochs": ep,
+                          "pass_rate": sum(bool(x["passed"]) for x in res) / max(1, len(res)), "num_samples": len(res),
+                          "num_tasks": len({x["task_id"] for x in res}), "val_tasks": sw.tasks, "fingerprint": ident_fp}
+            write_jsonl(table, list(rows.values()))
+            shutil.rmtree(mdir, ignore_errors=True)
+            console.print(f"sweep {method} {name}: validation pass rate {rows[name]['pass_rate']:.3f}")
+        order = [f"lr{lr:g}-bs{bs}-ep{ep:g}" for lr, bs, ep in grid]
+        best = max((rows[n] for n in order), key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
+        write_json(sd / "best.json", best)
+        console.print(f"sweep {method}: best {best['setting']} (validation pass rate {best['pass_rate']:.3f})")
+        return replace(cfg.finetune, learning_rate=best["learning_rate"], batch_size=best["batch_size"], epochs=best["epochs"])
 
     # -- stage bodies ---------------------------------------------------------------------------
 
@@ -380,11 +433,12 @@ class Run:
                 for x in failing
             ]
         if cfg.source == "llm":
-            from ilf.feedback.llm import generate_llm_feedback
+            from ilf.feedback.llm import write_llm_feedback
 
-            eng = self.engine(cfg.llm_model or model, cfg.llm_engine or None)
-            examples = self.example_annotations()
-            return generate_llm_feedback(failing, tasks, eng, k_shot=cfg.llm_shots, examples=examples, seed=self.cfg.seed)
+            llm = cfg.llm_model or model
+            return write_llm_feedback(failing, tasks, lambda: self.engine(llm, cfg.llm_engine or None),
+                                      rd / "feedback_llm.jsonl", k_shot=cfg.llm_shots,
+                                      examples=self.example_annotations(), seed=self.cfg.seed, model_name=str(llm))
         # human: annotations collected with `ilf annotate RUN_DIR`
         from ilf.feedback.store import FeedbackStore
 
@@ -425,7 +479,27 @@ class Run:
         self.finetune_stage("refiner/finetune", base, pairs_path, out, cfg.refine_finetune)
         return str(out)
 
-    def refine_samples(self, feedback: list[dict], refiner: str, out: Path) -> None:
+    def shuffled_control(self, r: int, rd: Path, feedback: list[dict], refiner: str) -> None:
+        """Table 2's control: the same x0 refined with another task's feedback (refine.shuffled_n
+        samples each). Its verdicts go to r<N>/refinements_shuffled.jsonl; nothing of it enters R."""
+        from ilf.refine import shuffled_feedback
+
+        cfg = self.cfg
+        shuffled = shuffled_feedback(feedback, seed=cfg.seed + r)
+        if not shuffled:
+            console.print("[yellow]warning[/]: the shuffled-feedback control needs feedback on 2+ tasks; skipped")
+            return
+        raw = rd / "refinements_shuffled_raw.jsonl"
+        self.stage(
+            f"r{r}/refine-shuffled",
+            lambda: self.refine_samples(shuffled, refiner, raw, n=cfg.refine.shuffled_n),
+            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
+            inputs=[rd / "feedback.jsonl"],
+            outputs=[raw],
+        )
+        self.eval_stage(f"r{r}/eval-refine-shuffled", raw, rd / "refinements_shuffled.jsonl")
+
+    def refine_samples(self, feedback: list[dict], refiner: str, out: Path, n: int | None = None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ilf.extraction import STOP_SEQUENCES
@@ -436,7 +510,7 @@ class Run:
         examples: list[dict] = []
         if cfg.mode == "fewshot" and cfg.shots:
             examples = self.example_annotations()
-        params = SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        params = SamplingParams(n=n or cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                 max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
                                 stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
         eng = lambda: self.engine(refiner)  # noqa: E731 (loaded only if something is left to do)
@@ -547,18 +621,21 @@ class Run:
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
 
-        self.stage(f"baselines/{method}/pairs", pairs, params={"method": method, "feedback": asdict(cfg.feedback),
-                                                             "tasks": "R's task ids"},
+        params = {"method": method, "feedback": asdict(cfg.feedback), "tasks": "R's task ids"}
+        if method.startswith("llm-"):  # the LLM's draws are sampled as π_Refine's
+            params["sampling"] = {k: getattr(cfg.refine, k) for k in ("n", "temperature", "top_p")}
+        self.stage(f"baselines/{method}/pairs", pairs, params=params,
                    inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
         if not load_jsonl(pairs_path):
             # Nothing to train on (e.g. no LLM refinement passed): no model, so no row in the report.
             console.print(f"[yellow]warning[/]: baseline {method!r} has no training data ({pairs_path}); not evaluated")
             return None
         out = bd / "model"
-        self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, cfg.finetune)
+        tc = self.sweep_stage(method, cfg.model.base, pairs_path)
+        self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, tc)
         for i in range(1, cfg.train_seeds):
             self.finetune_stage(f"baselines/{method}/finetune@s{i}", cfg.model.base, pairs_path, seed_dir(out, i),
-                                cfg.finetune, seed_offset=i)
+                                tc, seed_offset=i)
         return str(out)
 
     def rft_pairs(self, k: int) -> list[dict]:
@@ -587,7 +664,9 @@ class Run:
         return out
 
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
-        from ilf.feedback.llm import generate_llm_feedback
+        """The paper's §3.3 ablation: an LLM writes feedback AND refinement for ILF's x0, with
+        feedback.llm_n (default refine.n) draws per x0 at π_Refine's temperature; R as ILF's."""
+        from ilf.feedback.llm import write_llm_feedback
         from ilf.refine import select_training_set
 
         cfg = self.cfg
@@ -595,13 +674,15 @@ class Run:
         # The same failing x0 as ILF's feedback: π_θ's own (on-policy) or the authors' CodeGen programs.
         src = self.dir / "r1" / "feedback.jsonl"
         ann = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
-        examples = self.example_annotations()
-        eng = self.engine(cfg.feedback.llm_model or cfg.model.base, cfg.feedback.llm_engine or None)
+        llm = cfg.feedback.llm_model or cfg.model.base
         x0 = [{"task_id": a["task_id"], "sample_id": a.get("sample_id", 0), "program": a["program"], "passed": False,
-               "status": "failed", "error": None} for a in ann]
-        recs = generate_llm_feedback(x0, self.tasks(), eng, k_shot=shots, examples=examples,
-                                     with_refinement=True, seed=cfg.seed)
-        write_jsonl(bd / "feedback.jsonl", recs)
+               "status": "failed", "error": a.get("error")} for a in ann]
+        recs = write_llm_feedback(
+            x0, self.tasks(), lambda: self.engine(llm, cfg.feedback.llm_engine or None), bd / "feedback.jsonl",
+            k_shot=shots, with_refinement=True, examples=self.example_annotations(), seed=cfg.seed,
+            n=cfg.feedback.llm_n or cfg.refine.n, temperature=cfg.refine.temperature, top_p=cfg.refine.top_p,
+            model_name=str(llm),
+        )
         self.close_engine()
         from ilf.evaluation import evaluate
         from ilf.refine import edit_distance

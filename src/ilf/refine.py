@@ -82,6 +82,20 @@ def build_prompt(
     return prefix + refinement_prompt(task, fb["program"], fb["feedback"])
 
 
+def shuffled_feedback(feedback: Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """Table 2's control: each record keeps its x0 but gets the feedback of another task (a seeded
+    derangement over tasks), under the id `<feedback_id>~shuffled`."""
+    rng = random.Random(f"{seed}:shuffle")
+    order = list(range(len(feedback)))
+    same_task = lambda i, j: feedback[i]["task_id"] == feedback[j]["task_id"]  # noqa: E731
+    if len({f["task_id"] for f in feedback}) < 2:
+        return []
+    while any(same_task(i, j) for i, j in enumerate(order)):
+        rng.shuffle(order)
+    return [dict(fb, feedback=feedback[j]["feedback"], feedback_id=f"{fb['feedback_id']}~shuffled",
+                 shuffled_from=feedback[j]["feedback_id"]) for fb, j in zip(feedback, order)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling refinements (resumable per feedback record)
 

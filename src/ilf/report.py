@@ -431,8 +431,41 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
                 "mean_edit_distance_passing": statistics.fmean(dists) if dists else None,
             }
         )
+        shuffled = rdir / "refinements_shuffled.jsonl"
+        if shuffled.is_file():
+            row["shuffled"] = _shuffled_control(counts, shuffled, resamples, seed)
         rounds.append(row)
     return rounds
+
+
+def _shuffled_control(related: dict[str, tuple[int, int]], path: Path, resamples: int, seed: int) -> dict:
+    """Table 2 analog: π_Refine with each x0's own feedback vs another task's, paired per x0.
+    The control's records carry `<feedback_id>~shuffled`; pass@1 = c/n per x0."""
+    raw = _count_passes(path, group=("task_id", "feedback_id"))
+    shuf = {k.removesuffix("~shuffled"): (n, c) for k, (n, c) in raw.items()}
+    common = [k for k in related if k in shuf]
+    a = np.array([related[k][1] / related[k][0] for k in common])
+    b = np.array([shuf[k][1] / shuf[k][0] for k in common])
+    idx = bootstrap_indices(len(common), resamples, seed) if common else None
+    return {
+        "pairs": len(common),
+        "n": min((shuf[k][0] for k in common), default=0),
+        "related": estimate(a, resamples, seed, indices=idx),
+        "shuffled": estimate(b, resamples, seed, indices=idx),
+        "delta": estimate(a - b, resamples, seed, indices=idx),
+        "related_one_plus": estimate((a > 0).astype(float), resamples, seed, indices=idx),
+        "shuffled_one_plus": estimate((b > 0).astype(float), resamples, seed, indices=idx),
+    }
+
+
+def _sweep_tables(run_dir: Path) -> list[dict]:
+    """The FINETUNE sweep per method (sweep/<method>/table.jsonl, best.json), as the pipeline left it."""
+    out = []
+    for table in sorted(run_dir.glob("sweep/*/table.jsonl")):
+        rows = [r for _, r in read_jsonl(table, allow_torn_tail=True)]
+        best = _read_json_object(table.parent / "best.json")
+        out.append({"method": table.parent.name, "rows": rows, "best": (best or {}).get("setting")})
+    return out
 
 
 def _has_code(text: str) -> bool:
@@ -595,6 +628,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "train_seeds": seeds,
         "unfinished_methods": unfinished,
         "refine": _analyze_refine(run_dir, resamples, seed),
+        "sweep": _sweep_tables(run_dir),
         "feedback": _feedback_stats(run_dir),
         "perplexity": ppl_rows,
         "_perplexity_values": ppl_values,
@@ -923,8 +957,31 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
         L += _refine_table(runs, compare) + [""]
         if "refine_rounds" in figures:
             L += [f"![π_Refine pass rates per round]({figures['refine_rounds']})", ""]
+        shuf = [(label, r) for label, a in runs for r in a["refine"] if r.get("shuffled")]
+        if shuf:
+            L += ["### Is the feedback used? Related vs shuffled feedback (Table 2 analog)", "",
+                  "The same x0 refined with its own feedback and with another task's (refine.shuffled_n samples "
+                  "each). pass@1 = share of passing refinements per x0; Δ is paired per x0 with a 95% bootstrap CI. "
+                  "A Δ whose CI covers 0 means π_Refine repairs as often without the right feedback.", ""]
+            L += _table((["run"] if compare else []) + ["round", "x0", "pass@1 related f", "pass@1 shuffled f",
+                                                        "Δ related − shuffled", "1+ correct related", "1+ correct shuffled"],
+                        [([label] if compare else []) + [r["round"], r["shuffled"]["pairs"], _pct(r["shuffled"]["related"]),
+                         _pct(r["shuffled"]["shuffled"]), _pct(r["shuffled"]["delta"], signed=True),
+                         _pct(r["shuffled"]["related_one_plus"]), _pct(r["shuffled"]["shuffled_one_plus"])]
+                         for label, r in shuf]) + [""]
     else:
         L += ["No ILF rounds (r<N>/refinements.jsonl) in this run: this section is empty.", ""]
+
+    sweeps = [(label, sw) for label, a in runs for sw in a.get("sweep", [])]
+    if sweeps:
+        L += ["## FINETUNE sweep (Appendix A.1)", "",
+              "Each trained method fine-tuned once per setting and sampled on the validation tasks (sweep.tasks, "
+              "never the test tasks); the setting with the best pass rate (marked) trains the evaluated models.", ""]
+        rows = [([label] if compare else []) + [sw["method"], r["setting"], f"{100 * r['pass_rate']:.1f}",
+                 r["num_tasks"], r["num_samples"], "best" if r["setting"] == sw["best"] else ""]
+                for label, sw in sweeps for r in sw["rows"]]
+        L += _table((["run"] if compare else []) + ["method", "setting", "validation pass rate (%)", "tasks", "samples", ""],
+                    rows) + [""]
 
     # Training set sizes
     L += ["## Training sets", ""]

@@ -11,8 +11,6 @@ from rich.console import Console
 from ilf.errors import IlfError
 
 console = Console(stderr=True, soft_wrap=True)
-# LLM feedback is appended to OUTPUT.partial this many results at a time (what a kill can lose).
-LLM_CHUNK = 4  # tokens and URLs must never be wrapped
 
 
 def default_db(source: str | os.PathLike | None) -> Path:
@@ -123,34 +121,21 @@ def feedback(
         else:
             tasks_for_prompts = tasks.tasks
         kw = {"base_url": base_url} if base_url else {}
-        from ilf.feedback.llm import engine_label, generate_llm_feedback, llm_feedback_id
-        from ilf.jsonl import Appender
+        from ilf.feedback.llm import write_llm_feedback
 
-        # Resumable: records are appended to OUTPUT.partial a chunk at a time; a rerun with the same
-        # settings skips what is there (ids are deterministic), then OUTPUT is written atomically.
-        partial = out.with_name(out.name + ".partial")
-        have = {r["feedback_id"]: r for r in load_jsonl(partial, allow_torn_tail=True)} if partial.exists() else {}
+        # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
         with get_engine(engine, model, **kw) as eng, Progress(
             TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
         ) as bar:
-            label = model or engine_label(eng)
-            fid = lambda r: llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"))  # noqa: E731
-            todo = [r for r in failing if fid(r) not in have]
-            t = bar.add_task("llm", total=len(failing), completed=len(failing) - len(todo))
-            with Appender(partial) as app:
-                for i in range(0, len(todo), LLM_CHUNK):
-                    chunk = todo[i : i + LLM_CHUNK]
-                    for rec in generate_llm_feedback(
-                        chunk, tasks_for_prompts, eng, k_shot=k_shot, with_refinement=with_refinement,
-                        examples=examples, seed=seed, model_name=label,
-                    ):
-                        app.write(rec)
-                        have[rec["feedback_id"]] = rec
-                    bar.update(t, advance=len(chunk))
-        recs = [have[fid(r)] for r in failing]
+            t = bar.add_task("llm", total=len(failing))
+            recs = write_llm_feedback(
+                failing, tasks_for_prompts, eng, out, k_shot=k_shot, with_refinement=with_refinement,
+                examples=examples, seed=seed, model_name=model or None,
+                progress=lambda done, total: bar.update(t, completed=done, total=total),
+            )
+        console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
+        return out
     write_jsonl(out, recs)
-    if source == "llm":
-        partial.unlink(missing_ok=True)
     console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
     return out
 

@@ -115,10 +115,12 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
     return out
 
 
-def llm_feedback_id(label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any) -> str:
-    """Deterministic: the same settings give the same id, so a killed run knows what is done."""
-    h = hashlib.sha256(f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}".encode()).hexdigest()[:12]
-    return f"llm-{h}"
+def llm_feedback_id(label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any,
+                    draw: int = 0) -> str:
+    """Deterministic: the same settings give the same id, so a killed run knows what is done.
+    `draw` numbers the feedback samples of one x0 (n > 1)."""
+    key = f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}" + (f":{draw}" if draw else "")
+    return f"llm-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def engine_label(engine: Any) -> str:
@@ -146,20 +148,27 @@ def generate_llm_feedback(
     examples: Sequence[Mapping[str, Any]] | None = None,
     seed: int = 0,
     temperature: float = 0.0,
+    n: int = 1,
+    top_p: float = 1.0,
     max_new_tokens: int = FEEDBACK_MAX_TOKENS,
     check_refinements: bool = True,
     model_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Feedback records (source "llm") for failing EVAL results, one per result.
+    """Feedback records (source "llm") for failing EVAL results, n per result (sampled at
+    `temperature`; 0 = greedy, one draw copied).
 
     examples: human feedback records of other tasks (default: the authors' 195 annotations);
-    k_shot of them go in each prompt. with_refinement: the model also writes the refinement,
-    which is run in the sandbox (passed/status/error) and measured (edit_distance)."""
+    k_shot of them go in each prompt. with_refinement: the model also writes one refinement per
+    feedback draw, which is run in the sandbox (passed/status/error) and measured (edit_distance)."""
     from ilf.generation.base import SamplingParams
 
     if k_shot < 0:
         raise IlfError("k_shot must be >= 0")
+    if n < 1:
+        raise IlfError("n must be >= 1")
+    if temperature == 0:
+        n = 1  # greedy: every draw would be the same text
     if examples is None:
         from ilf.feedback.annotations import load_authors
 
@@ -189,7 +198,8 @@ def generate_llm_feedback(
     for r in targets:
         task = lookup(r["task_id"])
         queries.append(shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error")))
-    params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens, stop=FEEDBACK_STOP, seed=seed)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            stop=FEEDBACK_STOP, seed=seed)
     done = [0]
 
     def tick(_i, _c):
@@ -198,52 +208,121 @@ def generate_llm_feedback(
             progress(done[0], len(queries) * (2 if with_refinement else 1))
 
     outs = engine.generate(queries, params, progress=tick) if queries else []
-    feedbacks = [" ".join(o[0].text.split()) for o in outs]
+    # One entry per (x0, draw), x0-major: draw j of target i is entry i * n + j.
+    draws = [(i, j) for i in range(len(targets)) for j in range(n)]
+    feedbacks = [" ".join(outs[i][j].text.split()) for i, j in draws]
 
-    refinements: list[str | None] = [None] * len(targets)
-    verdicts: list[Any] = [None] * len(targets)
+    refinements: list[str | None] = [None] * len(draws)
+    verdicts: list[Any] = [None] * len(draws)
     if with_refinement and targets:
-        rq = []
-        for q, fb, r in zip(queries, feedbacks, targets):
-            rq.append(q + fb + "\nREFINEMENT:\n" + lookup(r["task_id"]).prompt)
-        rparams = SamplingParams(n=1, temperature=temperature, max_new_tokens=REFINEMENT_MAX_TOKENS, stop=REFINEMENT_STOP, seed=seed)
+        rq = [queries[i] + feedbacks[e] + "\nREFINEMENT:\n" + lookup(targets[i]["task_id"]).prompt
+              for e, (i, _) in enumerate(draws)]
+        # One refinement per feedback draw; the per-prompt seed differs with the feedback text.
+        rparams = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_new_tokens=REFINEMENT_MAX_TOKENS,
+                                 stop=REFINEMENT_STOP, seed=seed)
         routs = engine.generate(rq, rparams, progress=tick)
-        refinements = [_cut_refinement(lookup(r["task_id"]), o[0].text) for r, o in zip(targets, routs)]
+        refinements = [_cut_refinement(lookup(targets[i]["task_id"]), o[0].text) for (i, _), o in zip(draws, routs)]
         if check_refinements:
             from ilf.sandbox import Sandbox
 
-            with Sandbox(workers=min(2, len(targets))) as sb:
-                jobs = [(x, lookup(r["task_id"]).test) for x, r in zip(refinements, targets)]
-                for i, v in sb.run_many(jobs):
-                    verdicts[i] = v
+            with Sandbox(workers=min(2, len(draws))) as sb:
+                jobs = [(x, lookup(targets[i]["task_id"]).test) for x, (i, _) in zip(refinements, draws)]
+                for e, v in sb.run_many(jobs):
+                    verdicts[e] = v
 
     label = model_name or engine_label(engine)
     records = []
-    for i, r in enumerate(targets):
+    for e, (i, j) in enumerate(draws):
+        r = targets[i]
         task = lookup(r["task_id"])
         program = program_of(r, task)
-        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"))
-        v = verdicts[i]
+        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j)
+        v = verdicts[e]
         records.append(
             {
                 "task_id": r["task_id"],
                 "sample_id": r.get("sample_id"),
                 "program": program,
-                "feedback": feedbacks[i],
-                "refinement": refinements[i],
+                "feedback": feedbacks[e],
+                "refinement": refinements[e],
                 "source": "llm",
                 "author": label,
                 "created_at": now_iso(),
                 "feedback_id": fid,
-                "edit_distance": normalized_edit_distance(program, refinements[i], task.prompt) if refinements[i] is not None else None,
+                "edit_distance": normalized_edit_distance(program, refinements[e], task.prompt) if refinements[e] is not None else None,
                 "passed": v.passed if v is not None else None,
                 "status": v.status if v is not None else None,
                 "error": v.error if v is not None else None,
                 "k_shot": k_shot,
+                "draw": j,
                 "example_ids": [e.get("feedback_id", e["task_id"]) for e in chosen[id(r)]],
             }
         )
     return records
+
+
+LLM_CHUNK = 16  # x0 per engine call in write_llm_feedback: the unit a killed run loses at most
+
+
+def write_llm_feedback(
+    failing_results: Sequence[Mapping[str, Any]],
+    tasks: Any,
+    engine: Any,
+    output: Any,
+    *,
+    k_shot: int = 1,
+    with_refinement: bool = False,
+    examples: Sequence[Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    model_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """`generate_llm_feedback` over many x0, resumable: records are appended to OUTPUT.partial a
+    chunk at a time, a rerun with the same settings skips the x0 already there (ids are
+    deterministic), and OUTPUT is written atomically at the end. `engine` may be a loader
+    (called only if something is left to do). Returns the records in x0 order."""
+    from pathlib import Path
+
+    from ilf.jsonl import Appender, load_jsonl, write_jsonl
+
+    out = Path(output)
+    partial = out.with_name(out.name + ".partial")
+    have = {r["feedback_id"]: r for r in load_jsonl(partial, allow_torn_tail=True)} if partial.exists() else {}
+    draws = 1 if temperature == 0 else n
+    targets = [r for r in failing_results if r.get("passed") is not True]
+    label = model_name
+
+    def ids(r) -> list[str]:
+        return [llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j)
+                for j in range(draws)]
+
+    if label is None and not hasattr(engine, "generate"):
+        engine = engine()
+    if label is None:
+        label = engine_label(engine)
+    todo = [r for r in targets if not all(i in have for i in ids(r))]
+    if progress:
+        progress(len(targets) - len(todo), len(targets))
+    if todo and not hasattr(engine, "generate"):
+        engine = engine()
+    with Appender(partial) as app:
+        for i in range(0, len(todo), LLM_CHUNK):
+            chunk = todo[i : i + LLM_CHUNK]
+            for rec in generate_llm_feedback(
+                chunk, tasks, engine, k_shot=k_shot, with_refinement=with_refinement, examples=examples,
+                seed=seed, n=n, temperature=temperature, top_p=top_p, model_name=label,
+            ):
+                app.write(rec)
+                have[rec["feedback_id"]] = rec
+            if progress:
+                progress(len(targets) - len(todo) + i + len(chunk), len(targets))
+    recs = [have[i] for r in targets for i in ids(r)]
+    write_jsonl(out, recs)
+    partial.unlink(missing_ok=True)
+    return recs
 
 
 def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0) -> list[Mapping[str, Any]]:
