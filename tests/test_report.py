@@ -377,3 +377,43 @@ def test_training_seeds_are_grouped_with_means_and_paired_ilf_deltas(tmp_path):
     assert groups["gold"]["ilf_minus"]["lo"] <= groups["gold"]["ilf_minus"]["value"] <= groups["gold"]["ilf_minus"]["hi"]
     text = report.write_report(run).read_text()
     assert "Training randomness" in text and "gold@s1" in text
+
+
+def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_bytes(tmp_path):
+    """Published runs keep per-sample files as .jsonl.gz (scripts/run_archive.py): `ilf report` over
+    them gives the same numbers, and unpacking gives back byte-identical files for `ilf run` to resume."""
+    import subprocess
+    import sys
+
+    run = make_run(tmp_path)
+    # A shuffled-feedback control and a sweep table, so their sections are covered too.
+    write_jsonl(run / "r1" / "refinements_shuffled.jsonl", [
+        {"task_id": 311 + p, "feedback_id": f"f{p}~shuffled", "sample_id": 0, "passed": p == 4, "status": "x"}
+        for p in range(8)])
+    write_jsonl(run / "sweep" / "ilf" / "table.jsonl", [
+        {"setting": "lr1e-05-bs8-ep2", "learning_rate": 1e-5, "batch_size": 8, "epochs": 2.0, "pass_rate": 0.3,
+         "num_samples": 10, "num_tasks": 2}])
+    write_json(run / "sweep" / "ilf" / "best.json", {"setting": "lr1e-05-bs8-ep2"})
+    (run / "r1" / "model").mkdir()
+    (run / "r1" / "model" / "model.safetensors").write_bytes(b"weights")
+    script = Path(__file__).parents[1] / "scripts" / "run_archive.py"
+    packed = tmp_path / "packed"
+    subprocess.run([sys.executable, str(script), "pack", str(run), str(packed)], check=True, capture_output=True)
+    assert (packed / "eval" / "ilf" / "results.jsonl.gz").is_file() and not (packed / "eval" / "ilf" / "results.jsonl").exists()
+    assert not (packed / "r1" / "model").exists()
+
+    original = report.analyze_run(run)
+    again = report.analyze_run(packed)
+    def strip(a: dict, root: Path) -> str:  # the numbers, not where the files live
+        text = json.dumps({k: v for k, v in a.items() if k not in ("run", "run_dir")}, sort_keys=True, default=str)
+        return text.replace(str(root), "RUN").replace(".jsonl.gz", ".jsonl")
+
+    assert strip(again, packed) == strip(original, run)
+    assert original["refine"][0]["shuffled"]["pairs"] == 8 and original["sweep"][0]["best"] == "lr1e-05-bs8-ep2"
+    md = report.write_report(packed).read_text()
+    assert "Table 2 analog" in md and "Appendix A.1" in md
+
+    restored = tmp_path / "restored"
+    subprocess.run([sys.executable, str(script), "unpack", str(packed), str(restored)], check=True, capture_output=True)
+    for p in run.rglob("*.jsonl"):
+        assert (restored / p.relative_to(run)).read_bytes() == p.read_bytes()

@@ -24,13 +24,21 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
+def stored(path: str | os.PathLike) -> Path:
+    """`path`, or its gzip-compressed copy `path.gz` when only that exists (published run
+    directories keep their per-sample files compressed; every reader accepts either)."""
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    return gz if not path.exists() and path.suffix != ".gz" and gz.is_file() else path
+
+
 def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line_number, record) for each non-empty line.
+    """Yield (line_number, record) for each non-empty line (of `path`, or of `path.gz`, see stored()).
 
     allow_torn_tail: a resumable stage may have been killed mid-append; its last line can then be
     incomplete. Such a line (only the last one, only without a trailing newline) is skipped.
     """
-    path = Path(path)
+    path = stored(path)
     if not path.exists():
         raise IlfError(f"{path}: file not found")
     with _open_text(path) as f:

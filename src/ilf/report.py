@@ -30,7 +30,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, read_jsonl, require, write_json, write_jsonl
+from ilf.jsonl import Appender, read_jsonl, require, stored, write_json, write_jsonl
 
 # Bootstrap: the paper reports no intervals; 2000 percentile resamples keep the CI bounds stable to
 # about 0.5 percentage points at 100 tasks and cost milliseconds with numpy.
@@ -183,7 +183,7 @@ def _sorted_counts(counts: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
 
 
 def _count_lines(path: Path) -> Optional[int]:
-    if not path.is_file():
+    if not stored(path).is_file():
         return None
     return sum(1 for _ in read_jsonl(path, allow_torn_tail=True))
 
@@ -395,7 +395,7 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
         refs = rdir / "refinements.jsonl"
         row: dict[str, Any] = {"round": rnum, "dir": str(rdir)}
         x0 = rdir / "results.jsonl"
-        if x0.is_file():
+        if stored(x0).is_file():
             c0 = _count_passes(x0)
             row["x0_samples"] = sum(n for n, _ in c0.values())
             row["x0_tasks"] = len(c0)
@@ -404,7 +404,7 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
         row["train_pairs"] = _count_lines(rdir / "train_pairs.jsonl")
         if row["train_pairs"] is not None:
             row["train_tasks"] = len({_tid(r.get("task_id")) for _, r in read_jsonl(rdir / "train_pairs.jsonl")})
-        if not refs.is_file():
+        if not stored(refs).is_file():
             row["missing"] = "refinements.jsonl"
             rounds.append(row)
             continue
@@ -432,7 +432,7 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
             }
         )
         shuffled = rdir / "refinements_shuffled.jsonl"
-        if shuffled.is_file():
+        if stored(shuffled).is_file():
             row["shuffled"] = _shuffled_control(counts, shuffled, resamples, seed)
         rounds.append(row)
     return rounds
@@ -461,7 +461,7 @@ def _shuffled_control(related: dict[str, tuple[int, int]], path: Path, resamples
 def _sweep_tables(run_dir: Path) -> list[dict]:
     """The FINETUNE sweep per method (sweep/<method>/table.jsonl, best.json), as the pipeline left it."""
     out = []
-    for table in sorted(run_dir.glob("sweep/*/table.jsonl")):
+    for table in sorted({stored(p.with_name("table.jsonl")) for p in run_dir.glob("sweep/*/table.jsonl*")}):
         rows = [r for _, r in read_jsonl(table, allow_torn_tail=True)]
         best = _read_json_object(table.parent / "best.json")
         out.append({"method": table.parent.name, "rows": rows, "best": (best or {}).get("setting")})
@@ -477,9 +477,9 @@ def _feedback_stats(run_dir: Path) -> list[dict]:
     recs = []
     paths = [rdir / "feedback.jsonl" for _, rdir in _round_dirs(run_dir)]
     # The LLM-feedback baselines (llm-1shot/2shot) keep their feedback beside their training pairs.
-    paths += sorted((run_dir / "baselines").glob("*/feedback.jsonl")) if (run_dir / "baselines").is_dir() else []
+    paths += sorted({p.with_name("feedback.jsonl") for p in (run_dir / "baselines").glob("*/feedback.jsonl*")}) if (run_dir / "baselines").is_dir() else []
     for path in paths:
-        if not path.is_file():
+        if not stored(path).is_file():
             continue
         for line, rec in read_jsonl(path, allow_torn_tail=True):
             require(rec, "feedback", str, path, line)
@@ -529,7 +529,7 @@ def _feedback_stats(run_dir: Path) -> list[dict]:
 
 def _perplexity_stats(run_dir: Path) -> tuple[list[dict], dict[str, list[float]]]:
     path = run_dir / "perplexity.jsonl"
-    if not path.is_file():
+    if not stored(path).is_file():
         return [], {}
     by: dict[str, list[tuple[float, int]]] = {}
     for line, rec in read_jsonl(path, allow_torn_tail=True):
@@ -610,7 +610,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
     eval_dir = run_dir / "eval"
     if eval_dir.is_dir():
         for mdir in sorted((p for p in eval_dir.iterdir() if p.is_dir()), key=lambda p: _method_sort_key(p.name)):
-            if (mdir / "results.jsonl").is_file():
+            if stored(mdir / "results.jsonl").is_file():
                 methods.append(_analyze_method(run_dir, mdir, resamples, seed, config))
             else:
                 unfinished.append(mdir.name)
