@@ -32,6 +32,14 @@ fi
 echo "[setup] installing ilf and its pinned dependencies (first time: a few minutes)"
 .venv/bin/python -m pip install -q -e '.[dev]'
 echo "[setup] done: $(.venv/bin/ilf --version 2>/dev/null || echo ilf installed)"
+# Data (MBPP, the authors' annotations, HumanEval(+)): found beside the project or in the cache, else
+# downloaded from pinned upstreams and sha256-checked. Without a network this says so and goes on.
+if .venv/bin/ilf data fetch; then
+  echo "[setup] data files ready (ilf data shows where each one is)"
+else
+  echo "[setup] WARNING: some data files could not be downloaded (no network?). Give ilf a directory holding" >&2
+  echo "        them with --data-dir or ILF_DATA_DIR, or copy them into the cache; 'ilf data' lists what is missing" >&2
+fi
 if ((with_vllm)); then
   # Optional extra: its tests skip without it, so a registry hiccup here must not stop the rest.
   bash scripts/setup-vllm.sh || echo "[setup] WARNING: .venv-vllm could not be created; the vLLM tests will be skipped" >&2

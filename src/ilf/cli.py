@@ -365,6 +365,64 @@ def annotations_export_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
+# Data files
+
+
+data_app = typer.Typer(help="The data files ilf reads (MBPP, the authors' annotations, HumanEval(+)): state, fetch.",
+                       invoke_without_command=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.callback()
+@friendly
+def data_status_cmd(
+    ctx: typer.Context,
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="ILF_DATA_DIR", help="Directory holding the files."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Where each data file was found and whether its sha256 matches the pinned one."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.table import Table
+
+    from ilf.data import cache_data_dir, status
+
+    rows = status(data_dir)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"ilf data (cache: {cache_data_dir()})")
+    for c in ("file", "found in", "sha256", "path"):
+        t.add_column(c)
+    for r in rows:
+        ok = {True: "[green]ok[/]", False: "[red]MISMATCH[/]", None: "–"}[r["sha256_ok"]]
+        t.add_row(r["file"], r["where"] or "[yellow]missing[/] (ilf data fetch)", ok if r["where"] else "–", r["path"] or "")
+    Console().print(t)
+    if any(r["sha256_ok"] is False for r in rows):
+        raise typer.Exit(1)
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch_cmd(
+    base_url: Optional[str] = typer.Option(None, envvar="ILF_DATA_BASE_URL",
+                                           help="A mirror serving the files by name (default: each file's pinned upstream URL)."),
+):
+    """Download every data file missing from the cache (sha256-checked, written atomically)."""
+    from ilf.data import fetch_all
+
+    failed = 0
+    for name, path, msg in fetch_all(base_url=base_url):
+        if path is None:
+            failed += 1
+            err.print(f"[red]✗[/] {msg}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"[green]✓[/] {name}: {msg} -> {path}", highlight=False)
+    if failed:
+        raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
 # Sharing one loaded model
 
 

@@ -39,8 +39,6 @@ from ilf.tasks import TaskSet, load_tasks, parse_ranges
 
 console = Console(stderr=True)
 
-AUTHORS_FILE = "surge_annotations.jsonl"
-
 
 def _nl(s: str) -> str:
     return s.replace("\r\n", "\n").replace("\r", "\n")
@@ -153,15 +151,16 @@ class Run:
                 console.print(f"[yellow]warning[/]: task {tid} cannot be formatted and is left out: {why}")
         return self._tasks[spec]
 
-    def _authors_path(self) -> Path | None:
-        from ilf.tasks import default_data_dir
+    def _authors_path(self) -> Path:
+        from ilf.data import locate
 
-        d = Path(self.cfg.data_dir) if self.cfg.data_dir else default_data_dir()
-        return (d / AUTHORS_FILE) if d else None
+        return locate("authors", self.cfg.data_dir or None)
 
     def _has_authors(self) -> bool:
-        path = self._authors_path()
-        return bool(path and path.exists())
+        try:
+            return self._authors_path().is_file()
+        except IlfError:
+            return False
 
     def authors_annotations(self) -> list[dict[str, Any]]:
         """The paper authors' 195 human (x0, f, x1) triples as feedback records (read once per run)."""
@@ -171,8 +170,6 @@ class Run:
 
     def _load_authors(self) -> list[dict[str, Any]]:
         path = self._authors_path()
-        if path is None or not path.exists():
-            raise IlfError(f"{path or AUTHORS_FILE}: the authors' annotation file is needed (set data_dir)")
         from ilf.feedback.annotations import load_authors
 
         recs = load_authors(path)

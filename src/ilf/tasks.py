@@ -34,18 +34,7 @@ SPLITS: dict[str, tuple[int, int]] = {
     "all": (1, 974),
 }
 
-DATASETS = ("mbpp", "humaneval", "humanevalplus", "jsonl")
-DATA_FILES = {
-    "mbpp": "mbpp.jsonl",
-    "humaneval": "HumanEval.jsonl.gz",
-    "humanevalplus": "HumanEvalPlus.jsonl.gz",
-}
-# Hub names for users with a network (never used by tests or the default run here).
-HUB_DATASETS = {
-    "mbpp": ("google-research-datasets/mbpp", "full"),
-    "humaneval": ("openai/openai_humaneval", None),
-    "humanevalplus": ("evalplus/humanevalplus", None),
-}
+DATASETS = ("mbpp", "humaneval", "humanevalplus", "jsonl")  # the first three's files: ilf.data.FILES
 
 
 @dataclass
@@ -79,29 +68,17 @@ def project_root() -> Path:
 
 def default_data_dir() -> Path | None:
     """$ILF_DATA_DIR, else `shared/data` beside the project (or beside the current directory)."""
-    env = os.environ.get("ILF_DATA_DIR")
-    if env:
-        return Path(env)
-    for base in (project_root(), Path.cwd()):
-        for cand in (base.parent / "shared" / "data", base / "shared" / "data"):
-            if cand.is_dir():
-                return cand
-    return None
+    from ilf.data import shared_data_dir, user_data_dir
+
+    return user_data_dir() or shared_data_dir()
 
 
-def resolve_data_file(dataset: str, data_dir: str | os.PathLike | None) -> Path | None:
-    d = Path(data_dir) if data_dir else default_data_dir()
-    if d is None:
-        return None
-    p = d / DATA_FILES[dataset]
-    if p.exists():
-        return p
-    # Accept an uncompressed copy too.
-    if p.suffix == ".gz" and p.with_suffix("").exists():
-        return p.with_suffix("")
-    if data_dir:
-        raise IlfError(f"{p}: file not found (data directory given by --data-dir / ILF_DATA_DIR)")
-    return None
+def resolve_data_file(dataset: str, data_dir: str | os.PathLike | None) -> Path:
+    """The local path of a dataset's file (ilf.data.locate: the data dir, shared/data, the cache,
+    else a verified download); one clear error line when none of them can provide it."""
+    from ilf.data import locate
+
+    return locate(dataset, data_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,31 +280,7 @@ def parse_ranges(spec: str | None) -> set[int] | None:
 
 def _load_mbpp_records(data_dir) -> tuple[Iterable[dict], str]:
     path = resolve_data_file("mbpp", data_dir)
-    if path is not None:
-        return (rec for _, rec in read_jsonl(path)), str(path)
-    return _hub_records("mbpp"), "hub:" + HUB_DATASETS["mbpp"][0]
-
-
-def _hub_records(dataset: str) -> Iterable[dict]:
-    """Hugging Face hub loader, for users with a network (the hub is unreachable on CI)."""
-    name, config = HUB_DATASETS[dataset]
-    try:
-        import datasets  # noqa: WPS433 (optional, heavy)
-    except ImportError:
-        raise IlfError(f"no local {DATA_FILES[dataset]} found and `datasets` is not installed; pass --data-dir") from None
-    try:
-        ds = datasets.load_dataset(name, config) if config else datasets.load_dataset(name)
-    except Exception as e:  # network or hub errors: one line for the user
-        raise IlfError(
-            f"no local {DATA_FILES[dataset]} (set --data-dir or ILF_DATA_DIR) and the hub load of {name} failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from None
-    rows = []
-    for split in ds:
-        rows.extend(dict(r) for r in ds[split])
-    if dataset == "mbpp":
-        rows.sort(key=lambda r: int(r["task_id"]))
-    return rows
+    return (rec for _, rec in read_jsonl(path)), str(path)
 
 
 def load_tasks(
@@ -368,10 +321,7 @@ def load_tasks(
                 skipped[tid] = str(e)
     elif dataset in ("humaneval", "humanevalplus"):
         fpath = resolve_data_file(dataset, data_dir)
-        if fpath is not None:
-            records, source = (r for _, r in read_jsonl(fpath)), str(fpath)
-        else:
-            records, source = _hub_records(dataset), "hub:" + HUB_DATASETS[dataset][0]
+        records, source = (r for _, r in read_jsonl(fpath)), str(fpath)
         for rec in records:
             if wanted is not None:
                 num = int(str(rec["task_id"]).split("/")[-1])

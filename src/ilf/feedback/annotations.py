@@ -46,15 +46,10 @@ _REQUIRED_STR = ("prompt", "original_model_completion", "Feedback", "completion"
 
 
 def default_path(data_dir: str | os.PathLike | None = None) -> Path:
-    from ilf.tasks import default_data_dir
+    """The authors' file: the data dir, shared/data, the cache, or a verified download (ilf.data)."""
+    from ilf.data import locate
 
-    d = Path(data_dir) if data_dir else default_data_dir()
-    if d is None:
-        raise IlfError(f"no data directory found for {AUTHORS_FILE}; pass its path or set ILF_DATA_DIR")
-    p = d / AUTHORS_FILE
-    if not p.exists():
-        raise IlfError(f"{p}: file not found")
-    return p
+    return locate("authors", data_dir)
 
 
 def from_authors_row(row: Mapping[str, Any], path: Any = "<authors>", line: int = 0) -> dict[str, Any]:

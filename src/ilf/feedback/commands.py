@@ -109,9 +109,9 @@ def feedback(
         from ilf.feedback.stats import load_feedback_file
         from ilf.generation import get_engine
 
-        examples = load_feedback_file(examples_path) if examples_path else load_authors(
-            Path(data_dir) / "surge_annotations.jsonl" if data_dir else None
-        )
+        from ilf.feedback.annotations import default_path
+
+        examples = load_feedback_file(examples_path) if examples_path else load_authors(default_path(data_dir))
         if examples and "authors" in examples[0] and tasks is not None:
             # Examples' tests and errors come from their MBPP tasks.
             ex_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids={e["task_id"] for e in examples})
