@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import sys
 from collections import Counter, defaultdict
@@ -19,7 +20,7 @@ import numpy as np
 
 from ilf import sandbox
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, read_jsonl, write_jsonl
+from ilf.jsonl import Appender, read_jsonl, refuse_overwrite, write_jsonl
 from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id, resolve_data_file
 
 DEFAULT_KS = (1, 10, 100)
@@ -375,6 +376,18 @@ def evaluate_file(
     samples = Path(samples)
     if not samples.exists():
         raise IlfError(f"{samples}: file not found")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise IlfError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+    out_path = Path(output) if output else default_output(samples)
+    from ilf.data import FILES, locate
+
+    data_files = []
+    for key in FILES:
+        try:
+            data_files.append(locate(key, data_dir, fetch=False))
+        except IlfError:
+            pass
+    refuse_overwrite(out_path, samples, tasks_file, *data_files)
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
     records = load_samples(samples, tasks, dataset)
     extra = None

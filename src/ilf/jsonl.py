@@ -141,3 +141,14 @@ class Appender:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def refuse_overwrite(output: str | os.PathLike, *inputs: str | os.PathLike | None, flag: str = "--output") -> None:
+    """One clear error if `output` is one of the command's inputs (same file, whatever the path
+    spelling): an output never overwrites what the command reads."""
+    out = Path(output)
+    if not out.exists():
+        return
+    for i in inputs:
+        if i is not None and Path(i).exists() and os.path.samefile(out, i):
+            raise IlfError(f"{output}: {flag} is the input file {i}; choose another output path (nothing was written)")

@@ -98,6 +98,9 @@ def feedback(
     ids = sorted({r["task_id"] for r in failing}, key=str)
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file, task_ids=ids if dataset != "jsonl" else None)
     out = Path(output) if output else Path(results_path).with_name(Path(results_path).stem + f"_{source}_feedback.jsonl")
+    from ilf.jsonl import refuse_overwrite
+
+    refuse_overwrite(out, results_path, examples_path, tasks_file)
     if source == "trace":
         from ilf.feedback.trace import trace_feedback_records
 
@@ -171,6 +174,9 @@ def annotations_export(db: str, output: str, fmt: str, sources: Sequence[str], i
 
     if not Path(db).exists():
         raise IlfError(f"{db}: file not found")
+    from ilf.jsonl import refuse_overwrite
+
+    refuse_overwrite(output, db)
     store = FeedbackStore(db)
     if fmt == "authors":
         recs = [r for r in store.feedback_records(sources or ["authors"]) if "authors" in r]

@@ -1,0 +1,60 @@
+"""Nothing a user types destroys data: an output path that is one of the command's inputs is
+refused with one line and exit 2, and the input is left byte for byte as it was."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ILF = [sys.executable, "-m", "ilf.cli"]
+SAMPLE = {"task_id": 2, "completion": "    return tuple(set(test_tup1) & set(test_tup2))\n"}
+
+
+def _run(args, cwd):
+    return subprocess.run(ILF + args, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _one_error_line(proc) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def test_evaluate_refuses_to_overwrite_its_samples_or_the_data(tmp_path, data_dir):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps(SAMPLE) + "\n")
+    before = samples.read_bytes()
+    line = _one_error_line(_run(["evaluate", str(samples), "--output", str(samples)], tmp_path))
+    assert "input file" in line and samples.read_bytes() == before
+    mbpp = data_dir / "mbpp.jsonl"
+    size = mbpp.stat().st_size
+    _one_error_line(_run(["evaluate", str(samples), "--output", str(mbpp)], tmp_path))
+    assert mbpp.stat().st_size == size
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_evaluate_refuses_a_timeout_that_is_not_a_positive_finite_number(tmp_path, value):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps(SAMPLE) + "\n")
+    line = _one_error_line(_run(["evaluate", str(samples), "--timeout", value], tmp_path))
+    assert "--timeout" in line and not (tmp_path / "s_results.jsonl").exists()
+
+
+def test_feedback_and_annotations_export_refuse_to_overwrite_their_input(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps({"task_id": 2, "sample_id": 0, "passed": False, "status": "failed",
+                                   "program": "x", "error": "AssertionError"}) + "\n")
+    before = results.read_bytes()
+    _one_error_line(_run(["feedback", str(results), "--source", "trace", "--output", str(results)], tmp_path))
+    assert results.read_bytes() == before
+    from ilf.feedback.store import FeedbackStore
+
+    db = tmp_path / "s.db"
+    FeedbackStore(db).add_annotator("ann")
+    before = db.read_bytes()
+    assert len(before) > 0
+    _one_error_line(_run(["annotations", "export", str(db), "--db", str(db)], tmp_path))
+    assert db.read_bytes() == before
