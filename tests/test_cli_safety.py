@@ -53,7 +53,9 @@ def test_feedback_and_annotations_export_refuse_to_overwrite_their_input(tmp_pat
     from ilf.feedback.store import FeedbackStore
 
     db = tmp_path / "s.db"
-    FeedbackStore(db).add_annotator("ann")
+    store = FeedbackStore(db)
+    store.add_annotator("ann")
+    store.close()  # WAL checkpointed: the file's bytes are final
     before = db.read_bytes()
     assert len(before) > 0
     _one_error_line(_run(["annotations", "export", str(db), "--db", str(db)], tmp_path))
