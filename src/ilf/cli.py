@@ -516,7 +516,22 @@ def sample(
     err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({dt:.0f} s)", highlight=False)
 
 
+# ilf shows its own progress (rich bars, or plain lines in a log); the libraries' tqdm bars and
+# routine advisories would interleave with it. A user can still turn them back on by setting these.
+QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars (GGUF conversion, weight loading) follow this
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # TRL's dataset preparation (map/filter bars)
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",  # no fork warning from tokenizers when the sandbox forks
+}
+
+
 def main() -> None:
+    import os
+
+    for k, v in QUIET_LIBRARIES.items():
+        os.environ.setdefault(k, v)
     app()
 
 
