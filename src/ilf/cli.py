@@ -306,6 +306,9 @@ def feedback_cmd(
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     k_shot: int = typer.Option(1, help="llm: human examples of other tasks in the prompt (paper: 1 or 2)."),
     with_refinement: bool = typer.Option(False, help="llm: the model also writes the refinement (checked in the sandbox)."),
+    reference: bool = typer.Option(False, help="llm: show the task's reference solution to the feedback writer (a teacher "
+                                   "who knows a correct program; the feedback stays in words)."),
+    weights: Optional[str] = typer.Option(None, help="llm with --engine openvino: q8_0 | f16 weights."),
     per_task: int = typer.Option(1, help="Failing samples per task that get feedback (0 = all)."),
     only_unsolved: bool = typer.Option(False, "--only-unsolved/--all-tasks", help="Skip tasks with a passing sample."),
     examples: Optional[str] = typer.Option(None, help="llm: few-shot examples file (default: the authors' annotations)."),
@@ -317,7 +320,7 @@ def feedback_cmd(
     commands.feedback(
         results, source=source, output=output, model=model, engine=engine, base_url=base_url, dataset=dataset,
         data_dir=data_dir, tasks_file=tasks_file, k_shot=k_shot, with_refinement=with_refinement, per_task=per_task,
-        only_unsolved=only_unsolved, examples_path=examples, seed=seed,
+        only_unsolved=only_unsolved, examples_path=examples, seed=seed, reference=reference, weights=weights,
     )
 
 
@@ -524,6 +527,7 @@ QUIET_LIBRARIES = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TOKENIZERS_PARALLELISM": "false",  # no fork warning from tokenizers when the sandbox forks
+    "TQDM_DISABLE": "1",  # plain tqdm bars (transformers' GGUF de-quantization uses tqdm directly)
 }
 
 

@@ -53,6 +53,9 @@ class FeedbackConfig:
     llm_engine: str = ""  # default: model.engine
     llm_base_url: str = ""  # for the openai engine
     llm_shots: int = 1  # few-shot human examples in the LLM's feedback prompt (paper: 1 or 2)
+    # source = llm: show the task's reference solution to the feedback writer (a teacher who knows a
+    # correct program; not in the paper, whose annotators had none). The feedback stays in words.
+    llm_reference: bool = False
     # llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0 by the LLM, sampled at
     # refine.temperature / refine.top_p (0 = refine.n, as π_Refine's samples per x0).
     llm_n: int = 0

@@ -434,7 +434,7 @@ class Run:
 
             llm = cfg.llm_model or model
             return write_llm_feedback(failing, tasks, lambda: self.engine(llm, cfg.llm_engine or None),
-                                      rd / "feedback_llm.jsonl", k_shot=cfg.llm_shots,
+                                      rd / "feedback_llm.jsonl", k_shot=cfg.llm_shots, reference=cfg.llm_reference,
                                       examples=self.example_annotations(), seed=self.cfg.seed, model_name=str(llm))
         # human: annotations collected with `ilf annotate RUN_DIR`
         from ilf.feedback.store import FeedbackStore

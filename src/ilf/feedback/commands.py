@@ -82,6 +82,8 @@ def feedback(
     only_unsolved: bool,
     examples_path: str | None,
     seed: int,
+    reference: bool = False,
+    weights: str | None = None,
 ) -> Path:
     from ilf.feedback.llm import choose_failing
     from ilf.jsonl import load_jsonl, write_jsonl
@@ -124,6 +126,8 @@ def feedback(
         else:
             tasks_for_prompts = tasks.tasks
         kw = {"base_url": base_url} if base_url else {}
+        if weights:
+            kw["weights"] = weights
         from ilf.feedback.llm import write_llm_feedback
 
         # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
@@ -133,7 +137,7 @@ def feedback(
             t = bar.add_task("llm", total=len(failing))
             recs = write_llm_feedback(
                 failing, tasks_for_prompts, eng, out, k_shot=k_shot, with_refinement=with_refinement,
-                examples=examples, seed=seed, model_name=model or None,
+                examples=examples, seed=seed, reference=reference, model_name=model or None,
                 progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
         console.print(f"{len(recs)} {source} feedback record(s) -> {out}")

@@ -34,6 +34,13 @@ INSTRUCTION = (
     "raised, then feedback from an expert: 1-4 sentences saying what is wrong and how to fix it, "
     "in words, without writing code."
 )
+# With a reference solution shown (reference=True): the feedback of a teacher who knows a correct
+# program, still in words only, so the refinement stays the model's own repair of x0.
+INSTRUCTION_REFERENCE = (
+    "Each example shows a programming task, its tests, a correct reference solution, a wrong Python "
+    "program and the error it raised, then feedback from an expert who compared the wrong program with "
+    "the reference: 1-4 sentences saying what is wrong and how to fix it, in words, without writing code."
+)
 SEPARATOR = "\n---\n"
 # Feedback ends at the next section or a blank line; refinements at the next example. At most 4
 # stop strings each: OpenAI-compatible APIs refuse more.
@@ -67,9 +74,11 @@ def _task_text(task: Any, rec: Mapping[str, Any] | None = None) -> str:
 
 
 def block(task_text: str, tests: str, program: str, error: str | None, feedback: str | None = None,
-          refinement: str | None = None, with_refinement: bool = False) -> str:
+          refinement: str | None = None, with_refinement: bool = False, reference: str | None = None) -> str:
     """One example (or, with feedback=None, the query the model continues)."""
-    s = f"TASK: {task_text}\nTESTS:\n{tests.strip()}\nOLD CODE:\n{_nl(program).rstrip()}\nERROR: {error or 'the tests fail'}\nFEEDBACK:\n"
+    ref = f"REFERENCE SOLUTION:\n{_nl(reference).rstrip()}\n" if reference else ""
+    s = (f"TASK: {task_text}\nTESTS:\n{tests.strip()}\n{ref}OLD CODE:\n{_nl(program).rstrip()}\n"
+         f"ERROR: {error or 'the tests fail'}\nFEEDBACK:\n")
     if feedback is None:
         return s
     s += " ".join(_nl(feedback).split()) + "\n"
@@ -116,10 +125,11 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
 
 
 def llm_feedback_id(label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any,
-                    draw: int = 0) -> str:
+                    draw: int = 0, reference: bool = False) -> str:
     """Deterministic: the same settings give the same id, so a killed run knows what is done.
     `draw` numbers the feedback samples of one x0 (n > 1)."""
-    key = f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}" + (f":{draw}" if draw else "")
+    key = (f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}" + (f":{draw}" if draw else "")
+           + (":reference" if reference else ""))
     return f"llm-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -150,6 +160,7 @@ def generate_llm_feedback(
     temperature: float = 0.0,
     n: int = 1,
     top_p: float = 1.0,
+    reference: bool = False,
     max_new_tokens: int = FEEDBACK_MAX_TOKENS,
     check_refinements: bool = True,
     model_name: str | None = None,
@@ -188,8 +199,11 @@ def generate_llm_feedback(
             et = lookup(e["task_id"])
             tests = _tests_text(et) if et is not None else ""
             parts.append(block(_task_text(et, e), tests, e["program"], errors.get(e.get("feedback_id", str(e["task_id"]))),
-                               e["feedback"], e.get("refinement"), with_refinement))
-        return INSTRUCTION + "\n\n" + "".join(p + SEPARATOR for p in parts)
+                               e["feedback"], e.get("refinement"), with_refinement, _reference(et)))
+        return (INSTRUCTION_REFERENCE if reference else INSTRUCTION) + "\n\n" + "".join(p + SEPARATOR for p in parts)
+
+    def _reference(task) -> str | None:
+        return getattr(task, "gold", None) if reference and task is not None else None
 
     def program_of(r, task) -> str:
         return r["program"] if isinstance(r.get("program"), str) else task.prompt + r.get("completion", "")
@@ -197,7 +211,8 @@ def generate_llm_feedback(
     queries = []
     for r in targets:
         task = lookup(r["task_id"])
-        queries.append(shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error")))
+        queries.append(shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error"),
+                                             reference=_reference(task)))
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             stop=FEEDBACK_STOP, seed=seed)
     done = [0]
@@ -236,7 +251,8 @@ def generate_llm_feedback(
         r = targets[i]
         task = lookup(r["task_id"])
         program = program_of(r, task)
-        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j)
+        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j,
+                              reference=reference)
         v = verdicts[e]
         records.append(
             {
@@ -255,6 +271,7 @@ def generate_llm_feedback(
                 "error": v.error if v is not None else None,
                 "k_shot": k_shot,
                 "draw": j,
+                "reference_shown": reference,
                 "example_ids": [e.get("feedback_id", e["task_id"]) for e in chosen[id(r)]],
             }
         )
@@ -277,6 +294,7 @@ def write_llm_feedback(
     n: int = 1,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    reference: bool = False,
     model_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -296,8 +314,8 @@ def write_llm_feedback(
     label = model_name
 
     def ids(r) -> list[str]:
-        return [llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j)
-                for j in range(draws)]
+        return [llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j,
+                                reference=reference) for j in range(draws)]
 
     if label is None and not hasattr(engine, "generate"):
         engine = engine()
@@ -313,7 +331,7 @@ def write_llm_feedback(
             chunk = todo[i : i + LLM_CHUNK]
             for rec in generate_llm_feedback(
                 chunk, tasks, engine, k_shot=k_shot, with_refinement=with_refinement, examples=examples,
-                seed=seed, n=n, temperature=temperature, top_p=top_p, model_name=label,
+                seed=seed, n=n, temperature=temperature, top_p=top_p, reference=reference, model_name=label,
             ):
                 app.write(rec)
                 have[rec["feedback_id"]] = rec
