@@ -417,3 +417,29 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
     subprocess.run([sys.executable, str(script), "unpack", str(packed), str(restored)], check=True, capture_output=True)
     for p in run.rglob("*.jsonl"):
         assert (restored / p.relative_to(run)).read_bytes() == p.read_bytes()
+
+
+def test_progress_writes_plain_lines_when_not_on_a_terminal():
+    """`ilf run > log` shows progress as plain lines (count, rate, ETA, fields), none of rich's bar art."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import BarColumn, TextColumn
+
+    from ilf import progress as progress_mod
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    old = progress_mod.LOG_INTERVAL
+    progress_mod.LOG_INTERVAL = 0.0
+    try:
+        with progress_mod.LogProgress(TextColumn("x"), BarColumn(), console=console) as bar:
+            t = bar.add_task("sampling (tasks)", total=4, programs=0)
+            for i in range(4):
+                bar.update(t, advance=1, programs=5 * (i + 1))
+    finally:
+        progress_mod.LOG_INTERVAL = old
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("sampling (tasks): 1/4 (25%)") and "programs 5" in lines[0]
+    assert lines[-1].startswith("sampling (tasks): 4/4 (100%)") and "done in" in lines[-1]
+    assert len(lines) == 4 and not any("━" in x for x in lines)

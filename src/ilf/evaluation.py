@@ -283,7 +283,7 @@ def _resume(output, samples, programs, results, by_id, kind) -> None:
 
 def _run(todo, samples, results, timeout, workers, appender, progress, total) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     class Rate(TextColumn):
         def __init__(self):
@@ -294,7 +294,9 @@ def _run(todo, samples, results, timeout, workers, appender, progress, total) ->
             return f"{speed:.1f} programs/s" if speed else "– programs/s"
 
     console = Console(stderr=True)
-    bar = Progress(
+    from ilf.progress import LogProgress
+
+    bar = LogProgress(
         TextColumn("[bold]EVAL[/]"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -309,7 +311,7 @@ def _run(todo, samples, results, timeout, workers, appender, progress, total) ->
     already = total - len(todo)
     passed = sum(1 for r in results if r is not None and r.get("passed"))
     with sandbox.Sandbox(timeout=timeout, workers=workers) as sb, bar:
-        tid = bar.add_task("eval", total=len(todo), passed=passed)
+        tid = bar.add_task("EVAL (programs)", total=len(todo), passed=passed)
         if already:
             bar.console.print(f"resuming: {already} of {total} results kept from the output file")
         it = sb.run_many((prog, test, lim) for _, prog, test, lim in todo)

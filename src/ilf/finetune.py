@@ -380,7 +380,7 @@ def _save_final(model, tokenizer, output_dir: Path, eos_ids: list[int], save_dty
 
 
 def _rich_progress_callback():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
     class RichProgress(TrainerCallback):
@@ -393,7 +393,9 @@ def _rich_progress_callback():
         def on_train_begin(self, args, state, control, **kw):
             if not state.is_world_process_zero:
                 return
-            self.progress = Progress(
+            from ilf.progress import LogProgress
+
+            self.progress = LogProgress(
                 TextColumn("[bold]fine-tuning"),
                 BarColumn(),
                 MofNCompleteColumn(),
@@ -404,7 +406,7 @@ def _rich_progress_callback():
             )
             self.progress.start()
             self.t0, self.step0 = time.time(), state.global_step
-            self.task = self.progress.add_task("ft", total=state.max_steps, completed=state.global_step, info="")
+            self.task = self.progress.add_task("fine-tuning (steps)", total=state.max_steps, completed=state.global_step, info="")
 
         def on_step_end(self, args, state, control, **kw):
             if self.progress is None:

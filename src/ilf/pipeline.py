@@ -497,7 +497,7 @@ class Run:
         self.eval_stage(f"r{r}/eval-refine-shuffled", raw, rd / "refinements_shuffled.jsonl")
 
     def refine_samples(self, feedback: list[dict], refiner: str, out: Path, n: int | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
         from ilf.extraction import STOP_SEQUENCES
         from ilf.generation import SamplingParams
@@ -511,9 +511,11 @@ class Run:
                                 max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
                                 stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
         eng = lambda: self.engine(refiner)  # noqa: E731 (loaded only if something is left to do)
-        with Progress(TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"),
+        from ilf.progress import LogProgress
+
+        with LogProgress(TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"),
                       TimeElapsedColumn(), console=console) as bar:
-            t = bar.add_task("refine", total=len(feedback))
+            t = bar.add_task("π_Refine ((x0, f) pairs)", total=len(feedback))
             sample_refinements(
                 feedback, self.tasks(), eng, params, out, examples=examples, example_tasks=self.tasks(),
                 shots=cfg.shots if cfg.mode == "fewshot" else 0, seed=self.cfg.seed,

@@ -1189,7 +1189,9 @@ def _score(model_spec, model_name, todo, output: Path, batch_size, dtype, max_le
     import torch
     import torch.nn.functional as F
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ilf.progress import LogProgress
 
     from ilf.models import load_hf_model
 
@@ -1209,8 +1211,8 @@ def _score(model_spec, model_name, todo, output: Path, batch_size, dtype, max_le
 
     columns = [TextColumn("perplexity"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Appender(output) as app, torch.no_grad(), Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("ppl", total=len(items), rate="")
+    with Appender(output) as app, torch.no_grad(), LogProgress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("perplexity (records)", total=len(items), rate="")
         import time
 
         t0 = time.perf_counter()

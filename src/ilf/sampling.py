@@ -86,10 +86,12 @@ def make_records(task: Task, completions, params: SamplingParams, model: str, en
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.console import Console
 
-    return Progress(
+    from ilf.progress import LogProgress
+
+    return LogProgress(
         TextColumn("[bold]sampling[/]"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -153,7 +155,7 @@ def _run(todo, eng, params, output, model, engine_name, show, already, total) ->
     start = time.perf_counter()
     tokens = 0
     prog = _progress() if show else None
-    bar = prog.add_task("sample", total=total, completed=already, programs=0, tps=0.0) if prog else None
+    bar = prog.add_task("sampling (tasks)", total=total, completed=already, programs=0, tps=0.0) if prog else None
 
     with Appender(output) as app:
 

@@ -108,7 +108,7 @@ def feedback(
 
         recs = trace_feedback_records(failing, tasks)
     else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
         from ilf.feedback.annotations import load_authors
         from ilf.feedback.stats import load_feedback_file
@@ -131,10 +131,12 @@ def feedback(
         from ilf.feedback.llm import write_llm_feedback
 
         # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
-        with get_engine(engine, model, **kw) as eng, Progress(
+        from ilf.progress import LogProgress
+
+        with get_engine(engine, model, **kw) as eng, LogProgress(
             TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
         ) as bar:
-            t = bar.add_task("llm", total=len(failing))
+            t = bar.add_task("llm feedback (x0)", total=len(failing))
             recs = write_llm_feedback(
                 failing, tasks_for_prompts, eng, out, k_shot=k_shot, with_refinement=with_refinement,
                 examples=examples, seed=seed, reference=reference, model_name=model or None,
