@@ -213,16 +213,44 @@ class Run:
     def run(self) -> Path:
         cfg = self.cfg
         model = cfg.model.base
-        rounds_R: list[list[dict]] = []
+        console.print(self.plan())
         for r in range(1, cfg.rounds + 1):
-            model, pairs = self.ilf_round(r, model)
-            rounds_R.append(pairs)
+            model, _ = self.ilf_round(r, model)
         self.close_engine()
         self.evaluate_methods(final_model=model, rounds=cfg.rounds)
         if cfg.report.perplexity:
             self.perplexity_stage()
         report = self.report_stage()
         return report
+
+    def plan(self) -> str:
+        """What this run will do, in the amounts that set its cost (printed when it starts)."""
+        cfg = self.cfg
+        trained = [m for m in cfg.eval.methods if m != "zero-shot"]
+        n_eval_tasks = len(self.tasks(cfg.eval.tasks))
+        models = (1 if "zero-shot" in cfg.eval.methods else 0) + len(trained) * cfg.train_seeds
+        lines = [f"plan ({cfg.name}, {cfg.model.base}, engine {self.engine_label()}):"]
+        if cfg.feedback.source == "authors":
+            lines.append(f"  feedback: the paper authors' human annotations on {cfg.feedback.tasks} (CodeGen-6B's x0)")
+        else:
+            n_fb = len(self.feedback_tasks())
+            rule = "with no passing x0" if cfg.feedback.only_unsolved else "with a failing x0"
+            lines.append(f"  x0 ~ π_θ: {n_fb} tasks ({cfg.feedback.tasks}) x {cfg.sample.n} samples, EVAL; "
+                         f"{cfg.feedback.source} feedback on one failing x0 of each task {rule}")
+        pr = (f"π_Refine: {cfg.refine.mode}" + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" else "")
+              + f", {cfg.refine.n} refinements per x0" + (f" + {cfg.refine.shuffled_n} with shuffled feedback"
+                                                          if cfg.refine.shuffled_n else "") + "; R = one passing refinement per task")
+        lines.append("  " + pr + (f"; {cfg.rounds} rounds" if cfg.rounds > 1 else ""))
+        if cfg.sweep.enabled():
+            grid = (len(cfg.sweep.learning_rates) or 1) * (len(cfg.sweep.batch_sizes) or 1) * (len(cfg.sweep.epochs) or 1)
+            swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
+            lines.append(f"  sweep: {grid} settings x {len(swept)} methods, each fine-tuned and sampled on "
+                         f"{cfg.sweep.max_tasks or 'all'} {cfg.sweep.tasks} tasks x {cfg.sweep.n}")
+        lines.append(f"  FINETUNE: {len(trained)} trained methods x {cfg.train_seeds} seeds ({', '.join(trained) or 'none'})")
+        lines.append(f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
+                     f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report")
+        lines.append("  (progress lines show rates and ETAs per step; a killed run resumes with the same command)")
+        return "\n".join(lines)
 
     def ilf_round(self, r: int, model: str) -> tuple[str, list[dict]]:
         cfg, rd = self.cfg, self.dir / f"r{r}"
