@@ -368,6 +368,26 @@ def annotations_export_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
+# Exports
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory of `ilf run`."),
+    output: Path = typer.Option(..., help="Directory for the exports (outside the run directory)."),
+    model_cards: bool = typer.Option(True, help="Also write README.md model cards into the run's fine-tuned models."),
+):
+    """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards."""
+    from ilf.export import export_run
+
+    counts = export_run(run_dir, output, model_cards=model_cards)
+    for k, v in counts.items():
+        err.print(f"{k}: {v} record(s)" if k != "model_cards" else f"model cards: {v}")
+    err.print(f"-> {output}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Data files
 
 

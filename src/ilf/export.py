@@ -1,0 +1,153 @@
+"""Exports of a run directory in the formats the field's tools read.
+
+    ilf export RUN_DIR --output DIR            # all of them
+
+- `DIR/sft/<set>/` (+ `<set>.jsonl`): every training set of the run (ILF's R per round, and each
+  baseline's: gold, human-refinements, rft, llm-*) as a Hugging Face `datasets` dataset in TRL's
+  prompt-completion format: `{"prompt", "completion", "task_id", "source"}`.
+- `DIR/dpo/` (+ `dpo.jsonl`): preference pairs from π_Refine's EVAL: `{"prompt": task prompt,
+  "chosen": a passing refinement's body, "rejected": the failing x0's body, "task_id", "feedback"}`,
+  one per passing refinement (TRL's DPOTrainer reads prompt/chosen/rejected).
+- `DIR/chat/` (+ `chat.jsonl`): the ILF exchange as chat-template messages, `{"messages": [user:
+  task, assistant: x0, user: feedback, assistant: refinement], "task_id"}` for each passing refinement.
+- a model card (`README.md`) in every fine-tuned model directory of the run: base model, training
+  data, config, code version, and the measured pass@k with its protocol (from the report).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ilf.errors import IlfError
+from ilf.jsonl import load_jsonl, stored, write_jsonl
+from ilf.refine import body_after_prompt
+
+
+def training_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Name -> pairs: `ilf-r<N>` for each round's R, and `<baseline>` for baselines/<baseline>/."""
+    sets: dict[str, list[dict]] = {}
+    for p in sorted(run_dir.glob("r[0-9]*/train_pairs.jsonl*")):
+        sets[f"ilf-{p.parent.name}"] = load_jsonl(stored(p.with_name("train_pairs.jsonl")))
+    for p in sorted(run_dir.glob("baselines/*/train_pairs.jsonl*")):
+        sets[p.parent.name] = load_jsonl(stored(p.with_name("train_pairs.jsonl")))
+    return {k: [{"prompt": r["prompt"], "completion": r["completion"], "task_id": r.get("task_id"),
+                 "source": r.get("source", k)} for r in v] for k, v in sets.items()}
+
+
+def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(dpo, chat) records from every round's passing refinements and their x0 and feedback."""
+    from ilf.tasks import load_tasks
+
+    dpo, chat = [], []
+    cfg = _config(run_dir)
+    tasks = None
+    for refs_path in sorted(run_dir.glob("r[0-9]*/refinements.jsonl*")):
+        rd = refs_path.parent
+        fb_path = stored(rd / "feedback.jsonl")
+        if not fb_path.is_file():
+            continue
+        feedback = {f["feedback_id"]: f for f in load_jsonl(fb_path)}
+        passing = [r for r in load_jsonl(stored(rd / "refinements.jsonl")) if r.get("passed") is True]
+        if tasks is None and passing:
+            tasks = load_tasks("mbpp", data_dir=cfg.get("data_dir") or None,
+                               task_ids=sorted({r["task_id"] for r in passing}))
+        for r in passing:
+            f = feedback.get(r["feedback_id"])
+            task = tasks.get(r["task_id"]) if tasks else None
+            if f is None or task is None:
+                continue
+            x0 = body_after_prompt(f["program"], task.prompt)
+            x1 = body_after_prompt(r["refinement"], task.prompt)
+            meta = {"task_id": r["task_id"], "round": rd.name, "feedback_id": r["feedback_id"], "sample_id": r["sample_id"]}
+            dpo.append({"prompt": task.prompt, "chosen": x1, "rejected": x0, "feedback": f["feedback"], **meta})
+            chat.append({"messages": [
+                {"role": "user", "content": f"Complete this Python function.\n\n{task.prompt}"},
+                {"role": "assistant", "content": x0},
+                {"role": "user", "content": f["feedback"]},
+                {"role": "assistant", "content": x1},
+            ], **meta})
+    return dpo, chat
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "config.toml"
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise IlfError(f"{p}: unreadable config ({e})") from None
+
+
+def _save(records: list[dict], out: Path) -> None:
+    import datasets
+
+    write_jsonl(out.with_suffix(".jsonl"), records)
+    if records:
+        datasets.Dataset.from_list(records).save_to_disk(str(out))
+
+
+def model_card(run_dir: Path, model_dir: Path, method: str, report: dict | None, config: dict) -> str:
+    """The README.md of a fine-tuned model: what it is, what it was trained on, how it measured."""
+    meta_p = model_dir / "ilf_finetune.json"
+    meta = json.loads(meta_p.read_text()) if meta_p.is_file() else {}
+    base = meta.get("base_model") or config.get("model", {}).get("base", "?")
+    lines = ["---", "library_name: transformers", "tags: [ilf, code, mbpp]", f"base_model: {base}", "---", "",
+             f"# {run_dir.name}: {method}", "",
+             f"Fine-tuned by [ilf](https://arxiv.org/abs/2303.16749) (Imitation learning from Language Feedback) "
+             f"from `{base}` in run `{run_dir.name}` ({(report or {}).get('code_version') or 'code version unknown'}).", ""]
+    m = meta.get("metrics", {})
+    cfgft = meta.get("config", {})
+    lines += ["## Training", "",
+              f"- method: `{method}`; training pairs: {meta.get('data', {}).get('num_trained', '?')}",
+              f"- learning rate {cfgft.get('learning_rate')}, effective batch {cfgft.get('batch_size')}, epochs {cfgft.get('epochs')}, "
+              f"LoRA {cfgft.get('lora')}, seed {cfgft.get('seed')}; train loss {m.get('train_loss')}", ""]
+    row = next((x for x in (report or {}).get("methods", []) if x.get("method") == method), None)
+    if row:
+        met = row.get("metrics", {})
+        pct = lambda e: f"{100 * e['value']:.1f} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if e else "–"  # noqa: E731
+        lines += ["## Evaluation", "",
+                  f"MBPP tasks {row.get('split', config.get('eval', {}).get('tasks'))}, {row.get('n')} samples per task at "
+                  f"T = {row.get('temperature')}, engine {row.get('engine')}; 95% bootstrap CIs over tasks.", "",
+                  "| pass@1 | pass@10 | 1+ correct |", "|---|---|---|",
+                  f"| {pct(met.get('pass@1'))} | {pct(met.get('pass@10'))} | {pct(met.get('one_plus_correct'))} |", ""]
+    else:
+        lines += ["## Evaluation", "", "Not evaluated in this run yet (no report row).", ""]
+    return "\n".join(lines)
+
+
+def _report(run_dir: Path) -> dict | None:
+    p = run_dir / "report" / "report.json"
+    if not p.is_file():
+        return None
+    runs = json.loads(p.read_text()).get("runs") or []
+    return runs[0] if runs else None
+
+
+def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True) -> dict[str, int]:
+    """Write every export of RUN_DIR under OUTPUT; returns counts per export."""
+    run_dir, output = Path(run_dir), Path(output)
+    if not (run_dir / "manifest.json").is_file():
+        raise IlfError(f"{run_dir}: not a run directory (no manifest.json)")
+    if output.resolve() == run_dir.resolve() or run_dir.resolve() in output.resolve().parents:
+        raise IlfError(f"{output}: choose an output outside the run directory")
+    counts: dict[str, int] = {}
+    for name, recs in training_sets(run_dir).items():
+        _save(recs, output / "sft" / name)
+        counts[f"sft/{name}"] = len(recs)
+    dpo, chat = refinement_records(run_dir)
+    _save(dpo, output / "dpo")
+    _save(chat, output / "chat")
+    counts["dpo"], counts["chat"] = len(dpo), len(chat)
+    if model_cards:
+        report, config = _report(run_dir), _config(run_dir)
+        for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
+            if not (mdir / "config.json").is_file():
+                continue
+            seed = mdir.name.partition("@")[2]
+            method = ("ilf" if mdir.parent.name.startswith("r") else mdir.parent.name) + (f"@{seed}" if seed else "")
+            (mdir / "README.md").write_text(model_card(run_dir, mdir, method, report, config), encoding="utf-8")
+            counts.setdefault("model_cards", 0)
+            counts["model_cards"] += 1
+    return counts
