@@ -151,3 +151,21 @@ def test_sample_refuses_an_unknown_weight_format(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ilf.cli", "sample", "--tasks", "11", "--weights", "f32",
                            "--output", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--weights must be one of f16, q8_0" in proc.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("override,key", [
+    ("eval.timeout=-1", "eval.timeout"), ("eval.temperature=nan", "eval.temperature"), ("sample.top_p=5", "sample.top_p"),
+    ("feedback.max_tasks=-3", "feedback.max_tasks"), ("refine.max_edit_distance=-1", "refine.max_edit_distance"),
+    ("refine.max_edit_distance=nan", "refine.max_edit_distance"), ('name="a\\nb"', "name"),
+    ("finetune.extra={bogus=1}", "finetune.extra"), ("finetune.learning_rate=inf", "finetune.learning_rate"),
+    ("sweep.learning_rates=[0.0]", "sweep"), ("refine.shuffled_n=-1", "refine.shuffled_n"),
+])
+def test_run_config_refuses_bad_values_with_one_line(tmp_path, override, key):
+    """`ilf run --dry-run KEY=V` validates every value the way a run would use it."""
+    from ilf.config import load_config
+    from ilf.errors import IlfError
+
+    with pytest.raises(IlfError) as e:
+        load_config(None, [f"run_dir={tmp_path / 'r'}", override])
+    assert f"'{key}'" in str(e.value) and "\n" not in str(e.value)
+

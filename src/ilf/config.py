@@ -8,6 +8,7 @@ that fits 15 minutes on a 2-core CPU); `configs/paper.toml` is the paper's full 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import typing
@@ -329,9 +330,41 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
         ("sample.temperature", cfg.sample.temperature),
         ("refine.temperature", cfg.refine.temperature),
         ("eval.temperature", cfg.eval.temperature),
+        ("sweep.temperature", cfg.sweep.temperature),
     ]:
+        if not (math.isfinite(v) and v >= 0):
+            bad(key, f"must be a finite number >= 0, got {v}")
+    for key, v in [("sample.top_p", cfg.sample.top_p), ("refine.top_p", cfg.refine.top_p), ("eval.top_p", cfg.eval.top_p)]:
+        if not 0 < v <= 1:  # also refuses nan
+            bad(key, f"must be in (0, 1], got {v}")
+    for key, v in [("sample.top_k", cfg.sample.top_k), ("refine.top_k", cfg.refine.top_k), ("eval.top_k", cfg.eval.top_k),
+                   ("feedback.max_tasks", cfg.feedback.max_tasks), ("feedback.llm_shots", cfg.feedback.llm_shots)]:
         if v < 0:
-            bad(key, "must be >= 0")
+            bad(key, f"must be >= 0, got {v}")
+    for key, v in [("sample.max_new_tokens", cfg.sample.max_new_tokens), ("refine.max_new_tokens", cfg.refine.max_new_tokens),
+                   ("eval.max_new_tokens", cfg.eval.max_new_tokens), ("sweep.max_new_tokens", cfg.sweep.max_new_tokens)]:
+        if v < 1:
+            bad(key, f"must be >= 1, got {v}")
+    if not 0 <= cfg.refine.max_edit_distance <= 1:  # also refuses nan
+        bad("refine.max_edit_distance", f"must be in [0, 1] (bounded edit distance; 1 keeps all), got {cfg.refine.max_edit_distance}")
+    if not (math.isfinite(cfg.eval.timeout) and cfg.eval.timeout >= 0):
+        bad("eval.timeout", f"must be a finite number of seconds >= 0 (0 = the sandbox default), got {cfg.eval.timeout}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name):
+        bad("name", f"must be letters, digits, '.', '_' or '-' (it names runs/<name>/), got {cfg.name!r}")
+    if cfg.report.bootstrap < 1:
+        bad("report.bootstrap", f"must be >= 1, got {cfg.report.bootstrap}")
+    for section in ("finetune", "refine_finetune"):
+        tc = getattr(cfg, section)
+        if not (math.isfinite(tc.learning_rate) and tc.learning_rate > 0) or not (math.isfinite(tc.epochs) and tc.epochs > 0):
+            bad(f"{section}.learning_rate", "and epochs must be finite numbers > 0")
+        if tc.batch_size < 1 or tc.per_device_batch_size < 1 or tc.max_length < 32:
+            bad(f"{section}.batch_size", "and per_device_batch_size must be >= 1, max_length >= 32")
+        from ilf.finetune import FinetuneConfig
+
+        names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        unknown = sorted(set(tc.extra) - names)
+        if unknown:
+            bad(f"{section}.extra", f"has unknown FINETUNE option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     if cfg.refine.shots < 0:
         bad("refine.shots", "must be >= 0")
     sw = cfg.sweep
