@@ -556,6 +556,8 @@ def main() -> None:
 
     for k, v in QUIET_LIBRARIES.items():
         os.environ.setdefault(k, v)
+    if not sys.stderr.isatty():  # a log file: rich would wrap every line at 80 columns
+        os.environ.setdefault("COLUMNS", "200")
     app()
 
 
