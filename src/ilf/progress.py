@@ -4,7 +4,7 @@
 (`ilf run > log.txt 2>&1`), rich would show nothing until the end, so it prints instead one plain
 line per task at most every LOG_INTERVAL seconds and when the task finishes:
 
-    sampling: 120/664 tasks (18%), 2.9/min, ETA 3h07m, programs 600, tok/s 81.0
+    sampling (tasks): 120/664 (18%), 2.9/min, ETA 3h07m, programs 600, tok/s 81.0
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 
 LOG_INTERVAL = 60.0  # seconds between plain progress lines of one task
+FIELD_NAMES = {"tps": "tok/s"}  # how a bar's field is named in a plain line
 
 
 def _duration(seconds: float) -> str:
@@ -68,5 +69,6 @@ class LogProgress(Progress):
             parts.append(f"ETA {_duration(task.time_remaining)}")
         for k, v in task.fields.items():
             if v not in ("", None):
+                k = FIELD_NAMES.get(k, k)
                 parts.append(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}")
         self.console.print(", ".join(parts), markup=False, highlight=False, soft_wrap=True)
