@@ -74,3 +74,37 @@ def test_disabled_watchdog_starts_no_process():
     with StallWatchdog("x", timeout=0) as wd, wd.armed():
         wd.beat()
         assert wd.proc is None
+
+
+FLAKY_CHILD = """
+import os, re, sys
+from ilf.generation.watchdog import StallWatchdog
+flag = sys.argv[1]
+first = not os.path.exists(flag)
+open(flag, "a").close()
+if first:  # the first run hangs in a GIL-holding C call, like OpenVINO GenAI's step() did
+    with StallWatchdog("test sampling", timeout=2, grace=1) as wd, wd.armed():
+        re.match(r"(a+)+$", "a" * 60 + "b")
+print("finished", flush=True)
+"""
+
+
+def test_supervise_restarts_a_run_its_watchdog_ended_and_returns_the_final_exit_code(tmp_path):
+    """`ilf run` runs its work under `supervise`: a stall ended by the watchdog (marker file) is
+    restarted; any other exit, success or failure, is returned as is."""
+    from ilf.generation.watchdog import supervise
+
+    msgs = []
+    flag = tmp_path / "ran"
+    rc = supervise([sys.executable, "-c", FLAKY_CHILD, str(flag)], max_restarts=2, log=msgs.append)
+    assert rc == 0 and msgs == ["ilf: restarting after a stalled engine (1 of 2); finished work is kept"]
+    assert supervise([sys.executable, "-c", "import sys; sys.exit(7)"], log=msgs.append) == 7 and len(msgs) == 1
+
+
+def test_supervise_gives_up_after_the_last_restart(tmp_path):
+    from ilf.generation.watchdog import supervise
+
+    always = FLAKY_CHILD.replace("first = not os.path.exists(flag)", "first = True")
+    msgs = []
+    rc = supervise([sys.executable, "-c", always, str(tmp_path / "f")], max_restarts=1, log=msgs.append)
+    assert rc == 3 and msgs[-1].startswith("ilf: the engine stalled 2 times; giving up")

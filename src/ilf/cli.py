@@ -117,6 +117,14 @@ def run(
     if dry_run:
         print(to_toml(cfg), end="")
         return
+    import os
+
+    if not os.environ.get("ILF_SUPERVISED") and sys.platform.startswith("linux"):
+        # The work runs in a child process that is restarted if a native sampling call hangs
+        # (ilf.generation.watchdog); the config was validated above, so errors come first.
+        from ilf.generation.watchdog import supervise
+
+        raise typer.Exit(supervise([sys.executable, "-m", "ilf.cli", *sys.argv[1:]]))
     import time
 
     t0 = time.time()

@@ -6,7 +6,7 @@ process, started once per engine. While armed (inside a sampling loop) it expect
 after each step; if none comes for `timeout` seconds, it prints one clear line and ends the stuck
 process (SIGTERM, then SIGKILL). Disarmed (an idle engine, e.g. `ilf serve` between requests), it
 only waits. Finished work is already on disk (sampling writes per task), so rerunning the same
-command resumes.
+command resumes; `ilf run` does that by itself (`supervise`: the watchdog leaves a marker file).
 
     watchdog = StallWatchdog("openvino sampling", timeout=600)
     with watchdog.armed():
@@ -25,9 +25,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-# Seconds without a finished decoding step before the process is ended. One step here takes
-# 0.1-0.5 s (a few seconds with long prefills); ten minutes leaves room for much slower machines.
-STALL_TIMEOUT = 600.0
+# Seconds without a finished decoding step before the process is ended. One step takes well under
+# a second, a few seconds with long prefills; five minutes leaves a wide margin for slower machines.
+STALL_TIMEOUT = 300.0
+# If this environment variable names a file, the watchdog creates it before ending a stalled process,
+# so a supervisor (`ilf run`) can tell a stall from any other end and restart the work.
+STALL_MARKER_ENV = "ILF_STALL_MARKER"
 # The process ended after SIGTERM gets this long before SIGKILL.
 TERM_GRACE = 5.0
 # Heartbeats are rate-limited: one write per this many seconds at most.
@@ -35,7 +38,7 @@ BEAT_INTERVAL = 1.0
 
 _WATCHDOG = r"""
 import os, select, signal, sys, time
-pid, timeout, grace, what = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+pid, timeout, grace, what, marker = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 
 def state():
     try:
@@ -56,11 +59,14 @@ while True:
         continue
     if state() in ("T", "t"):
         continue  # stopped (Ctrl-Z, a debugger): not a stall
+    then = "it restarts by itself" if marker else "rerun the same command to resume"
     sys.stderr.write(
         f"\x1b[?25h\nilf: {what} made no progress for {timeout:.0f} s (a hung native call, see docs/limits.md); "
-        "ending it. Finished work is saved: rerun the same command to resume.\n"
+        f"ending it. Finished work is saved: {then}.\n"
     )
     sys.stderr.flush()
+    if marker:
+        open(marker, "w").close()
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0)):
         try:
             os.kill(pid, sig)
@@ -82,7 +88,8 @@ class StallWatchdog:
         self._last = time.monotonic()
         if timeout and timeout > 0 and sys.platform.startswith("linux"):
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid()), str(float(timeout)), str(grace), what],
+                [sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid()), str(float(timeout)), str(grace), what,
+                 os.environ.get(STALL_MARKER_ENV, "")],
                 stdin=subprocess.PIPE,
                 close_fds=True,
             )
@@ -125,3 +132,51 @@ class StallWatchdog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# Restarts of a stalled `ilf run` before giving up (the OpenVINO GenAI hang is rare and does not
+# repeat at the same point, since the restarted stage resumes with other requests in flight).
+MAX_STALL_RESTARTS = 3
+
+
+def supervise(cmd: list[str], max_restarts: int = MAX_STALL_RESTARTS, log=None) -> int:
+    """Run `cmd` as a child; when its stall watchdog ended it (the marker file exists), run it
+    again, up to `max_restarts` times. Returns the child's exit code (128 + signal if killed).
+
+    The child dies with this process (PR_SET_PDEATHSIG), so killing the supervisor never leaves
+    an orphan writing to the run directory; SIGINT/SIGTERM reach the child, which saves its work."""
+    import signal
+    import tempfile
+
+    log = log or (lambda msg: sys.stderr.write(msg + "\n"))
+    with tempfile.TemporaryDirectory(prefix="ilf-stall-") as d:
+        marker = os.path.join(d, "stalled")
+        env = {**os.environ, STALL_MARKER_ENV: marker, "ILF_SUPERVISED": "1"}
+        for attempt in range(max_restarts + 1):
+            child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
+            # Ctrl-C reaches the child with its process group; a SIGTERM sent to this process is passed on.
+            forward = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                       signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f, c=child: c.send_signal(s))}
+            try:
+                rc = child.wait()
+            finally:
+                for sig, h in forward.items():
+                    signal.signal(sig, h)
+            if not os.path.exists(marker):
+                return rc if rc >= 0 else 128 - rc
+            os.unlink(marker)
+            if attempt < max_restarts:
+                log(f"ilf: restarting after a stalled engine ({attempt + 1} of {max_restarts}); finished work is kept")
+        log(f"ilf: the engine stalled {max_restarts + 1} times; giving up (see docs/limits.md)")
+        return 3
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
