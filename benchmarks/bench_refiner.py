@@ -15,6 +15,7 @@ Writes benchmarks/results/refiner_<name>.json and the raw refinements with verdi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -38,7 +39,7 @@ def resample(feedback: list[dict], tasks, engine_loader, params: SamplingParams,
         return
     eng = engine_loader()
     prompts = [tasks[fb["task_id"]].prompt for fb in feedback]
-    plain = SamplingParams(**{**params.__dict__, "stop": list(STOP_SEQUENCES)})
+    plain = dataclasses.replace(params, stop=list(STOP_SEQUENCES))
     outs = eng.generate(prompts, plain)
     recs = []
     for fb, comps in zip(feedback, outs):

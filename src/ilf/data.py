@@ -101,6 +101,12 @@ def user_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     return Path(env) if env else None
 
 
+def local_copies(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Every data file present in the places locate() looks (no hashing): what no output may overwrite."""
+    dirs = [d for d in (user_data_dir(data_dir), shared_data_dir(), cache_data_dir()) if d is not None]
+    return [p for d in dirs for f in FILES.values() if (p := _in_dir(d, f)) is not None]
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -381,15 +381,9 @@ def evaluate_file(
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise IlfError(f"--timeout must be a finite number of seconds > 0, got {timeout}")
     out_path = Path(output) if output else default_output(samples)
-    from ilf.data import FILES, locate
+    from ilf.data import local_copies
 
-    data_files = []
-    for key in FILES:
-        try:
-            data_files.append(locate(key, data_dir, fetch=False))
-        except IlfError:
-            pass
-    refuse_overwrite(out_path, samples, tasks_file, *data_files)
+    refuse_overwrite(out_path, samples, tasks_file, *local_copies(data_dir))
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
     records = load_samples(samples, tasks, dataset)
     extra = None
