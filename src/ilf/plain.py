@@ -1,0 +1,262 @@
+"""Plain values: what a program under test may hand back to ilf, as JSON.
+
+EVAL's split judge (ilf.judge) never lets the expected values into the sandbox: the child calls the
+program's functions and sends back what they returned, encoded here, and ilf compares outside.
+Only plain data crosses (numbers, strings, bytes, None, and lists, tuples, sets, dicts of them, a
+few stdlib containers). Anything else (a generator, an object whose `__eq__` could say yes to
+anything) crosses as an Opaque stand-in holding its type and repr, equal only to itself: the
+comparison always runs on values ilf built itself.
+
+The encoding is tagged JSON that keeps Python's equality exact: 1 vs 1.0 vs True, tuple vs list,
+nan and infinities, big ints, dict keys of any plain type. `encode` runs in the sandbox child
+(this module imports nothing the sandbox worker may not import); `decode` runs in ilf, with limits,
+since the bytes come from an untrusted process.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_DEPTH = 100
+"""Nesting depth of a value: deeper is refused (in both directions), so comparing it cannot
+exhaust the interpreter's stack."""
+MAX_ITEMS = 1_000_000
+"""Scalars and containers in one decoded value."""
+MAX_REPR = 200
+"""Characters kept of the repr of a value that is not plain."""
+LARGE_VALUE_BYTES = 1 << 20
+"""A returned value whose encoding is larger crosses as its digest (Digest): HumanEval+ asks for
+outputs of hundreds of kB on each of hundreds of inputs."""
+
+
+def _type_name(x) -> str:
+    t = type(x)
+    mod = getattr(t, "__module__", "") or ""
+    return t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
+
+
+def encode(x, _depth: int = 0):
+    """Python value -> JSON-able tagged value (an opaque stand-in for what is not plain)."""
+    if _depth > MAX_DEPTH:
+        return {"o": ["...", f"<nested deeper than {MAX_DEPTH}>"]}
+    t = type(x)
+    if x is None or t is bool or t is str:
+        return x
+    if t is int:
+        return x if -(2**53) < x < 2**53 else {"i": hex(x)}
+    if t is float:
+        return x if math.isfinite(x) else {"x": repr(x)}
+    d = _depth + 1
+    if t is list:
+        return {"l": [encode(v, d) for v in x]}
+    if t is tuple:
+        return {"t": [encode(v, d) for v in x]}
+    if t is dict:
+        return {"d": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
+    if t is set:
+        return {"s": [encode(v, d) for v in x]}
+    if t is frozenset:
+        return {"fs": [encode(v, d) for v in x]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [encode(x.real, d), encode(x.imag, d)]}
+    mod = getattr(t, "__module__", "")
+    name = getattr(t, "__qualname__", "")
+    if mod == "collections":
+        if name == "OrderedDict":
+            return {"od": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
+        if name == "Counter":
+            return {"ctr": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
+        if name == "defaultdict":  # compares as a dict
+            return {"d": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
+        if name == "deque":
+            return {"dq": [encode(v, d) for v in x]}
+    if mod == "fractions" and name == "Fraction":
+        return {"fr": [hex(x.numerator), hex(x.denominator)]}
+    if mod == "decimal" and name == "Decimal":
+        return {"dec": str(x)}
+    if mod == "numpy" and hasattr(x, "item") and getattr(x, "ndim", None) == 0:
+        return encode(x.item(), _depth)  # a numpy scalar compares as its Python value
+    # subclasses that keep their base's equality (namedtuple, bytearray-free str/int enums...)
+    for base, tag in ((tuple, "t"), (list, "l"), (str, None), (int, None), (float, None)):
+        if isinstance(x, base) and t.__eq__ is base.__eq__:
+            if tag is None:
+                return encode(base(x), _depth) if t is not bool else x
+            return {tag: [encode(v, d) for v in x]}
+    return opaque(x)
+
+
+def encode_for_transfer(x) -> dict | list | str | int | float | bool | None:
+    """`encode`, or the digest of a value whose encoding exceeds LARGE_VALUE_BYTES."""
+    enc = encode(x)
+    if isinstance(enc, dict) or (isinstance(enc, str) and len(enc) > LARGE_VALUE_BYTES // 4):
+        import json
+
+        size = len(json.dumps(enc))
+        if size > LARGE_VALUE_BYTES:
+            return {"h": [digest(enc), size]}
+    return enc
+
+
+def digest(enc) -> str:
+    """sha256 of an encoded value in canonical form (set elements and dict items sorted)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(_canonical(enc), separators=(",", ":")).encode()).hexdigest()
+
+
+def _canonical(o):
+    if isinstance(o, dict) and len(o) == 1:
+        (tag, v), = o.items()
+        if tag in ("s", "fs") and isinstance(v, list):
+            import json
+
+            return {tag: sorted((_canonical(e) for e in v), key=lambda e: json.dumps(e, sort_keys=True))}
+        if tag in ("d", "ctr") and isinstance(v, list):
+            import json
+
+            pairs = [[_canonical(k), _canonical(w)] for k, w in v]
+            return {tag: sorted(pairs, key=lambda p: json.dumps(p[0], sort_keys=True))}
+        if isinstance(v, list):
+            return {tag: [_canonical(e) for e in v]}
+    return o
+
+
+class Digest:
+    """Stands, in ilf, for a returned value too large to transfer: equal to a value whose canonical
+    encoding has the same digest (1 and 1.0 differ here, as do nearly-equal floats)."""
+
+    __slots__ = ("hex", "size")
+
+    def __init__(self, hex_: str, size: int):
+        self.hex, self.size = hex_, size
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Digest):
+            return self.hex == other.hex
+        return self.hex == digest(encode(other))
+
+    def __ne__(self, other) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<a value of {self.size} bytes, sha256 {self.hex[:12]}>"
+
+
+def opaque(x) -> dict:
+    """What ilf gets for a value that is not plain: its type and repr, never the object."""
+    try:
+        text = repr(x)
+        text = text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
+    except BaseException:  # noqa: BLE001 - a hostile __repr__
+        text = f"<{_type_name(x)}>"
+    return {"o": [_type_name(x), text if isinstance(text, str) else f"<{_type_name(x)}>"]}
+
+
+class Opaque:
+    """Stands, in ilf, for a returned object that is not plain data (a generator, a map, an
+    object of the program's own class): equal only to itself, so any comparison with an expected
+    value fails, and shown with the program's repr, as an in-process test would show it."""
+
+    __slots__ = ("type_name", "text")
+
+    def __init__(self, type_name: str, text: str):
+        self.type_name, self.text = type_name, text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def decode(obj):
+    """Tagged JSON value -> Python value. ValueError for anything malformed or over the limits."""
+    budget = [MAX_ITEMS]
+    return _decode(obj, 0, budget)
+
+
+def _decode(o, depth: int, budget: list):
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"more than {MAX_ITEMS} items")
+    if depth > MAX_DEPTH + 1:
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
+    if o is None or isinstance(o, (bool, str)):
+        return o
+    if isinstance(o, int):
+        return int(o)
+    if isinstance(o, float):
+        return float(o)
+    if not isinstance(o, dict) or len(o) != 1:
+        raise ValueError("not a tagged value")
+    (tag, v), = o.items()
+    d = depth + 1
+
+    def items():
+        if not isinstance(v, list):
+            raise ValueError(f"tag {tag!r} needs a list")
+        return [_decode(e, d, budget) for e in v]
+
+    def pairs():
+        if not isinstance(v, list) or not all(isinstance(p, list) and len(p) == 2 for p in v):
+            raise ValueError(f"tag {tag!r} needs a list of pairs")
+        return [(_decode(k, d, budget), _decode(w, d, budget)) for k, w in v]
+
+    try:
+        if tag == "i":
+            return int(v, 16)
+        if tag == "x":
+            if v not in ("nan", "inf", "-inf"):
+                raise ValueError("bad float")
+            return float(v)
+        if tag == "l":
+            return items()
+        if tag == "t":
+            return tuple(items())
+        if tag == "s":
+            return set(items())
+        if tag == "fs":
+            return frozenset(items())
+        if tag == "d":
+            return dict(pairs())
+        if tag == "b":
+            return bytes.fromhex(v)
+        if tag == "c":
+            re_, im = items()
+            return complex(re_, im)
+        if tag == "od":
+            from collections import OrderedDict
+
+            return OrderedDict(pairs())
+        if tag == "ctr":
+            from collections import Counter
+
+            return Counter(dict(pairs()))
+        if tag == "dq":
+            from collections import deque
+
+            return deque(items())
+        if tag == "fr":
+            from fractions import Fraction
+
+            return Fraction(int(v[0], 16), int(v[1], 16))
+        if tag == "dec":
+            from decimal import Decimal
+
+            return Decimal(v)
+        if tag == "h":
+            if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)):
+                raise ValueError("bad digest")
+            return Digest(v[0][:64], v[1])
+        if tag == "o":
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)):
+                raise ValueError("bad opaque value")
+            return Opaque(v[0][:200], v[1][:MAX_REPR])
+    except (TypeError, ValueError, ArithmeticError) as e:
+        raise ValueError(f"bad {tag!r} value: {e}") from None
+    raise ValueError(f"unknown tag {tag!r}")
