@@ -475,6 +475,8 @@ def serve(
     from ilf.generation import default_engine, get_engine
     from ilf.serve import serve as run_server
 
+    if not 1 <= port <= 65535:
+        raise IlfError(f"--port must be between 1 and 65535, got {port}")
     name = engine or default_engine()
     if name == "openai":
         raise IlfError("--engine openai would serve another server's model: point clients at that server instead")

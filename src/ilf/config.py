@@ -301,9 +301,15 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return out
 
 
-def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
+def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: set[str] | None = None) -> RunConfig:
+    """Check every value; the error names where the bad value came from: the command line when
+    a `key=value` override set it, else the config file and the key's line."""
+
     def bad(key: str, msg: str):
-        raise IlfError(f"{where}: config key '{key}' {msg}")
+        if overridden and any(o == key or o.startswith(key + ".") or key.startswith(o + ".") for o in overridden):
+            raise IlfError(f"command line: config key '{key}' {msg}")
+        line = _key_line(text, key) if text else None
+        raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{key}' {msg}")
 
     if cfg.feedback.source not in FEEDBACK_SOURCES:
         bad("feedback.source", f"must be one of {', '.join(FEEDBACK_SOURCES)}, got {cfg.feedback.source!r}")
@@ -355,10 +361,13 @@ def validate(cfg: RunConfig, where: str = "config") -> RunConfig:
         bad("report.bootstrap", f"must be >= 1, got {cfg.report.bootstrap}")
     for section in ("finetune", "refine_finetune"):
         tc = getattr(cfg, section)
-        if not (math.isfinite(tc.learning_rate) and tc.learning_rate > 0) or not (math.isfinite(tc.epochs) and tc.epochs > 0):
-            bad(f"{section}.learning_rate", "and epochs must be finite numbers > 0")
-        if tc.batch_size < 1 or tc.per_device_batch_size < 1 or tc.max_length < 32:
-            bad(f"{section}.batch_size", "and per_device_batch_size must be >= 1, max_length >= 32")
+        for key in ("learning_rate", "epochs"):
+            v = getattr(tc, key)
+            if not (math.isfinite(v) and v > 0):
+                bad(f"{section}.{key}", f"must be a finite number > 0, got {v}")
+        for key, least in (("batch_size", 1), ("per_device_batch_size", 1), ("max_length", 32)):
+            if getattr(tc, key) < least:
+                bad(f"{section}.{key}", f"must be >= {least}, got {getattr(tc, key)}")
         from ilf.finetune import FinetuneConfig
 
         names = {f.name for f in dataclasses.fields(FinetuneConfig)}
@@ -410,16 +419,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         p = Path(path)
         if not p.exists():
             raise IlfError(f"{p}: config file not found")
-        where, text = str(p), p.read_text(encoding="utf-8")
+        from ilf.jsonl import read_text
+
+        where, text = str(p), read_text(p)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise IlfError(f"{where}: invalid TOML ({e})") from None
     cfg = _build(RunConfig, data, where, text)
+    overridden: set[str] = set()
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         cfg = _build(RunConfig, _merge(to_dict(cfg), over), "command line", "")
-    return validate(cfg, where)
+        overridden = set(_dotted_keys(over))
+    return validate(cfg, where, text, overridden)
+
+
+def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out += _dotted_keys(v, key + ".") if isinstance(v, dict) else [key]
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ilf.errors import IlfError
-from ilf.jsonl import read_jsonl, require, write_json, write_jsonl
+from ilf.jsonl import read_jsonl, read_text, require, write_json, write_jsonl
 
 # --- defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh ---------
 DEFAULT_LEARNING_RATE = 5e-6
@@ -499,6 +499,17 @@ def _versions() -> dict[str, str]:
 # FINETUNE
 
 
+def _refuse_foreign_output(output_dir: Path, overwrite: bool) -> None:
+    """A directory that holds files ilf did not write is not ours to write into."""
+    if overwrite or not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise IlfError(f"{output_dir}: exists and is not a directory; choose another --output")
+    own = _OWN_FILES | {META_FILE}
+    if any(p.name not in own for p in output_dir.iterdir()) and not (output_dir / META_FILE).exists():
+        raise IlfError(f"{output_dir}: directory exists and is not an ilf fine-tuning output; choose another --output")
+
+
 def finetune(
     pairs: str | os.PathLike | Iterable[dict] | Iterable[Pair],
     model: str | os.PathLike,
@@ -553,8 +564,8 @@ def finetune(
                     "pass --overwrite (or --no-resume) to start over"
                 )
             shutil.rmtree(ckpt_dir)
-    elif output_dir.exists() and any(p.name not in _OWN_FILES for p in output_dir.iterdir()) and not overwrite:
-        raise IlfError(f"{output_dir}: directory exists and is not an ilf fine-tuning output; choose another --output")
+    else:
+        _refuse_foreign_output(output_dir, overwrite)
 
     import torch
 
@@ -1005,7 +1016,7 @@ def resolve_config(config_file: Optional[Path], overrides: dict[str, Any]) -> Fi
         import tomllib
 
         try:
-            doc = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+            doc = tomllib.loads(read_text(config_file))
         except FileNotFoundError:
             raise IlfError(f"{config_file}: file not found") from None
         except tomllib.TOMLDecodeError as e:
@@ -1043,6 +1054,7 @@ def finetune_command(
     if data.lower() in ANNOTATION_DATA or (Path(data).is_file() and is_authors_file(data)):
         path = None if data.lower() in ANNOTATION_DATA else data
         built = annotation_pairs(path, split=split, kind=kind, data_dir=data_dir)
+        _refuse_foreign_output(Path(output), overwrite)  # before anything is written into it
         pairs: Any = write_jsonl(output / PAIRS_FILE, built)
     else:
         if not Path(data).exists():

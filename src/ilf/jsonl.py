@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -18,10 +19,85 @@ from typing import Any, Iterable, Iterator
 from ilf.errors import IlfError
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (decompressed for .gz), or one clear error naming the file."""
+    if path.is_dir():
+        raise IlfError(f"{path}: is a directory, expected a file")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise IlfError(f"{path}: file not found") from None
+    except PermissionError:
+        raise IlfError(f"{path}: permission denied") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise IlfError(f"{path}: not a valid gzip file ({e or 'truncated'})") from None
+    except OSError as e:
+        raise IlfError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise IlfError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file (or .gz), or one clear error naming the file and, for bad bytes, the line."""
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        start = data.rfind(b"\n", 0, e.start) + 1
+        raise IlfError(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start - start + 1})"
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """One JSON document (a manifest, a summary), or one clear error naming the file and line."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IlfError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError) as e:
+        raise IlfError(f"{path}: invalid JSON ({'nested too deeply' if isinstance(e, RecursionError) else str(e).split(';')[0]})") from None
+
+
+def parse_json(text: str, path: Any, lineno: int) -> Any:
+    """json.loads with one clear error for every way a line can be bad (JSON syntax, nesting
+    deeper than Python parses, a number too long to convert, a lone surrogate escape)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IlfError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise IlfError(f"{path}:{lineno}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise IlfError(f"{path}:{lineno}: invalid JSON ({str(e).split(';')[0]})") from None
+    if "\\u" in text:  # a "\ud800" escape decodes to a lone surrogate that no UTF-8 file can hold
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise IlfError(f"{path}:{lineno}: a lone UTF-16 surrogate escape (e.g. \\ud800) in a string is not text") from None
+        except RecursionError:
+            raise IlfError(f"{path}:{lineno}: JSON nested too deeply") from None
+    return obj
 
 
 def stored(path: str | os.PathLike) -> Path:
@@ -39,19 +115,18 @@ def read_jsonl(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> Ite
     incomplete. Such a line (only the last one, only without a trailing newline) is skipped.
     """
     path = stored(path)
-    if not path.exists():
-        raise IlfError(f"{path}: file not found")
-    with _open_text(path) as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
+    lines = _read_bytes(path).split(b"\n")
+    last = len(lines) - (1 if lines and lines[-1] == b"" else 0)  # the line after a final newline
+    for i, raw in enumerate(lines[:last], start=1):
+        if not raw.strip():
             continue
+        torn = allow_torn_tail and i == last and lines[-1] != b""
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if allow_torn_tail and i == len(lines) and not line.endswith("\n"):
+            rec = parse_json(_decode_line(raw, path, i), path, i)
+        except IlfError:
+            if torn:  # a killed append: the only line without a newline, the last one
                 return
-            raise IlfError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
+            raise
         if not isinstance(rec, dict):
             raise IlfError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
         yield i, rec
@@ -87,6 +162,7 @@ def atomic_open(path: str | os.PathLike, encoding: str = "utf-8", newline: str |
         with os.fdopen(fd, "w", encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
+            os.chmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600: honour the umask instead
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

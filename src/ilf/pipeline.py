@@ -34,7 +34,7 @@ from rich.console import Console
 from ilf import __version__
 from ilf.config import METHODS, RunConfig, to_toml
 from ilf.errors import IlfError
-from ilf.jsonl import load_jsonl, write_json, write_jsonl
+from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
 from ilf.tasks import TaskSet, load_tasks, parse_ranges
 
 console = Console(stderr=True)
@@ -79,7 +79,7 @@ class Run:
         self.manifest_path = self.dir / "manifest.json"
         if self.manifest_path.exists():
             try:
-                self.manifest = json.loads(self.manifest_path.read_text())
+                self.manifest = read_json(self.manifest_path)
             except json.JSONDecodeError as e:
                 raise IlfError(f"{self.manifest_path}:{e.lineno}: invalid JSON in the run manifest ({e.msg})") from None
         else:

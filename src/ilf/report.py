@@ -30,7 +30,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, read_jsonl, require, stored, write_json, write_jsonl
+from ilf.jsonl import Appender, read_json, read_jsonl, read_text, require, stored, write_json, write_jsonl
 
 # Bootstrap: the paper reports no intervals; 2000 percentile resamples keep the CI bounds stable to
 # about 0.5 percentage points at 100 tasks and cost milliseconds with numpy.
@@ -142,7 +142,7 @@ def estimate(values: np.ndarray, resamples: int, seed: int, indices: Optional[np
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
     except json.JSONDecodeError as e:
         raise IlfError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
 
@@ -586,7 +586,7 @@ def _read_config(run_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as e:
         raise IlfError(f"{path}: invalid TOML ({e})") from None
 

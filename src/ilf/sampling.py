@@ -130,19 +130,19 @@ def sample(
     done: dict[str, list[dict]] = {}
     if resume and output.exists():
         done = _load_existing(output, settings, params.n)
+    old = list(done)  # complete tasks already in the file, in file order: all are kept
     todo = [t for t in tasks if _task_key(t.task_id) not in done]
-    # Start the file afresh with only complete tasks (drops a partial task and any torn line).
-    keep = [r for t in tasks if _task_key(t.task_id) in done for r in done[_task_key(t.task_id)]]
-    write_jsonl(output, keep)
 
     if todo:
         if eng is None:
-            eng = engine()
+            eng = engine()  # may fail: nothing has been written or removed yet
+        # Start the file afresh with only complete tasks (drops a partial task and any torn line).
+        write_jsonl(output, [r for k in old for r in done[k]])
         new = _run(todo, eng, params, output, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
         done.update(new)
-    records = [r for t in tasks for r in done.get(_task_key(t.task_id), [])]
-    write_jsonl(output, records)
-    return records
+        added = [k for k in (_task_key(t.task_id) for t in todo) if k in new]
+        write_jsonl(output, [r for k in old + added for r in done[k]])
+    return [r for t in tasks for r in done.get(_task_key(t.task_id), [])]
 
 
 def _model_name(eng: Any) -> str:

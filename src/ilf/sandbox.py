@@ -1096,6 +1096,7 @@ def _make_cgroups(name: str) -> list[str]:
         parent = _own_cgroup(ctrl)
         if parent is None or not os.access(parent, os.W_OK):
             continue
+        _remove_stale_cgroups(parent)
         d = f"{parent}/{name}"
         try:
             os.mkdir(d)
@@ -1105,6 +1106,32 @@ def _make_cgroups(name: str) -> list[str]:
         except OSError:
             _remove_cgroup(d)
     return made
+
+
+def _remove_stale_cgroups(parent: str) -> None:
+    """Groups of ilf processes that were killed (SIGKILL leaves no chance to clean up)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith("ilf-sandbox-"):
+            continue
+        try:
+            pid = int(name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its ilf process still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.rmdir(f"{parent}/{name}")  # fails harmlessly while a process is still inside
+        except OSError:
+            pass
 
 
 def _remove_cgroup(d: str) -> None:

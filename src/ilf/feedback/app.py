@@ -37,6 +37,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from ilf.errors import IlfError
+from ilf.jsonl import read_text
 from ilf.feedback.store import LEASE_SECONDS, AlreadyAnnotated, FeedbackStore, Session
 from ilf.feedback.text import code_lines, normalized_edit_distance, sentences, word_count
 
@@ -488,7 +489,7 @@ def run_settings(path: str | Path) -> dict[str, Any]:
     if cfg is None or not cfg.exists():
         return {}
     try:
-        data = tomllib.loads(cfg.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_text(cfg))
     except tomllib.TOMLDecodeError as e:
         raise IlfError(f"{cfg}: invalid TOML ({e})") from None
     return {k: data[k] for k in ("dataset", "data_dir") if data.get(k)}

@@ -40,17 +40,28 @@ def annotate(
 
     if source is None and db is None:
         raise IlfError("give a run directory or results file to annotate, or --db of an existing collection")
+    if not 1 <= port <= 65535:
+        raise IlfError(f"--port must be between 1 and 65535, got {port}")
     db_path = Path(db) if db else default_db(source)
-    store = FeedbackStore(db_path)
-    if source is not None:
-        results, tasks = load_failing(source, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file, only_unsolved=only_unsolved)
-        rep = store.add_failing(results, tasks)
-        console.print(
-            f"[bold]{db_path}[/]: {rep.tasks} new task(s), {rep.samples} new failing sample(s) "
-            f"({store.count_tasks()} task(s) in the collection)"
-        )
-    if store.count_tasks() == 0:
-        raise IlfError(f"{db_path}: no failing samples to annotate")
+    if source is None and not db_path.exists():
+        raise IlfError(f"{db_path}: no such collection (give a run directory or results file to start one)")
+    loaded = None
+    if source is not None:  # read and check the input before anything is created
+        loaded = load_failing(source, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file, only_unsolved=only_unsolved)
+    created = _new_paths(db_path)
+    try:
+        store = FeedbackStore(db_path)
+        if loaded is not None:
+            rep = store.add_failing(*loaded)
+            console.print(
+                f"[bold]{db_path}[/]: {rep.tasks} new task(s), {rep.samples} new failing sample(s) "
+                f"({store.count_tasks()} task(s) in the collection)"
+            )
+        if store.count_tasks() == 0:
+            raise IlfError(f"{db_path}: no failing samples to annotate")
+    except BaseException:
+        _remove_new(created)  # a failed start leaves no empty collection behind
+        raise
     names = list(add_annotators)
     if not names and not store.annotators():
         names = ["annotator"]  # one command gives a usable collection
@@ -63,6 +74,27 @@ def annotate(
     if serve_app:
         console.print(f"serving http://{host}:{port}  (Ctrl+C stops; every submission is already saved)")
         serve(store, config, host=host, port=port)
+
+
+def _new_paths(db_path: Path) -> list[Path]:
+    """The database file (and its SQLite side files) and the folders this start would create."""
+    if db_path.exists():
+        return []
+    made = [db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm"),
+            db_path.with_name(db_path.name + "-journal")]
+    parent = db_path.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    return made
+
+
+def _remove_new(paths: list[Path]) -> None:
+    for p in paths:
+        try:
+            p.rmdir() if p.is_dir() else p.unlink()
+        except OSError:
+            pass
 
 
 def feedback(
@@ -91,14 +123,25 @@ def feedback(
 
     if source not in ("llm", "trace"):
         raise IlfError(f"--source must be llm or trace, got {source!r}")
-    results = load_jsonl(results_path)
-    for i, r in enumerate(results, start=1):
-        for f in ("task_id", "passed"):
-            if f not in r:
-                raise IlfError(f"{results_path}:{i}: missing field '{f}'")
+    from ilf.jsonl import read_jsonl, require
+
+    results = []
+    for line, r in read_jsonl(results_path):
+        require(r, "task_id", (int, str), results_path, line)
+        require(r, "passed", bool, results_path, line)
+        r["_line"] = line
+        results.append(r)
+    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
+    for r in results:  # feedback on a task ilf does not know would be meaningless
+        try:
+            known = tasks.get(r["task_id"]) is not None
+        except (ValueError, TypeError):
+            known = False
+        if not known:
+            raise IlfError(f"{results_path}:{r['_line']}: field 'task_id': unknown task {r['task_id']!r} for dataset {dataset}")
+    for r in results:
+        del r["_line"]
     failing = choose_failing(results, per_task=per_task, only_unsolved=only_unsolved, seed=seed)
-    ids = sorted({r["task_id"] for r in failing}, key=str)
-    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file, task_ids=ids if dataset != "jsonl" else None)
     out = Path(output) if output else Path(results_path).with_name(Path(results_path).stem + f"_{source}_feedback.jsonl")
     from ilf.jsonl import refuse_overwrite
 
