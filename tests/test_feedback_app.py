@@ -176,3 +176,72 @@ def test_20_concurrent_annotators_50_submissions_each_stored_exactly_once(tmp_pa
     assert sorted(r["task_id"] for r in records) == list(range(n_tasks))
     out = tmp_path / "export.jsonl"
     assert store.export(out) == n_tasks
+
+
+def test_a_task_served_to_one_annotator_cannot_be_answered_by_another(store):
+    ta, tb = store.add_annotator("alice"), store.add_annotator("bob")
+    with running_app(store) as base:
+        a, b = Client(base), Client(base)
+        a.login(ta)
+        b.login(tb)
+        pa = form_values(a.get("/task")[1])  # task 1, leased to alice
+        pb = form_values(b.get("/task")[1])  # exclusive: bob gets task 2
+        assert pa["task_key"] != pb["task_key"]
+        # bob posts alice's task with his own valid session and CSRF token
+        steal = {"csrf": pb["csrf"], "submission_id": uuid.uuid4().hex, "task_key": pa["task_key"]}
+        assert b.post("/skip", data=steal)[0] == 409
+        sub = dict(steal, sample=pa["samples"][1], feedback="Add instead of subtracting.", refinement=FIXED,
+                   submission_id=uuid.uuid4().hex)
+        assert b.post("/submit", data=sub)[0] == 409
+        assert store.feedback_records(include_skips=True) == []
+        # alice, who was served it, can
+        assert a.post("/submit", data=submit_form(pa, pa["samples"][1], "Add instead of subtracting.", FIXED))[0] == 303
+
+
+def test_a_login_link_does_not_replace_the_annotator_signed_in(store):
+    ta, tb = store.add_annotator("alice"), store.add_annotator("bob")
+    with running_app(store) as base:
+        a = Client(base)
+        a.login(ta)
+        status, html, _ = a.get("/?token=" + tb)  # e.g. a link planted on another page
+        assert status == 200 and "Sign in as bob?" in html and "signed in as alice" in html
+        page = form_values(a.get("/task")[1])
+        assert "alice" in a.get("/task")[1] and page["csrf"]  # still alice
+        # followed from another site, a link only fills the form, even with nobody signed in
+        fresh = Client(base)
+        status, html, _ = fresh.get("/?token=" + tb, headers={"Sec-Fetch-Site": "cross-site"})
+        assert status == 200 and "Sign in as bob?" in html
+        assert fresh.get("/task")[0] == 303  # not signed in
+
+
+def test_request_bodies_are_bounded(store):
+    import http.client
+    import urllib.parse
+
+    from ilf.feedback.app import MAX_BODY_BYTES
+
+    token = store.add_annotator("alice")
+    with running_app(store) as base:
+        c = Client(base)
+        c.login(token)
+        page = form_values(c.get("/task")[1])
+        big = {"task_key": "1", "sample": page["samples"][1], "refinement": "x" * (2 * MAX_BODY_BYTES)}
+        status, _, _ = c.post("/api/run", json_body=big, headers={"X-CSRF-Token": page["csrf"]})
+        assert status == 413
+        # chunked, no Content-Length: counted as it arrives
+        u = urllib.parse.urlsplit(base)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        cookie = "; ".join(f"{k.name}={k.value}" for k in c.jar)
+        conn.putrequest("POST", "/api/run")
+        for k, v in (("Content-Type", "application/json"), ("X-CSRF-Token", page["csrf"]), ("Cookie", cookie),
+                     ("Transfer-Encoding", "chunked")):
+            conn.putheader(k, v)
+        conn.endheaders()
+        chunk = b"x" * 65536
+        try:
+            for _ in range(2 * MAX_BODY_BYTES // len(chunk) + 2):
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server may close once it has refused
+        assert conn.getresponse().status == 413

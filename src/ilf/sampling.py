@@ -136,9 +136,15 @@ def sample(
     if todo:
         if eng is None:
             eng = engine()  # may fail: nothing has been written or removed yet
+        existed = output.exists()
         # Start the file afresh with only complete tasks (drops a partial task and any torn line).
         write_jsonl(output, [r for k in old for r in done[k]])
-        new = _run(todo, eng, params, output, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
+        try:
+            new = _run(todo, eng, params, output, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
+        except BaseException:
+            if not existed and output.exists() and output.stat().st_size == 0:
+                output.unlink()  # an engine that fails before its first answer leaves no empty file
+            raise
         done.update(new)
         added = [k for k in (_task_key(t.task_id) for t in todo) if k in new]
         write_jsonl(output, [r for k in old + added for r in done[k]])

@@ -47,6 +47,9 @@ LOGIN_COOKIE = "ilf_login_csrf"
 # Inputs larger than these are refused (a pasted file is a mistake, and keeps the sandbox cheap).
 MAX_FEEDBACK_CHARS = 5_000
 MAX_PROGRAM_CHARS = 20_000
+MAX_BODY_BYTES = 256 * 1024
+"""Largest request body the app reads (a form or JSON with a refinement and feedback at their
+caps, UTF-8, is well under it); more gets 413 before it is read into memory."""
 # The protocol's guideline for feedback length (a warning in the page, not a refusal).
 MAX_SENTENCES = 4
 # Sandbox workers shared by all annotators' "Run tests" (each runs one program at a time).
@@ -152,6 +155,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         runner.close()
 
     app = FastAPI(title="ilf annotate", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.state.runner = runner
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.autoescape = True
@@ -195,10 +199,11 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
     def set_cookie(resp: Response, name: str, value: str) -> None:
         resp.set_cookie(name, value, httponly=True, samesite="lax", secure=config.secure_cookies, path="/")
 
-    def login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
-        token = secrets.token_urlsafe(24)
-        resp = templates.TemplateResponse(request, "login.html", {"csrf": token, "error": error}, status_code=status)
-        set_cookie(resp, LOGIN_COOKIE, token)
+    def login_page(request: Request, error: str | None = None, status: int = 200, token: str = "", note: str | None = None) -> Response:
+        csrf = secrets.token_urlsafe(24)
+        ctx = {"csrf": csrf, "error": error, "token": token, "note": note}
+        resp = templates.TemplateResponse(request, "login.html", ctx, status_code=status)
+        set_cookie(resp, LOGIN_COOKIE, csrf)
         return resp
 
     def start_session(annotator) -> Response:
@@ -251,6 +256,14 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             annotator = store.annotator_by_token(token)
             if annotator is None:
                 return login_page(request, "This token is not valid.", 401)
+            if sess is not None and sess.annotator.id == annotator.id:
+                return RedirectResponse("/task", status_code=303)
+            # A link followed from another site, or one that would replace the annotator who is
+            # logged in here, is only a pre-filled form (login CSRF): the person confirms it.
+            if sess is not None or request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+                note = (f"You are signed in as {sess.annotator.name}. " if sess is not None else "") + \
+                    f"Sign in as {annotator.name}?"
+                return login_page(request, token=token, note=note)
             return start_session(annotator)
         if sess is not None:
             return RedirectResponse("/task", status_code=303)
@@ -380,7 +393,8 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         if bad is not None:
             return bad
         try:
-            store.submit(sess.annotator, form["submission_id"], form["task_key"], skip=True)
+            store.submit(sess.annotator, form["submission_id"], form["task_key"], skip=True,
+                         require_lease=True, exclusive=config.exclusive)
         except AlreadyAnnotated:
             pass  # a second click on another tab: the task is done either way
         except IlfError as e:
@@ -442,6 +456,8 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
                 status=verdict["status"],
                 error=verdict["error"],
                 edit_distance=distance,
+                require_lease=True,
+                exclusive=config.exclusive,
             )
         except AlreadyAnnotated as e:
             return refuse(409, f"{e}. Your earlier submission is kept.", request)
@@ -450,6 +466,56 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         return RedirectResponse("/task", status_code=303)
 
     return app
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, counted as it arrives (a
+    missing or false Content-Length does not get a larger body read)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            too_long = length is not None and int(length) > self.limit
+        except ValueError:
+            too_long = True
+        if too_long:
+            return await self._refuse(send)
+        seen, started = 0, False
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def serve(store: FeedbackStore, config: AnnotateConfig, host: str = "127.0.0.1", port: int = 8000) -> None:

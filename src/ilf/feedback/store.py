@@ -414,6 +414,8 @@ class FeedbackStore:
         error: str | None = None,
         edit_distance: float | None = None,
         skip: bool = False,
+        require_lease: bool = False,
+        exclusive: bool = True,
     ) -> tuple[dict, bool]:
         """Store one human submission (feedback + refinement, or a skip) in one transaction.
 
@@ -434,6 +436,14 @@ class FeedbackStore:
                 raise AlreadyAnnotated(f"{annotator.name} already annotated task {json.loads(task_key)!r}")
             if c.execute("SELECT 1 FROM tasks WHERE task_key = ?", (task_key,)).fetchone() is None:
                 raise IlfError(f"unknown task {task_key}")
+            if require_lease:  # the app: only the annotator the task was served to may answer it
+                if c.execute("SELECT 1 FROM leases WHERE task_key = ? AND annotator_id = ?", (task_key, annotator.id)).fetchone() is None:
+                    raise IlfError(f"task {json.loads(task_key)!r} was not served to {annotator.name}")
+                if exclusive and c.execute(
+                    "SELECT 1 FROM leases WHERE task_key = ? AND annotator_id != ? AND expires_at > ?",
+                    (task_key, annotator.id, time.time()),
+                ).fetchone():
+                    raise IlfError(f"task {json.loads(task_key)!r} is reserved for another annotator now (your lease expired)")
             sample_key = program = None
             if sample_pk is not None:
                 s = c.execute("SELECT sample_key, program FROM samples WHERE id = ? AND task_key = ?", (sample_pk, task_key)).fetchone()

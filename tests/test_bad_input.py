@@ -1,0 +1,105 @@
+"""Bad input gets one error line naming the file, the line and the field, exit 2, and nothing
+half-written or touched: one test per class of input a user can get wrong (issue: a real user's
+machine). Each runs the real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ILF = [sys.executable, "-m", "ilf.cli"]
+
+
+def _run(args, cwd, **kw):
+    return subprocess.run(ILF + args, cwd=cwd, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _one_error_line(proc) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+BAD_FILES = {
+    "not UTF-8": (b'{"task_id": 2, "completion": "x\xff"}\n', "s.jsonl:1: not UTF-8 text"),
+    "fake gzip": (b"not gzip at all", "not a valid gzip file"),
+    "nested too deeply": (b'{"task_id": 2, "completion": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n", "s.jsonl:1: JSON nested too deeply"),
+    "a 5000-digit number": (b'{"task_id": ' + b"9" * 5000 + b', "completion": "x"}\n', "s.jsonl:1: invalid JSON"),
+    "a lone surrogate": (b'{"task_id": 2, "completion": "\\ud800"}\n', "s.jsonl:1: a lone UTF-16 surrogate"),
+    "an unhashable task id": (b'{"task_id": [1], "completion": "x"}\n', "field 'task_id'"),
+    "a blank line before the bad record": (b'{"task_id": 2, "completion": "x"}\n\n{"task_id": 2}\n', "s.jsonl:3:"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_a_malformed_samples_file_is_one_line_and_nothing_written(tmp_path, name):
+    content, expected = BAD_FILES[name]
+    path = tmp_path / ("s.jsonl.gz" if name == "fake gzip" else "s.jsonl")
+    path.write_bytes(content)
+    line = _one_error_line(_run(["evaluate", str(path)], tmp_path))
+    assert expected in line, line
+    assert sorted(os.listdir(tmp_path)) == [path.name] and path.read_bytes() == content
+
+
+def test_a_directory_or_a_bad_config_is_one_line(tmp_path):
+    (tmp_path / "d").mkdir()
+    assert "is a directory" in _one_error_line(_run(["evaluate", "d"], tmp_path))
+    (tmp_path / "bad.toml").write_bytes(b'name = "x\xff"\n')
+    assert "bad.toml:1: not UTF-8 text" in _one_error_line(_run(["run", "bad.toml"], tmp_path))
+    (tmp_path / "lr.toml").write_text("[finetune]\nlearning_rate = -1.0\n")
+    assert _one_error_line(_run(["run", "lr.toml"], tmp_path)).startswith("error: lr.toml:2: config key 'finetune.learning_rate'")
+    # a value given on the command line is blamed on the command line, not on the file
+    line = _one_error_line(_run(["run", "finetune.epochs=0"], tmp_path))
+    assert line.startswith("error: command line: config key 'finetune.epochs'"), line
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "manifest.json").write_bytes(b'{"a": 1,\n "b": \xff}')
+    assert "manifest.json:2: not UTF-8" in _one_error_line(_run(["report", "runs/x"], tmp_path))
+
+
+def test_failed_starts_leave_nothing_behind(tmp_path):
+    # annotate: a bad input or port creates no collection and no folder
+    _one_error_line(_run(["annotate", "missing_results.jsonl", "--db", "sub/feedback.db"], tmp_path))
+    assert "--port" in _one_error_line(_run(["annotate", "x", "--port", "99999"], tmp_path))
+    assert "--port" in _one_error_line(_run(["serve", "--port", "0"], tmp_path))
+    assert os.listdir(tmp_path) == []
+    # sample: an engine that cannot answer leaves no empty output
+    proc = _run(["sample", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--tasks", "11",
+                 "--n", "1", "--output", "s.jsonl"], tmp_path)
+    assert proc.returncode != 0 and not (tmp_path / "s.jsonl").exists(), proc.stderr[-500:]
+    # finetune: a foreign --output is refused before anything is written into it
+    (tmp_path / "D").mkdir()
+    (tmp_path / "D" / "mine.txt").write_text("keep")
+    _one_error_line(_run(["finetune", "--data", "surge", "--output", "D"], tmp_path))
+    assert os.listdir(tmp_path / "D") == ["mine.txt"]
+
+
+def test_feedback_refuses_unknown_tasks_and_non_boolean_verdicts(tmp_path):
+    rec = {"task_id": 99999, "sample_id": 0, "program": "x", "passed": False, "status": "failed", "error": "e"}
+    (tmp_path / "r.jsonl").write_text(json.dumps(rec) + "\n")
+    assert "unknown task 99999" in _one_error_line(_run(["feedback", "r.jsonl", "--source", "trace"], tmp_path))
+    (tmp_path / "r.jsonl").write_text(json.dumps(dict(rec, task_id=2, passed="no")) + "\n")
+    assert "field 'passed' must be bool" in _one_error_line(_run(["feedback", "r.jsonl", "--source", "trace"], tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["r.jsonl"]
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    code = "import os; os.umask(0o022); from ilf.jsonl import write_jsonl; write_jsonl('o.jsonl', [{'a': 1}])"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    assert (tmp_path / "o.jsonl").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.skipif(not os.access("/sys/fs/cgroup/pids", os.W_OK), reason="cgroups not writable here")
+def test_cgroups_of_killed_runs_are_removed():
+    from ilf import sandbox
+
+    parent = sandbox._own_cgroup("pids")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = f"{parent}/ilf-sandbox-{dead}-1"
+    os.mkdir(stale)
+    with sandbox.Sandbox(workers=1) as sb:
+        assert sb.run("def f(): return 1\n", "assert f() == 1\n").passed
+    assert not os.path.exists(stale)
