@@ -103,3 +103,18 @@ def test_cgroups_of_killed_runs_are_removed():
     with sandbox.Sandbox(workers=1) as sb:
         assert sb.run("def f(): return 1\n", "assert f() == 1\n").passed
     assert not os.path.exists(stale)
+
+
+def test_a_corrupt_model_or_an_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "bad.gguf").write_bytes(os.urandom(1000))
+    (tmp_path / "cm").mkdir()
+    (tmp_path / "cm" / "config.json").write_text("{}")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    for model in ("bad.gguf", "cm"):
+        line = _one_error_line(_run(["sample", "--model", model, "--tasks", "11", "--n", "1", "--output", "s.jsonl"], tmp_path))
+        assert line.startswith(f"error: {model}: ") and "cannot" in line, line
+        line = _one_error_line(_run(["finetune", "--data", "p.jsonl", "--model", model, "--output", "ft"], tmp_path))
+        assert line.startswith(f"error: {model}: "), line
+    assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "ft").exists()
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"task_id": 2, "completion": "    return 1\n"}) + "\n")
+    assert "cannot write here" in _one_error_line(_run(["evaluate", "ok.jsonl", "--output", "/proc/nope.jsonl"], tmp_path))

@@ -283,20 +283,11 @@ def _load_base(model_spec: str | os.PathLike):
     directory, GGUF file, bundled default); GGUF weights come back dequantized and trainable."""
     import torch
 
-    try:
-        from ilf import models as ilf_models
-    except ImportError:  # only while ilf.models did not exist yet; plain HF directories still work
-        ilf_models = None
-    if ilf_models is not None:
-        resolved = ilf_models.resolve_model(str(model_spec))
-        model, tok = ilf_models.load_hf_model(str(model_spec), dtype=torch.float32)
-        desc = {"spec": str(model_spec), "name": getattr(resolved, "name", str(model_spec))}
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ilf import models
 
-        model = AutoModelForCausalLM.from_pretrained(str(model_spec), dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(model_spec))
-        desc = {"spec": str(model_spec), "name": Path(str(model_spec)).name}
+    resolved = models.resolve_model(str(model_spec))
+    model, tok = models.load_hf_model(resolved, dtype=torch.float32)
+    desc = {"spec": str(model_spec), "name": resolved.name}
     _make_trainable(model)
     return model, tok, desc
 

@@ -156,8 +156,11 @@ def atomic_open(path: str | os.PathLike, encoding: str = "utf-8", newline: str |
     """Open a temp file beside `path` for writing; on success it replaces `path` (fsynced), on any
     error it is removed. Readers see the old file or the whole new one, never half of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise IlfError(f"{path}: cannot write here ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "w", encoding=encoding, newline=newline) as f:
             yield f
@@ -194,7 +197,13 @@ class Appender:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "is a directory")
+            open(self.path, "a").close()
+        except OSError as e:
+            raise IlfError(f"{path}: cannot write here ({e.strerror or e})") from None
         # A killed writer may have left a torn last line: cut it so new lines start clean.
         if self.path.exists() and self.path.stat().st_size:
             with open(self.path, "rb+") as f:

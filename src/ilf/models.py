@@ -332,7 +332,12 @@ def resolve_model(spec: str | os.PathLike | ResolvedModel | None = None) -> Reso
                 raise IlfError(f"{spec}: not a model directory (no config.json) and not a directory with one .gguf file")
         if p.suffix == ".gguf":
             key = f"{p.stem}-{fingerprint(p)}"
-            hf = _converted(key, p.resolve(), str(p))
+            try:
+                hf = _converted(key, p.resolve(), str(p))
+            except IlfError:
+                raise
+            except (ValueError, KeyError, OSError, RuntimeError, TypeError) as e:  # not a (usable) GGUF
+                raise IlfError(f"{spec}: cannot read this GGUF file ({type(e).__name__}: {_first_line(e)})") from None
             return ResolvedModel(spec=spec, name=p.stem, hf_dir=hf, gguf=p.resolve())
         raise IlfError(f"{spec}: expected a Hugging Face model directory or a .gguf file")
     if spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
@@ -343,6 +348,11 @@ def resolve_model(spec: str | os.PathLike | ResolvedModel | None = None) -> Reso
             "a local model directory, a .gguf file or a hub id like Qwen/Qwen2.5-Coder-0.5B-Instruct"
         )
     return ResolvedModel(spec=spec, name=spec, hf_dir=_hub_download(spec))
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip()
+    return msg.splitlines()[0][:300] if msg else ""
 
 
 def _hub_download(repo_id: str) -> Path:
@@ -392,8 +402,11 @@ def load_hf_model(spec: str | os.PathLike | ResolvedModel | None = None, dtype: 
     resolved = resolve_model(spec)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    tok = AutoTokenizer.from_pretrained(resolved.hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=dtype if dtype is not None else "auto")
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.hf_dir)
+        model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=dtype if dtype is not None else "auto")
+    except (ValueError, KeyError, OSError, TypeError) as e:  # a broken config.json, missing weights...
+        raise IlfError(f"{resolved.spec}: cannot load this model ({type(e).__name__}: {_first_line(e)})") from None
     model.to(device)
     model.eval()
     model.generation_config.eos_token_id = eos_token_ids(tok, model.generation_config.eos_token_id)

@@ -62,8 +62,16 @@ def engine_class(name: str) -> type[Engine]:
 
 
 def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
-    """Load `model_spec` in engine `name` (None = default_engine())."""
-    return engine_class(name or default_engine())(model_spec, **kw)
+    """Load `model_spec` in engine `name` (None = default_engine()). A model the engine cannot
+    load (a broken config.json, missing weights) is one IlfError naming it."""
+    cls = engine_class(name or default_engine())
+    try:
+        return cls(model_spec, **kw)
+    except IlfError:
+        raise
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        raise IlfError(f"{getattr(model_spec, 'spec', model_spec)}: the {name or default_engine()} engine cannot load this model ({type(e).__name__}: {msg})") from None
 
 
 __all__ = [
