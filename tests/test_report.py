@@ -102,7 +102,6 @@ def _method(rep: dict, name: str) -> dict:
 def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
     expected = 1.0 - comb(n - c, k) / comb(n, k)
     assert report.pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
-    assert report._own_pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
 
 def test_bootstrap_ci_contains_the_mean_narrows_with_more_tasks_and_is_seeded():

@@ -7,7 +7,6 @@ record is the sample record plus `passed`, `status`, `error` and `failed_test`.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import numpy as np
 from ilf import judge, sandbox
 from ilf.errors import IlfError
 from ilf.jsonl import Appender, read_jsonl, refuse_overwrite, write_jsonl
-from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id, resolve_data_file
+from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id
 
 DEFAULT_KS = (1, 10, 100)
 RESULT_FIELDS = ("passed", "status", "error", "failed_test", "judge", "time_limit")

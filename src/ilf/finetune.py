@@ -124,17 +124,6 @@ class FinetuneConfig:
         return cls(**d)
 
 
-def demo_config(**overrides) -> FinetuneConfig:
-    """Settings for the CPU demo of `ilf run` (20-40 short pairs of the bundled 0.5B model in a few
-    minutes; measurements in docs/finetune.md). On this 2-core CPU a full fine-tuning step costs
-    ~10-20 s per sequence plus ~13 s of AdamW over 630M parameters, LoRA ~6 s per sequence, so the
-    demo uses LoRA (with the learning rate LoRA needs), one epoch, a batch small enough that a few
-    dozen pairs still give several optimizer steps, and shorter sequences."""
-    base = dict(lora=True, learning_rate=1e-4, batch_size=8, epochs=1.0, max_length=512)
-    base.update(overrides)
-    return FinetuneConfig(**base)
-
-
 # ---------------------------------------------------------------------------------------------
 # Pairs
 
@@ -315,20 +304,11 @@ def _make_trainable(model) -> None:
 
 
 def end_token_ids(tokenizer, model=None) -> list[int]:
-    """Every token that ends a completion: ilf.models.eos_token_ids when present (it knows the bundled
-    model lists only <|im_end|> and adds <|endoftext|>), the model's generation config otherwise."""
-    try:
-        from ilf.models import eos_token_ids
+    """Every token that ends a completion: ilf.models.eos_token_ids (it knows the bundled model
+    lists only <|im_end|> and adds <|endoftext|>) plus the model's generation config's."""
+    from ilf.models import eos_token_ids
 
-        ids = list(eos_token_ids(tokenizer))
-    except ImportError:
-        ids = []
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        for tok in ("<|endoftext|>", "<|im_end|>"):
-            tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
-            if tid is not None and tid not in ids:
-                ids.append(tid)
+    ids = list(eos_token_ids(tokenizer))
     if model is not None and model.generation_config is not None:
         g = model.generation_config.eos_token_id
         for tid in [g] if isinstance(g, int) else (g or []):

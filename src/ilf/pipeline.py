@@ -40,8 +40,7 @@ from ilf.tasks import TaskSet, load_tasks, parse_ranges
 console = Console(stderr=True)
 
 
-def _nl(s: str) -> str:
-    return s.replace("\r\n", "\n").replace("\r", "\n")
+from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 def file_fingerprint(path: Path) -> str:

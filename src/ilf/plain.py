@@ -15,6 +15,7 @@ since the bytes come from an untrusted process.
 
 from __future__ import annotations
 
+import json
 import math
 
 MAX_DEPTH = 100
@@ -91,8 +92,6 @@ def encode_for_transfer(x) -> dict | list | str | int | float | bool | None:
     """`encode`, or the digest of a value whose encoding exceeds LARGE_VALUE_BYTES."""
     enc = encode(x)
     if isinstance(enc, dict) or (isinstance(enc, str) and len(enc) > LARGE_VALUE_BYTES // 4):
-        import json
-
         size = len(json.dumps(enc))
         if size > LARGE_VALUE_BYTES:
             return {"h": [digest(enc), size]}
@@ -102,7 +101,6 @@ def encode_for_transfer(x) -> dict | list | str | int | float | bool | None:
 def digest(enc) -> str:
     """sha256 of an encoded value in canonical form (set elements and dict items sorted)."""
     import hashlib
-    import json
 
     return hashlib.sha256(json.dumps(_canonical(enc), separators=(",", ":")).encode()).hexdigest()
 
@@ -111,12 +109,8 @@ def _canonical(o):
     if isinstance(o, dict) and len(o) == 1:
         (tag, v), = o.items()
         if tag in ("s", "fs") and isinstance(v, list):
-            import json
-
             return {tag: sorted((_canonical(e) for e in v), key=lambda e: json.dumps(e, sort_keys=True))}
         if tag in ("d", "ctr") and isinstance(v, list):
-            import json
-
             pairs = [[_canonical(k), _canonical(w)] for k, w in v]
             return {tag: sorted(pairs, key=lambda p: json.dumps(p[0], sort_keys=True))}
         if isinstance(v, list):

@@ -29,8 +29,7 @@ from ilf.tasks import Task, TaskSet, refinement_prompt
 EXAMPLE_SEPARATOR = "\n\n\n"  # between few-shot triples: blank lines end a program for the extractor
 
 
-def _nl(s: str) -> str:
-    return s.replace("\r\n", "\n").replace("\r", "\n")
+from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 def edit_distance(old: str, new: str, prompt: str | None = None) -> float:

@@ -54,34 +54,8 @@ PERPLEXITY_MAX_LENGTH = 2048
 
 FIGURE_DPI = 130
 
-# "Contains code" heuristic for feedback text (used when ilf.feedback.stats is not available):
-# backticks, a call/subscript, a comparison/assignment operator, or a Python keyword at a line start.
-_CODE_RE = re.compile(
-    r"`|\b[A-Za-z_]\w*\([^)]*\)|\b[A-Za-z_]\w*\[[^\]]*\]|==|!=|<=|>=|\+=|-=|"
-    r"(^|\n)\s*(def|return|for|while|if|elif|else:|import|from)\b"
-)
-
-
 # ---------------------------------------------------------------------------------------------
 # Maths
-
-
-def _own_pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
-    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k), numerically stable."""
-    n, c = num_samples, num_correct
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-
-def _estimator():
-    """ilf.evaluation's estimator when it exists (every ilf number then uses one formula), else ours."""
-    try:
-        from ilf.evaluation import estimate_pass_at_k  # type: ignore
-
-        return estimate_pass_at_k
-    except ImportError:  # the evaluation module is optional for reading finished runs
-        return None
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -90,10 +64,12 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 
 
 def per_task_pass_at_k(ns: Sequence[int], cs: Sequence[int], k: int) -> np.ndarray:
-    est = _estimator()
-    if est is not None and len(ns):
-        return np.asarray(est(np.asarray(ns), np.asarray(cs), k), dtype=float).reshape(-1)
-    return np.array([_own_pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs)], dtype=float)
+    """ilf.evaluation's estimator: every pass@k ilf prints comes from one formula."""
+    from ilf.evaluation import estimate_pass_at_k
+
+    if not len(ns):
+        return np.zeros(0)
+    return np.asarray(estimate_pass_at_k(np.asarray(ns), np.asarray(cs), k), dtype=float).reshape(-1)
 
 
 def per_task_values(counts: dict[str, tuple[int, int]], metric: str) -> np.ndarray:
@@ -468,10 +444,6 @@ def _sweep_tables(run_dir: Path) -> list[dict]:
     return out
 
 
-def _has_code(text: str) -> bool:
-    return bool(_CODE_RE.search(text))
-
-
 def _feedback_stats(run_dir: Path) -> list[dict]:
     """Per source: count, words per feedback, share containing code (Table 6 analog)."""
     recs = []
@@ -492,38 +464,16 @@ def _feedback_stats(run_dir: Path) -> list[dict]:
     tasks: dict[str, set] = {}
     for r in recs:
         tasks.setdefault(r["source"], set()).add(_tid(r.get("task_id")))
-    try:  # the feedback module's statistics, so `ilf feedback-stats` and the report agree
-        from ilf.feedback.stats import feedback_stats  # type: ignore
+    from ilf.feedback.stats import feedback_stats  # one rule, so `ilf feedback-stats` and the report agree
 
-        out = []
-        for source, st in sorted(feedback_stats(recs).items()):
-            out.append({
-                "source": source, "count": st.n, "tasks": len(tasks.get(source, ())), "mean_words": st.words_mean,
-                "median_words": st.words_median, "share_with_code": st.share_with_code,
-                "sentences_mean": st.sentences_mean, "edit_distance_mean": st.edit_distance_mean,
-                "code_rule": "feedback with at least one whole line of Python (ilf.feedback.text.code_lines)",
-            })
-        return out
-    except ImportError:  # reading a finished run must not need the feedback module's dependencies
-        pass
-    by: dict[str, list[dict]] = {}
-    for r in recs:
-        by.setdefault(r["source"], []).append(r)
     out = []
-    for source in sorted(by):
-        rs = by[source]
-        words = [len(r["feedback"].split()) for r in rs]
-        out.append(
-            {
-                "source": source,
-                "count": len(rs),
-                "tasks": len(tasks[source]),
-                "mean_words": statistics.fmean(words),
-                "median_words": statistics.median(words),
-                "share_with_code": sum(_has_code(r["feedback"]) for r in rs) / len(rs),
-                "code_rule": "backticks, a call or subscript, a comparison/assignment operator, or a Python keyword starting a line",
-            }
-        )
+    for source, st in sorted(feedback_stats(recs).items()):
+        out.append({
+            "source": source, "count": st.n, "tasks": len(tasks.get(source, ())), "mean_words": st.words_mean,
+            "median_words": st.words_median, "share_with_code": st.share_with_code,
+            "sentences_mean": st.sentences_mean, "edit_distance_mean": st.edit_distance_mean,
+            "code_rule": "feedback with at least one whole line of Python (ilf.feedback.text.code_lines)",
+        })
     return out
 
 

@@ -156,8 +156,12 @@ def mbpp_prompt(text: str, tests: list[str], code: str, entry_point: str) -> str
     return f'"""\n{text}\n\n>>> Example: {example_line(tests[0])}\n"""\n\n{prefix}\n'
 
 
-def _nl(s: str) -> str:
-    return s.replace("\r\n", "\n").replace("\r", "\n")
+def normalize_newlines(s: str | None) -> str:
+    """CRLF and CR line ends -> LF (browsers submit textareas with CRLF; files come from anywhere)."""
+    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
+_nl = normalize_newlines
 
 
 def mbpp_task(rec: dict[str, Any]) -> Task:

@@ -3,4 +3,3 @@ execution-trace feedback, the authors' annotations, statistics (docs/feedback.md
 
 Submodules are imported on use (the app pulls in FastAPI, LLM feedback an engine)."""
 
-FEEDBACK_SOURCES = ("human", "llm", "trace", "authors")

@@ -73,8 +73,7 @@ class AnnotateConfig:
     secure_cookies: bool = False  # set when the app is served over https (behind a proxy)
 
 
-def _nl(s: str | None) -> str:
-    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
+from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 # -- syntax highlighting ----------------------------------------------------------------------

@@ -118,7 +118,7 @@ def feedback(
     weights: str | None = None,
 ) -> Path:
     from ilf.feedback.llm import choose_failing
-    from ilf.jsonl import load_jsonl, write_jsonl
+    from ilf.jsonl import write_jsonl
     from ilf.tasks import load_tasks
 
     if source not in ("llm", "trace"):

@@ -53,8 +53,7 @@ REFINEMENT_MAX_TOKENS = 384
 MAX_EXAMPLE_CHARS = 2500
 
 
-def _nl(s: str | None) -> str:
-    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
+from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 def _tests_text(task: Any) -> str:
@@ -141,11 +140,8 @@ def engine_label(engine: Any) -> str:
 
 
 def _cut_refinement(task: Any, completion: str) -> str:
-    program = task.prompt + completion
-    try:
-        from ilf.extraction import extract_program
-    except ImportError:  # extraction not installed: the stop strings already cut at the next section
-        return program.rstrip() + "\n"
+    from ilf.extraction import extract_program
+
     return extract_program(task, completion)
 
 
