@@ -424,8 +424,6 @@ class Run:
         self.stage(name, body, params={"timeout": self.cfg.eval.timeout}, inputs=[samples], outputs=[out])
 
     def collect_feedback(self, r: int, rd: Path, model: str) -> list[dict[str, Any]]:
-        import random
-
         cfg = self.cfg.feedback
         wanted = parse_ranges(cfg.tasks)
         if cfg.source == "authors":  # rounds > 1 is refused by config validation
@@ -433,29 +431,15 @@ class Run:
                           f"annotations), not {self.cfg.model.base}'s own, so this ILF trains off-policy")
             return self.feedback_annotations()
 
-        results = load_jsonl(rd / "results.jsonl")
-        by_task: dict[Any, list[dict]] = {}
-        for res in results:
-            by_task.setdefault(res["task_id"], []).append(res)
-        failing: list[dict] = []
-        for tid in sorted(by_task):
-            rs = by_task[tid]
-            if cfg.only_unsolved and any(x["passed"] for x in rs):
-                continue
-            bad = [x for x in rs if not x["passed"]]
-            if bad:
-                # The paper's annotators pick the sample easiest to fix; automatic sources take one at random.
-                failing.append(random.Random(f"{self.cfg.seed}:{r}:{tid}").choice(bad))
+        from ilf.feedback.llm import choose_failing
+
+        failing = choose_failing(load_jsonl(rd / "results.jsonl"), per_task=1, only_unsolved=cfg.only_unsolved,
+                                 seed=self.cfg.seed, salt=f"r{r}:")
         tasks = self.tasks()
         if cfg.source == "trace":
-            from ilf.feedback.trace import trace_feedback
+            from ilf.feedback.trace import trace_feedback_records
 
-            return [
-                {"task_id": x["task_id"], "sample_id": x["sample_id"], "program": x["program"],
-                 "feedback": trace_feedback(x, tasks[x["task_id"]]), "source": "trace", "author": "ilf-trace",
-                 "feedback_id": f"trace-r{r}-{x['task_id']}-{x['sample_id']}", "created_at": _now()}
-                for x in failing
-            ]
+            return trace_feedback_records(failing, tasks, id_prefix=f"trace-r{r}")
         if cfg.source == "llm":
             from ilf.feedback.llm import write_llm_feedback
 

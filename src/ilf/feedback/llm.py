@@ -341,8 +341,11 @@ def write_llm_feedback(
     return recs
 
 
-def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0) -> list[Mapping[str, Any]]:
-    """Failing results to give feedback on: `per_task` per task (seeded choice), in task order."""
+def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0,
+                   salt: str = "") -> list[Mapping[str, Any]]:
+    """Failing results to give feedback on: `per_task` per task (seeded choice; `salt` makes the
+    choice differ between ILF rounds), in task order. The paper's annotators pick the sample easiest
+    to fix; automatic sources take one at random. `ilf feedback` and the pipeline both call this."""
     by_task: dict[Any, list[Mapping[str, Any]]] = {}
     for r in results:
         by_task.setdefault(r["task_id"], []).append(r)
@@ -352,6 +355,6 @@ def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, o
             continue
         bad = [r for r in rs if r.get("passed") is not True]
         if per_task and len(bad) > per_task:
-            bad = random.Random(f"{seed}:{tid}").sample(bad, per_task)
+            bad = random.Random(f"{seed}:{salt}{tid}").sample(bad, per_task)
         out.extend(bad)
     return out

@@ -89,8 +89,9 @@ def trace_feedback(result: Mapping[str, Any], task: Any = None) -> str:
     return f"The program fails the tests{on_test}."
 
 
-def trace_feedback_records(results: Iterable[Mapping[str, Any]], tasks: Any = None) -> list[dict[str, Any]]:
-    """Feedback records (source "trace") for the failing results; passing ones are skipped."""
+def trace_feedback_records(results: Iterable[Mapping[str, Any]], tasks: Any = None, id_prefix: str = "trace") -> list[dict[str, Any]]:
+    """Feedback records (source "trace") for the failing results; passing ones are skipped.
+    `id_prefix` keeps the ids of different ILF rounds apart (the pipeline uses trace-rK)."""
     lookup = (tasks.get if hasattr(tasks, "get") else dict(tasks).get) if tasks is not None else (lambda _: None)
     out = []
     for rec in results:
@@ -110,7 +111,7 @@ def trace_feedback_records(results: Iterable[Mapping[str, Any]], tasks: Any = No
                 "source": "trace",
                 "author": "ilf.feedback.trace",
                 "created_at": now_iso(),
-                "feedback_id": f"trace-{rec['task_id']}-{rec.get('sample_id')}",
+                "feedback_id": f"{id_prefix}-{rec['task_id']}-{rec.get('sample_id')}",
                 "edit_distance": None,
                 "passed": None,
             }
