@@ -159,8 +159,17 @@ def test_unreachable_server_is_one_clear_error():
 def test_unknown_model_and_bad_request_are_clear_errors(engine, server):
     with pytest.raises(IlfError, match="does not serve model 'gpt-9'.*tiny"):
         OpenAIEngine("gpt-9", base_url=server)
-    with pytest.raises(IlfError, match=r"HTTP 400: .*n.*greater than or equal to 1"):
+    with pytest.raises(IlfError, match="n must be an integer >= 1"):  # checked before any request
         engine.generate(["x"], SamplingParams(n=0, max_new_tokens=4))
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(server + "/completions", data=json.dumps({"prompt": "x", "n": 0}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:  # a client that is not ilf: the server refuses it
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 400 and "greater than or equal to 1" in e.value.read().decode()
 
 
 def test_api_key_is_required_when_the_server_sets_one(tiny_model):

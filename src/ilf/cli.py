@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from ilf.errors import IlfError
+from ilf.generation.base import SamplingParams
 
 app = typer.Typer(
     add_completion=False,
@@ -504,10 +505,10 @@ def sample(
     split: Optional[str] = typer.Option(None, help="MBPP split: test (11-110) | refine | train | prompt | all."),
     tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
     n: int = typer.Option(10, help="Samples per task."),
-    temperature: float = typer.Option(0.8, help="Sampling temperature (0 = greedy)."),
-    top_p: float = typer.Option(0.95, help="Nucleus sampling."),
+    temperature: float = typer.Option(SamplingParams.temperature, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(SamplingParams.top_p, help="Nucleus sampling."),
     top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
-    max_new_tokens: int = typer.Option(128, help="Max generated tokens per sample."),
+    max_new_tokens: int = typer.Option(SamplingParams.max_new_tokens, help="Max generated tokens per sample."),
     seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
     engine: Optional[str] = typer.Option(None, help="transformers | openvino | vllm | openai (default: the fastest here)."),
     output: Path = typer.Option(..., help="Sample records JSONL (resumes if it exists)."),
@@ -518,12 +519,10 @@ def sample(
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
     from ilf.generation import default_engine, get_engine
-    from ilf.generation.base import SamplingParams
     from ilf.sampling import sample as run_sample
     from ilf.tasks import load_tasks
 
-    if n < 1 or max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise IlfError("need --n >= 1, --max-new-tokens >= 1, --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0")
+    SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)  # checks them
     ts = load_tasks(dataset, data_dir=data_dir, split=split, task_ids=tasks, path=tasks_file)
     for tid, why in ts.skipped.items():
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)

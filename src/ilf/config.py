@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ilf.errors import IlfError
+from ilf.generation.base import SamplingParams
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
@@ -37,10 +38,10 @@ class SampleConfig:
     """Sampling x0 ~ π_θ on the tasks that get feedback (not used with feedback.source = authors)."""
 
     n: int = 30
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 256
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
+    top_k: int = SamplingParams.top_k
+    max_new_tokens: int = SamplingParams.max_new_tokens
 
 
 @dataclass
@@ -124,10 +125,10 @@ class SweepConfig:
 class EvalConfig:
     tasks: str = "test"  # MBPP_Test (11-110)
     n: int = 30
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 256
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
+    top_k: int = SamplingParams.top_k
+    max_new_tokens: int = SamplingParams.max_new_tokens
     methods: list[str] = field(default_factory=lambda: ["zero-shot", "ilf"])
     timeout: float = 0.0  # seconds per program; 0 = the sandbox default
 

@@ -94,16 +94,19 @@ def create_app(engine: Engine, model_name: str, api_key: Optional[str] = None):
         if not prompts or len(prompts) > MAX_PROMPTS:
             return error(400, f"prompt: give 1 to {MAX_PROMPTS} prompts", param="prompt")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        params = SamplingParams(
-            n=req.n,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=max(0, req.top_k),
-            max_new_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
-            stop=[s for s in stop if s],
-            # No seed: a fresh one, as OpenAI servers sample differently on every call.
-            seed=req.seed if req.seed is not None else random.randrange(2**31 - 1),
-        )
+        try:
+            params = SamplingParams(
+                n=req.n,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                top_k=max(0, req.top_k),
+                max_new_tokens=req.max_tokens or DEFAULT_MAX_TOKENS,
+                stop=[s for s in stop if s],
+                # No seed: a fresh one, as OpenAI servers sample differently on every call.
+                seed=req.seed if req.seed is not None else random.randrange(2**31 - 1),
+            )
+        except IlfError as e:  # one validation of sampling settings, the same as the commands'
+            return error(400, str(e))
         try:
             with lock:
                 outputs = engine.generate(prompts, params)

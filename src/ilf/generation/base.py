@@ -18,9 +18,26 @@ class SamplingParams:
     temperature: float = 0.8  # 0 means greedy
     top_p: float = 0.95
     top_k: int = 0  # 0 = off
-    max_new_tokens: int = 128
+    max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int = 0
+
+    def __post_init__(self):
+        """One validation for every caller (commands, config, pipeline, server)."""
+        import math
+
+        from ilf.errors import IlfError
+
+        if not isinstance(self.n, int) or self.n < 1:
+            raise IlfError(f"sampling: n must be an integer >= 1, got {self.n!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise IlfError(f"sampling: temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise IlfError(f"sampling: top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise IlfError(f"sampling: top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise IlfError(f"sampling: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
 
 
 @dataclass
