@@ -1051,6 +1051,7 @@ def isolation_status() -> str:
     mode = _isolation_mode()
     who = "an unprivileged uid" if _is_root() else "your uid in a user namespace" if mode == "bwrap" else "your uid"
     limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes"
+    limits += "; seccomp refuses SysV IPC and keyrings" if seccomp_available() else "; no seccomp filter for this architecture"
     if mode == "bwrap":
         return (
             "bubblewrap: new pid/net/ipc/uts namespaces, only system dirs + Python/venv/ilf (read-only), private /tmp, "
