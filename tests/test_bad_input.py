@@ -58,6 +58,8 @@ def test_a_directory_or_a_bad_config_is_one_line(tmp_path):
     (tmp_path / "runs" / "x").mkdir(parents=True)
     (tmp_path / "runs" / "x" / "manifest.json").write_bytes(b'{"a": 1,\n "b": \xff}')
     assert "manifest.json:2: not UTF-8" in _one_error_line(_run(["report", "runs/x"], tmp_path))
+    (tmp_path / "runs" / "x" / "manifest.json").write_text("[]")
+    assert "manifest.json:1: expected a JSON object" in _one_error_line(_run(["report", "runs/x"], tmp_path))
 
 
 def test_failed_starts_leave_nothing_behind(tmp_path):
@@ -116,5 +118,7 @@ def test_a_corrupt_model_or_an_unwritable_output_is_one_line(tmp_path):
         line = _one_error_line(_run(["finetune", "--data", "p.jsonl", "--model", model, "--output", "ft"], tmp_path))
         assert line.startswith(f"error: {model}: "), line
     assert not (tmp_path / "s.jsonl").exists() and not (tmp_path / "ft").exists()
+    line = _one_error_line(_run(["serve", "--model", "cm", "--port", "18123"], tmp_path))
+    assert line.startswith("error: cm: ") and "cannot load" in line, line
     (tmp_path / "ok.jsonl").write_text(json.dumps({"task_id": 2, "completion": "    return 1\n"}) + "\n")
     assert "cannot write here" in _one_error_line(_run(["evaluate", "ok.jsonl", "--output", "/proc/nope.jsonl"], tmp_path))
