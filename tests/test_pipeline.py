@@ -99,7 +99,7 @@ mode = "fewshot"
 shots = 0
 n = 2
 temperature = 0.0
-max_new_tokens = 48
+max_new_tokens = {over.get("refine_tokens", 48)}
 shuffled_n = {over.get("shuffled_n", 0)}
 
 [finetune]
@@ -206,6 +206,21 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     assert "skipped" in proc2.stderr
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
+
+
+def test_an_empty_training_set_still_ends_in_a_report(tiny_model, tmp_path):
+    """π_Refine repairs nothing (here: one token per refinement): ILF has no R to train on. The run
+    does not fail; it evaluates what exists and the report says why ILF and its baselines are absent."""
+    run_dir = tmp_path / "run"
+    cfg_path = write_config(tmp_path / "empty.toml", tiny_model, run_dir, refine_tokens=1, eval_tasks="11", eval_n=1)
+    proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "R is empty" in proc.stderr
+    assert load_jsonl(run_dir / "r1" / "train_pairs.jsonl") == []
+    assert (run_dir / "eval" / "zero-shot" / "summary.json").exists()
+    assert not (run_dir / "eval" / "ilf").exists() and not (run_dir / "baselines").exists()
+    text = (run_dir / "report" / "report.md").read_text()
+    assert "R is empty in round 1" in text and "zero-shot" in text
 
 
 def _wait_for(pred, proc, timeout=300.0):

@@ -213,10 +213,14 @@ class Run:
         cfg = self.cfg
         model = cfg.model.base
         console.print(self.plan())
+        trained_rounds = 0
         for r in range(1, cfg.rounds + 1):
-            model, _ = self.ilf_round(r, model)
+            model, pairs = self.ilf_round(r, model)
+            if not pairs:  # nothing to learn from: π_θ* would be π_θ, and later rounds repeat this one
+                break
+            trained_rounds = r
         self.close_engine()
-        self.evaluate_methods(final_model=model, rounds=cfg.rounds)
+        self.evaluate_methods(final_model=model if trained_rounds else None, rounds=trained_rounds)
         if cfg.report.perplexity:
             self.perplexity_stage()
         report = self.report_stage()
@@ -314,10 +318,13 @@ class Run:
             f"1+ correct {summary.get('one_plus_correct', 0):.3f}; R has {len(pairs)} programs"
         )
         if not pairs:
-            raise IlfError(
-                f"{pairs_path}: π_Refine produced no passing refinement, so R is empty; "
-                "raise refine.n or feedback.max_tasks, or use a stronger refine.model"
+            console.print(
+                f"[yellow]R is empty[/]: π_Refine repaired none of the {summary.get('num_feedback', 0)} (x0, f) pairs of "
+                f"round {r}, so ILF has nothing to train on and neither have the baselines that use R's tasks; the "
+                "run goes on to evaluate the other methods and writes the report (more refinements per x0, "
+                "refine.n, or more tasks, feedback.max_tasks, give π_Refine more chances)"
             )
+            return model, pairs
         out_model = rd / "model"
         tc = self.sweep_stage("ilf" if r == 1 else f"ilf-r{r}", model, pairs_path)
         self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, tc)
@@ -549,12 +556,16 @@ class Run:
 
     # -- evaluation of every method on the test tasks -------------------------------------------
 
-    def evaluate_methods(self, final_model: str, rounds: int) -> None:
+    def evaluate_methods(self, final_model: str | None, rounds: int) -> None:
+        """Evaluate every method that has a model. final_model None: R was empty in round 1, so
+        neither ILF nor the baselines trained on R's tasks exist (the report says so)."""
         cfg = self.cfg
         models: dict[str, str] = {}
         for m in cfg.eval.methods:
             if m == "zero-shot":
                 models[m] = cfg.model.base
+            elif final_model is None:
+                continue
             elif m == "ilf":
                 models[m] = final_model
                 for i in range(1, cfg.train_seeds):
@@ -566,7 +577,7 @@ class Run:
                 models[m] = model
                 for i in range(1, cfg.train_seeds):
                     models[f"{m}@s{i}"] = str(seed_dir(Path(model), i))
-        if "ilf" in cfg.eval.methods and rounds > 1:
+        if "ilf" in cfg.eval.methods and rounds > 1 and final_model is not None:
             for r in range(1, rounds):
                 models[f"ilf-r{r}"] = str(self.dir / f"r{r}" / "model")
         for method, model in models.items():
@@ -586,7 +597,7 @@ class Run:
             train = None
             base_method = method.split("@")[0]
             if base_method.startswith("ilf"):
-                r = int(base_method[5:]) if base_method.startswith("ilf-r") else cfg.rounds
+                r = int(base_method[5:]) if base_method.startswith("ilf-r") else self.last_trained_round()
                 train = len(load_jsonl(self.dir / f"r{r}" / "train_pairs.jsonl"))
             elif method != "zero-shot":
                 train = len(load_jsonl(self.dir / "baselines" / base_method / "train_pairs.jsonl"))
@@ -604,6 +615,14 @@ class Run:
         console.print(f"[bold]{method}[/]: pass@1 {s.get('pass@1', 0):.3f}"
                       + (f", pass@10 {s['pass@10']:.3f}" if "pass@10" in s else "")
                       + f", 1+ correct {s.get('one_plus_correct', 0):.3f} ({s.get('num_tasks')} tasks × {cfg.eval.n})")
+
+    def last_trained_round(self) -> int:
+        """Rounds stop at the first empty R: the final model is the last round's that trained."""
+        for r in range(self.cfg.rounds, 0, -1):
+            p = self.dir / f"r{r}" / "train_pairs.jsonl"
+            if p.exists() and load_jsonl(p):
+                return r
+        return self.cfg.rounds
 
     def baseline_model(self, method: str) -> str | None:
         """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""

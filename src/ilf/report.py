@@ -941,6 +941,13 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
         L += _table((["run"] if compare else []) + ["model / set", "training examples"], rows) + [""]
     else:
         L += ["No fine-tuned methods in this run.", ""]
+    for label, a in runs:
+        for r in a["refine"]:
+            if r.get("train_pairs") == 0:
+                L += [f"**R is empty in round {r['round']}{f' of {label}' if compare else ''}**: π_Refine repaired none of the "
+                      f"(x0, f) pairs, so ILF had nothing to train on{' and stopped there' if r['round'] == 1 else ''}; "
+                      "the methods trained on R's tasks (ILF, gold, human-refinements, RFT, LLM feedback) were not "
+                      "trained, and only the other methods are evaluated above.", ""]
 
     # Feedback statistics
     L += ["## Feedback (Table 6 analog)", ""]
