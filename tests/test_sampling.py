@@ -109,3 +109,19 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir):
     assert r.returncode == 2 and "no such file or directory" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_the_sampling_speed_of_this_machine_is_remembered_for_the_next_plan(tmp_path, monkeypatch):
+    from ilf.config import load_config
+    from ilf.pipeline import Run
+    from ilf.sampling import known_speed, record_speed
+
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(None, ["run_dir=" + str(tmp_path / "run"), "model.engine=openvino"])
+    assert "not known on this machine yet" in Run(cfg).plan()
+    record_speed("openvino/f16", cfg.model.base, 10, 1.0)  # too few programs to count
+    assert known_speed("openvino/f16", cfg.model.base) is None
+    record_speed("openvino/f16", cfg.model.base, 200, 100.0)
+    assert known_speed("openvino/f16", cfg.model.base) == 2.0
+    line = next(x for x in Run(cfg).plan().splitlines() if "time:" in x)
+    assert "programs/min this machine sampled before" in line and "120 programs/min" in line, line

@@ -252,8 +252,30 @@ class Run:
         lines.append(f"  FINETUNE: {len(trained)} trained methods x {cfg.train_seeds} seeds ({', '.join(trained) or 'none'})")
         lines.append(f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
                      f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report")
+        lines.append("  " + self.time_estimate(models * n_eval_tasks * cfg.eval.n))
         lines.append("  (progress lines show rates and ETAs per step; a killed run resumes with the same command)")
         return "\n".join(lines)
+
+    def time_estimate(self, eval_programs: int) -> str:
+        """How long the sampling will take here, from the speed this machine sampled at before."""
+        from ilf.sampling import known_speed
+
+        cfg = self.cfg
+        speed = known_speed(self.engine_label(), cfg.model.base)
+        if not speed:
+            return "time: not known on this machine yet (the first sampling step measures it)"
+        programs = eval_programs
+        if cfg.feedback.source != "authors":
+            n_fb = len(self.feedback_tasks())
+            programs += n_fb * cfg.sample.n + n_fb * (cfg.refine.n + cfg.refine.shuffled_n)  # π_Refine: at most
+        if cfg.sweep.enabled():
+            grid = (len(cfg.sweep.learning_rates) or 1) * (len(cfg.sweep.batch_sizes) or 1) * (len(cfg.sweep.epochs) or 1)
+            trained = [m for m in cfg.eval.methods if m != "zero-shot"]
+            swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
+            programs += grid * len(swept) * (cfg.sweep.max_tasks or len(self.tasks(cfg.sweep.tasks))) * cfg.sweep.n
+        minutes = programs / speed / 60
+        return (f"time: about {minutes:.0f} min of sampling for at most {programs} programs at the "
+                f"{60 * speed:.0f} programs/min this machine sampled before; FINETUNE and EVAL come on top")
 
     def ilf_round(self, r: int, model: str) -> tuple[str, list[dict]]:
         cfg, rd = self.cfg, self.dir / f"r{r}"

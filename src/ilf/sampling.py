@@ -12,6 +12,7 @@ the same as an uninterrupted run's. The finished file is rewritten in task order
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import defaultdict
@@ -186,4 +187,46 @@ def _run(todo, eng, params, output, model, engine_name, show, already, total) ->
         for i, comps in enumerate(results):  # an engine that did not report every prompt
             if _task_key(todo[i].task_id) not in new:
                 on_done(i, comps)
+    record_speed(engine_name, model, len(new) * params.n, time.perf_counter() - start)
     return new
+
+
+SPEED_FILE = "speed.json"
+"""Programs per second each (machine, engine, model) last sampled at, in the cache: `ilf run` uses it
+to say how long its sampling will take on this machine."""
+
+
+def _speed_key(engine_name: str, model: str) -> str:
+    from ilf.judge import machine_key
+
+    return f"{machine_key()}|{engine_name}|{Path(str(model)).name}"
+
+
+def record_speed(engine_name: str, model: str, programs: int, seconds: float) -> None:
+    if programs < 20 or seconds <= 0:  # too few to say anything (and engine start-up dominates)
+        return
+    from ilf.jsonl import write_json
+    from ilf.models import cache_dir
+
+    path = cache_dir() / SPEED_FILE
+    try:
+        data = json.loads(path.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    data[_speed_key(engine_name, model)] = programs / seconds
+    try:
+        write_json(path, data)
+    except Exception:  # noqa: BLE001 - a cache that cannot be written costs only the estimate
+        pass
+
+
+def known_speed(engine_name: str, model: str) -> float | None:
+    """Programs per second measured on this machine before, or None."""
+    from ilf.models import cache_dir
+
+    try:
+        v = json.loads((cache_dir() / SPEED_FILE).read_text()).get(_speed_key(engine_name, model))
+        return float(v) if v else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
