@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ilf import plain, sandbox
-from ilf.sandbox import MAX_ERROR_CHARS, MAX_GOT_CHARS, MAX_TEST_CHARS, Verdict
+from ilf.sandbox import MAX_ERROR_CHARS, MAX_GOT_CHARS, MAX_TEST_CHARS, Verdict, _cap
 
 GOLD_TIME_FACTOR = 4.0
 """A task's CPU limit is at least this x its reference solution's CPU time on this machine
@@ -587,10 +587,6 @@ def _pair(e) -> tuple[str, str]:
 def _first_line(e: BaseException) -> str:
     msg = str(e).strip()
     return msg.splitlines()[0] if msg else ""
-
-
-def _cap(s: str, n: int) -> str:
-    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 def _safe_repr(x, n: int) -> str:
