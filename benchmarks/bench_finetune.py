@@ -43,7 +43,7 @@ VARIANTS = {
 
 
 def pairs_for(n: int) -> list[dict]:
-    from ilf.finetune import annotation_pairs
+    from ilf.pairs import annotation_pairs
 
     return annotation_pairs(split="train", kind="program")[:n]
 

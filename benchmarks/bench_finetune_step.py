@@ -27,7 +27,8 @@ def main() -> None:
 
     from trl.trainer.utils import add_fused_lm_head
 
-    from ilf.finetune import Pair, annotation_pairs, encode_pairs, end_token_ids, training_eos_id
+    from ilf.finetune import Pair, encode_pairs, end_token_ids, training_eos_id
+    from ilf.pairs import annotation_pairs
     from ilf.models import load_hf_model
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -151,7 +151,7 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     # LLM feedback through the command, with the tiny model and the authors' examples.
     model_dir = tiny_engine.resolved.hf_dir
     out = tmp_path / "llm.jsonl"
-    subprocess.run(cmd[:-4] + ["--source", "llm", "--engine", "transformers", "--model", str(model_dir), "--output", str(out)],
+    subprocess.run(cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
                    check=True, env=env, capture_output=True, text=True)
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["source"] == "llm" and rec["feedback"] and rec["example_ids"][0].startswith("authors-")
@@ -160,7 +160,7 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     assert not (tmp_path / "llm.jsonl.partial").exists()
     # Resume: a record already in OUTPUT.partial (a killed run) is kept, not generated again.
     (tmp_path / "llm.jsonl.partial").write_text(json.dumps({**rec, "feedback": "FROM THE KILLED RUN"}) + "\n")
-    subprocess.run(cmd[:-4] + ["--source", "llm", "--engine", "transformers", "--model", str(model_dir), "--output", str(out)],
+    subprocess.run(cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
                    check=True, env=env, capture_output=True, text=True)
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["feedback"] == "FROM THE KILLED RUN"

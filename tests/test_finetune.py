@@ -293,7 +293,7 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
     import torch
     from safetensors import safe_open
 
-    from ilf.finetune import annotation_pairs
+    from ilf.pairs import annotation_pairs
     from ilf.generation import SamplingParams, default_engine, get_engine
     from ilf.models import DEFAULT_MODEL, resolve_model
 
@@ -321,30 +321,36 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
 
 
 def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
-    pytest.importorskip("ilf.sampling", reason="ilf.sampling (the sample stage) is not in this tree yet")
-    from ilf.finetune import SweepGrid, sweep
-    from ilf.tasks import load_tasks
+    """`ilf finetune --sweep-...` runs the pipeline's sweep (ilf.sweep): one fine-tuning per setting,
+    sampled on validation tasks, OUTPUT = the best model; resumable; refuses validation tasks in the pairs."""
+    from typer.testing import CliRunner
 
-    pairs = [{"prompt": p, "completion": c, "task_id": 900 + i} for i, (p, c) in enumerate(MEMO)]
-    val = list(load_tasks("mbpp", task_ids="11-12"))
-    grid = SweepGrid(learning_rates=[1e-3, 3e-3], batch_sizes=[4], epochs=[1])
-    cfg = FinetuneConfig(report_to="none", threads=1)
-    out = sweep(pairs, tiny, tmp_path / "sw", val, cfg, grid, engine="transformers", n=1, max_new_tokens=16)
+    from ilf.cli import app
 
-    rows = [json.loads(x) for x in (out / "sweep.jsonl").read_text().splitlines()]
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"prompt": p, "completion": c, "task_id": 900 + i} for i, (p, c) in enumerate(MEMO)])
+    out = tmp_path / "sw"
+    args = ["finetune", "--data", str(data), "--model", str(tiny), "--output", str(out), "--report-to", "none",
+            "--threads", "1", "--sweep-learning-rates", "1e-3,3e-3", "--sweep-batch-sizes", "4", "--sweep-epochs", "1",
+            "--sweep-tasks", "11-12", "--sweep-n", "1", "--sweep-max-new-tokens", "16", "--engine", "transformers"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (out / "sweep" / "table.jsonl").read_text().splitlines()]
     assert [r["setting"] for r in rows] == ["lr0.001-bs4-ep1", "lr0.003-bs4-ep1"]
     assert all(r["num_samples"] == 2 and 0 <= r["pass_rate"] <= 1 for r in rows)
     meta = json.loads((out / META_FILE).read_text())
     best = meta["sweep"]["best"]["setting"]
+    assert meta["config"]["learning_rate"] == meta["sweep"]["best"]["learning_rate"]
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     kept = [r["setting"] for r in rows if (Path(r["model_dir"]) / "model.safetensors").exists()]
     assert kept == [best]  # the other model's weights were pruned
     # Resumable: a second call trains and samples nothing.
     t = time.time()
-    sweep(pairs, tiny, tmp_path / "sw", val, cfg, grid, engine="transformers", n=1, max_new_tokens=16)
-    assert time.time() - t < 10
-    with pytest.raises(IlfError, match="validation tasks also in the training pairs"):
-        sweep([dict(pairs[0], task_id=11)], tiny, tmp_path / "sw2", val, cfg, grid, engine="transformers")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert time.time() - t < 20
+    write_jsonl(data, [{"prompt": MEMO[0][0], "completion": MEMO[0][1], "task_id": 11}])
+    r = CliRunner().invoke(app, args[:6] + [str(tmp_path / "sw2")] + args[7:])
+    assert r.exit_code == 2 and "validation tasks also in the training pairs: 11" in r.output
 
 
 # --- π_Refine pairs from the authors' annotations, through the CLI ---------------------------------------

@@ -23,7 +23,8 @@ def test_bounded_edit_distance_keeps_every_passing_human_refinement(data_dir):
     """With refine.max_edit_distance = 1.0 ("no filter") every passing refinement is kept. The authors'
     measure (/ len(old body)) exceeds 1 for some of their own refinements, so it would drop them."""
     from ilf.feedback.text import normalized_edit_distance
-    from ilf.refine import edit_distance, select_training_set
+    from ilf.pairs import ilf_pairs
+    from ilf.refine import edit_distance
     from ilf.tasks import load_tasks
 
     tasks = load_tasks("mbpp", data_dir=data_dir)
@@ -39,12 +40,12 @@ def test_bounded_edit_distance_keeps_every_passing_human_refinement(data_dir):
         results.append({"task_id": a["task_id"], "feedback_id": f"f{i}", "sample_id": 0, "passed": True,
                         "refinement": nl(a["refinement"]), "edit_distance": d})
     dropped: dict = {}
-    pairs = select_training_set(results, tasks, max_edit_distance=1.0, dropped=dropped)
+    pairs = ilf_pairs(results, tasks, max_edit_distance=1.0, dropped=dropped)
     assert len(pairs) == len({a["task_id"] for a in ann})
     assert dropped == {"passing_refinements_dropped_by_edit_distance": 0, "tasks_lost_to_edit_distance": 0}
 
     strict: dict = {}
-    kept = select_training_set(results, tasks, max_edit_distance=0.2, dropped=strict)
+    kept = ilf_pairs(results, tasks, max_edit_distance=0.2, dropped=strict)
     far = [r for r in results if r["edit_distance"] > 0.2]
     assert strict["passing_refinements_dropped_by_edit_distance"] == len(far) > 0
     assert strict["tasks_lost_to_edit_distance"] == len(pairs) - len(kept) > 0
@@ -69,11 +70,13 @@ def test_rft_trains_on_own_passing_samples_for_as_many_tasks_as_R(tmp_path, data
         results.append({"task_id": 605, "sample_id": j, "passed": False, "program": tasks[605].prompt + "    pass\n"})
     (run.dir / "r1").mkdir(parents=True)
     write_jsonl(run.dir / "r1" / "results.jsonl", results)
-    pairs = run.rft_pairs(2)
+    from ilf.pairs import rft_pairs
+
+    pairs = rft_pairs(results, tasks, 2)
     assert len(pairs) == 2 and len({p["task_id"] for p in pairs}) == 2
     assert all(p["task_id"] != 605 and p["sample_id"] == 1 and p["completion"] == "    return 1\n" for p in pairs)
-    assert pairs == run.rft_pairs(2)  # seeded
-    assert len(run.rft_pairs(10)) == 4  # never more tasks than π_θ solved
+    assert pairs == rft_pairs(results, tasks, 2)  # seeded
+    assert len(rft_pairs(results, tasks, 10)) == 4  # never more tasks than π_θ solved
 
 
 def test_human_refinement_baseline_uses_R_task_ids(tmp_path, data_dir):
@@ -157,8 +160,8 @@ def test_sample_refuses_an_unknown_weight_format(tmp_path):
     ("eval.timeout=-1", "eval.timeout"), ("eval.temperature=nan", "eval.temperature"), ("sample.top_p=5", "sample.top_p"),
     ("feedback.max_tasks=-3", "feedback.max_tasks"), ("refine.max_edit_distance=-1", "refine.max_edit_distance"),
     ("refine.max_edit_distance=nan", "refine.max_edit_distance"), ('name="a\\nb"', "name"),
-    ("finetune.extra={bogus=1}", "finetune.extra"), ("finetune.learning_rate=inf", "finetune.learning_rate"),
-    ("sweep.learning_rates=[0.0]", "sweep"), ("refine.shuffled_n=-1", "refine.shuffled_n"),
+    ("finetune.bogus=1", "finetune.bogus"), ("finetune.optim=3", "finetune.optim"), ("finetune.learning_rate=inf", "finetune.learning_rate"),
+    ("sweep.learning_rates=[0.0]", "sweep.learning_rates"), ("refine.shuffled_n=-1", "refine.shuffled_n"),
 ])
 def test_run_config_refuses_bad_values_with_one_line(tmp_path, override, key):
     """`ilf run --dry-run KEY=V` validates every value the way a run would use it."""

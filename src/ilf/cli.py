@@ -6,17 +6,22 @@ Every command turns an IlfError into one red line on stderr and exit code 2. Hea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import json
 import sys
+import time
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
+from ilf.config import EvalConfig, FeedbackConfig, FinetuneConfig, ModelConfig, SampleConfig, SweepConfig
 from ilf.errors import IlfError
-from ilf.generation.base import SamplingParams
+from ilf.settings import settings_fields
 
 app = typer.Typer(
     add_completion=False,
@@ -59,6 +64,80 @@ def friendly(fn):
     return wrapper
 
 
+def _flag_value(tp, value, flag: str):
+    """A flag's value as the field wants it: lists are comma-separated on the command line."""
+    if typing.get_origin(tp) is list:
+        (inner,) = typing.get_args(tp)
+        try:
+            return [inner(x.strip()) for x in str(value).split(",") if x.strip()]
+        except ValueError:
+            raise IlfError(f"command line: {flag} must be comma-separated {inner.__name__} values, got {value!r}") from None
+    return value
+
+
+def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()):
+    """Give a command one flag per setting of `cls` (ilf.settings): the flag is the field's name
+    (`--prefix-field-name`), its default and help are the field's. The command receives `name`: a
+    dict of the flags the user gave, to layer over a config file and the defaults (one validation:
+    constructing `cls`)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in settings_fields(cls) if f.metadata.get("cli", True) and f.name not in exclude]
+
+    def deco(fn):
+        sig = inspect.signature(fn)
+        extra, annotations = [], {}
+        for f in fields:
+            pname, tp = prefix.replace("-", "_") + f.name, hints[f.name]
+            flag = "--" + pname.replace("_", "-")
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            ann = tp
+            if typing.get_origin(tp) is list:
+                ann, default = str, ",".join(map(str, default))
+            decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
+            opt = typer.Option(default, *decls, help=f.metadata["help"], show_default=True)
+            extra.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
+            annotations[pname] = ann
+
+        # Typer hands the click context to one parameter; stacked decorators share it.
+        passes_ctx = "_ilf_ctx" in sig.parameters
+        if not passes_ctx:
+            extra.append(inspect.Parameter("_ilf_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+            annotations["_ilf_ctx"] = typer.Context
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            ctx = kwargs["_ilf_ctx"] if passes_ctx else kwargs.pop("_ilf_ctx")
+            given = {}
+            for f in fields:
+                pname = prefix.replace("-", "_") + f.name
+                value = kwargs.pop(pname)
+                source = ctx.get_parameter_source(pname)
+                if source is not None and source.name != "DEFAULT":
+                    given[f.name] = _flag_value(hints[f.name], value, "--" + pname.replace("_", "-"))
+            kwargs[name] = given
+            return fn(*args, **kwargs)
+
+        params = [p for p in sig.parameters.values() if p.name != name]
+        wrapper.__signature__ = sig.replace(parameters=params + extra)
+        wrapper.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != name} | annotations
+        return wrapper
+
+    return deco
+
+
+def build_settings(cls: type, values: dict, where: str = "command line", prefix: str = ""):
+    """`cls(**values)`, a bad value reported as its flag: one line naming where it came from."""
+    from ilf.settings import SettingError
+
+    try:
+        return cls(**values)
+    except SettingError as e:
+        flag = "--" + (prefix + e.name).replace("_", "-")
+        raise IlfError(f"{where}: {flag} {e.problem}" if where == "command line" else f"{where}: '{e.name}' {e.problem}") from None
+    except TypeError as e:  # an unknown key in a config file
+        raise IlfError(f"{where}: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # EVAL
 
@@ -70,7 +149,7 @@ def evaluate(
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
-    timeout: float = typer.Option(None, help="CPU seconds per program; wall limit is 2x (default: 6, sandbox.DEFAULT_TIMEOUT)."),
+    timeout: float = typer.Option(EvalConfig.timeout, help=EvalConfig.__dataclass_fields__["timeout"].metadata["help"]),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
     k: List[int] = typer.Option([1, 10, 100], help="k for pass@k (reported when every task has >= k samples)."),
@@ -79,6 +158,7 @@ def evaluate(
     """EVAL: run each program against its task's unit tests in the sandbox; report pass@k."""
     from ilf.evaluation import evaluate_file
 
+    build_settings(EvalConfig, {"timeout": timeout})
     evaluate_file(
         samples,
         dataset=dataset,
@@ -196,69 +276,58 @@ def report(
 
 @app.command()
 @friendly
+@settings_flags("train", FinetuneConfig)
+@settings_flags("grid", SweepConfig, prefix="sweep_")
 def finetune(
     data: str = typer.Option(..., help="Pairs JSONL {prompt, completion[, task_id, kind]}, or 'surge' for the authors' annotations."),
-    model: str = typer.Option("qwen2.5-coder-0.5b-instruct", help="Base model: bundled name, HF dir, .gguf file or hub id."),
+    model: str = typer.Option(ModelConfig.base, help="Base model: bundled name, HF dir, .gguf file or hub id."),
     output: Path = typer.Option(..., help="Output model directory (a complete Hugging Face model dir)."),
     split: str = typer.Option("refine", help="With --data surge: MBPP split or id ranges of the annotations."),
     kind: str = typer.Option("refine", help="With --data surge: refine (π_Refine triples) | program (task prompt -> refinement)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    config: Optional[Path] = typer.Option(None, help="TOML file; its [finetune] table (keys = these flags' names)."),
+    config: Optional[Path] = typer.Option(None, help="TOML file: its \\[finetune] and \\[sweep] tables (keys = these flags' names); flags win."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it holds another run."),
-    learning_rate: Optional[float] = typer.Option(None, help="Default 5e-6 (paper)."),
-    batch_size: Optional[int] = typer.Option(None, help="Effective batch, via gradient accumulation. Default 32."),
-    per_device_batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass. Default 1."),
-    epochs: Optional[float] = typer.Option(None, help="Default 2."),
-    max_length: Optional[int] = typer.Option(None, help="Prompt + completion tokens; prompts are cut, never targets. Default 1024."),
-    lr_scheduler: Optional[str] = typer.Option(None, help="Default linear."),
-    warmup: Optional[float] = typer.Option(None, help="Warmup steps (>= 1) or fraction of steps (< 1). Default 0."),
-    weight_decay: Optional[float] = typer.Option(None),
-    optim: Optional[str] = typer.Option(None, help="Default adamw_torch_fused (AdamW, one fused kernel)."),
-    max_grad_norm: Optional[float] = typer.Option(None),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA (merged into the saved model) or full fine-tuning (default)."),
-    lora_r: Optional[int] = typer.Option(None),
-    lora_alpha: Optional[int] = typer.Option(None),
-    lora_dropout: Optional[float] = typer.Option(None),
-    lora_target_modules: Optional[str] = typer.Option(None, help="Comma-separated module names."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default off: slower on this CPU, see docs/finetune.md)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
-    threads: Optional[int] = typer.Option(None, help="torch threads (0 = all cores)."),
-    seed: Optional[int] = typer.Option(None),
-    logging_steps: Optional[int] = typer.Option(None),
-    report_to: Optional[str] = typer.Option(None, help="tensorboard (default; OUTPUT/runs) | none | any Trainer integration."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every N optimizer steps (0 = each epoch, -1 = never)."),
-    save_total_limit: Optional[int] = typer.Option(None),
-    keep_checkpoints: Optional[bool] = typer.Option(None, "--keep-checkpoints/--no-keep-checkpoints"),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue from the last checkpoint (default)."),
-    save_dtype: Optional[str] = typer.Option(None, help="float32 (default) | bfloat16 | float16."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after N optimizer steps (-1 = epochs decide)."),
     eval_data: Optional[str] = typer.Option(None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."),
-    eval_steps: Optional[int] = typer.Option(None, help="Optimizer steps between evaluations (0 = each epoch)."),
-    sweep: bool = typer.Option(False, "--sweep", help="The paper's grid (Appendix A.1), best by validation pass rate."),
-    sweep_learning_rates: Optional[str] = typer.Option(None, help="Shrink the grid, e.g. 5e-6,1e-5 (default 1e-6,5e-6,1e-5)."),
-    sweep_batch_sizes: Optional[str] = typer.Option(None, help="Default 32,64,128."),
-    sweep_epochs: Optional[str] = typer.Option(None, help="Default 1,2,5."),
-    val_tasks: Optional[str] = typer.Option(None, help="Sweep validation task ids (e.g. 511-530)."),
-    val_dataset: str = typer.Option("mbpp", help="Dataset of --val-tasks."),
-    engine: Optional[str] = typer.Option(None, help="Sampling engine for the sweep's validation (default: fastest here)."),
-    val_n: int = typer.Option(1, help="Samples per validation task."),
-    val_temperature: float = typer.Option(0.0, help="Validation sampling temperature (0 = greedy)."),
+    val_dataset: str = typer.Option("mbpp", help="Dataset of --sweep-tasks."),
+    engine: Optional[str] = typer.Option(None, help="Sampling engine for the sweep's validation (default: the fastest here)."),
+    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices for the sweep's validation."),
+    train: dict = None,
+    grid: dict = None,
 ):
-    """FINETUNE: supervised fine-tuning (loss on the completion only) with TRL's SFTTrainer; full or LoRA."""
+    """FINETUNE: supervised fine-tuning (loss on the completion only) with TRL's SFTTrainer; full or LoRA.
+
+    Any --sweep-learning-rates / --sweep-batch-sizes / --sweep-epochs runs the paper's sweep (Appendix
+    A.1) first: one fine-tuning per setting, sampled on --sweep-tasks; OUTPUT is the best one.
+    """
     from ilf.finetune import finetune_command
 
-    names = ("learning_rate", "batch_size", "per_device_batch_size", "epochs", "max_length", "lr_scheduler",
-             "warmup", "weight_decay", "optim", "max_grad_norm", "lora", "lora_r", "lora_alpha", "lora_dropout",
-             "lora_target_modules", "bf16", "gradient_checkpointing", "threads", "seed", "logging_steps", "report_to",
-             "save_steps", "save_total_limit", "keep_checkpoints", "resume", "save_dtype", "max_steps", "eval_steps")
-    values = locals()
-    out = finetune_command(
-        data, model, output, split=split, kind=kind, data_dir=data_dir, config_file=config,
-        overrides={k: values[k] for k in names}, overwrite=overwrite, eval_data=eval_data, do_sweep=sweep,
-        sweep_learning_rates=sweep_learning_rates, sweep_batch_sizes=sweep_batch_sizes, sweep_epochs=sweep_epochs,
-        val_tasks=val_tasks, val_dataset=val_dataset, engine=engine, val_n=val_n, val_temperature=val_temperature,
-    )
+    file_train, file_grid = _config_tables(config)
+    cfg = build_settings(FinetuneConfig, file_train, str(config)) if file_train else FinetuneConfig()
+    cfg = build_settings(FinetuneConfig, dataclasses.asdict(cfg) | train)
+    sw = build_settings(SweepConfig, file_grid, str(config)) if file_grid else SweepConfig()
+    sw = build_settings(SweepConfig, dataclasses.asdict(sw) | grid, prefix="sweep_")
+    out = finetune_command(data, model, output, cfg, split=split, kind=kind, data_dir=data_dir, overwrite=overwrite,
+                           eval_data=eval_data, sweep_cfg=sw, val_dataset=val_dataset, engine=engine, weights=weights)
     print(out)
+
+
+def _config_tables(path: Optional[Path]) -> tuple[dict, dict]:
+    """The [finetune] and [sweep] tables of a TOML file (a file with neither table is [finetune])."""
+    if path is None:
+        return {}, {}
+    import tomllib
+
+    from ilf.jsonl import read_text
+
+    if not path.exists():
+        raise IlfError(f"{path}: config file not found")
+    try:
+        doc = tomllib.loads(read_text(path))
+    except tomllib.TOMLDecodeError as e:
+        raise IlfError(f"{path}: invalid TOML ({e})") from None
+    if "finetune" not in doc and "sweep" not in doc:
+        return doc, {}
+    return doc.get("finetune", {}), doc.get("sweep", {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,33 +372,31 @@ def annotate(
 
 @app.command("feedback")
 @friendly
+@settings_flags("fb", FeedbackConfig, exclude=("source", "tasks", "max_tasks", "human_db", "llm_n"))
 def feedback_cmd(
     results: str = typer.Argument(..., help="Results JSONL of `ilf evaluate`."),
     source: str = typer.Option(..., help="llm | trace"),
     output: Optional[str] = typer.Option(None, help="Feedback JSONL (default: RESULTS with _SOURCE_feedback suffix)."),
-    model: Optional[str] = typer.Option(None, help="llm: model spec (default: the bundled model) or the endpoint's model name."),
-    engine: Optional[str] = typer.Option(None, help="llm: sampling engine (transformers, openvino, vllm, openai)."),
-    base_url: Optional[str] = typer.Option(None, help="llm with --engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1."),
+    base_url: Optional[str] = typer.Option(None, help="llm with --llm-engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1."),
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
     data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
-    k_shot: int = typer.Option(1, help="llm: human examples of other tasks in the prompt (paper: 1 or 2)."),
     with_refinement: bool = typer.Option(False, help="llm: the model also writes the refinement (checked in the sandbox)."),
-    reference: bool = typer.Option(False, help="llm: show the task's reference solution to the feedback writer (a teacher "
-                                   "who knows a correct program; the feedback stays in words)."),
-    weights: Optional[str] = typer.Option(None, help="llm with --engine openvino: q8_0 | f16 weights."),
+    weights: str = typer.Option(ModelConfig.weights, help="llm with --llm-engine openvino: f16 | q8_0 matrices."),
     per_task: int = typer.Option(1, help="Failing samples per task that get feedback (0 = all)."),
-    only_unsolved: bool = typer.Option(False, "--only-unsolved/--all-tasks", help="Skip tasks with a passing sample."),
     examples: Optional[str] = typer.Option(None, help="llm: few-shot examples file (default: the authors' annotations)."),
     seed: int = typer.Option(0, help="Seed for the choice of samples and examples, and for sampling."),
+    fb: dict = None,
 ):
     """Generate LLM or execution-trace feedback for the failing programs of a results file."""
     from ilf.feedback import commands
 
+    fc = build_settings(FeedbackConfig, fb)
     commands.feedback(
-        results, source=source, output=output, model=model, engine=engine, base_url=base_url, dataset=dataset,
-        data_dir=data_dir, tasks_file=tasks_file, k_shot=k_shot, with_refinement=with_refinement, per_task=per_task,
-        only_unsolved=only_unsolved, examples_path=examples, seed=seed, reference=reference, weights=weights,
+        results, source=source, output=output, model=fc.llm_model or None, engine=fc.llm_engine or None,
+        base_url=base_url, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file, k_shot=fc.llm_shots,
+        with_refinement=with_refinement, per_task=per_task, only_unsolved=fc.only_unsolved, examples_path=examples,
+        seed=seed, reference=fc.llm_reference, weights=weights,
     )
 
 
@@ -499,53 +566,50 @@ def serve(
 
 @app.command()
 @friendly
+@settings_flags("sampling", SampleConfig)
 def sample(
-    model: Optional[str] = typer.Option(None, help="Bundled name, HF model dir, .gguf file or hub id (default: the bundled 0.5B)."),
+    model: str = typer.Option(ModelConfig.base, help="Bundled name, HF model dir, .gguf file or hub id."),
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
     split: Optional[str] = typer.Option(None, help="MBPP split: test (11-110) | refine | train | prompt | all."),
     tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
-    n: int = typer.Option(10, help="Samples per task."),
-    temperature: float = typer.Option(SamplingParams.temperature, help="Sampling temperature (0 = greedy)."),
-    top_p: float = typer.Option(SamplingParams.top_p, help="Nucleus sampling."),
-    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
-    max_new_tokens: int = typer.Option(SamplingParams.max_new_tokens, help="Max generated tokens per sample."),
     seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
-    engine: Optional[str] = typer.Option(None, help="transformers | openvino | vllm | openai (default: the fastest here)."),
+    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | openai | auto (the fastest here)."),
     output: Path = typer.Option(..., help="Sample records JSONL (resumes if it exists)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
-    weights: str = typer.Option("q8_0", help="--engine openvino: matrices as q8_0 (fastest) or f16 (keeps a fine-tuning update; use one format for models you compare)."),
+    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: matrices as f16 (keeps a fine-tuning update) or "
+                                "q8_0 (faster); sample models you compare at one format."),
+    sampling: dict = None,
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
-    from ilf.generation import default_engine, get_engine
+    from ilf.generation import SamplingParams, default_engine, get_engine
     from ilf.sampling import sample as run_sample
     from ilf.tasks import load_tasks
 
-    SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens)  # checks them
+    sc = build_settings(SampleConfig, sampling)  # checked before anything loads
+    mc = build_settings(ModelConfig, {"base": model, "engine": engine, "weights": weights})
     ts = load_tasks(dataset, data_dir=data_dir, split=split, task_ids=tasks, path=tasks_file)
     for tid, why in ts.skipped.items():
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
     if not len(ts):
         raise IlfError("no tasks selected (check --split / --tasks)")
-    from ilf.generation.weights import check_weights, engine_label
+    from ilf.generation.weights import engine_label
 
-    check_weights(weights, "--weights")
-    name = engine or default_engine()
-    kw = {"base_url": base_url} if name == "openai" else {"weights": weights} if name == "openvino" else {}
+    name = default_engine() if mc.engine in ("", "auto") else mc.engine
+    kw = {"base_url": base_url} if name == "openai" else {"weights": mc.weights} if name == "openvino" else {}
     if name == "openai":
-        model_name = model or "default"
+        model_name = model
     else:
         from ilf.models import resolve_model
 
         model = resolve_model(model)  # converts once (with a message) before the engine loads
         model_name = model.name
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
-    t0 = __import__("time").perf_counter()
+    params = SamplingParams(**sc.sampling(), seed=seed)
+    t0 = time.perf_counter()
     recs = run_sample(ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name,
-                      engine_name=engine_label(name, weights))
-    dt = __import__("time").perf_counter() - t0
-    err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({dt:.0f} s)", highlight=False)
+                      engine_name=engine_label(name, mc.weights))
+    err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({time.perf_counter() - t0:.0f} s)", highlight=False)
 
 
 # ilf shows its own progress (rich bars, or plain lines in a log); the libraries' tqdm bars and

@@ -8,7 +8,6 @@ that fits 15 minutes on a 2-core CPU); `configs/paper.toml` is the paper's full 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import tomllib
 import typing
@@ -17,148 +16,211 @@ from pathlib import Path
 from typing import Any
 
 from ilf.errors import IlfError
-from ilf.generation.base import SamplingParams
+from ilf.generation.base import Sampling
+from ilf.generation.weights import WEIGHT_FORMATS
+from ilf.settings import SettingError, check, override, setting
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
 METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft")
+TRAINED_METHODS = tuple(m for m in METHODS if m != "zero-shot")
+
+# FINETUNE defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh.
+DEFAULT_LEARNING_RATE = 5e-6
+DEFAULT_BATCH_SIZE = 32  # effective batch; the authors: per-device 1 x gradient accumulation 32
+DEFAULT_EPOCHS = 2.0
+DEFAULT_MAX_LENGTH = 1024  # prompt + completion tokens (authors: max_seq_length=1024)
+# A truncated prompt keeps at least this many tokens: a target with (almost) no context teaches nothing.
+MIN_PROMPT_TOKENS = 16
+# LoRA on every linear layer of a decoder block (attention and MLP), the usual choice for code models.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _tasks_spec(name: str, spec: str) -> None:
+    from ilf.tasks import parse_ranges
+
+    try:
+        parse_ranges(spec)
+    except IlfError as e:
+        raise SettingError(name, str(e)) from None
 
 
 @dataclass
 class ModelConfig:
-    base: str = "qwen2.5-coder-0.5b-instruct"  # π_θ: bundled name, HF dir, .gguf file or hub id
-    engine: str = "auto"  # sampling engine; auto = fastest available (vllm on a GPU)
-    # openvino engine: matrices as f16 (a fine-tuning update survives) or q8_0 (faster, but its error
-    # exceeds a small update). Every model of a run is sampled at this one precision, so methods compare.
-    weights: str = "f16"
+    base: str = setting("qwen2.5-coder-0.5b-instruct", "π_θ: bundled name, Hugging Face model dir, .gguf file or hub id.")
+    engine: str = setting("auto", "Sampling engine: transformers | openvino | vllm | openai | auto (the fastest here).")
+    # A fine-tuning update survives f16 matrices; q8_0 re-quantization moves block scales by more than
+    # a small update (benchmarks/bench_finetuned_precision.py). Every model of a run is sampled at one
+    # precision, so methods compare.
+    weights: str = setting("f16", "openvino engine: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster).",
+                           choices=WEIGHT_FORMATS)
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass
-class SampleConfig:
-    """Sampling x0 ~ π_θ on the tasks that get feedback (not used with feedback.source = authors)."""
+class SampleConfig(Sampling):
+    """x0 ~ π_θ on the tasks that get feedback (not used with feedback.source = authors)."""
 
-    n: int = 30
-    temperature: float = SamplingParams.temperature
-    top_p: float = SamplingParams.top_p
-    top_k: int = SamplingParams.top_k
-    max_new_tokens: int = SamplingParams.max_new_tokens
+    n: int = override(Sampling, "n", 30, "Samples per task (the paper: 30).")
 
 
 @dataclass
 class FeedbackConfig:
-    source: str = "authors"  # authors (the paper's 195 human annotations) | human (ilf annotate) | llm | trace
-    tasks: str = "train"  # split name or id ranges ("311-400")
-    max_tasks: int = 0  # 0 = all; else the first max_tasks eligible tasks (by id)
-    only_unsolved: bool = True  # the paper keeps tasks where π_θ got no sample right
-    human_db: str = ""  # source = human: SQLite store of `ilf annotate` (default RUN_DIR/feedback.db)
-    llm_model: str = ""  # source = llm: model spec (default: model.base) or an OpenAI-compatible model name
-    llm_engine: str = ""  # default: model.engine
-    llm_base_url: str = ""  # for the openai engine
-    llm_shots: int = 1  # few-shot human examples in the LLM's feedback prompt (paper: 1 or 2)
-    # source = llm: show the task's reference solution to the feedback writer (a teacher who knows a
-    # correct program; not in the paper, whose annotators had none). The feedback stays in words.
-    llm_reference: bool = False
-    # llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0 by the LLM, sampled at
-    # refine.temperature / refine.top_p (0 = refine.n, as π_Refine's samples per x0).
-    llm_n: int = 0
+    source: str = setting("authors", "authors (the paper's 195 human annotations) | human (ilf annotate) | llm | trace.",
+                          choices=FEEDBACK_SOURCES)
+    tasks: str = setting("train", "Split name or id ranges (\"311-400\") of the tasks that get feedback.")
+    max_tasks: int = setting(0, "Only the first max_tasks tasks by id (0 = all).", ge=0)
+    only_unsolved: bool = setting(True, "Feedback only on tasks where π_θ got no sample right (the paper).")
+    human_db: str = setting("", "source = human: SQLite store of `ilf annotate` (default RUN_DIR/feedback.db).")
+    llm_model: str = setting("", "LLM feedback writer: a model spec, or an OpenAI-compatible model name (default: model.base).")
+    llm_engine: str = setting("", "The LLM's sampling engine (default: model.engine).")
+    llm_shots: int = setting(1, "Human examples of other tasks in the LLM's feedback prompt (paper: 1 or 2).", ge=0)
+    llm_reference: bool = setting(False, "Show the task's reference solution to the LLM (a teacher who knows a "
+                                         "correct program; not in the paper). The feedback stays in words.")
+    llm_n: int = setting(0, "llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0, sampled at "
+                            "refine.temperature and refine.top_p (0 = refine.n).", ge=0)
+
+    def __post_init__(self):
+        check(self)
+        _tasks_spec("tasks", self.tasks)
 
 
 @dataclass
-class RefineConfig:
+class RefineConfig(Sampling):
     """π_Refine: repairs x0 given f, in the paper's OLD CODE / FEEDBACK / REFINEMENT format."""
 
-    mode: str = "fewshot"  # fewshot: k human triples in the prompt | finetune: train π_Refine on triples
-    shots: int = 2
-    examples_tasks: str = "refine"  # tasks whose human annotations teach π_Refine (MBPP_Refine)
-    model: str = ""  # base of π_Refine (default: model.base)
-    n: int = 10
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 256
-    # Drop passing refinements farther than this from x0 (bounded edit distance in [0, 1]; 1.0 = keep all).
-    max_edit_distance: float = 1.0
-    # Table 2's control: refinements per x0 sampled with ANOTHER task's feedback (0 = off). If π_Refine
-    # repairs as often with unrelated feedback, it is not using the feedback.
-    shuffled_n: int = 0
+    mode: str = setting("fewshot", "fewshot: k human triples in the prompt | finetune: π_Refine trained on the triples.",
+                        choices=REFINE_MODES)
+    shots: int = setting(2, "Human triples in the few-shot prompt.", ge=0)
+    examples_tasks: str = setting("refine", "Tasks whose human annotations teach π_Refine (MBPP_Refine).")
+    model: str = setting("", "Base of π_Refine (default: model.base).")
+    n: int = override(Sampling, "n", 10, "Refinements per (x0, f).")
+    max_edit_distance: float = setting(1.0, "Drop passing refinements farther than this from x0 (bounded edit "
+                                            "distance in [0, 1]; 1 keeps all).", ge=0, le=1)
+    # Table 2's control: if π_Refine repairs as often with unrelated feedback, it is not using the feedback.
+    shuffled_n: int = setting(0, "Refinements per x0 sampled with ANOTHER task's feedback (0 = no control).", ge=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _tasks_spec("examples_tasks", self.examples_tasks)
 
 
 @dataclass
-class TrainConfig:
-    """FINETUNE settings (the paper's defaults; see ilf.finetune.FinetuneConfig for every option)."""
+class FinetuneConfig:
+    """FINETUNE: every field is a key of [finetune] / [refine_finetune] and a flag of `ilf finetune`."""
 
-    learning_rate: float = 5e-6
-    batch_size: int = 32  # effective batch (gradient accumulation fills it)
-    per_device_batch_size: int = 4
-    epochs: float = 2.0
-    max_length: int = 1024
-    lora: bool = False
-    bf16: bool = True
-    gradient_checkpointing: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to FinetuneConfig as-is
+    learning_rate: float = setting(DEFAULT_LEARNING_RATE, "Peak learning rate (paper 5e-6).", gt=0)
+    batch_size: int = setting(DEFAULT_BATCH_SIZE, "Effective batch: per_device_batch_size x accumulation x processes.", ge=1)
+    per_device_batch_size: int = setting(1, "Sequences per forward pass (the authors: 1).", ge=1)
+    epochs: float = setting(DEFAULT_EPOCHS, "Passes over the pairs.", gt=0)
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Prompt + completion tokens; prompts are cut, never targets.",
+                              ge=2 * MIN_PROMPT_TOKENS)
+    lr_scheduler: str = setting("linear", "Learning-rate schedule (any transformers SchedulerType).")
+    warmup: float = setting(0.0, "Warmup steps (>= 1) or a fraction of all steps (< 1).", ge=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    optim: str = setting("adamw_torch_fused", "Optimizer (AdamW as the authors; the fused kernel is the HF Trainer default).")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", ge=0)
+    lora: bool = setting(False, "LoRA (PEFT; merged into the saved model) instead of full fine-tuning.")
+    lora_r: int = setting(16, "LoRA rank.", ge=1)
+    lora_alpha: int = setting(32, "LoRA alpha.", ge=1)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0, le=1)
+    lora_target_modules: list[str] = setting(help="Modules LoRA adapts (comma-separated on the command line).",
+                                             factory=lambda: list(LORA_TARGET_MODULES))
+    bf16: bool = setting(True, "bf16 autocast where the hardware has it natively (CUDA, AVX512-BF16/AMX CPUs); "
+                               "float32 elsewhere, with a note.")
+    gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory, more compute).")
+    threads: int = setting(0, "torch intra-op threads (0 = all cores).", ge=0)
+    seed: int = setting(0, "Training seed; the pipeline's FINETUNE seed i of train_seeds is seed + i.")
+    logging_steps: int = setting(1, "Optimizer steps between logged losses.", ge=1)
+    report_to: str = setting("tensorboard", "Trainer logging integration (OUTPUT/runs), or none.")
+    save_steps: int = setting(0, "Optimizer steps between checkpoints (0 = each epoch, -1 = never).", ge=-1)
+    save_total_limit: int = setting(1, "Checkpoints kept (a full-FT checkpoint holds the weights and AdamW state).", ge=1)
+    keep_checkpoints: bool = setting(False, "Keep OUTPUT/checkpoints once the final model is saved.")
+    resume: bool = setting(True, "Continue from the last complete checkpoint in OUTPUT/checkpoints.")
+    # bf16 would round away updates of lr 5e-6 (relative precision 2^-8).
+    save_dtype: str = setting("float32", "dtype of the saved weights.", choices=("float32", "bfloat16", "float16"))
+    max_steps: int = setting(-1, "Stop after this many optimizer steps (-1 = epochs decide).", ge=-1)
+    eval_steps: int = setting(0, "With held-out pairs: optimizer steps between evaluations (0 = each epoch).", ge=0)
+
+    def __post_init__(self):
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        check(self)
+
+    def validate(self) -> None:
+        check(self)
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(Sampling):
     """The paper's FINETUNE sweep (Appendix A.1): each trained method is fine-tuned once per grid
     setting, sampled on validation tasks (MBPP_Refine by default, never eval.tasks), and trained
     with the setting of the best pass rate. An empty list keeps that [finetune] value; all three
     empty = no sweep. The paper's grid: lr 1e-6,5e-6,1e-5 x batch 32,64,128 x epochs 1,2,5."""
 
-    learning_rates: list[float] = field(default_factory=list)
-    batch_sizes: list[int] = field(default_factory=list)
-    epochs: list[float] = field(default_factory=list)
-    methods: list[str] = field(default_factory=list)  # trained methods to sweep; empty = every trained one
-    tasks: str = "refine"
-    max_tasks: int = 40  # the first max_tasks validation tasks (0 = all)
-    n: int = 5
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 256
+    learning_rates: list[float] = setting(help="Learning rates to try (empty: finetune.learning_rate).", factory=list, gt=0)
+    batch_sizes: list[int] = setting(help="Effective batch sizes to try (empty: finetune.batch_size).", factory=list, ge=1)
+    epochs: list[float] = setting(help="Epoch counts to try (empty: finetune.epochs).", factory=list, gt=0)
+    methods: list[str] = setting(help="Trained methods to sweep (empty: every trained one).", factory=list,
+                                 choices=TRAINED_METHODS, cli=False)
+    tasks: str = setting("refine", "Validation tasks (split or id ranges), disjoint from the training and test tasks.")
+    max_tasks: int = setting(40, "The first max_tasks validation tasks (0 = all).", ge=0)
+    n: int = override(Sampling, "n", 5, "Samples per validation task.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _tasks_spec("tasks", self.tasks)
 
     def enabled(self) -> bool:
         return bool(self.learning_rates or self.batch_sizes or self.epochs)
 
 
 @dataclass
-class EvalConfig:
-    tasks: str = "test"  # MBPP_Test (11-110)
-    n: int = 30
-    temperature: float = SamplingParams.temperature
-    top_p: float = SamplingParams.top_p
-    top_k: int = SamplingParams.top_k
-    max_new_tokens: int = SamplingParams.max_new_tokens
-    methods: list[str] = field(default_factory=lambda: ["zero-shot", "ilf"])
-    timeout: float = 0.0  # seconds per program; 0 = the sandbox default
+class EvalConfig(Sampling):
+    tasks: str = setting("test", "Evaluation tasks: split or id ranges (MBPP_Test = 11-110).")
+    n: int = override(Sampling, "n", 30, "Samples per task (the paper: 30).")
+    methods: list[str] = setting(help="Methods to evaluate.", factory=lambda: ["zero-shot", "ilf"], choices=METHODS)
+    timeout: float = setting(0.0, "CPU seconds per program (0 = the sandbox default, raised for slow references).", ge=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _tasks_spec("tasks", self.tasks)
 
 
 @dataclass
 class ReportConfig:
-    perplexity: bool = True  # Figure 3 analog: perplexity of training data sources under the base model
-    bootstrap: int = 2000
+    perplexity: bool = setting(True, "Figure 3 analog: perplexity of the training data sources under the base model.")
+    bootstrap: int = setting(2000, "Bootstrap resamples for the 95% CIs.", ge=1)
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass
 class RunConfig:
-    name: str = "demo"
-    run_dir: str = ""  # default: runs/<name>
-    dataset: str = "mbpp"
-    data_dir: str = ""  # default: ../shared/data beside the project, or $ILF_DATA_DIR
-    seed: int = 0
-    rounds: int = 1  # > 1: π_θ* becomes the next round's π_θ (the paper's proposed iteration)
-    # FINETUNE seeds per trained method (seed, seed+1, ...): training randomness shows in the report;
-    # seed i > 0 of a method is evaluated as "<method>@s<i>" (sampling seeds stay the run's, so pairs compare).
-    train_seeds: int = 1
+    name: str = setting("demo", "Run name (runs/<name>/).")
+    run_dir: str = setting("", "Run directory (default: runs/<name>).")
+    data_dir: str = setting("", "Data files (default: ../shared/data beside the project, $ILF_DATA_DIR, or the cache).")
+    seed: int = setting(0, "Run seed: sampling, the choice of x0 and of examples.")
+    rounds: int = setting(1, "ILF rounds: > 1 makes π_θ* the next round's π_θ (the paper's proposed iteration).", ge=1)
+    # Seed i > 0 of a method is evaluated as "<method>@s<i>" (sampling seeds stay the run's, so pairs compare).
+    train_seeds: int = setting(1, "FINETUNE seeds per trained method (finetune.seed + 0, 1, ...).", ge=1)
     model: ModelConfig = field(default_factory=ModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
-    finetune: TrainConfig = field(default_factory=TrainConfig)
-    refine_finetune: TrainConfig = field(default_factory=TrainConfig)  # π_Refine's FINETUNE (mode = finetune)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    refine_finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # π_Refine's FINETUNE (refine.mode = finetune)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self):
+        check(self)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise SettingError("name", f"must be letters, digits, '.', '_' or '-' (it names runs/<name>/), got {self.name!r}")
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
@@ -255,7 +317,12 @@ def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str =
                 f"{loc}: config key '{dotted}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r})"
             )
         kwargs[key] = coerced
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except SettingError as e:  # the one validation of the field (ilf.settings.check), located here
+        dotted = f"{prefix}{e.name}"
+        line = _key_line(text, dotted) if text else None
+        raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{dotted}' {e.problem}") from None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -303,8 +370,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: set[str] | None = None) -> RunConfig:
-    """Check every value; the error names where the bad value came from: the command line when
-    a `key=value` override set it, else the config file and the key's line."""
+    """The rules that tie several sections together (each field's own are ilf.settings.check's).
+    The error names where the bad value came from: the command line when a `key=value` override
+    set it, else the config file and the key's line."""
 
     def bad(key: str, msg: str):
         if overridden and any(o == key or o.startswith(key + ".") or key.startswith(o + ".") for o in overridden):
@@ -312,93 +380,11 @@ def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: 
         line = _key_line(text, key) if text else None
         raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{key}' {msg}")
 
-    if cfg.feedback.source not in FEEDBACK_SOURCES:
-        bad("feedback.source", f"must be one of {', '.join(FEEDBACK_SOURCES)}, got {cfg.feedback.source!r}")
-    if cfg.refine.mode not in REFINE_MODES:
-        bad("refine.mode", f"must be one of {', '.join(REFINE_MODES)}, got {cfg.refine.mode!r}")
-    for m in cfg.eval.methods:
-        if m not in METHODS:
-            bad("eval.methods", f"has unknown method {m!r}; known: {', '.join(METHODS)}")
-    if cfg.rounds < 1:
-        bad("rounds", "must be >= 1")
-    if cfg.train_seeds < 1:
-        bad("train_seeds", "must be >= 1")
-    from ilf.generation.weights import WEIGHT_FORMATS
-
-    if cfg.model.weights not in WEIGHT_FORMATS:
-        bad("model.weights", f"must be one of {', '.join(WEIGHT_FORMATS)}, got {cfg.model.weights!r}")
     if cfg.rounds > 1 and cfg.feedback.source == "authors":
         bad("rounds", "must be 1 with feedback.source = 'authors': their feedback is on CodeGen-6B's fixed programs, "
             "so every round would train on the same data (use feedback.source = trace or llm for rounds > 1)")
-    for key, v in [("sample.n", cfg.sample.n), ("refine.n", cfg.refine.n), ("eval.n", cfg.eval.n)]:
-        if v < 1:
-            bad(key, "must be >= 1")
-    for key, v in [
-        ("sample.temperature", cfg.sample.temperature),
-        ("refine.temperature", cfg.refine.temperature),
-        ("eval.temperature", cfg.eval.temperature),
-        ("sweep.temperature", cfg.sweep.temperature),
-    ]:
-        if not (math.isfinite(v) and v >= 0):
-            bad(key, f"must be a finite number >= 0, got {v}")
-    for key, v in [("sample.top_p", cfg.sample.top_p), ("refine.top_p", cfg.refine.top_p), ("eval.top_p", cfg.eval.top_p)]:
-        if not 0 < v <= 1:  # also refuses nan
-            bad(key, f"must be in (0, 1], got {v}")
-    for key, v in [("sample.top_k", cfg.sample.top_k), ("refine.top_k", cfg.refine.top_k), ("eval.top_k", cfg.eval.top_k),
-                   ("feedback.max_tasks", cfg.feedback.max_tasks), ("feedback.llm_shots", cfg.feedback.llm_shots)]:
-        if v < 0:
-            bad(key, f"must be >= 0, got {v}")
-    for key, v in [("sample.max_new_tokens", cfg.sample.max_new_tokens), ("refine.max_new_tokens", cfg.refine.max_new_tokens),
-                   ("eval.max_new_tokens", cfg.eval.max_new_tokens), ("sweep.max_new_tokens", cfg.sweep.max_new_tokens)]:
-        if v < 1:
-            bad(key, f"must be >= 1, got {v}")
-    if not 0 <= cfg.refine.max_edit_distance <= 1:  # also refuses nan
-        bad("refine.max_edit_distance", f"must be in [0, 1] (bounded edit distance; 1 keeps all), got {cfg.refine.max_edit_distance}")
-    if not (math.isfinite(cfg.eval.timeout) and cfg.eval.timeout >= 0):
-        bad("eval.timeout", f"must be a finite number of seconds >= 0 (0 = the sandbox default), got {cfg.eval.timeout}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name):
-        bad("name", f"must be letters, digits, '.', '_' or '-' (it names runs/<name>/), got {cfg.name!r}")
-    if cfg.report.bootstrap < 1:
-        bad("report.bootstrap", f"must be >= 1, got {cfg.report.bootstrap}")
-    for section in ("finetune", "refine_finetune"):
-        tc = getattr(cfg, section)
-        for key in ("learning_rate", "epochs"):
-            v = getattr(tc, key)
-            if not (math.isfinite(v) and v > 0):
-                bad(f"{section}.{key}", f"must be a finite number > 0, got {v}")
-        for key, least in (("batch_size", 1), ("per_device_batch_size", 1), ("max_length", 32)):
-            if getattr(tc, key) < least:
-                bad(f"{section}.{key}", f"must be >= {least}, got {getattr(tc, key)}")
-        from ilf.finetune import FinetuneConfig
-
-        names = {f.name for f in dataclasses.fields(FinetuneConfig)}
-        unknown = sorted(set(tc.extra) - names)
-        if unknown:
-            bad(f"{section}.extra", f"has unknown FINETUNE option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    if cfg.refine.shots < 0:
-        bad("refine.shots", "must be >= 0")
-    sw = cfg.sweep
-    if any(v <= 0 for v in sw.learning_rates) or any(v < 1 for v in sw.batch_sizes) or any(v <= 0 for v in sw.epochs):
-        bad("sweep", "learning_rates and epochs must be > 0 and batch_sizes >= 1")
-    for m in sw.methods:
-        if m not in METHODS or m == "zero-shot":
-            bad("sweep.methods", f"has {m!r}, which is not a trained method")
-    if sw.n < 1 or sw.temperature < 0 or not 0 < sw.top_p <= 1 or sw.max_tasks < 0:
-        bad("sweep", "needs n >= 1, temperature >= 0, 0 < top_p <= 1, max_tasks >= 0")
-    if cfg.feedback.llm_n < 0:
-        bad("feedback.llm_n", "must be >= 0 (0 = refine.n)")
-    if cfg.refine.shuffled_n < 0:
-        bad("refine.shuffled_n", "must be >= 0 (0 = no shuffled-feedback control)")
-    if cfg.dataset != "mbpp":
-        bad("dataset", "must be 'mbpp' for the pipeline (HumanEval(+) has no training split; use `ilf evaluate`)")
     from ilf.tasks import parse_ranges
 
-    for key, spec in [("feedback.tasks", cfg.feedback.tasks), ("refine.examples_tasks", cfg.refine.examples_tasks),
-                      ("eval.tasks", cfg.eval.tasks), ("sweep.tasks", cfg.sweep.tasks)]:
-        try:
-            parse_ranges(spec)
-        except IlfError as e:
-            bad(key, str(e))
     if cfg.sweep.enabled():
         val = parse_ranges(cfg.sweep.tasks) or set()
         if val & (parse_ranges(cfg.eval.tasks) or set()):
@@ -434,6 +420,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         cfg = _build(RunConfig, _merge(to_dict(cfg), over), "command line", "")
         overridden = set(_dotted_keys(over))
     return validate(cfg, where, text, overridden)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig | None:
+    """A run directory's config.toml through the same loader and validation as `ilf run` (None if
+    the run has none). Keys an older ilf wrote and this one no longer has are left out."""
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        return None
+    from ilf.jsonl import read_text
+
+    text = read_text(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise IlfError(f"{path}: invalid TOML ({e})") from None
+
+    def known(cls: type, d: dict) -> dict:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for k, v in d.items():
+            if k in hints:
+                out[k] = known(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
+        return out
+
+    return validate(_build(RunConfig, known(RunConfig, data), str(path), text), str(path), text)
 
 
 def _dotted_keys(d: dict, prefix: str = "") -> list[str]:

@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from ilf.config import RunConfig, read_run_config
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, stored, write_jsonl
 from ilf.refine import body_after_prompt
@@ -42,7 +42,7 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     from ilf.tasks import load_tasks
 
     dpo, chat = [], []
-    cfg = _config(run_dir)
+    cfg = read_run_config(run_dir)
     tasks = None
     for refs_path in sorted(run_dir.glob("r[0-9]*/refinements.jsonl*")):
         rd = refs_path.parent
@@ -52,7 +52,7 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
         feedback = {f["feedback_id"]: f for f in load_jsonl(fb_path)}
         passing = [r for r in load_jsonl(stored(rd / "refinements.jsonl")) if r.get("passed") is True]
         if tasks is None and passing:
-            tasks = load_tasks("mbpp", data_dir=cfg.get("data_dir") or None,
+            tasks = load_tasks("mbpp", data_dir=(cfg.data_dir if cfg else "") or None,
                                task_ids=sorted({r["task_id"] for r in passing}))
         for r in passing:
             f = feedback.get(r["feedback_id"])
@@ -72,14 +72,6 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return dpo, chat
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "config.toml"
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise IlfError(f"{p}: unreadable config ({e})") from None
-
-
 def _save(records: list[dict], out: Path) -> None:
     import datasets
 
@@ -88,11 +80,11 @@ def _save(records: list[dict], out: Path) -> None:
         datasets.Dataset.from_list(records).save_to_disk(str(out))
 
 
-def model_card(run_dir: Path, model_dir: Path, method: str, report: dict | None, config: dict) -> str:
+def model_card(run_dir: Path, model_dir: Path, method: str, report: dict | None, config: RunConfig | None) -> str:
     """The README.md of a fine-tuned model: what it is, what it was trained on, how it measured."""
     meta_p = model_dir / "ilf_finetune.json"
     meta = json.loads(meta_p.read_text()) if meta_p.is_file() else {}
-    base = meta.get("base_model") or config.get("model", {}).get("base", "?")
+    base = meta.get("base_model") or (config.model.base if config else "?")
     lines = ["---", "library_name: transformers", "tags: [ilf, code, mbpp]", f"base_model: {base}", "---", "",
              f"# {run_dir.name}: {method}", "",
              f"Fine-tuned by [ilf](https://arxiv.org/abs/2303.16749) (Imitation learning from Language Feedback) "
@@ -108,7 +100,7 @@ def model_card(run_dir: Path, model_dir: Path, method: str, report: dict | None,
         met = row.get("metrics", {})
         pct = lambda e: f"{100 * e['value']:.1f} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if e else "–"  # noqa: E731
         lines += ["## Evaluation", "",
-                  f"MBPP tasks {row.get('split', config.get('eval', {}).get('tasks'))}, {row.get('n')} samples per task at "
+                  f"MBPP tasks {row.get('split', config.eval.tasks if config else '?')}, {row.get('n')} samples per task at "
                   f"T = {row.get('temperature')}, engine {row.get('engine')}; 95% bootstrap CIs over tasks.", "",
                   "| pass@1 | pass@10 | 1+ correct |", "|---|---|---|",
                   f"| {pct(met.get('pass@1'))} | {pct(met.get('pass@10'))} | {pct(met.get('one_plus_correct'))} |", ""]
@@ -141,7 +133,7 @@ def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True
     _save(chat, output / "chat")
     counts["dpo"], counts["chat"] = len(dpo), len(chat)
     if model_cards:
-        report, config = _report(run_dir), _config(run_dir)
+        report, config = _report(run_dir), read_run_config(run_dir)
         for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
             if not (mdir / "config.json").is_file():
                 continue

@@ -30,98 +30,20 @@ import re
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from ilf.errors import IlfError
-from ilf.jsonl import read_jsonl, read_text, require, write_json, write_jsonl
+from ilf.config import MIN_PROMPT_TOKENS, FinetuneConfig
+from ilf.jsonl import load_jsonl, read_jsonl, require, write_json, write_jsonl
 
-# --- defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh ---------
-DEFAULT_LEARNING_RATE = 5e-6
-DEFAULT_BATCH_SIZE = 32  # effective batch; the authors: per-device 1 x gradient accumulation 32
-DEFAULT_EPOCHS = 2.0
-DEFAULT_MAX_LENGTH = 1024  # prompt + completion tokens (authors: max_seq_length=1024)
-# The paper's sweep (Appendix A.1).
-SWEEP_LEARNING_RATES = (1e-6, 5e-6, 1e-5)
-SWEEP_BATCH_SIZES = (32, 64, 128)
-SWEEP_EPOCHS = (1.0, 2.0, 5.0)
-
-# A truncated prompt keeps at least this many tokens: a target with (almost) no context teaches nothing
-# and its first token is never predicted.
-MIN_PROMPT_TOKENS = 16
-# LoRA on every linear layer of a decoder block (attention and MLP), the usual choice for code models.
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 CHECKPOINT_SUBDIR = "checkpoints"
 META_FILE = "ilf_finetune.json"
 PAIRS_FILE = "train_pairs.jsonl"  # `ilf finetune --data surge` writes the pairs it built here
-_OWN_FILES = {PAIRS_FILE, "sweep", "sweep.jsonl", "runs", CHECKPOINT_SUBDIR}
+_OWN_FILES = {PAIRS_FILE, "sweep", CHECKPOINT_SUBDIR}
 REFINE_HEAD = "OLD CODE:\n"
 REFINE_SPLIT = "\n\nFEEDBACK:\n"  # see ilf.tasks.REFINE_TEMPLATE
-
-
-@dataclass
-class FinetuneConfig:
-    """Every field is also a flag of `ilf finetune` (learning_rate <-> --learning-rate) and a key of
-    the `[finetune]` table of a TOML config."""
-
-    learning_rate: float = DEFAULT_LEARNING_RATE
-    batch_size: int = DEFAULT_BATCH_SIZE  # effective: per_device_batch_size x accumulation x processes
-    per_device_batch_size: int = 1  # per device and forward pass (the authors used 1)
-    epochs: float = DEFAULT_EPOCHS
-    max_length: int = DEFAULT_MAX_LENGTH
-    lr_scheduler: str = "linear"
-    warmup: float = 0.0  # warmup steps (>= 1) or a fraction of all steps (< 1)
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch_fused"  # AdamW as the authors; the fused kernel (HF Trainer default) is 5-8x faster on a CPU
-    max_grad_norm: float = 1.0
-    # LoRA (PEFT) instead of full fine-tuning; the adapter is merged into the saved model.
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
-    # CPU practicality (docs/finetune.md has the measurements behind these defaults).
-    bf16: bool = False  # bf16 autocast where it pays: GPUs, CPUs with AVX512-BF16/AMX (else fp32, with a warning)
-    gradient_checkpointing: bool = False  # trades ~30% more compute for activation memory
-    threads: int = 0  # torch intra-op threads; 0 = all cores
-    seed: int = 42
-    # Logging, checkpoints, resumption.
-    logging_steps: int = 1
-    report_to: str = "tensorboard"  # "none" to disable; logs go to OUTPUT/runs
-    save_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of each epoch; -1 = never
-    save_total_limit: int = 1  # a full-FT checkpoint of the 0.5B model is ~7.5 GB (weights + AdamW)
-    keep_checkpoints: bool = False  # delete OUTPUT/checkpoints once the final model is saved
-    resume: bool = True  # continue from the last complete checkpoint in OUTPUT/checkpoints
-    save_dtype: str = "float32"  # bf16 would round away updates of lr 5e-6 (relative precision 2^-8)
-    max_steps: int = -1  # stop after this many optimizer steps (tests, quick runs); -1 = epochs decide
-    eval_steps: int = 0  # with eval pairs: optimizer steps between evaluations; 0 = each epoch
-
-    def __post_init__(self):
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
-
-    def validate(self) -> None:
-        checks = [
-            (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.per_device_batch_size >= 1, "per_device_batch_size must be >= 1"),
-            (self.epochs > 0, "epochs must be > 0"),
-            (self.max_length >= 2 * MIN_PROMPT_TOKENS, f"max_length must be >= {2 * MIN_PROMPT_TOKENS}"),
-            (self.save_dtype in ("float32", "bfloat16", "float16"), "save_dtype must be float32|bfloat16|float16"),
-            (self.lora_r >= 1, "lora_r must be >= 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise IlfError(f"finetune config: {msg}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "FinetuneConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise IlfError(f"{source}: unknown finetune key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,8 +681,8 @@ def accelerate_config(name: str) -> Path:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo. Without them torch emulates bf16 matmuls: on this
-    machine's CPU (AMD EPYC, neither flag exposed) a bf16-autocast step took ~8x an fp32 step."""
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo. Without them torch emulates bf16 matmuls, which
+    measured several times slower than float32 (docs/finetune.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -769,7 +691,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _use_bf16(requested: bool, console) -> bool:
-    """bf16 autocast where it pays: CUDA with bf16 support, or a CPU with native bf16 instructions."""
+    """bf16 autocast where the hardware has it natively: CUDA with bf16, or a CPU with bf16 instructions."""
     import torch
 
     if not requested:
@@ -778,10 +700,7 @@ def _use_bf16(requested: bool, console) -> bool:
         return bool(torch.cuda.is_bf16_supported())
     if cpu_has_native_bf16():
         return True
-    console.print(
-        "[yellow]bf16 requested, but this CPU has no AVX512-BF16/AMX: training in float32[/] "
-        "(bf16 autocast measured ~8x slower here; docs/finetune.md)"
-    )
+    console.print("[dim]bf16: this CPU has no AVX512-BF16/AMX, so FINETUNE runs in float32 (docs/finetune.md)[/]")
     return False
 
 
@@ -805,243 +724,56 @@ def _fix_generation_config(model_dir: Path, eos_ids: list[int]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# π_Refine pairs from the authors' human annotations
+# The `ilf finetune` command (cli.py builds its flags from FinetuneConfig and SweepConfig)
+
+ANNOTATION_DATA = ("surge", "authors")  # --data values meaning the authors' annotation file
 
 
-def annotation_pairs(
-    path: str | os.PathLike | None = None,
-    split: str = "refine",
-    kind: str = "refine",
-    data_dir: str | os.PathLike | None = None,
-) -> list[dict[str, Any]]:
-    """Pairs from the ILF authors' `surge_annotations.jsonl` (ilf.feedback.annotations reads it).
+def finetune_command(data: str, model: str, output: Path, cfg: FinetuneConfig, *, split: str = "refine",
+                     kind: str = "refine", data_dir: Optional[Path] = None, overwrite: bool = False,
+                     eval_data: Optional[str] = None, sweep_cfg: Any = None, val_dataset: str = "mbpp",
+                     engine: Optional[str] = None, weights: str = "f16") -> Path:
+    """Fine-tune on a pairs file or the authors' annotations; with a sweep grid, fine-tune once per
+    setting first and make OUTPUT the model of the best validation pass rate (ilf.sweep)."""
+    from ilf.feedback.annotations import is_authors_file
 
-    kind "refine" (π_Refine): prompt = refinement_prompt(task, x0, f), completion = the human
-    refinement's body after the task prompt; kind "program" (π_θ on human refinements): prompt =
-    the task prompt, same completion. split: an MBPP split name or id ranges ("refine" = the 44
-    MBPP_Refine triples the paper trains π_Refine on).
-    """
-    from ilf.feedback.annotations import default_path, load_authors
-    from ilf.refine import body_after_prompt
-    from ilf.tasks import load_tasks, parse_ranges, refinement_prompt
+    if data.lower() in ANNOTATION_DATA or (Path(data).is_file() and is_authors_file(data)):
+        from ilf.pairs import annotation_pairs
 
-    if kind not in ("refine", "program"):
-        raise IlfError(f"unknown pair kind {kind!r}; expected refine or program")
-    wanted = parse_ranges(split)
-    src = Path(path) if path else default_path(data_dir)
-    recs = [r for r in load_authors(src) if wanted is None or r["task_id"] in wanted]
-    tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=[r["task_id"] for r in recs]) if recs else None
-    pairs = []
-    for r in recs:
-        task = tasks.get(r["task_id"]) if tasks else None
-        if task is None:
-            continue  # an MBPP task that cannot be formatted is reported by load_tasks' callers
-        nl = lambda s: s.replace("\r\n", "\n").replace("\r", "\n")  # noqa: E731 (the authors mix CRLF/LF)
-        completion = body_after_prompt(nl(r["refinement"]), task.prompt)
-        prompt = refinement_prompt(task, nl(r["program"]), nl(r["feedback"])) if kind == "refine" else task.prompt
-        pairs.append({"task_id": r["task_id"], "kind": kind, "prompt": prompt, "completion": completion})
-    if not pairs:
-        raise IlfError(f"{src}: no annotation in split {split!r}")
-    return pairs
+        path = None if data.lower() in ANNOTATION_DATA else data
+        built = annotation_pairs(path, split=split, kind=kind, data_dir=data_dir)
+        _refuse_foreign_output(Path(output), overwrite)  # before anything is written into it
+        pairs = write_jsonl(Path(output) / PAIRS_FILE, built)
+    else:
+        if not Path(data).exists():
+            raise IlfError(f"{data}: file not found (or pass --data surge for the authors' annotations)")
+        pairs = Path(data)
+    if sweep_cfg is None or not sweep_cfg.enabled():
+        return finetune(pairs, model, output, cfg, overwrite=overwrite, eval_pairs=eval_data)
+    from ilf.generation import default_engine, get_engine
+    from ilf.generation.weights import engine_label
+    from ilf.sweep import sweep
+    from ilf.tasks import load_tasks
 
-
-# ---------------------------------------------------------------------------------------------
-# The paper's sweep (Appendix A.1), picked by pass rate on a validation split
-
-
-@dataclass
-class SweepGrid:
-    learning_rates: list[float] = field(default_factory=lambda: list(SWEEP_LEARNING_RATES))
-    batch_sizes: list[int] = field(default_factory=lambda: list(SWEEP_BATCH_SIZES))
-    epochs: list[float] = field(default_factory=lambda: list(SWEEP_EPOCHS))
-
-    def settings(self) -> list[tuple[float, int, float]]:
-        return [(lr, b, e) for lr in self.learning_rates for b in self.batch_sizes for e in self.epochs]
-
-
-def setting_name(lr: float, batch: int, epochs: float) -> str:
-    return f"lr{lr:g}-bs{batch}-ep{epochs:g}"
-
-
-def sweep(
-    pairs: str | os.PathLike | Iterable[dict],
-    model: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    val_tasks: Sequence[Any],
-    config: FinetuneConfig | None = None,
-    grid: SweepGrid | None = None,
-    *,
-    engine: str | None = None,
-    n: int = 1,
-    temperature: float = 0.0,
-    max_new_tokens: int = 256,
-    seed: int = 0,
-    console=None,
-) -> Path:
-    """Fine-tune once per grid setting, sample `n` programs per validation task with each model,
-    EVAL them, and make OUTPUT the model with the best pass rate (ties: the earlier setting).
-
-    Resumable: each setting's model and results live in OUTPUT/sweep/<setting>/, the table in
-    OUTPUT/sweep.jsonl; settings already there are not redone. Only the best model's weights are
-    kept (a full-FT model of the bundled 0.5B model is 2.5 GB).
-    """
-    from rich.console import Console
-
-    from ilf.evaluation import evaluate, summarize
-    from ilf.generation import SamplingParams, get_engine
-    from ilf.jsonl import load_jsonl
-    from ilf.sampling import sample
-
-    console = console or Console(stderr=True)
-    cfg = config or FinetuneConfig()
-    grid = grid or SweepGrid()
-    output_dir = Path(output_dir)
-    data = load_pairs(pairs)
-    val = list(val_tasks)
-    if not val:
-        raise IlfError("sweep: the validation split has no tasks")
-    val_ids = {str(t.task_id) for t in val}
-    overlap = sorted({str(p.task_id) for p in data if p.task_id is not None} & val_ids)
-    if overlap:
-        raise IlfError(f"sweep: validation tasks also in the training pairs: {', '.join(overlap[:10])}")
-    table_path = output_dir / "sweep.jsonl"
-    rows = {r["setting"]: r for r in load_jsonl(table_path)} if table_path.exists() else {}
-    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    for lr, bs, ep in grid.settings():
-        name = setting_name(lr, bs, ep)
-        if name in rows:
-            continue
-        sdir = output_dir / "sweep" / name
-        c = dataclasses.replace(cfg, learning_rate=lr, batch_size=bs, epochs=ep)
-        console.print(f"[bold]sweep[/] {name}")
-        finetune(data, model, sdir / "model", c, console=console)
-        eng = get_engine(engine, str(sdir / "model"))
-        try:
-            samples = sample(val, eng, params, sdir / "samples.jsonl", resume=True)
-        finally:
-            eng.close()
-        results = evaluate(samples, val, output=sdir / "results.jsonl", progress=True)
-        summ = summarize(results, ks=[1])
-        meta = json.loads((sdir / "model" / META_FILE).read_text(encoding="utf-8"))
-        rows[name] = {
-            "setting": name,
-            "learning_rate": lr,
-            "batch_size": bs,
-            "epochs": ep,
-            "pass_rate": sum(bool(r.get("passed")) for r in results) / max(len(results), 1),
-            "pass@1": summ.get("pass@1"),
-            "num_samples": len(results),
-            "train_loss": meta["metrics"]["train_loss"],
-            "model_dir": str(sdir / "model"),
-        }
-        write_jsonl(table_path, list(rows.values()))
-        console.print(f"  pass rate {rows[name]['pass_rate']:.3f} on {len(val)} validation tasks")
-        _prune_sweep_models(rows, grid)
-
-    order = [setting_name(*s) for s in grid.settings()]
-    best = max((rows[s] for s in order), key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
+    _refuse_foreign_output(Path(output), overwrite)
+    name = engine or default_engine()
+    opts = {"weights": weights} if name == "openvino" else {}
+    val = load_tasks(val_dataset, data_dir=data_dir, task_ids=sweep_cfg.tasks)
+    if sweep_cfg.max_tasks:
+        val = list(val)[: sweep_cfg.max_tasks]
+    best = sweep(pairs, model, Path(output) / "sweep", val, cfg, sweep_cfg,
+                 engine=lambda m: get_engine(name, m, **opts), engine_name=engine_label(name, weights),
+                 seed=cfg.seed, keep_best=True)
     best_dir = Path(best["model_dir"])
     for f in best_dir.iterdir():  # OUTPUT becomes the best model (hard links: no extra disk)
         if f.is_file():
-            dst = output_dir / f.name
+            dst = Path(output) / f.name
             dst.unlink(missing_ok=True)
             try:
                 os.link(f, dst)
             except OSError:
                 shutil.copy2(f, dst)
-    meta = json.loads((output_dir / META_FILE).read_text(encoding="utf-8"))
-    meta["sweep"] = {"best": best, "table": [rows[s] for s in order], "val_tasks": sorted(val_ids)}
-    write_json(output_dir / META_FILE, meta)
-    console.print(f"[green]sweep[/]: best {best['setting']} (pass rate {best['pass_rate']:.3f}) -> {output_dir}")
-    return output_dir
-
-
-def _prune_sweep_models(rows: dict[str, dict], grid: SweepGrid) -> None:
-    """Delete the weights of every evaluated model but the best so far (keep their metadata)."""
-    order = [setting_name(*s) for s in grid.settings()]
-    done = [rows[s] for s in order if s in rows]
-    best = max(done, key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
-    for r in done:
-        if r is not best:
-            for f in Path(r["model_dir"]).glob("*.safetensors*"):
-                f.unlink()
-
-
-# ---------------------------------------------------------------------------------------------
-# The `ilf finetune` command (cli.py parses; this merges config sources and dispatches)
-
-ANNOTATION_DATA = ("surge", "authors")  # --data values meaning the authors' annotation file
-
-
-def _floats(s: str) -> list[float]:
-    try:
-        return [float(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise IlfError(f"expected comma-separated numbers, got {s!r}") from None
-
-
-def resolve_config(config_file: Optional[Path], overrides: dict[str, Any]) -> FinetuneConfig:
-    """Dataclass defaults < the `[finetune]` table of a TOML file (or the whole file) < flags."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        import tomllib
-
-        try:
-            doc = tomllib.loads(read_text(config_file))
-        except FileNotFoundError:
-            raise IlfError(f"{config_file}: file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise IlfError(f"{config_file}: invalid TOML ({e})") from None
-        values.update(doc.get("finetune", doc))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return FinetuneConfig.from_dict(values, source=str(config_file or "flags"))
-
-
-def finetune_command(
-    data: str,
-    model: str,
-    output: Path,
-    *,
-    split: str = "refine",
-    kind: str = "refine",
-    data_dir: Optional[Path] = None,
-    config_file: Optional[Path] = None,
-    overrides: dict[str, Any],
-    overwrite: bool = False,
-    eval_data: Optional[str] = None,
-    do_sweep: bool = False,
-    sweep_learning_rates: Optional[str] = None,
-    sweep_batch_sizes: Optional[str] = None,
-    sweep_epochs: Optional[str] = None,
-    val_tasks: Optional[str] = None,
-    val_dataset: str = "mbpp",
-    engine: Optional[str] = None,
-    val_n: int = 1,
-    val_temperature: float = 0.0,
-) -> Path:
-    cfg = resolve_config(config_file, overrides)
-    from ilf.feedback.annotations import is_authors_file
-
-    if data.lower() in ANNOTATION_DATA or (Path(data).is_file() and is_authors_file(data)):
-        path = None if data.lower() in ANNOTATION_DATA else data
-        built = annotation_pairs(path, split=split, kind=kind, data_dir=data_dir)
-        _refuse_foreign_output(Path(output), overwrite)  # before anything is written into it
-        pairs: Any = write_jsonl(output / PAIRS_FILE, built)
-    else:
-        if not Path(data).exists():
-            raise IlfError(f"{data}: file not found (or pass --data surge for the authors' annotations)")
-        pairs = data
-    if not do_sweep:
-        return finetune(pairs, model, output, cfg, overwrite=overwrite, eval_pairs=eval_data)
-    if not val_tasks:
-        raise IlfError("--sweep needs --val-tasks (validation task ids, e.g. 511-530, disjoint from the training pairs)")
-    from ilf.tasks import load_tasks
-
-    grid = SweepGrid(
-        learning_rates=_floats(sweep_learning_rates) if sweep_learning_rates else list(SWEEP_LEARNING_RATES),
-        batch_sizes=[int(x) for x in _floats(sweep_batch_sizes)] if sweep_batch_sizes else list(SWEEP_BATCH_SIZES),
-        epochs=_floats(sweep_epochs) if sweep_epochs else list(SWEEP_EPOCHS),
-    )
-    tasks = load_tasks(val_dataset, data_dir=data_dir, task_ids=val_tasks)
-    return sweep(pairs, model, output, list(tasks), cfg, grid, engine=engine, n=val_n, temperature=val_temperature,
-                 seed=cfg.seed)
+    meta = json.loads((Path(output) / META_FILE).read_text(encoding="utf-8"))
+    meta["sweep"] = {"best": best, "table": load_jsonl(Path(output) / "sweep" / "table.jsonl")}
+    write_json(Path(output) / META_FILE, meta)
+    return Path(output)

@@ -24,7 +24,7 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -32,15 +32,12 @@ from typing import Any, Callable
 from rich.console import Console
 
 from ilf import __version__
-from ilf.config import METHODS, RunConfig, to_toml
+from ilf.config import TRAINED_METHODS, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
-from ilf.tasks import TaskSet, load_tasks, parse_ranges
+from ilf.tasks import TaskSet, load_tasks, normalize_newlines, parse_ranges
 
 console = Console(stderr=True)
-
-
-from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 def file_fingerprint(path: Path) -> str:
@@ -173,7 +170,7 @@ class Run:
 
         recs = load_authors(path)
         for r in recs:  # the authors' programs mix CRLF and LF; prompts and EVAL want LF
-            r["program"], r["refinement"], r["feedback"] = _nl(r["program"]), _nl(r["refinement"]), _nl(r["feedback"]).strip()
+            r["program"], r["refinement"], r["feedback"] = normalize_newlines(r["program"]), normalize_newlines(r["refinement"]), normalize_newlines(r["feedback"]).strip()
         return recs
 
     def engine_name(self, engine: str | None = None) -> str:
@@ -314,7 +311,8 @@ class Run:
         pairs_path = rd / "train_pairs.jsonl"
 
         def select():
-            from ilf.refine import edit_distance, refine_summary, select_training_set
+            from ilf.pairs import ilf_pairs
+            from ilf.refine import edit_distance, refine_summary
 
             results = load_jsonl(refined)
             x0 = {f["feedback_id"]: f["program"] for f in feedback}
@@ -323,8 +321,8 @@ class Run:
                     res["edit_distance"] = edit_distance(x0[res["feedback_id"]], res["refinement"],
                                                          self.tasks()[res["task_id"]].prompt)
             dropped: dict[str, int] = {}
-            pairs = select_training_set(results, self.tasks(), seed=cfg.seed + r,
-                                        max_edit_distance=cfg.refine.max_edit_distance, dropped=dropped)
+            pairs = ilf_pairs(results, self.tasks(), seed=cfg.seed + r, max_edit_distance=cfg.refine.max_edit_distance,
+                              dropped=dropped)
             summary = refine_summary(results, cfg.refine.n)
             summary.update(max_edit_distance=cfg.refine.max_edit_distance, **dropped, train_pairs=len(pairs))
             write_json(rd / "refine_summary.json", summary)
@@ -355,54 +353,31 @@ class Run:
                 self.finetune_stage(f"r{r}/finetune@s{i}", model, pairs_path, seed_dir(out_model, i), tc, seed_offset=i)
         return str(out_model), pairs
 
-    def sweep_stage(self, method: str, base: str, pairs_path: Path):
-        """The paper's FINETUNE sweep (Appendix A.1) for one method: fine-tune per grid setting, sample
-        the validation tasks (sweep.tasks), EVAL, and return [finetune] with the best setting
-        (ties: the earlier one). Resumable per setting: sweep/<method>/table.jsonl holds the finished
-        settings, whose models are deleted once measured (a full-FT 0.5B model is 2.4 GB)."""
-        import itertools
-        from dataclasses import replace
+    def sweep_stage(self, method: str, base: str, pairs_path: Path) -> FinetuneConfig:
+        """The paper's FINETUNE sweep (Appendix A.1) for one method, on the validation tasks
+        (sweep.tasks; ilf.sweep): returns [finetune] with the best setting."""
+        from ilf.generation import get_engine
+        from ilf.sweep import best_config, sweep
 
         cfg, sw = self.cfg, self.cfg.sweep
-        swept = sw.methods or [m for m in METHODS if m != "zero-shot"]
-        if not sw.enabled() or method.split("-r")[0] not in swept:
+        if not sw.enabled() or method.split("-r")[0] not in (sw.methods or TRAINED_METHODS):
             return cfg.finetune
         sd = self.dir / "sweep" / method
-        table = sd / "table.jsonl"
-        ident = {"base": base, "pairs": file_fingerprint(pairs_path), "finetune": asdict(cfg.finetune),
-                 "sweep": asdict(sw), "engine": self.engine_label(), "seed": cfg.seed}
-        ident_fp = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        rows = {r["setting"]: r for r in load_jsonl(table)} if table.exists() else {}
-        if any(r.get("fingerprint") != ident_fp for r in rows.values()):
-            shutil.rmtree(sd)  # another R or another grid: the measured settings do not apply
-            rows = {}
         val = self.tasks(sw.tasks)
         if sw.max_tasks:
             val = TaskSet(dict(list(val.tasks.items())[: sw.max_tasks]), {}, val.source)
-        grid = list(itertools.product(sw.learning_rates or [cfg.finetune.learning_rate],
-                                      sw.batch_sizes or [cfg.finetune.batch_size], sw.epochs or [cfg.finetune.epochs]))
-        for lr, bs, ep in grid:
-            name = f"lr{lr:g}-bs{bs}-ep{ep:g}"
-            if name in rows:
-                continue
-            tc = replace(cfg.finetune, learning_rate=lr, batch_size=bs, epochs=ep)
-            mdir, stage = sd / name / "model", f"sweep/{method}/{name}"
-            self.finetune_stage(f"{stage}/finetune", base, pairs_path, mdir, tc)
-            self.sample_stage(f"{stage}/sample", str(mdir), val, sw, sd / name / "samples.jsonl")
-            self.eval_stage(f"{stage}/eval", sd / name / "samples.jsonl", sd / name / "results.jsonl")
-            self.close_engine()
-            res = load_jsonl(sd / name / "results.jsonl")
-            rows[name] = {"setting": name, "learning_rate": lr, "batch_size": bs, "epochs": ep,
-                          "pass_rate": sum(bool(x["passed"]) for x in res) / max(1, len(res)), "num_samples": len(res),
-                          "num_tasks": len({x["task_id"] for x in res}), "val_tasks": sw.tasks, "fingerprint": ident_fp}
-            write_jsonl(table, list(rows.values()))
-            shutil.rmtree(mdir, ignore_errors=True)
-            console.print(f"sweep {method} {name}: validation pass rate {rows[name]['pass_rate']:.3f}")
-        order = [f"lr{lr:g}-bs{bs}-ep{ep:g}" for lr, bs, ep in grid]
-        best = max((rows[n] for n in order), key=lambda r: (r["pass_rate"], -order.index(r["setting"])))
-        write_json(sd / "best.json", best)
-        console.print(f"sweep {method}: best {best['setting']} (validation pass rate {best['pass_rate']:.3f})")
-        return replace(cfg.finetune, learning_rate=best["learning_rate"], batch_size=best["batch_size"], epochs=best["epochs"])
+        name = self.engine_name()
+        opts = {"weights": cfg.model.weights} if name == "openvino" else {}
+
+        def body():
+            self.close_engine()  # one model in memory at a time
+            sweep(pairs_path, base, sd, val, cfg.finetune, sw, engine=lambda m: get_engine(name, m, **opts),
+                  engine_name=self.engine_label(), seed=cfg.seed, timeout=cfg.eval.timeout or None, console=console)
+
+        self.stage(f"sweep/{method}", body, params={"base": base, "finetune": asdict(cfg.finetune), "sweep": asdict(sw),
+                                                     "engine": self.engine_label(), "seed": cfg.seed},
+                   inputs=[pairs_path], outputs=[sd / "best.json"])
+        return best_config(cfg.finetune, json.loads((sd / "best.json").read_text(encoding="utf-8")))
 
     # -- stage bodies ---------------------------------------------------------------------------
 
@@ -496,20 +471,12 @@ class Run:
         base = cfg.refine.model or cfg.model.base
         if cfg.refine.mode == "fewshot":
             return base
-        from ilf.refine import body_after_prompt
-        from ilf.tasks import refinement_prompt
+        from ilf.pairs import human_refinement_pairs
 
         pairs_path = self.dir / "refiner" / "train_pairs.jsonl"
-        tasks = self.tasks()
 
         def pairs():
-            recs = self.example_annotations()
-            write_jsonl(pairs_path, [
-                {"task_id": a["task_id"], "kind": "refine",
-                 "prompt": refinement_prompt(tasks[a["task_id"]], a["program"], a["feedback"]),
-                 "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt)}
-                for a in recs
-            ])
+            write_jsonl(pairs_path, human_refinement_pairs(self.example_annotations(), self.tasks(), kind="refine"))
 
         self.stage("refiner/pairs", pairs, params={"examples_tasks": cfg.refine.examples_tasks}, outputs=[pairs_path])
         out = self.dir / "refiner" / "model"
@@ -562,17 +529,17 @@ class Run:
                 on_progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
 
-    def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc, seed_offset: int = 0) -> None:
-        from ilf.finetune import FinetuneConfig, finetune
+    def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc: FinetuneConfig, seed_offset: int = 0) -> None:
+        """FINETUNE seed i of train_seeds trains with finetune.seed + i."""
+        from ilf.finetune import finetune
+
+        tc = replace(tc, seed=tc.seed + seed_offset)
 
         def body():
             self.close_engine()
-            fc = make_finetune_config(FinetuneConfig, tc, seed=self.cfg.seed + seed_offset)
-            finetune(load_jsonl(pairs), base, out, fc, overwrite=True)
+            finetune(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         params = {"base": base, "train": asdict(tc)}
-        if seed_offset:
-            params["seed"] = self.cfg.seed + seed_offset
         self.stage(name, body, params=params,
                    inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
 
@@ -648,7 +615,7 @@ class Run:
 
     def baseline_model(self, method: str) -> str | None:
         """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""
-        from ilf.refine import body_after_prompt
+        from ilf import pairs as build
 
         cfg, bd = self.cfg, self.dir / "baselines" / method
         r1 = load_jsonl(self.dir / "r1" / "train_pairs.jsonl")
@@ -658,16 +625,17 @@ class Run:
 
         def pairs():
             if method == "gold":  # MBPP's gold programs for the same task ids as ILF's R
-                recs = [{"task_id": t, "prompt": tasks[t].prompt,
-                         "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt), "source": "gold"} for t in r_tasks]
+                recs = build.gold_pairs(tasks, r_tasks)
             elif method == "human-refinements":  # the annotators' own refinements, on R's tasks that have one
-                wanted = set(r_tasks)
-                ann = sorted((a for a in self.authors_annotations() if a["task_id"] in wanted), key=lambda a: a["task_id"])
-                recs = [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
-                         "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt),
-                         "source": "human-refinements"} for a in ann]
+                ann = sorted(self.authors_annotations(), key=lambda a: a["task_id"])
+                recs = build.human_refinement_pairs(ann, tasks, task_ids=r_tasks)
             elif method == "rft":  # rejection sampling: π_θ's own passing x0, for as many tasks as R has
-                recs = self.rft_pairs(len(r_tasks))
+                path = self.dir / "r1" / "results.jsonl"
+                if not path.exists():  # feedback.source = authors: π_θ's x0 were never sampled
+                    console.print("[yellow]warning[/]: rft needs π_θ's own samples (feedback.source != authors); skipped")
+                    recs = []
+                else:
+                    recs = build.rft_pairs(load_jsonl(path), tasks, len(r_tasks), seed=cfg.seed)
             else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
@@ -689,36 +657,11 @@ class Run:
                                 tc, seed_offset=i)
         return str(out)
 
-    def rft_pairs(self, k: int) -> list[dict]:
-        """RFT control (not in the paper): one passing x0 ~ π_θ per task, on k tasks π_θ already
-        solves (seeded choice), so it trains on as many tasks as ILF's R without any feedback."""
-        import random
-
-        from ilf.refine import body_after_prompt
-
-        path = self.dir / "r1" / "results.jsonl"
-        if not path.exists():  # feedback.source = authors: π_θ's x0 were never sampled
-            console.print("[yellow]warning[/]: rft needs π_θ's own samples (feedback.source != authors); skipped")
-            return []
-        passing: dict[Any, list[dict]] = {}
-        for res in load_jsonl(path):
-            if res.get("passed"):
-                passing.setdefault(res["task_id"], []).append(res)
-        rng = random.Random(f"{self.cfg.seed}:rft")
-        chosen = rng.sample(sorted(passing), min(k, len(passing)))
-        tasks = self.tasks()
-        out = []
-        for tid in sorted(chosen):
-            pick = random.Random(f"{self.cfg.seed}:rft:{tid}").choice(sorted(passing[tid], key=lambda x: x["sample_id"]))
-            out.append({"task_id": tid, "prompt": tasks[tid].prompt, "sample_id": pick["sample_id"],
-                        "completion": body_after_prompt(pick["program"], tasks[tid].prompt), "source": "rft"})
-        return out
-
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
         """The paper's §3.3 ablation: an LLM writes feedback AND refinement for ILF's x0, with
         feedback.llm_n (default refine.n) draws per x0 at π_Refine's temperature; R as ILF's."""
         from ilf.feedback.llm import write_llm_feedback
-        from ilf.refine import select_training_set
+        from ilf.pairs import ilf_pairs
 
         cfg = self.cfg
         shots = 1 if method == "llm-1shot" else 2
@@ -742,16 +685,11 @@ class Run:
                     "program": x["refinement"], "refinement": x["refinement"],
                     "edit_distance": edit_distance(x["program"], x["refinement"], self.tasks()[x["task_id"]].prompt)} for x in recs if x.get("refinement")]
         results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True)
-        chosen = select_training_set(results, self.tasks(), seed=cfg.seed)
-        for p in chosen:
-            p["source"] = method
-        return chosen
+        return ilf_pairs(results, self.tasks(), seed=cfg.seed, source=method)
 
     # -- perplexity and report ------------------------------------------------------------------
 
     def perplexity_stage(self) -> None:
-        from ilf.refine import body_after_prompt
-
         out = self.dir / "perplexity.jsonl"
         tasks = self.tasks()
         r1 = self.dir / "r1" / "train_pairs.jsonl"
@@ -761,16 +699,13 @@ class Run:
 
             self.close_engine()
             # Figure 3: every source on R's task ids (human refinements where those tasks have one).
+            from ilf.pairs import gold_pairs, human_refinement_pairs
+
             ilf_pairs = load_jsonl(r1)
             ids = sorted({p["task_id"] for p in ilf_pairs})
-            ann = [a for a in self.authors_annotations() if a["task_id"] in set(ids)] if self._has_authors() else []
-            sources = {
-                "gold": [{"task_id": t, "prompt": tasks[t].prompt,
-                          "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt)} for t in ids],
-                "human-refinements": [{"task_id": a["task_id"], "prompt": tasks[a["task_id"]].prompt,
-                                       "completion": body_after_prompt(a["refinement"], tasks[a["task_id"]].prompt)} for a in ann],
-                "ilf": [{"task_id": p["task_id"], "prompt": p["prompt"], "completion": p["completion"]} for p in ilf_pairs],
-            }
+            ann = self.authors_annotations() if self._has_authors() else []
+            sources = {"gold": gold_pairs(tasks, ids), "human-refinements": human_refinement_pairs(ann, tasks, task_ids=ids),
+                       "ilf": ilf_pairs}
             compute_perplexities(self.cfg.model.base, sources, out)
 
         self.stage("perplexity", body, params={"model": self.cfg.model.base}, inputs=[r1], outputs=[out])
@@ -782,31 +717,6 @@ class Run:
         path = self.dir / "report" / "report.md"
         self.stage("report", lambda: write_report(self.dir), params={}, inputs=inputs, outputs=[path])
         return path
-
-
-def make_finetune_config(cls, tc, seed: int = 0):
-    """Map the run config's [finetune] table onto ilf.finetune.FinetuneConfig (same names where shared)."""
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in asdict(tc).items() if k != "extra"}
-    aliases = {"epochs": ("num_train_epochs", "epochs"), "learning_rate": ("learning_rate", "lr"),
-               "batch_size": ("batch_size", "effective_batch_size"),
-               "per_device_batch_size": ("per_device_batch_size", "per_device_train_batch_size"),
-               "lora": ("lora", "use_lora")}
-    kwargs: dict[str, Any] = {}
-    for k, v in values.items():
-        for cand in aliases.get(k, (k,)):
-            if cand in names:
-                kwargs[cand] = v
-                break
-    if "seed" in names:
-        kwargs["seed"] = seed
-    for k, v in tc.extra.items():
-        if k not in names:
-            raise IlfError(f"config key 'finetune.extra.{k}' is not a FINETUNE option (known: {', '.join(sorted(names))})")
-        kwargs[k] = v
-    return cls(**kwargs)
 
 
 def seed_dir(model_dir: Path, i: int) -> Path:

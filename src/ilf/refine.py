@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from ilf.jsonl import Appender, load_jsonl
 from ilf.tasks import Task, TaskSet, refinement_prompt
@@ -178,49 +178,7 @@ def sample_refinements(
 
 
 # ---------------------------------------------------------------------------------------------
-# Selecting R and scoring π_Refine
-
-
-def select_training_set(
-    results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 0, max_edit_distance: float = 1.0,
-    dropped: dict[str, int] | None = None,
-) -> list[dict[str, Any]]:
-    """R: per task, one passing refinement chosen at random (seeded), as the paper does.
-
-    Pairs are (task prompt -> refinement body): the prompt π_θ sees at test time and the code it
-    should have written. A passing refinement farther than `max_edit_distance` from its x0 (bounded
-    measure, `edit_distance`; 1.0 keeps all) is dropped; `dropped` receives the counts.
-    """
-    by_task: dict[Any, list[dict]] = defaultdict(list)
-    passing_tasks, n_dropped = set(), 0
-    for r in results:
-        if not r.get("passed"):
-            continue
-        passing_tasks.add(r["task_id"])
-        if r.get("edit_distance") is not None and r["edit_distance"] > max_edit_distance:
-            n_dropped += 1
-            continue
-        by_task[r["task_id"]].append(r)
-    if dropped is not None:
-        dropped["passing_refinements_dropped_by_edit_distance"] = n_dropped
-        dropped["tasks_lost_to_edit_distance"] = len(passing_tasks - set(by_task))
-    pairs = []
-    for tid in sorted(by_task, key=lambda t: (str(type(t)), t)):
-        cands = sorted(by_task[tid], key=lambda r: (str(r["feedback_id"]), r["sample_id"]))
-        pick = random.Random(f"{seed}:select:{tid}").choice(cands)
-        task = tasks[tid]
-        pairs.append(
-            {
-                "task_id": tid,
-                "prompt": task.prompt,
-                "completion": body_after_prompt(pick["refinement"], task.prompt),
-                "source": "ilf",
-                "feedback_id": pick["feedback_id"],
-                "sample_id": pick["sample_id"],
-                "edit_distance": pick.get("edit_distance"),
-            }
-        )
-    return pairs
+# Scoring π_Refine (R itself is built by ilf.pairs.ilf_pairs)
 
 
 def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:

@@ -23,14 +23,15 @@ import os
 import re
 import statistics
 import tempfile
-import tomllib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ilf.config import RunConfig, read_run_config
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, read_json, read_jsonl, read_text, require, stored, write_json, write_jsonl
+from ilf.jsonl import Appender, read_json, read_jsonl, require, stored, write_json, write_jsonl
 
 # Bootstrap: the paper reports no intervals; 2000 percentile resamples keep the CI bounds stable to
 # about 0.5 percentage points at 100 tasks and cost milliseconds with numpy.
@@ -232,7 +233,7 @@ def _pass_curve(counts: dict[str, tuple[int, int]], resamples: int, seed: int) -
     return [{"k": k, **estimate(per_task_values(counts, f"pass@{k}"), resamples, seed, indices=idx)} for k in range(1, kmax + 1)]
 
 
-def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config: dict) -> dict:
+def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config: RunConfig | None) -> dict:
     method = mdir.name
     results = mdir / "results.jsonl"
     summary = _read_json_object(mdir / "summary.json") or {}
@@ -242,13 +243,8 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
 
     # Protocol: summary.json (written by the pipeline), else the sample records, else config.toml's [eval].
     first: dict = next((rec for _, rec in read_jsonl(results, allow_torn_tail=True)), {})
-    ev = config.get("eval", {}) if isinstance(config.get("eval"), dict) else {}
-    protocol = {}
-    for key in PROTOCOL_KEYS:
-        val = summary.get(key, first.get(key, ev.get(key)))
-        if key == "dataset" and val is None:
-            val = config.get("dataset")
-        protocol[key] = val
+    ev = dict(asdict(config.eval), dataset="mbpp") if config else {}  # the pipeline runs MBPP
+    protocol = {key: summary.get(key, first.get(key, ev.get(key))) for key in PROTOCOL_KEYS}
     model = summary.get("model", first.get("model"))
 
     train_pairs = summary.get("train_pairs")
@@ -531,29 +527,18 @@ def _stages(run_dir: Path) -> tuple[Optional[dict], list[dict]]:
     return manifest, rows
 
 
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(read_text(path))
-    except tomllib.TOMLDecodeError as e:
-        raise IlfError(f"{path}: invalid TOML ({e})") from None
-
-
 def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> dict:
     """Every number of the report for one run directory, as a JSON-able dict (report.json)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise IlfError(f"{run_dir}: run directory not found")
-    config = _read_config(run_dir)
-    rep = config.get("report", {}) if isinstance(config.get("report"), dict) else {}
+    config = read_run_config(run_dir)
     if resamples is None:
-        resamples = int(rep.get("bootstrap", BOOTSTRAP_RESAMPLES))
+        resamples = config.report.bootstrap if config else BOOTSTRAP_RESAMPLES
     if seed is None:
         seed = BOOTSTRAP_SEED
     if resamples < 1:
-        raise IlfError(f"{run_dir / 'config.toml'}: config key 'report.bootstrap' must be >= 1, got {resamples}")
+        raise IlfError(f"--bootstrap must be >= 1, got {resamples}")
     manifest, stages = _stages(run_dir)
 
     methods, unfinished = [], []

@@ -8,36 +8,36 @@ stop strings: cutting a completion down to the intended program is `ilf.extracti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence
+
+from ilf.settings import check, setting
 
 
 @dataclass
-class SamplingParams:
-    n: int = 1
-    temperature: float = 0.8  # 0 means greedy
-    top_p: float = 0.95
-    top_k: int = 0  # 0 = off
-    max_new_tokens: int = 256
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
+class Sampling:
+    """The sampling settings a user chooses; one definition for every config section and command."""
+
+    n: int = setting(1, "Samples per prompt.", ge=1)
+    temperature: float = setting(0.8, "Sampling temperature (0 = greedy).", ge=0)
+    top_p: float = setting(0.95, "Nucleus sampling: keep the smallest token set of this probability.", gt=0, le=1)
+    top_k: int = setting(0, "Top-k sampling (0 = off).", ge=0)
+    max_new_tokens: int = setting(256, "Most tokens generated per sample.", ge=1)
 
     def __post_init__(self):
-        """One validation for every caller (commands, config, pipeline, server)."""
-        import math
+        check(self)  # one validation for every caller (commands, config, pipeline, server)
 
-        from ilf.errors import IlfError
+    def sampling(self) -> dict:
+        """These settings alone (a subclass's other fields left out), for SamplingParams(**...)."""
+        return {f.name: getattr(self, f.name) for f in fields(Sampling)}
 
-        if not isinstance(self.n, int) or self.n < 1:
-            raise IlfError(f"sampling: n must be an integer >= 1, got {self.n!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            raise IlfError(f"sampling: temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise IlfError(f"sampling: top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise IlfError(f"sampling: top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise IlfError(f"sampling: max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+
+@dataclass
+class SamplingParams(Sampling):
+    """What an engine receives: the user's settings, the stop strings and the run seed."""
+
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
 
 
 @dataclass

@@ -1,0 +1,129 @@
+"""Every setting has one name, one default and one validation: `ilf run KEY=V`, the step's own
+command and the report agree (ilf.settings). Walks every field of every step's config."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from ilf.cli import app
+from ilf.config import (
+    EvalConfig,
+    FeedbackConfig,
+    FinetuneConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    SweepConfig,
+    load_config,
+    read_run_config,
+    to_toml,
+)
+from ilf.errors import IlfError
+from ilf.settings import settings_fields
+
+# (run config section, its dataclass, the step command, the command's flag prefix, fields it has no flag for)
+STEPS = [
+    ("sample", SampleConfig, "sample", "", ()),
+    ("model", ModelConfig, "sample", "", ()),  # model.base is `ilf sample --model`
+    ("finetune", FinetuneConfig, "finetune", "", ()),
+    ("sweep", SweepConfig, "finetune", "sweep_", ("methods",)),
+    ("feedback", FeedbackConfig, "feedback", "", ("tasks", "max_tasks", "human_db", "llm_n")),
+    ("eval", EvalConfig, "evaluate", "", ("tasks", "n", "temperature", "top_p", "top_k", "max_new_tokens", "methods")),
+]
+# Flags that take a subset of the key's values, required on the command line: `ilf feedback --source`
+# writes llm or trace feedback (authors and human feedback come from files and the annotation app).
+SUBSET = {"feedback.source"}
+# Arguments that get each command past its own required options to the settings' validation.
+REQUIRED = {"sample": ["--output", "{tmp}/s.jsonl"], "finetune": ["--data", "surge", "--output", "{tmp}/ft"],
+            "feedback": ["{tmp}/r.jsonl", "--source", "trace"], "evaluate": ["{tmp}/s.jsonl"]}
+
+
+def _params(command: str) -> dict:
+    group = get_command(app)
+    return {p.name: p for p in group.commands[command].params}
+
+
+def _bad_value(field: dataclasses.Field, tp) -> str | None:
+    """A value the field's declared constraints refuse, as TOML (None: the field has none)."""
+    md = field.metadata
+    if md.get("choices") is not None:
+        return "'nope'" if typing.get_origin(tp) is not list else "['nope']"
+    bound = next((md[k] for k in ("ge", "gt") if md.get(k) is not None), None)
+    if bound is not None:
+        bad = bound - 1 if md.get("ge") is not None else bound
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        text = str(int(bad)) if inner is int else repr(float(bad))
+        return f"[{text}]" if typing.get_origin(tp) is list else text
+    if md.get("le") is not None:
+        return repr(float(md["le"]) + 1)
+    return None
+
+
+def _cases():
+    for section, cls, command, prefix, skip in STEPS:
+        hints = typing.get_type_hints(cls)
+        for f in settings_fields(cls):
+            yield pytest.param(section, cls, command, prefix, skip, f, hints[f.name], id=f"{section}.{f.name}")
+
+
+@pytest.mark.parametrize("section,cls,command,prefix,skip,field,tp", list(_cases()))
+def test_every_setting_agrees_between_run_config_and_its_command(tmp_path, section, cls, command, prefix, skip, field, tp):
+    key = f"{section}.{field.name}"
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    # The run config: the key exists with the dataclass default (what `ilf run --dry-run` prints).
+    block = to_toml(RunConfig()).split(f"\n[{section}]\n")[1].split("\n\n")[0]
+    assert any(line.startswith(f"{field.name} = ") for line in block.splitlines()), key
+    assert getattr(getattr(RunConfig(), section), field.name) == default
+
+    params = _params(command)
+    pname = "model" if key == "model.base" else prefix + field.name
+    if field.name in skip or not field.metadata.get("cli", True):
+        assert pname not in params, f"{key} has a flag but is listed as having none"
+    else:
+        # The command: a flag of the same name, the same default, the field's own help.
+        assert pname in params, f"`ilf {command}` has no flag for {key}"
+        p = params[pname]
+        if key in SUBSET:
+            r = CliRunner().invoke(app, [command, *[a.format(tmp=tmp_path) for a in REQUIRED[command]][:1], "--source", "nope"])
+            assert r.exit_code == 2 and "--source must be llm or trace" in r.output, r.output
+            return
+        want = ",".join(map(str, default)) if typing.get_origin(tp) is list else default
+        assert p.default == want, f"`ilf {command} --{pname}` defaults to {p.default!r}, {key} to {want!r}"
+        if section != "model":
+            assert p.help == field.metadata["help"]
+
+    bad = _bad_value(field, tp)
+    if bad is None:
+        return
+    # One validation: the same refusal from the run config and from the command.
+    with pytest.raises(IlfError) as e:
+        load_config(None, [f"run_dir={tmp_path / 'r'}", f"{key}={bad}"])
+    msg = str(e.value)
+    assert msg.startswith("command line: ") and f"'{key}'" in msg and "\n" not in msg
+    problem = msg.split(f"'{key}' ", 1)[1]
+    if field.name in skip or not field.metadata.get("cli", True):
+        return
+    flag_value = bad.strip("[]'")
+    args = [a.format(tmp=tmp_path) for a in REQUIRED[command]] + [f"--{pname.replace('_', '-')}", flag_value]
+    r = CliRunner().invoke(app, [command, *args])
+    assert r.exit_code == 2, r.output
+    assert problem in " ".join(r.output.split()), (problem, r.output)
+
+
+def test_report_reads_the_run_config_with_the_same_loader(tmp_path):
+    """The report and exports read config.toml through the loader: same defaults, same refusals,
+    and a key an older ilf wrote is left out rather than failing the report."""
+    run = tmp_path / "run"
+    run.mkdir()
+    written = load_config(None, ["eval.n=7", f"run_dir={run}"])
+    (run / "config.toml").write_text('dataset = "mbpp"\n' + to_toml(written) + "\n[old]\nextra = {}\n")
+    cfg = read_run_config(run)
+    assert cfg == written and cfg.eval.n == 7
+    (run / "config.toml").write_text('[report]\nbootstrap = 0\n')
+    with pytest.raises(IlfError, match=r"config.toml:2: config key 'report.bootstrap' must be a finite number >= 1"):
+        read_run_config(run)
