@@ -53,8 +53,9 @@ def run_ilf(name: str, args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench_ft_")) / "model"
     kw = {"per_device_batch_size": 1, **VARIANTS[name]}
-    cfg = FinetuneConfig(batch_size=args.batch, max_steps=args.steps, max_length=args.max_length,
-                         report_to="none", save_steps=-1, **kw)  # no checkpoint: the plain loop writes none either
+    cfg = FinetuneConfig(
+        batch_size=args.batch, max_steps=args.steps, max_length=args.max_length, report_to="none", save_steps=-1, **kw
+    )  # no checkpoint: the plain loop writes none either
     try:
         finetune(pairs_for(args.pairs), args.model, out, cfg)
         m = json.loads((out / "ilf_finetune.json").read_text())["metrics"]
@@ -96,11 +97,21 @@ def run_plain(args) -> dict:
             labels = [t if m else -100 for t, m in zip(e.input_ids, e.completion_mask)]
             return {"input_ids": torch.tensor(e.input_ids), "labels": torch.tensor(labels)}
 
-    targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="bench_plain_"), per_device_train_batch_size=1,
-                              optim="adamw_torch_fused",  # the Trainer's default, as ilf's
-                              gradient_accumulation_steps=args.batch, max_steps=args.steps, learning_rate=5e-6,
-                              lr_scheduler_type="linear", report_to=[], save_strategy="no", logging_steps=1,
-                              dataloader_pin_memory=False, disable_tqdm=True, seed=42)
+    targs = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="bench_plain_"),
+        per_device_train_batch_size=1,
+        optim="adamw_torch_fused",  # the Trainer's default, as ilf's
+        gradient_accumulation_steps=args.batch,
+        max_steps=args.steps,
+        learning_rate=5e-6,
+        lr_scheduler_type="linear",
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        seed=42,
+    )
     trainer = Trainer(model=model, args=targs, train_dataset=DS())
     t = time.time()
     res = trainer.train()
@@ -141,8 +152,12 @@ def run_bf16_probe(args) -> dict:
         loss.backward()
         model.zero_grad(set_to_none=True)
         times[name] = time.time() - t
-    return {"tokens": len(e.input_ids), "fp32_seconds": round(times["fp32"], 2), "bf16_seconds": round(times["bf16"], 2),
-            "bf16_over_fp32": round(times["bf16"] / times["fp32"], 2)}
+    return {
+        "tokens": len(e.input_ids),
+        "fp32_seconds": round(times["fp32"], 2),
+        "bf16_seconds": round(times["bf16"], 2),
+        "bf16_over_fp32": round(times["bf16"] / times["fp32"], 2),
+    }
 
 
 def child(name: str, args) -> None:
@@ -177,8 +192,22 @@ def main() -> None:
     results = {}
     load_start = os.getloadavg()[0]
     for name in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--pairs", str(args.pairs),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--max-length", str(args.max_length)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--model",
+            args.model,
+            "--pairs",
+            str(args.pairs),
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--max-length",
+            str(args.max_length),
+        ]
         print(f"== {name}", file=sys.stderr, flush=True)
         p = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
@@ -191,22 +220,28 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "bench_finetune.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
-    print(f"\nFINETUNE on {args.model}: {args.pairs} pairs, per-device batch 1 x accumulation {args.batch}, "
-          f"{args.steps} optimizer steps, max_length {args.max_length}, {os.cpu_count()} CPU threads; "
-          f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
+    print(
+        f"\nFINETUNE on {args.model}: {args.pairs} pairs, per-device batch 1 x accumulation {args.batch}, "
+        f"{args.steps} optimizer steps, max_length {args.max_length}, {os.cpu_count()} CPU threads; "
+        f"load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end"
+    )
     hdr = f"{'variant':26} {'target tok/s':>12} {'s/step':>8} {'train s':>8} {'load s':>7} {'peak RSS GiB':>13} {'loss':>7}"
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
         if name == "bf16-probe" and "error" not in r:
-            print(f"{'bf16 autocast probe':26} one fwd+bwd of {r['tokens']} tokens: fp32 {r['fp32_seconds']} s, "
-                  f"bf16 {r['bf16_seconds']} s ({r['bf16_over_fp32']}x)")
+            print(
+                f"{'bf16 autocast probe':26} one fwd+bwd of {r['tokens']} tokens: fp32 {r['fp32_seconds']} s, "
+                f"bf16 {r['bf16_seconds']} s ({r['bf16_over_fp32']}x)"
+            )
             continue
         if "error" in r:
             print(f"{name:26} error: {r['error']}")
             continue
-        print(f"{name:26} {r['target_tokens_per_second']:>12.1f} {r['seconds_per_step']:>8.1f} {r['train_seconds']:>8.1f} "
-              f"{r['load_seconds']:>7.1f} {r['peak_rss_mb'] / 1024:>13.2f} {r['train_loss']:>7.4f}")
+        print(
+            f"{name:26} {r['target_tokens_per_second']:>12.1f} {r['seconds_per_step']:>8.1f} {r['train_seconds']:>8.1f} "
+            f"{r['load_seconds']:>7.1f} {r['peak_rss_mb'] / 1024:>13.2f} {r['train_loss']:>7.4f}"
+        )
     print(f"raw: {out}")
 
 

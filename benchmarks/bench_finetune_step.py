@@ -28,8 +28,8 @@ def main() -> None:
     from trl.trainer.utils import add_fused_lm_head
 
     from ilf.finetune import Pair, encode_pairs, end_token_ids, training_eos_id
-    from ilf.pairs import annotation_pairs
     from ilf.models import load_hf_model
+    from ilf.pairs import annotation_pairs
 
     torch.set_num_threads(os.cpu_count() or 1)
     load0 = os.getloadavg()[0]
@@ -80,8 +80,10 @@ def main() -> None:
         steps.append(time.time() - t)
 
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {n_params / 1e6:.0f}M parameters, sequences of {[len(e.input_ids) for e in enc]} tokens, "
-          f"{torch.get_num_threads()} threads, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.model}: {n_params / 1e6:.0f}M parameters, sequences of {[len(e.input_ids) for e in enc]} tokens, "
+        f"{torch.get_num_threads()} threads, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
     for name, s in rows:
         print(f"  {name:30} {s:7.2f} s per sequence (forward + backward)")
     print(f"  {'AdamW step, all parameters':30} {steps[1]:7.2f} s ({steps[0]:.2f} s the first time)")

@@ -118,7 +118,10 @@ def sample_all(models: dict[str, str], tasks, params: SamplingParams) -> dict:
             eng.close()
             out[(mlabel, plabel)] = [[c.text for c in cs] for cs in comps]
             toks = sum(c.num_tokens for cs in comps for c in cs)
-            print(f"  {mlabel:5s} {plabel:7s} {timing[f'{mlabel}/{plabel}']:7.1f} s, {toks / timing[f'{mlabel}/{plabel}']:.1f} tok/s", flush=True)
+            print(
+                f"  {mlabel:5s} {plabel:7s} {timing[f'{mlabel}/{plabel}']:7.1f} s, {toks / timing[f'{mlabel}/{plabel}']:.1f} tok/s",
+                flush=True,
+            )
     return {"texts": out, "seconds": timing}
 
 
@@ -169,8 +172,9 @@ def main() -> None:
     for (m, p), per_task in sampled["texts"].items():
         for tk, texts in zip(tasks, per_task):
             for j, text in enumerate(texts):
-                records.append({"task_id": tk.task_id, "sample_id": j, "model": m, "path": p, "completion": text,
-                                "program": extract_program(tk, text)})
+                records.append(
+                    {"task_id": tk.task_id, "sample_id": j, "model": m, "path": p, "completion": text, "program": extract_program(tk, text)}
+                )
     results = evaluate(records, load_tasks("mbpp", task_ids=a.tasks))
     by = {}
     for r in results:
@@ -183,15 +187,29 @@ def main() -> None:
         same = sum(x == y for xs, ys in zip(sampled["texts"][("ft", p)], sampled["texts"][("ft", "float32")]) for x, y in zip(xs, ys))
         # Only the OpenVINO paths share a random stream, so only their samples can be compared one by one.
         same_ov = sum(x == y for xs, ys in zip(sampled["texts"][("ft", p)], sampled["texts"][("ft", "f16")]) for x, y in zip(xs, ys))
-        sampling_out[p] = {"pass@1": float(rate[p].mean()), "minus_float32": [d, lo, hi],
-                           "samples_same_as_float32": f"{same}/{len(ids) * a.n}",
-                           "samples_same_as_openvino_f16": f"{same_ov}/{len(ids) * a.n}" if p != "float32" else None,
-                           "seconds": sampled["seconds"][f"ft/{p}"], "programs_per_s": len(ids) * a.n / sampled["seconds"][f"ft/{p}"]}
+        sampling_out[p] = {
+            "pass@1": float(rate[p].mean()),
+            "minus_float32": [d, lo, hi],
+            "samples_same_as_float32": f"{same}/{len(ids) * a.n}",
+            "samples_same_as_openvino_f16": f"{same_ov}/{len(ids) * a.n}" if p != "float32" else None,
+            "seconds": sampled["seconds"][f"ft/{p}"],
+            "programs_per_s": len(ids) * a.n / sampled["seconds"][f"ft/{p}"],
+        }
     print(json.dumps(sampling_out, indent=2), flush=True)
 
-    out = {"cpu": cpu(), "base": str(a.base), "model": str(a.model), "tasks": a.tasks, "n": a.n,
-           "max_new_tokens": a.max_new_tokens, "weights": wr, "greedy": greedy_out, "greedy_seconds": greedy["seconds"],
-           "sampling": sampling_out, "wall_seconds": time.perf_counter() - t_all}
+    out = {
+        "cpu": cpu(),
+        "base": str(a.base),
+        "model": str(a.model),
+        "tasks": a.tasks,
+        "n": a.n,
+        "max_new_tokens": a.max_new_tokens,
+        "weights": wr,
+        "greedy": greedy_out,
+        "greedy_seconds": greedy["seconds"],
+        "sampling": sampling_out,
+        "wall_seconds": time.perf_counter() - t_all,
+    }
     Path(a.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     with open(a.out + "_samples.jsonl", "w") as f:
         for r in results:

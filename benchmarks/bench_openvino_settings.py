@@ -8,7 +8,8 @@ Workloads (bundled model, seed 0, ilf's stop strings):
 - "refine": one-shot π_Refine prompts for the first 16 authors' annotations on MBPP_Train, n = 4
   (the demo's refinement sampling; ~2k characters each, prefill-heavy).
 Each engine warms up on 2 prompts first; ilf's default runs first and again last, so the spread of
-its two rows shows the run-to-run noise (±10-15% seen here). Batch invariance: the mbpp prompts are sampled whole, then the last 11 alone (a resumed run), and
+its two rows shows the run-to-run noise (±10-15% seen here).
+Batch invariance: the mbpp prompts are sampled whole, then the last 11 alone (a resumed run), and
 the samples of those 11 compared.
 
     flock /tmp/ilf-heavy.lock python benchmarks/bench_openvino_settings.py
@@ -77,8 +78,10 @@ def main() -> None:
     print("| variant | MBPP programs/s | MBPP tokens/s | refine programs/s | refine tokens/s | same samples when resumed |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['variant']} | {r['mbpp_programs_per_s']} | {r['mbpp_tokens_per_s']} | {r['refine_programs_per_s']} | "
-              f"{r['refine_tokens_per_s']} | {r['batch_invariant']} |")
+        print(
+            f"| {r['variant']} | {r['mbpp_programs_per_s']} | {r['mbpp_tokens_per_s']} | {r['refine_programs_per_s']} | "
+            f"{r['refine_tokens_per_s']} | {r['batch_invariant']} |"
+        )
     out = Path(__file__).parent / "results" / "openvino_settings.json"
     out.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
 

@@ -75,8 +75,10 @@ def main() -> None:
     print(f"\n{'method':48s} {'seconds':>8s} {'programs/s':>11s} {'tokens/s':>9s} {'max rel. diff':>14s}")
     for name, secs, rel in rows:
         print(f"{name:48s} {secs:8.1f} {len(recs) / secs:11.2f} {ntok / secs:9.0f} {rel:14.2e}")
-    print(f"\ncompletion tokens scored: {ntok}; baseline median perplexity {sorted(base_ppl)[len(base_ppl) // 2]:.3f}; "
-          f"peak RSS {peak_rss_mb():.0f} MB")
+    print(
+        f"\ncompletion tokens scored: {ntok}; baseline median perplexity {sorted(base_ppl)[len(base_ppl) // 2]:.3f}; "
+        f"peak RSS {peak_rss_mb():.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import time
 from pathlib import Path
 
@@ -46,17 +45,28 @@ def resample(feedback: list[dict], tasks, engine_loader, params: SamplingParams,
         task = tasks[fb["task_id"]]
         for j, c in enumerate(comps):
             program = extract_program(task, c.text)
-            recs.append({"task_id": fb["task_id"], "feedback_id": fb["feedback_id"], "sample_id": j,
-                         "completion": c.text, "refinement": program, "program": program})
+            recs.append(
+                {
+                    "task_id": fb["task_id"],
+                    "feedback_id": fb["feedback_id"],
+                    "sample_id": j,
+                    "completion": c.text,
+                    "refinement": program,
+                    "program": program,
+                }
+            )
     write_jsonl(raw, recs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("feedback", help="feedback JSONL of a run (task_id, feedback_id, program, feedback)")
-    ap.add_argument("--variants", default="qwen2.5-coder-0.5b-instruct:1",
-                    help="comma-separated MODEL:SHOTS (shots = human triples of MBPP_Refine in the prompt; "
-                    "MODEL:resample = the model's plain task prompt again, no feedback: the control)")
+    ap.add_argument(
+        "--variants",
+        default="qwen2.5-coder-0.5b-instruct:1",
+        help="comma-separated MODEL:SHOTS (shots = human triples of MBPP_Refine in the prompt; "
+        "MODEL:resample = the model's plain task prompt again, no feedback: the control)",
+    )
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--max-new-tokens", type=int, default=192)
@@ -71,25 +81,41 @@ def main() -> None:
     if a.limit:
         feedback = feedback[: a.limit]
     refine_ids = parse_ranges("refine")
-    examples = [dict(x, program=x["program"].replace("\r\n", "\n"), refinement=x["refinement"].replace("\r\n", "\n"),
-                     feedback=x["feedback"].replace("\r\n", "\n").strip())
-                for x in load_authors(default_data_dir() / "surge_annotations.jsonl") if x["task_id"] in refine_ids]
-    params = SamplingParams(n=a.n, temperature=a.temperature, top_p=0.95, max_new_tokens=a.max_new_tokens, seed=0,
-                            stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
+    examples = [
+        dict(
+            x,
+            program=x["program"].replace("\r\n", "\n"),
+            refinement=x["refinement"].replace("\r\n", "\n"),
+            feedback=x["feedback"].replace("\r\n", "\n").strip(),
+        )
+        for x in load_authors(default_data_dir() / "surge_annotations.jsonl")
+        if x["task_id"] in refine_ids
+    ]
+    params = SamplingParams(
+        n=a.n,
+        temperature=a.temperature,
+        top_p=0.95,
+        max_new_tokens=a.max_new_tokens,
+        seed=0,
+        stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"],
+    )
     out_dir = RESULTS / f"refiner_{a.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for variant in a.variants.split(","):
         model, _, shots = variant.partition(":")
-        kinds = [("resample", feedback)] if shots == "resample" else (
-            [("related", feedback)] + ([("shuffled", shuffled_feedback(feedback))] if a.shuffled else []))
+        kinds = (
+            [("resample", feedback)]
+            if shots == "resample"
+            else ([("related", feedback)] + ([("shuffled", shuffled_feedback(feedback))] if a.shuffled else []))
+        )
         for kind, fbs in kinds:
             tag = f"{Path(model).name}_{kind}" if kind == "resample" else f"{Path(model).name}_{shots or 1}shot_{kind}"
             raw = out_dir / f"{tag}_raw.jsonl"
             t0 = time.perf_counter()
             eng = None
 
-            def loader():
+            def loader(model=model):
                 nonlocal eng
                 eng = get_engine("openvino", model, weights=a.weights)
                 return eng
@@ -97,18 +123,27 @@ def main() -> None:
             if kind == "resample":
                 resample(fbs, tasks, loader, params, raw)
             else:
-                sample_refinements(fbs, tasks, loader, params, raw, examples=examples, example_tasks=tasks,
-                                   shots=int(shots or 1), seed=0)
+                sample_refinements(fbs, tasks, loader, params, raw, examples=examples, example_tasks=tasks, shots=int(shots or 1), seed=0)
             if eng is not None:
                 eng.close()
             seconds = time.perf_counter() - t0
             res = evaluate(load_jsonl(raw), tasks, output=out_dir / f"{tag}.jsonl")
             s = refine_summary(res, a.n)
             s.pop("per_feedback")
-            row = {"variant": tag, "model": model, "shots": None if kind == "resample" else int(shots or 1), "feedback": kind, "seconds": seconds, **s}
+            row = {
+                "variant": tag,
+                "model": model,
+                "shots": None if kind == "resample" else int(shots or 1),
+                "feedback": kind,
+                "seconds": seconds,
+                **s,
+            }
             rows.append(row)
-            print(f"{tag:55s} pass@1 {100 * s.get('pass@1', 0):5.1f}  1+ correct {100 * s['one_plus_correct']:5.1f}  "
-                  f"tasks repaired {s['num_tasks_solved']}/{s['num_feedback']}  ({seconds:.0f} s)", flush=True)
+            print(
+                f"{tag:55s} pass@1 {100 * s.get('pass@1', 0):5.1f}  1+ correct {100 * s['one_plus_correct']:5.1f}  "
+                f"tasks repaired {s['num_tasks_solved']}/{s['num_feedback']}  ({seconds:.0f} s)",
+                flush=True,
+            )
     summary = RESULTS / f"refiner_{a.name}.json"
     if summary.exists():  # rows of earlier invocations on the same records stay; a rerun replaces its variant's row
         new = {r["variant"] for r in rows}

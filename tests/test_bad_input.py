@@ -69,8 +69,10 @@ def test_failed_starts_leave_nothing_behind(tmp_path):
     assert "--port" in _one_error_line(_run(["serve", "--port", "0"], tmp_path))
     assert os.listdir(tmp_path) == []
     # sample: an engine that cannot answer leaves no empty output
-    proc = _run(["sample", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--tasks", "11",
-                 "--n", "1", "--output", "s.jsonl"], tmp_path)
+    proc = _run(
+        ["sample", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1", "--tasks", "11", "--n", "1", "--output", "s.jsonl"],
+        tmp_path,
+    )
     assert proc.returncode != 0 and not (tmp_path / "s.jsonl").exists(), proc.stderr[-500:]
     # finetune: a foreign --output is refused before anything is written into it
     (tmp_path / "D").mkdir()

@@ -45,8 +45,9 @@ def test_evaluate_refuses_a_timeout_that_is_not_a_positive_finite_number(tmp_pat
 
 def test_feedback_and_annotations_export_refuse_to_overwrite_their_input(tmp_path):
     results = tmp_path / "r.jsonl"
-    results.write_text(json.dumps({"task_id": 2, "sample_id": 0, "passed": False, "status": "failed",
-                                   "program": "x", "error": "AssertionError"}) + "\n")
+    results.write_text(
+        json.dumps({"task_id": 2, "sample_id": 0, "passed": False, "status": "failed", "program": "x", "error": "AssertionError"}) + "\n"
+    )
     before = results.read_bytes()
     _one_error_line(_run(["feedback", str(results), "--source", "trace", "--output", str(results)], tmp_path))
     assert results.read_bytes() == before

@@ -122,12 +122,13 @@ def test_user_data_dir_is_the_only_place_looked_in(user_machine, tmp_path):
 def test_cli_data_fetch_then_status(server, tmp_path, data_dir):
     """`ilf data fetch` downloads all four into the cache; `ilf data` then shows them verified.
     Run from a copy of the package tree with nothing beside it (no shared/data)."""
-    env = {"PATH": "/usr/bin:/bin", "ILF_CACHE": str(tmp_path / "cache"), "ILF_DATA_BASE_URL": server + "/good",
-           "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "ILF_CACHE": str(tmp_path / "cache"), "ILF_DATA_BASE_URL": server + "/good", "HOME": str(tmp_path)}
     lonely = tmp_path / "lonely"
     lonely.mkdir()
-    code = ("import sys; from ilf import data; data.shared_data_dir = lambda: None; "
-            "from ilf.cli import main; sys.argv = ['ilf'] + sys.argv[1:]; main()")
+    code = (
+        "import sys; from ilf import data; data.shared_data_dir = lambda: None; "
+        "from ilf.cli import main; sys.argv = ['ilf'] + sys.argv[1:]; main()"
+    )
     fetch = subprocess.run([sys.executable, "-c", code, "data", "fetch"], cwd=lonely, env=env, capture_output=True, text=True)
     assert fetch.returncode == 0, fetch.stderr
     assert fetch.stderr.count("downloaded") == 4

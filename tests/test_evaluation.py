@@ -20,9 +20,7 @@ ANNOTATIONS = DATA / "surge_annotations.jsonl" if DATA else None
 
 
 def ilf(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ilf.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "ilf.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -26,37 +26,97 @@ def make_run(root: Path, data_dir: Path) -> Path:
     nl = lambda s: s.replace("\r\n", "\n")  # noqa: E731
     write_json(run / "manifest.json", {"stages": {}, "code_version": "ilf test"})
     (run / "config.toml").write_text(f'name = "t"\ndata_dir = "{data_dir}"\n\n[model]\nbase = "tiny"\n')
-    write_jsonl(run / "r1" / "feedback.jsonl", [
-        {"task_id": t, "sample_id": 0, "program": nl(ann[t]["program"]), "feedback": ann[t]["feedback"],
-         "feedback_id": f"f{t}", "source": "authors"} for t in TASKS])
-    write_jsonl(run / "r1" / "refinements.jsonl", [
-        {"task_id": t, "feedback_id": f"f{t}", "sample_id": j, "refinement": nl(ann[t]["refinement"]) if j == 0 else "x",
-         "passed": j == 0, "status": "passed" if j == 0 else "failed"} for t in TASKS for j in range(2)])
-    write_jsonl(run / "r1" / "train_pairs.jsonl", [
-        {"task_id": t, "prompt": tasks[t].prompt, "completion": body_after_prompt(nl(ann[t]["refinement"]), tasks[t].prompt),
-         "source": "ilf"} for t in TASKS])
-    write_jsonl(run / "baselines" / "gold" / "train_pairs.jsonl", [
-        {"task_id": t, "prompt": tasks[t].prompt, "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt),
-         "source": "gold"} for t in TASKS])
+    write_jsonl(
+        run / "r1" / "feedback.jsonl",
+        [
+            {
+                "task_id": t,
+                "sample_id": 0,
+                "program": nl(ann[t]["program"]),
+                "feedback": ann[t]["feedback"],
+                "feedback_id": f"f{t}",
+                "source": "authors",
+            }
+            for t in TASKS
+        ],
+    )
+    write_jsonl(
+        run / "r1" / "refinements.jsonl",
+        [
+            {
+                "task_id": t,
+                "feedback_id": f"f{t}",
+                "sample_id": j,
+                "refinement": nl(ann[t]["refinement"]) if j == 0 else "x",
+                "passed": j == 0,
+                "status": "passed" if j == 0 else "failed",
+            }
+            for t in TASKS
+            for j in range(2)
+        ],
+    )
+    write_jsonl(
+        run / "r1" / "train_pairs.jsonl",
+        [
+            {
+                "task_id": t,
+                "prompt": tasks[t].prompt,
+                "completion": body_after_prompt(nl(ann[t]["refinement"]), tasks[t].prompt),
+                "source": "ilf",
+            }
+            for t in TASKS
+        ],
+    )
+    write_jsonl(
+        run / "baselines" / "gold" / "train_pairs.jsonl",
+        [
+            {"task_id": t, "prompt": tasks[t].prompt, "completion": body_after_prompt(tasks[t].gold, tasks[t].prompt), "source": "gold"}
+            for t in TASKS
+        ],
+    )
     return run
 
 
 def test_export_loads_with_datasets_and_trains_with_trl(tmp_path, data_dir):
     import datasets
+    from tiny_models import build_qwen_tiny
     from trl import SFTConfig, SFTTrainer
-
-    from qwen_tiny import build_qwen_tiny
 
     run = make_run(tmp_path, data_dir)
     model_dir = build_qwen_tiny(run / "r1" / "model")
-    write_json(model_dir / "ilf_finetune.json", {"base_model": "tiny", "config": {"learning_rate": 1e-5, "batch_size": 2,
-               "epochs": 1, "lora": False, "seed": 0}, "data": {"num_trained": 2}, "metrics": {"train_loss": 1.0}})
-    write_json(run / "report" / "report.json", {"runs": [{"code_version": "ilf test", "methods": [
-        {"method": "ilf", "split": "11-13", "n": 10, "temperature": 0.8, "engine": "openvino/f16", "metrics": {
-            "pass@1": {"value": 0.25, "lo": 0.1, "hi": 0.4}}}]}]})
+    write_json(
+        model_dir / "ilf_finetune.json",
+        {
+            "base_model": "tiny",
+            "config": {"learning_rate": 1e-5, "batch_size": 2, "epochs": 1, "lora": False, "seed": 0},
+            "data": {"num_trained": 2},
+            "metrics": {"train_loss": 1.0},
+        },
+    )
+    write_json(
+        run / "report" / "report.json",
+        {
+            "runs": [
+                {
+                    "code_version": "ilf test",
+                    "methods": [
+                        {
+                            "method": "ilf",
+                            "split": "11-13",
+                            "n": 10,
+                            "temperature": 0.8,
+                            "engine": "openvino/f16",
+                            "metrics": {"pass@1": {"value": 0.25, "lo": 0.1, "hi": 0.4}},
+                        }
+                    ],
+                }
+            ]
+        },
+    )
     out = tmp_path / "export"
-    proc = subprocess.run([sys.executable, "-m", "ilf.cli", "export", str(run), "--output", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "export", str(run), "--output", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
 
     sft = datasets.load_from_disk(str(out / "sft" / "ilf-r1"))
@@ -78,8 +138,16 @@ def test_export_loads_with_datasets_and_trains_with_trl(tmp_path, data_dir):
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, report_to="none",
-                     use_cpu=True, save_strategy="no", logging_steps=1, max_length=256)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        max_length=256,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=sft, processing_class=tok)
     result = trainer.train()
     assert result.global_step == 1 and result.training_loss > 0

@@ -43,10 +43,7 @@ def test_prose_directly_after_body_is_dropped():
 
 def test_helper_defined_after_the_function_is_kept_when_used():
     comp = (
-        "    return _plus(a, b)\n\n"
-        "def _plus(x, y):\n    return x + y\n\n"
-        "def unrelated():\n    print('never called')\n\n"
-        "print(add(1, 2))\n"
+        "    return _plus(a, b)\n\ndef _plus(x, y):\n    return x + y\n\ndef unrelated():\n    print('never called')\n\nprint(add(1, 2))\n"
     )
     prog = ex(comp)
     assert "def _plus" in prog and "unrelated" not in prog and "print(add" not in prog
@@ -88,7 +85,7 @@ def test_prompt_with_imports_and_helpers_is_kept_whole():
 
 
 def test_nested_function_and_multiline_string_survive():
-    comp = '    def inner(x):\n        return x\n    doc = """\nnot indented inside a string\n"""\n    return inner(a) + inner(b)\n\nprint(1)\n'
+    comp = '    def inner(x):\n        return x\n    doc = """\nnot indented inside a string\n"""\n    return inner(a) + inner(b)\n\nprint(1)\n'  # noqa: E501
     prog = ex(comp)
     assert "not indented inside a string" in prog and "print(1)" not in prog
     assert sandbox.check(prog, TEST).passed

@@ -7,8 +7,8 @@ import threading
 import uuid
 
 import pytest
-
 from feedback_helpers import FIXED, PROMPT, Client, failing, form_values, make_task, running_app
+
 from ilf.feedback.app import AnnotateConfig
 from ilf.feedback.store import FeedbackStore
 
@@ -19,14 +19,22 @@ XSS = '<script>alert("xss")</script><img src=x onerror=alert(1)>'
 def store(tmp_path):
     s = FeedbackStore(tmp_path / "f.db")
     wrong_xss = PROMPT + f"    return a - b  # {XSS}\n"
-    s.add_failing([failing(1, 0, wrong_xss, error=f"AssertionError: {XSS}"), failing(1, 1), failing(2, 0)],
-                  {1: make_task(1, text=f"Add two numbers {XSS}"), 2: make_task(2)})
+    s.add_failing(
+        [failing(1, 0, wrong_xss, error=f"AssertionError: {XSS}"), failing(1, 1), failing(2, 0)],
+        {1: make_task(1, text=f"Add two numbers {XSS}"), 2: make_task(2)},
+    )
     return s
 
 
 def submit_form(page: dict, sample: str, feedback: str, refinement: str, submission_id: str | None = None) -> dict:
-    return {"csrf": page["csrf"], "submission_id": submission_id or page["submission_id"], "task_key": page["task_key"],
-            "sample": sample, "feedback": feedback, "refinement": refinement}
+    return {
+        "csrf": page["csrf"],
+        "submission_id": submission_id or page["submission_id"],
+        "task_key": page["task_key"],
+        "sample": sample,
+        "feedback": feedback,
+        "refinement": refinement,
+    }
 
 
 def test_requests_without_token_or_csrf_are_refused(store):
@@ -35,8 +43,10 @@ def test_requests_without_token_or_csrf_are_refused(store):
         anon = Client(base)
         assert anon.get("/task")[0] == 303  # to the login page
         assert anon.get("/?token=not-a-token")[0] == 401
-        status, body, _ = anon.post("/submit", data={"csrf": "x", "submission_id": uuid.uuid4().hex, "task_key": "1",
-                                                     "feedback": "f", "refinement": FIXED, "sample": "1"})
+        status, body, _ = anon.post(
+            "/submit",
+            data={"csrf": "x", "submission_id": uuid.uuid4().hex, "task_key": "1", "feedback": "f", "refinement": FIXED, "sample": "1"},
+        )
         assert status == 401
         assert anon.post("/api/run", json_body={"task_key": "1", "sample": 1, "refinement": FIXED})[0] == 401
         # Login form: the double-submit CSRF cookie is required.
@@ -53,8 +63,14 @@ def test_requests_without_token_or_csrf_are_refused(store):
         assert c.post("/submit", data={**good, "csrf": "forged-token"})[0] == 403
         assert c.post("/skip", data={k: good[k] for k in ("submission_id", "task_key")})[0] == 403
         assert c.post("/api/run", json_body={"task_key": "1", "sample": page["samples"][1], "refinement": FIXED})[0] == 403
-        assert c.post("/api/run", json_body={"task_key": "1", "sample": page["samples"][1], "refinement": FIXED},
-                      headers={"X-CSRF-Token": page["csrf"], "Origin": "http://evil.example"})[0] == 403
+        assert (
+            c.post(
+                "/api/run",
+                json_body={"task_key": "1", "sample": page["samples"][1], "refinement": FIXED},
+                headers={"X-CSRF-Token": page["csrf"], "Origin": "http://evil.example"},
+            )[0]
+            == 403
+        )
         assert c.post("/logout", data={"csrf": "nope"})[0] == 403
         assert store.feedback_records(include_skips=True) == []
         # With the token and the CSRF token it goes through.
@@ -93,8 +109,9 @@ def test_keep_rules_refuse_failing_or_far_refinements(store):
         hdr = {"X-CSRF-Token": page["csrf"]}
         run = c.post("/api/run", json_body={"task_key": page["task_key"], "sample": sample, "refinement": FIXED}, headers=hdr)
         assert run[0] == 200 and '"passed":true' in run[1]
-        run = c.post("/api/run", json_body={"task_key": page["task_key"], "sample": sample,
-                                            "refinement": PROMPT + "    return a * b\n"}, headers=hdr)
+        run = c.post(
+            "/api/run", json_body={"task_key": page["task_key"], "sample": sample, "refinement": PROMPT + "    return a * b\n"}, headers=hdr
+        )
         assert '"passed":false' in run[1] and "AssertionError" in run[1]
         # Tests fail -> refused.
         status, html, _ = c.post("/submit", data=submit_form(page, sample, "Multiply.", PROMPT + "    return a * b\n"))
@@ -139,7 +156,8 @@ def test_20_concurrent_annotators_50_submissions_each_stored_exactly_once(tmp_pa
                 form = submit_form(page, page["samples"][0], f"Add a and b ({i}, {j}).", FIXED, uuid.uuid4().hex)
                 if j % 10 == 5:  # a double click: the same submission twice at the same time
                     codes = []
-                    twins = [threading.Thread(target=lambda: codes.append(c.post("/submit", data=form)[0])) for _ in range(2)]
+                    post = lambda codes=codes, form=form: codes.append(c.post("/submit", data=form)[0])
+                    twins = [threading.Thread(target=post) for _ in range(2)]
                     for t in twins:
                         t.start()
                     for t in twins:
@@ -190,8 +208,7 @@ def test_a_task_served_to_one_annotator_cannot_be_answered_by_another(store):
         # bob posts alice's task with his own valid session and CSRF token
         steal = {"csrf": pb["csrf"], "submission_id": uuid.uuid4().hex, "task_key": pa["task_key"]}
         assert b.post("/skip", data=steal)[0] == 409
-        sub = dict(steal, sample=pa["samples"][1], feedback="Add instead of subtracting.", refinement=FIXED,
-                   submission_id=uuid.uuid4().hex)
+        sub = dict(steal, sample=pa["samples"][1], feedback="Add instead of subtracting.", refinement=FIXED, submission_id=uuid.uuid4().hex)
         assert b.post("/submit", data=sub)[0] == 409
         assert store.feedback_records(include_skips=True) == []
         # alice, who was served it, can
@@ -231,8 +248,7 @@ def test_request_bodies_are_bounded(store):
         def post(extra_headers: dict, body_chunks) -> int:
             conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
             conn.putrequest("POST", "/api/run")
-            for k, v in {"Content-Type": "application/json", "X-CSRF-Token": page["csrf"], "Cookie": cookie,
-                         **extra_headers}.items():
+            for k, v in {"Content-Type": "application/json", "X-CSRF-Token": page["csrf"], "Cookie": cookie, **extra_headers}.items():
                 conn.putheader(k, v)
             conn.endheaders()
             for chunk in body_chunks:  # (the server may answer before all of it arrives)

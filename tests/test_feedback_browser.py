@@ -7,16 +7,23 @@ import re
 import shutil
 
 import pytest
-
+from feedback_helpers import PROMPT, failing, make_task, running_app
 from playwright.sync_api import expect
 
-from feedback_helpers import PROMPT, failing, make_task, running_app
 from ilf.feedback.store import FeedbackStore
 from ilf.feedback.text import normalized_edit_distance
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 XSS = '<script>alert("xss")</script><img src=x onerror=alert(1)>'
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed")
@@ -27,8 +34,9 @@ def browser_page(tmp_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
-                                                   args=CHROMIUM_ARGS, headless=True, viewport={"width": 1400, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, viewport={"width": 1400, "height": 1000}
+        )
         page = ctx.new_page()
         page.dialogs = []
         page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
@@ -41,8 +49,10 @@ def test_annotate_in_a_browser_then_export(tmp_path, browser_page):
     store = FeedbackStore(tmp_path / "f.db")
     xss_program = PROMPT + f"    return a - b  # {XSS}\n"
     wrong = PROMPT + "    return a * b\n"
-    store.add_failing([failing(1, 0, xss_program, error=f"AssertionError: {XSS}"), failing(1, 1, wrong), failing(2, 0)],
-                      {1: make_task(1, text=f"Add two numbers. {XSS}"), 2: make_task(2)})
+    store.add_failing(
+        [failing(1, 0, xss_program, error=f"AssertionError: {XSS}"), failing(1, 1, wrong), failing(2, 0)],
+        {1: make_task(1, text=f"Add two numbers. {XSS}"), 2: make_task(2)},
+    )
     token = store.add_annotator("alice")
     with running_app(store) as base:
         # Log in with the token through the login form.

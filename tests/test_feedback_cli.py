@@ -9,6 +9,7 @@ import sys
 import time
 
 from feedback_helpers import Client, form_values, free_port
+
 from ilf.tasks import load_tasks
 
 ILF = [sys.executable, "-m", "ilf.cli"]
@@ -17,14 +18,24 @@ ILF = [sys.executable, "-m", "ilf.cli"]
 def test_annotate_serves_a_results_file(tmp_path, data_dir):
     task = load_tasks("mbpp", data_dir=data_dir, task_ids="11").tasks[11]
     results = tmp_path / "results.jsonl"
-    rows = [{"task_id": 11, "sample_id": i, "program": task.prompt + f"    return s[{i}:]\n", "passed": False,
-             "status": "failed", "error": "AssertionError: x"} for i in range(3)]
+    rows = [
+        {
+            "task_id": 11,
+            "sample_id": i,
+            "program": task.prompt + f"    return s[{i}:]\n",
+            "passed": False,
+            "status": "failed",
+            "error": "AssertionError: x",
+        }
+        for i in range(3)
+    ]
     rows.append({"task_id": 12, "sample_id": 0, "program": "x", "passed": True, "status": "passed", "error": None})
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     port = free_port()
     env = {**os.environ, "ILF_DATA_DIR": str(data_dir)}
-    proc = subprocess.Popen(ILF + ["annotate", str(results), "--port", str(port), "--add-annotator", "alice"],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ILF + ["annotate", str(results), "--port", str(port), "--add-annotator", "alice"], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         lines = []
         while not any("serving" in x for x in lines):

@@ -7,45 +7,52 @@ import subprocess
 import sys
 
 import pytest
-
+import tiny_models
 from feedback_helpers import FIXED, PROMPT, WRONG, failing, make_task
-from ilf.feedback.llm import (FEEDBACK_STOP, block, generate_llm_feedback, llm_feedback_id, pick_examples,
-                              write_llm_feedback)
+
+from ilf.feedback.llm import FEEDBACK_STOP, block, generate_llm_feedback, llm_feedback_id, pick_examples, write_llm_feedback
 
 HUMAN_EXAMPLES = [
-    {"task_id": 10, "feedback_id": "h-10", "program": PROMPT + "    return a\n", "refinement": FIXED,
-     "feedback": "The function ignores b. Return the sum of both numbers.", "source": "human"},
-    {"task_id": 11, "feedback_id": "h-11", "program": PROMPT + "    return b\n", "refinement": FIXED,
-     "feedback": "Only the second number is returned. Add the first one too.", "source": "human"},
-    {"task_id": 1, "feedback_id": "h-1", "program": WRONG, "refinement": FIXED,
-     "feedback": "Same task as the target: must never be shown as an example.", "source": "human"},
+    {
+        "task_id": 10,
+        "feedback_id": "h-10",
+        "program": PROMPT + "    return a\n",
+        "refinement": FIXED,
+        "feedback": "The function ignores b. Return the sum of both numbers.",
+        "source": "human",
+    },
+    {
+        "task_id": 11,
+        "feedback_id": "h-11",
+        "program": PROMPT + "    return b\n",
+        "refinement": FIXED,
+        "feedback": "Only the second number is returned. Add the first one too.",
+        "source": "human",
+    },
+    {
+        "task_id": 1,
+        "feedback_id": "h-1",
+        "program": WRONG,
+        "refinement": FIXED,
+        "feedback": "Same task as the target: must never be shown as an example.",
+        "source": "human",
+    },
 ]
 
 
 def build_tiny_model(out_dir):
-    """A tiny Qwen2 (random weights) with a real byte-level BPE tokenizer: real generation, seconds to build."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     corpus = [PROMPT, FIXED, WRONG] + [e["feedback"] for e in HUMAN_EXAMPLES] + ["TASK: TESTS:\nOLD CODE:\nERROR: FEEDBACK:\n"]
-    tok.train_from_iterator(corpus * 10, trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(out_dir)
-    eos = tok.token_to_id("<|endoftext|>")
-    torch.manual_seed(0)
     # Rotary positions: no position table, so a long context costs nothing at this size.
-    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
-                      eos_token_id=eos, bos_token_id=eos, pad_token_id=eos)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 1.0)
-        model.lm_head.weight[eos].zero_()
-    model.save_pretrained(out_dir)
-    return out_dir
+    return tiny_models.build_tiny_model(
+        out_dir,
+        corpus=corpus * 10,
+        vocab_size=300,
+        special_tokens=("<|endoftext|>",),
+        hidden_size=32,
+        layers=1,
+        max_positions=8192,
+        model_max_length=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +90,9 @@ def test_llm_feedback_end_to_end_with_a_real_small_model(tiny_engine):
 
 def test_llm_feedback_with_refinement_is_checked_in_the_sandbox(tiny_engine):
     tasks = {1: make_task(1), 10: make_task(10), 11: make_task(11)}
-    (rec,) = generate_llm_feedback([failing(1, 0)], tasks, tiny_engine, k_shot=1, with_refinement=True,
-                                   examples=HUMAN_EXAMPLES, max_new_tokens=16)
+    (rec,) = generate_llm_feedback(
+        [failing(1, 0)], tasks, tiny_engine, k_shot=1, with_refinement=True, examples=HUMAN_EXAMPLES, max_new_tokens=16
+    )
     assert rec["refinement"].startswith(PROMPT)
     assert rec["passed"] in (True, False) and rec["status"] in ("passed", "failed", "error", "timeout")
     assert isinstance(rec["edit_distance"], float)
@@ -132,9 +140,20 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     task = load_tasks("mbpp", data_dir=data_dir, task_ids="11").tasks[11]
     wrong = task.prompt + "    return s\n"
     results = tmp_path / "results.jsonl"
-    results.write_text(json.dumps({"task_id": 11, "sample_id": 0, "program": wrong, "passed": False, "status": "failed",
-                                   "error": "AssertionError: assert remove_Occ(\"hello\",\"l\") == \"heo\" (got 'hello')",
-                                   "failed_test": task.tests[0]}) + "\n")
+    results.write_text(
+        json.dumps(
+            {
+                "task_id": 11,
+                "sample_id": 0,
+                "program": wrong,
+                "passed": False,
+                "status": "failed",
+                "error": 'AssertionError: assert remove_Occ("hello","l") == "heo" (got \'hello\')',
+                "failed_test": task.tests[0],
+            }
+        )
+        + "\n"
+    )
     env = {**os.environ, "ILF_DATA_DIR": str(data_dir)}
     out = tmp_path / "trace.jsonl"
     cmd = [sys.executable, "-m", "ilf.cli", "feedback", str(results), "--source", "trace", "--output", str(out)]
@@ -144,15 +163,24 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     # A bad results file: one line naming file, line and field; nothing written.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"task_id": 11}\n')
-    p = subprocess.run([sys.executable, "-m", "ilf.cli", "feedback", str(bad), "--source", "trace", "--output",
-                        str(tmp_path / "none.jsonl")], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "feedback", str(bad), "--source", "trace", "--output", str(tmp_path / "none.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "bad.jsonl:1: missing field 'passed'" in p.stderr
     assert not (tmp_path / "none.jsonl").exists()
     # LLM feedback through the command, with the tiny model and the authors' examples.
     model_dir = tiny_engine.resolved.hf_dir
     out = tmp_path / "llm.jsonl"
-    subprocess.run(cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
-                   check=True, env=env, capture_output=True, text=True)
+    subprocess.run(
+        cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["source"] == "llm" and rec["feedback"] and rec["example_ids"][0].startswith("authors-")
     assert rec["example_ids"] != ["authors-11"]
@@ -160,8 +188,13 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
     assert not (tmp_path / "llm.jsonl.partial").exists()
     # Resume: a record already in OUTPUT.partial (a killed run) is kept, not generated again.
     (tmp_path / "llm.jsonl.partial").write_text(json.dumps({**rec, "feedback": "FROM THE KILLED RUN"}) + "\n")
-    subprocess.run(cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
-                   check=True, env=env, capture_output=True, text=True)
+    subprocess.run(
+        cmd[:-4] + ["--source", "llm", "--llm-engine", "transformers", "--llm-model", str(model_dir), "--output", str(out)],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["feedback"] == "FROM THE KILLED RUN"
 
@@ -175,8 +208,15 @@ def test_bundled_model_writes_feedback(data_dir):
 
     tasks = load_tasks("mbpp", data_dir=data_dir, task_ids="11,12").tasks
     wrong = tasks[11].prompt + "    return s.replace(ch, '')\n"
-    res = {"task_id": 11, "sample_id": 0, "program": wrong, "passed": False, "status": "failed",
-           "error": "AssertionError: assert remove_Occ(\"hello\",\"l\") == \"heo\" (got 'heo')", "failed_test": tasks[11].tests[0]}
+    res = {
+        "task_id": 11,
+        "sample_id": 0,
+        "program": wrong,
+        "passed": False,
+        "status": "failed",
+        "error": 'AssertionError: assert remove_Occ("hello","l") == "heo" (got \'heo\')',
+        "failed_test": tasks[11].tests[0],
+    }
     examples = [e for e in load_authors(data_dir / "surge_annotations.jsonl") if e["task_id"] != 11][:20]
     all_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids={e["task_id"] for e in examples} | {11}).tasks
     with get_engine("transformers") as eng:

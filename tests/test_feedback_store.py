@@ -5,8 +5,8 @@ import sqlite3
 import time
 
 import pytest
-
 from feedback_helpers import FIXED, PROMPT, WRONG, failing, make_task
+
 from ilf.errors import IlfError
 from ilf.feedback.annotations import AUTHORS_FIELDS, load_authors, to_authors_row, write_authors
 from ilf.feedback.stats import feedback_stats, load_feedback_file
@@ -72,8 +72,19 @@ def test_submissions_are_idempotent_and_one_per_task(tmp_path):
     out = tmp_path / "out.jsonl"
     assert store.export(out) == 1
     (exported,) = [json.loads(x) for x in out.read_text().splitlines()]
-    for f in ("task_id", "sample_id", "program", "feedback", "refinement", "source", "author", "created_at",
-              "feedback_id", "edit_distance", "passed"):
+    for f in (
+        "task_id",
+        "sample_id",
+        "program",
+        "feedback",
+        "refinement",
+        "source",
+        "author",
+        "created_at",
+        "feedback_id",
+        "edit_distance",
+        "passed",
+    ):
         assert f in exported
     assert exported["task_id"] == 1 and exported["sample_id"] == 0 and exported["program"] == WRONG
     assert (exported["source"], exported["author"], exported["passed"]) == ("human", "a", True)
@@ -170,9 +181,9 @@ def test_trace_feedback_texts():
     assert "did not finish in time" in trace_feedback({"status": "timeout", "error": "Timeout: exceeded 3 s wall time"}, t)
     assert "not valid Python" in trace_feedback({"status": "error", "error": "SyntaxError: invalid syntax (line 3)"}, t)
     assert "does not define the function `add`" in trace_feedback({"status": "error", "error": "NameError: name 'add' is not defined"}, t)
-    assert trace_feedback({"status": "error", "error": "ZeroDivisionError: division by zero", "failed_test": "assert add(1, 0) == 1"}, t) == (
-        "The program raises ZeroDivisionError: division by zero on the test `assert add(1, 0) == 1`."
-    )
+    assert trace_feedback(
+        {"status": "error", "error": "ZeroDivisionError: division by zero", "failed_test": "assert add(1, 0) == 1"}, t
+    ) == ("The program raises ZeroDivisionError: division by zero on the test `assert add(1, 0) == 1`.")
     recs = trace_feedback_records([failing(1, 0), {**failing(1, 1), "passed": True}], {1: t})
     assert len(recs) == 1 and recs[0]["source"] == "trace" and recs[0]["program"] == WRONG
 

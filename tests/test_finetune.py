@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_models
 
 from ilf.errors import IlfError
 from ilf.finetune import (
@@ -45,43 +46,22 @@ MEMO = [
 
 
 def build_tiny_model(path: Path) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    import torch
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS + [p + c for p, c in MEMO], trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(hf_tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        # With the default 0.02, the frozen lm_head behind a frozen RMSNorm caps the logits so low that LoRA
-        # on the blocks plateaus at loss ~4.8 (seen in a plain PEFT loop too); real models are not like that.
+    # With the default initializer_range 0.02, the frozen lm_head behind a frozen RMSNorm caps the logits so
+    # low that LoRA on the blocks plateaus at loss ~4.8 (seen in a plain PEFT loop too); real models are not like that.
+    return tiny_models.build_tiny_model(
+        path,
+        corpus=CORPUS + [p + c for p, c in MEMO],
+        special_tokens=("<|endoftext|>", "<|im_end|>"),
+        byte_alphabet=True,
+        eos="<|im_end|>",
+        num_heads=4,
+        kv_heads=2,
+        max_positions=1024,
         initializer_range=0.2,
-        bos_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
+        peaked_head=False,
+        pad_in_config=False,
+        model_max_length=None,
     )
-    model = Qwen2ForCausalLM(cfg)
-    # Like the bundled model: the generation config lists only <|im_end|>.
-    model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, bos_token_id=cfg.bos_token_id)
-    model.save_pretrained(path)
-    hf_tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +127,9 @@ def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
 
 def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
-    cfg = FinetuneConfig(lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2, batch_size=4,
-                         epochs=60, report_to="none", threads=1)
+    cfg = FinetuneConfig(
+        lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=60, report_to="none", threads=1
+    )
     out = finetune(pairs, tiny, tmp_path / "lora", cfg)
     assert not (out / "adapter_config.json").exists()  # merged, not an adapter
     meta = json.loads((out / META_FILE).read_text())
@@ -293,9 +274,9 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
     import torch
     from safetensors import safe_open
 
-    from ilf.pairs import annotation_pairs
     from ilf.generation import SamplingParams, default_engine, get_engine
     from ilf.models import DEFAULT_MODEL, resolve_model
+    from ilf.pairs import annotation_pairs
 
     pairs = annotation_pairs(split="train", kind="program")[:2]
     cfg = FinetuneConfig(batch_size=1, max_steps=2, max_length=384, learning_rate=1e-5, report_to="none")
@@ -330,9 +311,33 @@ def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
     data = tmp_path / "pairs.jsonl"
     write_jsonl(data, [{"prompt": p, "completion": c, "task_id": 900 + i} for i, (p, c) in enumerate(MEMO)])
     out = tmp_path / "sw"
-    args = ["finetune", "--data", str(data), "--model", str(tiny), "--output", str(out), "--report-to", "none",
-            "--threads", "1", "--sweep-learning-rates", "1e-3,3e-3", "--sweep-batch-sizes", "4", "--sweep-epochs", "1",
-            "--sweep-tasks", "11-12", "--sweep-n", "1", "--sweep-max-new-tokens", "16", "--engine", "transformers"]
+    args = [
+        "finetune",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny),
+        "--output",
+        str(out),
+        "--report-to",
+        "none",
+        "--threads",
+        "1",
+        "--sweep-learning-rates",
+        "1e-3,3e-3",
+        "--sweep-batch-sizes",
+        "4",
+        "--sweep-epochs",
+        "1",
+        "--sweep-tasks",
+        "11-12",
+        "--sweep-n",
+        "1",
+        "--sweep-max-new-tokens",
+        "16",
+        "--engine",
+        "transformers",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (out / "sweep" / "table.jsonl").read_text().splitlines()]
@@ -362,8 +367,26 @@ def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
     from ilf.cli import app
 
     out = tmp_path / "refiner"
-    r = CliRunner().invoke(app, ["finetune", "--data", "surge", "--split", "refine", "--model", str(tiny), "--output",
-                                 str(out), "--max-steps", "1", "--batch-size", "2", "--report-to", "none"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--data",
+            "surge",
+            "--split",
+            "refine",
+            "--model",
+            str(tiny),
+            "--output",
+            str(out),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--report-to",
+            "none",
+        ],
+    )
     assert r.exit_code == 0, r.output
     pairs = [json.loads(x) for x in (out / "train_pairs.jsonl").read_text().splitlines()]
     assert len(pairs) == 44 and all(111 <= p["task_id"] <= 310 and p["kind"] == "refine" for p in pairs)

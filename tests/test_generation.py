@@ -3,10 +3,10 @@
 import re
 
 import pytest
+from tiny_models import build_qwen_tiny
 
 from ilf.errors import IlfError
 from ilf.generation import ENGINES, SamplingParams, default_engine, get_engine
-from qwen_tiny import build_qwen_tiny
 
 PROMPTS = ["def add(a, b):\n", '"""\nSort a list.\n"""\n\ndef sort_list(xs):\n', "def f():\n"]
 ENGINE_NAMES = ["transformers", "openvino"]
@@ -96,7 +96,7 @@ def test_registry():
 
 
 def test_openvino_refuses_a_model_it_cannot_convert(tmp_path, monkeypatch):
-    from tiny_lm import build_tiny_model
+    from tiny_models import build_tiny_model
 
     monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
     d = build_tiny_model(tmp_path / "other_tok")  # a different tokenizer

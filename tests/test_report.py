@@ -26,15 +26,36 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _results(method: str, outcomes: dict[int, list[bool]], model: str) -> list[dict]:
     return [
-        {"task_id": t, "sample_id": i, "model": model, "engine": "openvino", "prompt": "p", "completion": "c",
-         "program": "x", "passed": ok, "status": "passed" if ok else "failed", "error": None}
-        for t, oks in outcomes.items() for i, ok in enumerate(oks)
+        {
+            "task_id": t,
+            "sample_id": i,
+            "model": model,
+            "engine": "openvino",
+            "prompt": "p",
+            "completion": "c",
+            "program": "x",
+            "passed": ok,
+            "status": "passed" if ok else "failed",
+            "error": None,
+        }
+        for t, oks in outcomes.items()
+        for i, ok in enumerate(oks)
     ]
 
 
-def make_run(root: Path, name: str = "demo", *, n: int = 10, zero_rate: float = 0.2, ilf_rate: float = 0.5,
-             tasks: range = range(11, 31), refine: bool = True, feedback: bool = True, perplexity: bool = True,
-             manifest: bool = True) -> Path:
+def make_run(
+    root: Path,
+    name: str = "demo",
+    *,
+    n: int = 10,
+    zero_rate: float = 0.2,
+    ilf_rate: float = 0.5,
+    tasks: range = range(11, 31),
+    refine: bool = True,
+    feedback: bool = True,
+    perplexity: bool = True,
+    manifest: bool = True,
+) -> Path:
     """A run directory as the pipeline writes it: zero-shot and ilf evals, one round, optional sections.
     Task t passes its first round(rate * n) samples, shifted per task so tasks differ."""
     run = root / name
@@ -47,46 +68,114 @@ def make_run(root: Path, name: str = "demo", *, n: int = 10, zero_rate: float = 
             outcomes[t] = [i < c for i in range(n)]
         ed = run / "eval" / method
         write_jsonl(ed / "results.jsonl", _results(method, outcomes, model))
-        write_json(ed / "summary.json", {
-            "method": method, "model": model, "engine": "openvino", "dataset": "mbpp", "split": "11-30",
-            "task_ids": list(tasks), "n": n, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 192, "seed": 0,
-            "train_pairs": 7 if method == "ilf" else None,
-        })
+        write_json(
+            ed / "summary.json",
+            {
+                "method": method,
+                "model": model,
+                "engine": "openvino",
+                "dataset": "mbpp",
+                "split": "11-30",
+                "task_ids": list(tasks),
+                "n": n,
+                "temperature": 0.8,
+                "top_p": 0.95,
+                "max_new_tokens": 192,
+                "seed": 0,
+                "train_pairs": 7 if method == "ilf" else None,
+            },
+        )
     if refine:
         r1 = run / "r1"
         refs = []
         # 8 (x0, f) pairs x 4 refinements; pair p has p % 5 passing refinements.
         for p in range(8):
             for s in range(4):
-                refs.append({"task_id": 311 + p, "feedback_id": f"f{p}", "sample_id": s, "refinement": "def f(): pass",
-                             "passed": s < p % 5, "status": "passed" if s < p % 5 else "failed", "error": None,
-                             "edit_distance": 0.25})
+                refs.append(
+                    {
+                        "task_id": 311 + p,
+                        "feedback_id": f"f{p}",
+                        "sample_id": s,
+                        "refinement": "def f(): pass",
+                        "passed": s < p % 5,
+                        "status": "passed" if s < p % 5 else "failed",
+                        "error": None,
+                        "edit_distance": 0.25,
+                    }
+                )
         write_jsonl(r1 / "refinements.jsonl", refs)
-        write_jsonl(r1 / "train_pairs.jsonl", [{"task_id": 311 + p, "prompt": "p", "completion": "c", "source": "ilf"}
-                                                for p in range(8) if p % 5 > 0])
+        write_jsonl(
+            r1 / "train_pairs.jsonl",
+            [{"task_id": 311 + p, "prompt": "p", "completion": "c", "source": "ilf"} for p in range(8) if p % 5 > 0],
+        )
         write_json(r1 / "refine_summary.json", {"num_feedback": 8, "n": 4})
     if feedback:
-        write_jsonl(run / "r1" / "feedback.jsonl", [
-            {"task_id": 311, "sample_id": 0, "program": "x", "feedback": "The loop should stop one step earlier.",
-             "source": "authors", "author": "a", "feedback_id": "f0", "created_at": "2023"},
-            {"task_id": 312, "sample_id": 0, "program": "x", "feedback": "Use sorted instead of sort:\nreturn sorted(xs)",
-             "source": "authors", "author": "a", "feedback_id": "f1", "created_at": "2023"},
-            {"task_id": 313, "sample_id": 0, "program": "x", "feedback": "Wrong operator.",
-             "source": "trace", "author": "ilf", "feedback_id": "f2", "created_at": "2023"},
-        ])
+        write_jsonl(
+            run / "r1" / "feedback.jsonl",
+            [
+                {
+                    "task_id": 311,
+                    "sample_id": 0,
+                    "program": "x",
+                    "feedback": "The loop should stop one step earlier.",
+                    "source": "authors",
+                    "author": "a",
+                    "feedback_id": "f0",
+                    "created_at": "2023",
+                },
+                {
+                    "task_id": 312,
+                    "sample_id": 0,
+                    "program": "x",
+                    "feedback": "Use sorted instead of sort:\nreturn sorted(xs)",
+                    "source": "authors",
+                    "author": "a",
+                    "feedback_id": "f1",
+                    "created_at": "2023",
+                },
+                {
+                    "task_id": 313,
+                    "sample_id": 0,
+                    "program": "x",
+                    "feedback": "Wrong operator.",
+                    "source": "trace",
+                    "author": "ilf",
+                    "feedback_id": "f2",
+                    "created_at": "2023",
+                },
+            ],
+        )
     if perplexity:
         rng = np.random.default_rng(0)
         recs = []
         for source, mu in (("gold", 1.6), ("human-refinements", 1.4), ("ilf", 1.1)):
             for t in range(311, 331):
                 ppl = float(np.exp(rng.normal(mu, 0.3)))
-                recs.append({"source": source, "task_id": t, "index": 0, "perplexity": ppl, "nll": math.log(ppl),
-                             "num_tokens": 40, "model": "m", "dtype": "float32"})
+                recs.append(
+                    {
+                        "source": source,
+                        "task_id": t,
+                        "index": 0,
+                        "perplexity": ppl,
+                        "nll": math.log(ppl),
+                        "num_tokens": 40,
+                        "model": "m",
+                        "dtype": "float32",
+                    }
+                )
         write_jsonl(run / "perplexity.jsonl", recs)
     if manifest:
-        write_json(run / "manifest.json", {"code_version": "abc123", "created_at": "2026-11-22T04:00:00Z", "stages": {
-            "r1/refine": {"status": "done", "seconds": 12.5, "fingerprint": "x"},
-            "eval/ilf/eval": {"status": "done", "seconds": 30.0, "fingerprint": "y"}}})
+        write_json(
+            run / "manifest.json",
+            {
+                "code_version": "abc123",
+                "created_at": "2026-11-22T04:00:00Z",
+                "stages": {
+                    "r1/refine": {"status": "done", "seconds": 12.5, "fingerprint": "x"},
+                    "eval/ilf/eval": {"status": "done", "seconds": 30.0, "fingerprint": "y"},
+                },
+            },
+        )
     return run
 
 
@@ -285,12 +374,21 @@ def _tiny_model(d: Path) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus * 10, trainer=trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        corpus * 10,
+        trainer=trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+    )
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(d)
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = Qwen2Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     Qwen2ForCausalLM(cfg).save_pretrained(d)
     return d
 
@@ -315,10 +413,14 @@ def test_perplexity_equals_exp_mean_nll_by_hand_and_resumes(tmp_path):
     model_dir = _tiny_model(tmp_path / "tiny")
     prompt = "def add(a, b):\n"
     sources = {
-        "gold": [{"task_id": 1, "prompt": prompt, "completion": "    return a + b\n"},
-                 {"task_id": 2, "prompt": "# loop\n", "completion": "for i in range(10):\n    print(i)\n" * 3}],
-        "ilf": [{"task_id": 1, "prompt": prompt, "completion": "    return b + a\n"},
-                {"task_id": 1, "prompt": prompt, "completion": "    print(a)\n"}],  # same task twice
+        "gold": [
+            {"task_id": 1, "prompt": prompt, "completion": "    return a + b\n"},
+            {"task_id": 2, "prompt": "# loop\n", "completion": "for i in range(10):\n    print(i)\n" * 3},
+        ],
+        "ilf": [
+            {"task_id": 1, "prompt": prompt, "completion": "    return b + a\n"},
+            {"task_id": 1, "prompt": prompt, "completion": "    print(a)\n"},
+        ],  # same task twice
     }
     out = tmp_path / "perplexity.jsonl"
     # batch_size 3: rows of different lengths share a batch (left padding is exercised).
@@ -351,8 +453,9 @@ def test_perplexity_equals_exp_mean_nll_by_hand_and_resumes(tmp_path):
 
 def test_perplexity_bad_source_record_is_one_clear_error(tmp_path):
     with pytest.raises(IlfError, match=r"perplexity source 'gold' record 1: missing field 'completion'"):
-        report.compute_perplexities("unused", {"gold": [{"task_id": 1, "prompt": "a", "completion": "b"},
-                                                        {"task_id": 2, "prompt": "a"}]}, tmp_path / "p.jsonl")
+        report.compute_perplexities(
+            "unused", {"gold": [{"task_id": 1, "prompt": "a", "completion": "b"}, {"task_id": 2, "prompt": "a"}]}, tmp_path / "p.jsonl"
+        )
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -386,12 +489,24 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
 
     run = make_run(tmp_path)
     # A shuffled-feedback control and a sweep table, so their sections are covered too.
-    write_jsonl(run / "r1" / "refinements_shuffled.jsonl", [
-        {"task_id": 311 + p, "feedback_id": f"f{p}~shuffled", "sample_id": 0, "passed": p == 4, "status": "x"}
-        for p in range(8)])
-    write_jsonl(run / "sweep" / "ilf" / "table.jsonl", [
-        {"setting": "lr1e-05-bs8-ep2", "learning_rate": 1e-5, "batch_size": 8, "epochs": 2.0, "pass_rate": 0.3,
-         "num_samples": 10, "num_tasks": 2}])
+    write_jsonl(
+        run / "r1" / "refinements_shuffled.jsonl",
+        [{"task_id": 311 + p, "feedback_id": f"f{p}~shuffled", "sample_id": 0, "passed": p == 4, "status": "x"} for p in range(8)],
+    )
+    write_jsonl(
+        run / "sweep" / "ilf" / "table.jsonl",
+        [
+            {
+                "setting": "lr1e-05-bs8-ep2",
+                "learning_rate": 1e-5,
+                "batch_size": 8,
+                "epochs": 2.0,
+                "pass_rate": 0.3,
+                "num_samples": 10,
+                "num_tasks": 2,
+            }
+        ],
+    )
     write_json(run / "sweep" / "ilf" / "best.json", {"setting": "lr1e-05-bs8-ep2"})
     (run / "r1" / "model").mkdir()
     (run / "r1" / "model" / "model.safetensors").write_bytes(b"weights")
@@ -403,6 +518,7 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
 
     original = report.analyze_run(run)
     again = report.analyze_run(packed)
+
     def strip(a: dict, root: Path) -> str:  # the numbers, not where the files live
         text = json.dumps({k: v for k, v in a.items() if k not in ("run", "run_dir")}, sort_keys=True, default=str)
         return text.replace(str(root), "RUN").replace(".jsonl.gz", ".jsonl")

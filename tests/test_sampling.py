@@ -1,21 +1,32 @@
 """`ilf.sampling.sample` and `ilf sample`: records, resume after a kill, settings checks, CLI."""
 
-import json
 import subprocess
 import sys
 
 import pytest
+from tiny_models import build_tiny_model
 
 from ilf.errors import IlfError
 from ilf.generation import SamplingParams, get_engine
 from ilf.jsonl import load_jsonl
 from ilf.sampling import sample
 from ilf.tasks import load_tasks
-from tiny_lm import build_tiny_model
 
 PARAMS = SamplingParams(n=3, temperature=0.8, max_new_tokens=10, seed=3)
-FIELDS = {"task_id", "sample_id", "model", "engine", "prompt", "completion", "program", "num_tokens",
-          "finish_reason", "seed", "temperature", "top_p"}
+FIELDS = {
+    "task_id",
+    "sample_id",
+    "model",
+    "engine",
+    "prompt",
+    "completion",
+    "program",
+    "num_tokens",
+    "finish_reason",
+    "seed",
+    "temperature",
+    "top_p",
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +101,30 @@ def test_resume_with_different_settings_is_refused(engine, tasks, tmp_path):
 
 def test_cli_sample_then_resume(tiny, data_dir, tmp_path):
     out = tmp_path / "cli.jsonl"
-    cmd = [sys.executable, "-m", "ilf.cli", "sample", "--model", str(tiny), "--engine", "transformers",
-           "--dataset", "mbpp", "--tasks", "11-12", "--n", "2", "--max-new-tokens", "8", "--seed", "5",
-           "--output", str(out), "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilf.cli",
+        "sample",
+        "--model",
+        str(tiny),
+        "--engine",
+        "transformers",
+        "--dataset",
+        "mbpp",
+        "--tasks",
+        "11-12",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--seed",
+        "5",
+        "--output",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     recs = load_jsonl(out)
@@ -103,9 +135,25 @@ def test_cli_sample_then_resume(tiny, data_dir, tmp_path):
 
 
 def test_cli_bad_input_is_one_line(tmp_path, data_dir):
-    r = subprocess.run([sys.executable, "-m", "ilf.cli", "sample", "--model", str(tmp_path / "nope"), "--tasks", "11",
-                        "--output", str(tmp_path / "o.jsonl"), "--data-dir", str(data_dir)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ilf.cli",
+            "sample",
+            "--model",
+            str(tmp_path / "nope"),
+            "--tasks",
+            "11",
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no such file or directory" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.jsonl").exists()

@@ -306,11 +306,11 @@ EARLY_EXITS = {
     "KeyboardInterrupt": "def f():\n    raise KeyboardInterrupt",
     "close stdout": "import sys, os\nsys.stdout.close()\nos.close(1)\nos.close(2)\ndef f():\n    return 1",
     "fake markers": (
-        "import sys\nprint('passed')\nprint('{\"status\": \"passed\", \"passed\": true}')\n"
+        'import sys\nprint(\'passed\')\nprint(\'{"status": "passed", "passed": true}\')\n'
         "sys.stderr.write('OK\\n')\ndef f():\n    return 1"
     ),
     "write to every fd": (
-        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'{\"status\": \"passed\"}\\n')\n"
+        'import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b\'{"status": "passed"}\\n\')\n'
         "    except OSError:\n        pass\ndef f():\n    return 1"
     ),
     "close every fd": "import os\nos.closerange(0, 1024)\ndef f():\n    return 1",
@@ -376,10 +376,10 @@ def test_host_files_read_only(sb, host_dir):
             pass
     attempt("write", lambda: open({str(keep)!r}, "w").write("changed"))
     attempt("delete", lambda: os.unlink({str(keep)!r}))
-    attempt("create", lambda: open({str(host_dir / 'new.txt')!r}, "w").write("x"))
+    attempt("create", lambda: open({str(host_dir / "new.txt")!r}, "w").write("x"))
     attempt("rmtree", lambda: shutil.rmtree({str(host_dir)!r}))
     attempt("chmod", lambda: os.chmod({str(keep)!r}, 0o777))
-    attempt("project", lambda: open({str(Path(__file__).resolve().parents[1] / 'pwned.txt')!r}, "w").write("x"))
+    attempt("project", lambda: open({str(Path(__file__).resolve().parents[1] / "pwned.txt")!r}, "w").write("x"))
     attempt("cwd write", lambda: open("scratch.txt", "w").write("private dir is fine"))
     """
     v = run(sb, prog, "assert done == ['cwd write'], done\n")
@@ -414,7 +414,7 @@ def test_env_secrets_and_home_hidden(monkeypatch, tmp_path):
                 except OSError:
                     pass
         try:
-            leaks.append(open({str(home / 'secret.txt')!r}).read())
+            leaks.append(open({str(home / "secret.txt")!r}).read())
         except OSError:
             pass
         try:
@@ -510,11 +510,12 @@ def test_isolation_works_when_python_and_ilf_live_under_tmp(tmp_path):
     base = os.path.join(sys.base_prefix, "bin", "python3")
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert site.startswith(str(tmp_path))
-    src = Path(sandbox.__file__).resolve().parent
-    shutil.copytree(src, Path(site) / "ilf", ignore=shutil.ignore_patterns("__pycache__"))  # stdlib-only module
+    src = Path(sandbox.__file__).resolve().parents[1]  # ilf/: the sandbox and its worker are stdlib only
+    shutil.copytree(src, Path(site) / "ilf", ignore=shutil.ignore_patterns("__pycache__"))
     planted = Path(site) / "ilf" / "planted.py"
     hostile = f"try:\n    open({str(planted)!r}, 'w')\nexcept OSError:\n    pass\nelse:\n    raise SystemError('wrote into ilf')\n"
     script = textwrap.dedent(
@@ -533,3 +534,23 @@ def test_isolation_works_when_python_and_ilf_live_under_tmp(tmp_path):
     # bubblewrap isolation, both programs ran (the second could not write into ilf), host untouched
     assert r.stdout.split()[:3] == ["bubblewrap", "passed", "passed"], r.stdout
     assert not planted.exists()
+
+
+def test_the_worker_file_loads_without_threading_or_the_ilf_side():
+    """The in-jail worker is standard library only and never imports the ilf side: loaded the way
+    the ilf side starts it (WORKER_BOOT, by path, python -I), it leaves out threading, queue and
+    subprocess, whose at-fork hooks would make every fork of a program costlier."""
+    import subprocess
+    import sys
+
+    probe = sandbox.WORKER_BOOT.replace(
+        "m.main(sys.argv[3])", "print(sorted(k for k in ('threading', 'queue', 'subprocess', 'ilf.sandbox') if k in sys.modules))"
+    )
+    assert probe != sandbox.WORKER_BOOT
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe, str(sandbox.WORKER_FILE.parents[2]), str(sandbox.WORKER_FILE), "{}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "[]"

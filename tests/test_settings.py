@@ -39,8 +39,12 @@ STEPS = [
 # writes llm or trace feedback (authors and human feedback come from files and the annotation app).
 SUBSET = {"feedback.source"}
 # Arguments that get each command past its own required options to the settings' validation.
-REQUIRED = {"sample": ["--output", "{tmp}/s.jsonl"], "finetune": ["--data", "surge", "--output", "{tmp}/ft"],
-            "feedback": ["{tmp}/r.jsonl", "--source", "trace"], "evaluate": ["{tmp}/s.jsonl"]}
+REQUIRED = {
+    "sample": ["--output", "{tmp}/s.jsonl"],
+    "finetune": ["--data", "surge", "--output", "{tmp}/ft"],
+    "feedback": ["{tmp}/r.jsonl", "--source", "trace"],
+    "evaluate": ["{tmp}/s.jsonl"],
+}
 
 
 def _params(command: str) -> dict:
@@ -124,6 +128,6 @@ def test_report_reads_the_run_config_with_the_same_loader(tmp_path):
     (run / "config.toml").write_text('dataset = "mbpp"\n' + to_toml(written) + "\n[old]\nextra = {}\n")
     cfg = read_run_config(run)
     assert cfg == written and cfg.eval.n == 7
-    (run / "config.toml").write_text('[report]\nbootstrap = 0\n')
+    (run / "config.toml").write_text("[report]\nbootstrap = 0\n")
     with pytest.raises(IlfError, match=r"config.toml:2: config key 'report.bootstrap' must be a finite number >= 1"):
         read_run_config(run)

@@ -32,7 +32,7 @@ def test_prompt_matches_the_authors_format(data_dir):
     """The authors' annotation file stores their 1-shot prompt: ours equals it (CRLF normalised),
     except for the two rows whose non-ASCII characters became U+FFFD in their file."""
     ts = load_tasks("mbpp", data_dir=data_dir)
-    rows = [json.loads(l) for l in open(data_dir / "surge_annotations.jsonl")]
+    rows = [json.loads(line) for line in open(data_dir / "surge_annotations.jsonl")]
     mismatched = [r["task_id"] for r in rows if ts[r["task_id"]].prompt != r["prompt"].replace("\r\n", "\n")]
     assert sorted(mismatched) == [260, 679]
     for tid in mismatched:

@@ -16,7 +16,7 @@ from ilf.generation.base import SamplingParams
 from ilf.generation.vllm import VLLMEngine, _descendants, find_vllm_python, vllm_importable
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_lm import build_tiny_model  # noqa: E402
+from tiny_models import build_tiny_model  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n", "for i in range(10):\n", "class Stack:\n"]
 

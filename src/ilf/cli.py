@@ -56,10 +56,10 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except IlfError as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -222,7 +222,7 @@ def _print_run_summary(report_json: Path) -> None:
 
     from rich.table import Table
 
-    from ilf.report import _pct  # the report's own CI formatting
+    from ilf.report import pct  # the report's own CI formatting
 
     try:
         run = json.loads(report_json.read_text(encoding="utf-8"))["runs"][0]
@@ -237,12 +237,12 @@ def _print_run_summary(report_json: Path) -> None:
         if not p1:
             continue
         d = (mth.get("delta_vs_zero-shot") or {}).get("metrics", {}).get("pass@1")
-        t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}",
-                  _pct(p1), _pct(d, signed=True))
+        t.add_row(mth["method"], str(mth.get("train_pairs") or 0), f"{mth['num_tasks']} × {mth['n_max']}", pct(p1), pct(d, signed=True))
     for g in run.get("train_seeds", []):
         if len(g.get("seeds", [])) > 1 and g.get("mean"):
-            t.add_row(f"{g['method']} (mean of {len(g['seeds'])} seeds)", "", "", _pct(g["mean"]),
-                      _pct(g.get("minus_zero_shot"), signed=True))
+            t.add_row(
+                f"{g['method']} (mean of {len(g['seeds'])} seeds)", "", "", pct(g["mean"]), pct(g.get("minus_zero_shot"), signed=True)
+            )
     err.print(t)
 
 
@@ -255,8 +255,11 @@ def _print_run_summary(report_json: Path) -> None:
 def report(
     run_dirs: List[Path] = typer.Argument(..., help="One run directory, or several to compare side by side."),
     output: Optional[Path] = typer.Option(
-        None, help="Output directory (default: RUN_DIR/report; several runs: compare-A-vs-B beside the first)."),
-    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples for the 95% CIs (default: config's report.bootstrap, else 2000)."),
+        None, help="Output directory (default: RUN_DIR/report; several runs: compare-A-vs-B beside the first)."
+    ),
+    bootstrap: Optional[int] = typer.Option(
+        None, help="Bootstrap resamples for the 95% CIs (default: config's report.bootstrap, else 2000)."
+    ),
     seed: Optional[int] = typer.Option(None, help="Bootstrap seed (default 0)."),
 ):
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
@@ -285,9 +288,13 @@ def finetune(
     split: str = typer.Option("refine", help="With --data surge: MBPP split or id ranges of the annotations."),
     kind: str = typer.Option("refine", help="With --data surge: refine (π_Refine triples) | program (task prompt -> refinement)."),
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    config: Optional[Path] = typer.Option(None, help="TOML file: its \\[finetune] and \\[sweep] tables (keys = these flags' names); flags win."),
+    config: Optional[Path] = typer.Option(
+        None, help="TOML file: its \\[finetune] and \\[sweep] tables (keys = these flags' names); flags win."
+    ),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it holds another run."),
-    eval_data: Optional[str] = typer.Option(None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."),
+    eval_data: Optional[str] = typer.Option(
+        None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."
+    ),
     val_dataset: str = typer.Option("mbpp", help="Dataset of --sweep-tasks."),
     engine: Optional[str] = typer.Option(None, help="Sampling engine for the sweep's validation (default: the fastest here)."),
     weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices for the sweep's validation."),
@@ -306,8 +313,21 @@ def finetune(
     cfg = build_settings(FinetuneConfig, dataclasses.asdict(cfg) | train)
     sw = build_settings(SweepConfig, file_grid, str(config)) if file_grid else SweepConfig()
     sw = build_settings(SweepConfig, dataclasses.asdict(sw) | grid, prefix="sweep_")
-    out = finetune_command(data, model, output, cfg, split=split, kind=kind, data_dir=data_dir, overwrite=overwrite,
-                           eval_data=eval_data, sweep_cfg=sw, val_dataset=val_dataset, engine=engine, weights=weights)
+    out = finetune_command(
+        data,
+        model,
+        output,
+        cfg,
+        split=split,
+        kind=kind,
+        data_dir=data_dir,
+        overwrite=overwrite,
+        eval_data=eval_data,
+        sweep_cfg=sw,
+        val_dataset=val_dataset,
+        engine=engine,
+        weights=weights,
+    )
     print(out)
 
 
@@ -345,7 +365,9 @@ def annotate(
     dataset: Optional[str] = typer.Option(None, help="Dataset of the results (default: the run's, else mbpp)."),
     data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
-    only_unsolved: bool = typer.Option(True, "--only-unsolved/--all-failing", help="Annotate only tasks with no passing sample (the paper)."),
+    only_unsolved: bool = typer.Option(
+        True, "--only-unsolved/--all-failing", help="Annotate only tasks with no passing sample (the paper)."
+    ),
     max_edit_distance: float = typer.Option(0.5, help="Refuse refinements at or above this normalised edit distance."),
     require_passing: bool = typer.Option(True, "--require-passing/--allow-failing", help="Refuse refinements that fail the tests."),
     annotations_per_task: int = typer.Option(1, help="Annotators per task."),
@@ -365,8 +387,17 @@ def annotate(
         lease_seconds=lease_minutes * 60,
     )
     commands.annotate(
-        source, db=db, host=host, port=port, add_annotators=add_annotator, dataset=dataset, data_dir=data_dir,
-        tasks_file=tasks_file, only_unsolved=only_unsolved, config=config, serve_app=not no_serve,
+        source,
+        db=db,
+        host=host,
+        port=port,
+        add_annotators=add_annotator,
+        dataset=dataset,
+        data_dir=data_dir,
+        tasks_file=tasks_file,
+        only_unsolved=only_unsolved,
+        config=config,
+        serve_app=not no_serve,
     )
 
 
@@ -393,10 +424,23 @@ def feedback_cmd(
 
     fc = build_settings(FeedbackConfig, fb)
     commands.feedback(
-        results, source=source, output=output, model=fc.llm_model or None, engine=fc.llm_engine or None,
-        base_url=base_url, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file, k_shot=fc.llm_shots,
-        with_refinement=with_refinement, per_task=per_task, only_unsolved=fc.only_unsolved, examples_path=examples,
-        seed=seed, reference=fc.llm_reference, weights=weights,
+        results,
+        source=source,
+        output=output,
+        model=fc.llm_model or None,
+        engine=fc.llm_engine or None,
+        base_url=base_url,
+        dataset=dataset,
+        data_dir=data_dir,
+        tasks_file=tasks_file,
+        k_shot=fc.llm_shots,
+        with_refinement=with_refinement,
+        per_task=per_task,
+        only_unsolved=fc.only_unsolved,
+        examples_path=examples,
+        seed=seed,
+        reference=fc.llm_reference,
+        weights=weights,
     )
 
 
@@ -467,8 +511,9 @@ def export_cmd(
 # Data files
 
 
-data_app = typer.Typer(help="The data files ilf reads (MBPP, the authors' annotations, HumanEval(+)): state, fetch.",
-                       invoke_without_command=True)
+data_app = typer.Typer(
+    help="The data files ilf reads (MBPP, the authors' annotations, HumanEval(+)): state, fetch.", invoke_without_command=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -504,8 +549,9 @@ def data_status_cmd(
 @data_app.command("fetch")
 @friendly
 def data_fetch_cmd(
-    base_url: Optional[str] = typer.Option(None, envvar="ILF_DATA_BASE_URL",
-                                           help="A mirror serving the files by name (default: each file's pinned upstream URL)."),
+    base_url: Optional[str] = typer.Option(
+        None, envvar="ILF_DATA_BASE_URL", help="A mirror serving the files by name (default: each file's pinned upstream URL)."
+    ),
 ):
     """Download every data file missing from the cache (sha256-checked, written atomically)."""
     from ilf.data import fetch_all
@@ -548,7 +594,9 @@ def serve(
     name = engine or default_engine()
     if name == "openai":
         raise IlfError("--engine openai would serve another server's model: point clients at that server instead")
-    vllm_opts = dict(dtype=dtype, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    vllm_opts = dict(
+        dtype=dtype, tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len
+    )
     opts = {k: v for k, v in vllm_opts.items() if v is not None}
     if opts and name != "vllm":
         raise IlfError(f"--{next(iter(opts)).replace('_', '-')} applies to --engine vllm only")
@@ -578,8 +626,10 @@ def sample(
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
-    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: matrices as f16 (keeps a fine-tuning update) or "
-                                "q8_0 (faster); sample models you compare at one format."),
+    weights: str = typer.Option(
+        ModelConfig.weights,
+        help="--engine openvino: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster); sample models you compare at one format.",
+    ),
     sampling: dict = None,
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
@@ -607,8 +657,9 @@ def sample(
         model_name = model.name
     params = SamplingParams(**sc.sampling(), seed=seed)
     t0 = time.perf_counter()
-    recs = run_sample(ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name,
-                      engine_name=engine_label(name, mc.weights))
+    recs = run_sample(
+        ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name, engine_name=engine_label(name, mc.weights)
+    )
     err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({time.perf_counter() - t0:.0f} s)", highlight=False)
 
 

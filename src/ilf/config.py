@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ilf.errors import IlfError
 from ilf.generation.base import Sampling
@@ -52,8 +53,7 @@ class ModelConfig:
     # A fine-tuning update survives f16 matrices; q8_0 re-quantization moves block scales by more than
     # a small update (benchmarks/bench_finetuned_precision.py). Every model of a run is sampled at one
     # precision, so methods compare.
-    weights: str = setting("f16", "openvino engine: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster).",
-                           choices=WEIGHT_FORMATS)
+    weights: str = setting("f16", "openvino engine: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster).", choices=WEIGHT_FORMATS)
 
     def __post_init__(self):
         check(self)
@@ -68,19 +68,27 @@ class SampleConfig(Sampling):
 
 @dataclass
 class FeedbackConfig:
-    source: str = setting("authors", "authors (the paper's 195 human annotations) | human (ilf annotate) | llm | trace.",
-                          choices=FEEDBACK_SOURCES)
-    tasks: str = setting("train", "Split name or id ranges (\"311-400\") of the tasks that get feedback.")
+    source: str = setting(
+        "authors", "authors (the paper's 195 human annotations) | human (ilf annotate) | llm | trace.", choices=FEEDBACK_SOURCES
+    )
+    tasks: str = setting("train", 'Split name or id ranges ("311-400") of the tasks that get feedback.')
     max_tasks: int = setting(0, "Only the first max_tasks tasks by id (0 = all).", ge=0)
     only_unsolved: bool = setting(True, "Feedback only on tasks where π_θ got no sample right (the paper).")
     human_db: str = setting("", "source = human: SQLite store of `ilf annotate` (default RUN_DIR/feedback.db).")
     llm_model: str = setting("", "LLM feedback writer: a model spec, or an OpenAI-compatible model name (default: model.base).")
     llm_engine: str = setting("", "The LLM's sampling engine (default: model.engine).")
     llm_shots: int = setting(1, "Human examples of other tasks in the LLM's feedback prompt (paper: 1 or 2).", ge=0)
-    llm_reference: bool = setting(False, "Show the task's reference solution to the LLM (a teacher who knows a "
-                                         "correct program; not in the paper). The feedback stays in words.")
-    llm_n: int = setting(0, "llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0, sampled at "
-                            "refine.temperature and refine.top_p (0 = refine.n).", ge=0)
+    llm_reference: bool = setting(
+        False,
+        "Show the task's reference solution to the LLM (a teacher who knows a "
+        "correct program; not in the paper). The feedback stays in words.",
+    )
+    llm_n: int = setting(
+        0,
+        "llm-1shot / llm-2shot baselines: (feedback, refinement) draws per x0, sampled at "
+        "refine.temperature and refine.top_p (0 = refine.n).",
+        ge=0,
+    )
 
     def __post_init__(self):
         check(self)
@@ -91,14 +99,16 @@ class FeedbackConfig:
 class RefineConfig(Sampling):
     """π_Refine: repairs x0 given f, in the paper's OLD CODE / FEEDBACK / REFINEMENT format."""
 
-    mode: str = setting("fewshot", "fewshot: k human triples in the prompt | finetune: π_Refine trained on the triples.",
-                        choices=REFINE_MODES)
+    mode: str = setting(
+        "fewshot", "fewshot: k human triples in the prompt | finetune: π_Refine trained on the triples.", choices=REFINE_MODES
+    )
     shots: int = setting(2, "Human triples in the few-shot prompt.", ge=0)
     examples_tasks: str = setting("refine", "Tasks whose human annotations teach π_Refine (MBPP_Refine).")
     model: str = setting("", "Base of π_Refine (default: model.base).")
     n: int = override(Sampling, "n", 10, "Refinements per (x0, f).")
-    max_edit_distance: float = setting(1.0, "Drop passing refinements farther than this from x0 (bounded edit "
-                                            "distance in [0, 1]; 1 keeps all).", ge=0, le=1)
+    max_edit_distance: float = setting(
+        1.0, "Drop passing refinements farther than this from x0 (bounded edit distance in [0, 1]; 1 keeps all).", ge=0, le=1
+    )
     # Table 2's control: if π_Refine repairs as often with unrelated feedback, it is not using the feedback.
     shuffled_n: int = setting(0, "Refinements per x0 sampled with ANOTHER task's feedback (0 = no control).", ge=0)
 
@@ -115,8 +125,7 @@ class FinetuneConfig:
     batch_size: int = setting(DEFAULT_BATCH_SIZE, "Effective batch: per_device_batch_size x accumulation x processes.", ge=1)
     per_device_batch_size: int = setting(1, "Sequences per forward pass (the authors: 1).", ge=1)
     epochs: float = setting(DEFAULT_EPOCHS, "Passes over the pairs.", gt=0)
-    max_length: int = setting(DEFAULT_MAX_LENGTH, "Prompt + completion tokens; prompts are cut, never targets.",
-                              ge=2 * MIN_PROMPT_TOKENS)
+    max_length: int = setting(DEFAULT_MAX_LENGTH, "Prompt + completion tokens; prompts are cut, never targets.", ge=2 * MIN_PROMPT_TOKENS)
     lr_scheduler: str = setting("linear", "Learning-rate schedule (any transformers SchedulerType).")
     warmup: float = setting(0.0, "Warmup steps (>= 1) or a fraction of all steps (< 1).", ge=0)
     weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
@@ -126,10 +135,12 @@ class FinetuneConfig:
     lora_r: int = setting(16, "LoRA rank.", ge=1)
     lora_alpha: int = setting(32, "LoRA alpha.", ge=1)
     lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0, le=1)
-    lora_target_modules: list[str] = setting(help="Modules LoRA adapts (comma-separated on the command line).",
-                                             factory=lambda: list(LORA_TARGET_MODULES))
-    bf16: bool = setting(True, "bf16 autocast where the hardware has it natively (CUDA, AVX512-BF16/AMX CPUs); "
-                               "float32 elsewhere, with a note.")
+    lora_target_modules: list[str] = setting(
+        help="Modules LoRA adapts (comma-separated on the command line).", factory=lambda: list(LORA_TARGET_MODULES)
+    )
+    bf16: bool = setting(
+        True, "bf16 autocast where the hardware has it natively (CUDA, AVX512-BF16/AMX CPUs); float32 elsewhere, with a note."
+    )
     gradient_checkpointing: bool = setting(False, "Recompute activations in the backward pass (less memory, more compute).")
     threads: int = setting(0, "torch intra-op threads (0 = all cores).", ge=0)
     seed: int = setting(0, "Training seed; the pipeline's FINETUNE seed i of train_seeds is seed + i.")
@@ -163,8 +174,9 @@ class SweepConfig(Sampling):
     learning_rates: list[float] = setting(help="Learning rates to try (empty: finetune.learning_rate).", factory=list, gt=0)
     batch_sizes: list[int] = setting(help="Effective batch sizes to try (empty: finetune.batch_size).", factory=list, ge=1)
     epochs: list[float] = setting(help="Epoch counts to try (empty: finetune.epochs).", factory=list, gt=0)
-    methods: list[str] = setting(help="Trained methods to sweep (empty: every trained one).", factory=list,
-                                 choices=TRAINED_METHODS, cli=False)
+    methods: list[str] = setting(
+        help="Trained methods to sweep (empty: every trained one).", factory=list, choices=TRAINED_METHODS, cli=False
+    )
     tasks: str = setting("refine", "Validation tasks (split or id ranges), disjoint from the training and test tasks.")
     max_tasks: int = setting(40, "The first max_tasks validation tasks (0 = all).", ge=0)
     n: int = override(Sampling, "n", 5, "Samples per validation task.")
@@ -313,9 +325,7 @@ def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str =
             continue
         ok, coerced = _type_ok(value, tp)
         if not ok:
-            raise IlfError(
-                f"{loc}: config key '{dotted}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r})"
-            )
+            raise IlfError(f"{loc}: config key '{dotted}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r})")
         kwargs[key] = coerced
     try:
         return cls(**kwargs)
@@ -381,8 +391,11 @@ def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: 
         raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{key}' {msg}")
 
     if cfg.rounds > 1 and cfg.feedback.source == "authors":
-        bad("rounds", "must be 1 with feedback.source = 'authors': their feedback is on CodeGen-6B's fixed programs, "
-            "so every round would train on the same data (use feedback.source = trace or llm for rounds > 1)")
+        bad(
+            "rounds",
+            "must be 1 with feedback.source = 'authors': their feedback is on CodeGen-6B's fixed programs, "
+            "so every round would train on the same data (use feedback.source = trace or llm for rounds > 1)",
+        )
     from ilf.tasks import parse_ranges
 
     if cfg.sweep.enabled():

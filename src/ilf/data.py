@@ -48,30 +48,42 @@ FILES: dict[str, DataFile] = {
     f.key: f
     for f in (
         DataFile(
-            "mbpp", "mbpp.jsonl",
+            "mbpp",
+            "mbpp.jsonl",
             # google-research master; the file last changed in f82046ba (2022-03-31); the sha256 pins its bytes.
             "https://raw.githubusercontent.com/google-research/google-research/master/mbpp/mbpp.jsonl",
-            "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f", 563_743,
-            "MBPP, Austin et al. 2021", "CC-BY-4.0",
+            "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f",
+            563_743,
+            "MBPP, Austin et al. 2021",
+            "CC-BY-4.0",
         ),
         DataFile(
-            "authors", "surge_annotations.jsonl",
+            "authors",
+            "surge_annotations.jsonl",
             "https://raw.githubusercontent.com/nyu-mll/ILF-for-code-generation/"
             "1bbccca2934b26e2d8745e5afab65eb677cbe92a/surge_annotations.jsonl",
-            "fedbfd3e2a0cfcb39497e93dae5ad996e734bbc51a9f6ecd1f49bc8cd595ecfc", 455_215,
-            "the ILF authors' 195 human annotations", "MIT",
+            "fedbfd3e2a0cfcb39497e93dae5ad996e734bbc51a9f6ecd1f49bc8cd595ecfc",
+            455_215,
+            "the ILF authors' 195 human annotations",
+            "MIT",
         ),
         DataFile(
-            "humaneval", "HumanEval.jsonl.gz",
+            "humaneval",
+            "HumanEval.jsonl.gz",
             "https://raw.githubusercontent.com/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d/data/HumanEval.jsonl.gz",
-            "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef", 44_877,
-            "HumanEval", "MIT",
+            "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
+            44_877,
+            "HumanEval",
+            "MIT",
         ),
         DataFile(
-            "humanevalplus", "HumanEvalPlus.jsonl.gz",
+            "humanevalplus",
+            "HumanEvalPlus.jsonl.gz",
             "https://github.com/evalplus/humanevalplus_release/releases/download/v0.1.10/HumanEvalPlus.jsonl.gz",
-            "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101", 925_932,
-            "HumanEval+ v0.1.10, EvalPlus", "Apache-2.0",
+            "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101",
+            925_932,
+            "HumanEval+ v0.1.10, EvalPlus",
+            "Apache-2.0",
         ),
     )
 }
@@ -130,8 +142,10 @@ def _verified(path: Path, f: DataFile) -> bool:
 
 
 def how_to_provide(f: DataFile) -> str:
-    return (f"{f.name} ({f.what}) not found; provide it one of three ways: --data-dir DIR or {DATA_DIR_ENV}=DIR, "
-            f"`ilf data fetch` (needs the network), or a copy in {cache_data_dir()}")
+    return (
+        f"{f.name} ({f.what}) not found; provide it one of three ways: --data-dir DIR or {DATA_DIR_ENV}=DIR, "
+        f"`ilf data fetch` (needs the network), or a copy in {cache_data_dir()}"
+    )
 
 
 def locate(key: str, data_dir: str | os.PathLike | None = None, *, fetch: bool = True) -> Path:
@@ -149,8 +163,9 @@ def locate(key: str, data_dir: str | os.PathLike | None = None, *, fetch: bool =
         p = _in_dir(d, f)
         if p is not None:
             if not _verified(p, f):
-                raise IlfError(f"{p}: sha256 does not match the pinned {f.sha256[:12]}…; refusing to use it "
-                               f"(delete it and run `ilf data fetch`)")
+                raise IlfError(
+                    f"{p}: sha256 does not match the pinned {f.sha256[:12]}…; refusing to use it (delete it and run `ilf data fetch`)"
+                )
             return p
     if not fetch:
         raise IlfError(how_to_provide(f))
@@ -185,8 +200,10 @@ def download(key: str, dest_dir: Path | None = None, base_url: str | None = None
                 reason = getattr(e, "reason", None) or e
                 raise IlfError(f"{f.name}: download from {url} failed ({reason})") from None
         if got != f.size or h.hexdigest() != f.sha256:
-            raise IlfError(f"{url}: downloaded {got} bytes with sha256 {h.hexdigest()[:12]}…, expected {f.size} bytes "
-                           f"with {f.sha256[:12]}…; refusing {f.name}")
+            raise IlfError(
+                f"{url}: downloaded {got} bytes with sha256 {h.hexdigest()[:12]}…, expected {f.size} bytes "
+                f"with {f.sha256[:12]}…; refusing {f.name}"
+            )
         final = dest_dir / f.name
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
@@ -201,8 +218,16 @@ def status(data_dir: str | os.PathLike | None = None) -> list[dict]:
     rows = []
     user, shared, cache = user_data_dir(data_dir), shared_data_dir(), cache_data_dir()
     for f in FILES.values():
-        row = {"key": f.key, "file": f.name, "what": f.what, "license": f.license, "url": f.url,
-               "where": None, "path": None, "sha256_ok": None}
+        row = {
+            "key": f.key,
+            "file": f.name,
+            "what": f.what,
+            "license": f.license,
+            "url": f.url,
+            "where": None,
+            "path": None,
+            "sha256_ok": None,
+        }
         for where, d in (("--data-dir/ILF_DATA_DIR", user), ("shared/data", shared), ("cache", cache)):
             p = _in_dir(d, f) if d else None
             if p is not None:

@@ -157,10 +157,7 @@ def evaluate(
     gold = {}
     if calibrate:
         gold = judge.gold_seconds([t for t in used if not (oracles and t.task_id in oracles)], workers=workers, progress=progress)
-    plans = {
-        t.task_id: judge.plan(t, judge.time_limit(timeout, gold.get(t.task_id)), (oracles or {}).get(t.task_id))
-        for t in used
-    }
+    plans = {t.task_id: judge.plan(t, judge.time_limit(timeout, gold.get(t.task_id)), (oracles or {}).get(t.task_id)) for t in used}
     results: list[dict | None] = [None] * len(samples)
     if output is not None and Path(output).exists():
         _resume(output, samples, programs, results, by_id, kind, plans)
@@ -253,8 +250,13 @@ def _run(todo, samples, results, workers, appender, progress, total) -> None:
         for j, v in it:
             i = todo[j][0]
             rec = {
-                **samples[i], "passed": v.passed, "status": v.status, "error": v.error, "failed_test": v.failed_test,
-                "judge": v.judge, "time_limit": todo[j][2].timeout,
+                **samples[i],
+                "passed": v.passed,
+                "status": v.status,
+                "error": v.error,
+                "failed_test": v.failed_test,
+                "judge": v.judge,
+                "time_limit": todo[j][2].timeout,
             }
             results[i] = rec
             if appender is not None:
@@ -359,4 +361,3 @@ def _print_summary(summary: dict) -> None:
         table.add_row(f"  judged {j}", str(cnt))
     table.add_row("results", summary["results"])
     Console(stderr=True).print(table)
-

@@ -33,8 +33,10 @@ def training_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
         sets[f"ilf-{p.parent.name}"] = load_jsonl(stored(p.with_name("train_pairs.jsonl")))
     for p in sorted(run_dir.glob("baselines/*/train_pairs.jsonl*")):
         sets[p.parent.name] = load_jsonl(stored(p.with_name("train_pairs.jsonl")))
-    return {k: [{"prompt": r["prompt"], "completion": r["completion"], "task_id": r.get("task_id"),
-                 "source": r.get("source", k)} for r in v] for k, v in sets.items()}
+    return {
+        k: [{"prompt": r["prompt"], "completion": r["completion"], "task_id": r.get("task_id"), "source": r.get("source", k)} for r in v]
+        for k, v in sets.items()
+    }
 
 
 def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -52,8 +54,7 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
         feedback = {f["feedback_id"]: f for f in load_jsonl(fb_path)}
         passing = [r for r in load_jsonl(stored(rd / "refinements.jsonl")) if r.get("passed") is True]
         if tasks is None and passing:
-            tasks = load_tasks("mbpp", data_dir=(cfg.data_dir if cfg else "") or None,
-                               task_ids=sorted({r["task_id"] for r in passing}))
+            tasks = load_tasks("mbpp", data_dir=(cfg.data_dir if cfg else "") or None, task_ids=sorted({r["task_id"] for r in passing}))
         for r in passing:
             f = feedback.get(r["feedback_id"])
             task = tasks.get(r["task_id"]) if tasks else None
@@ -63,12 +64,17 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
             x1 = body_after_prompt(r["refinement"], task.prompt)
             meta = {"task_id": r["task_id"], "round": rd.name, "feedback_id": r["feedback_id"], "sample_id": r["sample_id"]}
             dpo.append({"prompt": task.prompt, "chosen": x1, "rejected": x0, "feedback": f["feedback"], **meta})
-            chat.append({"messages": [
-                {"role": "user", "content": f"Complete this Python function.\n\n{task.prompt}"},
-                {"role": "assistant", "content": x0},
-                {"role": "user", "content": f["feedback"]},
-                {"role": "assistant", "content": x1},
-            ], **meta})
+            chat.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Complete this Python function.\n\n{task.prompt}"},
+                        {"role": "assistant", "content": x0},
+                        {"role": "user", "content": f["feedback"]},
+                        {"role": "assistant", "content": x1},
+                    ],
+                    **meta,
+                }
+            )
     return dpo, chat
 
 
@@ -85,25 +91,44 @@ def model_card(run_dir: Path, model_dir: Path, method: str, report: dict | None,
     meta_p = model_dir / "ilf_finetune.json"
     meta = json.loads(meta_p.read_text()) if meta_p.is_file() else {}
     base = meta.get("base_model") or (config.model.base if config else "?")
-    lines = ["---", "library_name: transformers", "tags: [ilf, code, mbpp]", f"base_model: {base}", "---", "",
-             f"# {run_dir.name}: {method}", "",
-             f"Fine-tuned by [ilf](https://arxiv.org/abs/2303.16749) (Imitation learning from Language Feedback) "
-             f"from `{base}` in run `{run_dir.name}` ({(report or {}).get('code_version') or 'code version unknown'}).", ""]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [ilf, code, mbpp]",
+        f"base_model: {base}",
+        "---",
+        "",
+        f"# {run_dir.name}: {method}",
+        "",
+        f"Fine-tuned by [ilf](https://arxiv.org/abs/2303.16749) (Imitation learning from Language Feedback) "
+        f"from `{base}` in run `{run_dir.name}` ({(report or {}).get('code_version') or 'code version unknown'}).",
+        "",
+    ]
     m = meta.get("metrics", {})
     cfgft = meta.get("config", {})
-    lines += ["## Training", "",
-              f"- method: `{method}`; training pairs: {meta.get('data', {}).get('num_trained', '?')}",
-              f"- learning rate {cfgft.get('learning_rate')}, effective batch {cfgft.get('batch_size')}, epochs {cfgft.get('epochs')}, "
-              f"LoRA {cfgft.get('lora')}, seed {cfgft.get('seed')}; train loss {m.get('train_loss')}", ""]
+    lines += [
+        "## Training",
+        "",
+        f"- method: `{method}`; training pairs: {meta.get('data', {}).get('num_trained', '?')}",
+        f"- learning rate {cfgft.get('learning_rate')}, effective batch {cfgft.get('batch_size')}, epochs {cfgft.get('epochs')}, "
+        f"LoRA {cfgft.get('lora')}, seed {cfgft.get('seed')}; train loss {m.get('train_loss')}",
+        "",
+    ]
     row = next((x for x in (report or {}).get("methods", []) if x.get("method") == method), None)
     if row:
         met = row.get("metrics", {})
         pct = lambda e: f"{100 * e['value']:.1f} [{100 * e['lo']:.1f}, {100 * e['hi']:.1f}]" if e else "–"  # noqa: E731
-        lines += ["## Evaluation", "",
-                  f"MBPP tasks {row.get('split', config.eval.tasks if config else '?')}, {row.get('n')} samples per task at "
-                  f"T = {row.get('temperature')}, engine {row.get('engine')}; 95% bootstrap CIs over tasks.", "",
-                  "| pass@1 | pass@10 | 1+ correct |", "|---|---|---|",
-                  f"| {pct(met.get('pass@1'))} | {pct(met.get('pass@10'))} | {pct(met.get('one_plus_correct'))} |", ""]
+        lines += [
+            "## Evaluation",
+            "",
+            f"MBPP tasks {row.get('split', config.eval.tasks if config else '?')}, {row.get('n')} samples per task at "
+            f"T = {row.get('temperature')}, engine {row.get('engine')}; 95% bootstrap CIs over tasks.",
+            "",
+            "| pass@1 | pass@10 | 1+ correct |",
+            "|---|---|---|",
+            f"| {pct(met.get('pass@1'))} | {pct(met.get('pass@10'))} | {pct(met.get('one_plus_correct'))} |",
+            "",
+        ]
     else:
         lines += ["## Evaluation", "", "Not evaluated in this run yet (no report row).", ""]
     return "\n".join(lines)

@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from ilf.errors import IlfError
 from ilf.config import MIN_PROMPT_TOKENS, FinetuneConfig
+from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_jsonl, require, write_json, write_jsonl
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -487,9 +487,7 @@ def finetune(
     from trl import SFTConfig, SFTTrainer
 
     def to_dataset(examples: list[Encoded]) -> Dataset:
-        return Dataset.from_dict(
-            {"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]}
-        )
+        return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]})
 
     dataset = to_dataset(encoded)
     eval_dataset = None
@@ -729,10 +727,22 @@ def _fix_generation_config(model_dir: Path, eos_ids: list[int]) -> None:
 ANNOTATION_DATA = ("surge", "authors")  # --data values meaning the authors' annotation file
 
 
-def finetune_command(data: str, model: str, output: Path, cfg: FinetuneConfig, *, split: str = "refine",
-                     kind: str = "refine", data_dir: Optional[Path] = None, overwrite: bool = False,
-                     eval_data: Optional[str] = None, sweep_cfg: Any = None, val_dataset: str = "mbpp",
-                     engine: Optional[str] = None, weights: str = "f16") -> Path:
+def finetune_command(
+    data: str,
+    model: str,
+    output: Path,
+    cfg: FinetuneConfig,
+    *,
+    split: str = "refine",
+    kind: str = "refine",
+    data_dir: Optional[Path] = None,
+    overwrite: bool = False,
+    eval_data: Optional[str] = None,
+    sweep_cfg: Any = None,
+    val_dataset: str = "mbpp",
+    engine: Optional[str] = None,
+    weights: str = "f16",
+) -> Path:
     """Fine-tune on a pairs file or the authors' annotations; with a sweep grid, fine-tune once per
     setting first and make OUTPUT the model of the best validation pass rate (ilf.sweep)."""
     from ilf.feedback.annotations import is_authors_file
@@ -761,9 +771,18 @@ def finetune_command(data: str, model: str, output: Path, cfg: FinetuneConfig, *
     val = load_tasks(val_dataset, data_dir=data_dir, task_ids=sweep_cfg.tasks)
     if sweep_cfg.max_tasks:
         val = list(val)[: sweep_cfg.max_tasks]
-    best = sweep(pairs, model, Path(output) / "sweep", val, cfg, sweep_cfg,
-                 engine=lambda m: get_engine(name, m, **opts), engine_name=engine_label(name, weights),
-                 seed=cfg.seed, keep_best=True)
+    best = sweep(
+        pairs,
+        model,
+        Path(output) / "sweep",
+        val,
+        cfg,
+        sweep_cfg,
+        engine=lambda m: get_engine(name, m, **opts),
+        engine_name=engine_label(name, weights),
+        seed=cfg.seed,
+        keep_best=True,
+    )
     best_dir = Path(best["model_dir"])
     for f in best_dir.iterdir():  # OUTPUT becomes the best model (hard links: no extra disk)
         if f.is_file():

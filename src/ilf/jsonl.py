@@ -63,9 +63,7 @@ def read_text(path: str | os.PathLike) -> str:
     except UnicodeDecodeError as e:
         lineno = data.count(b"\n", 0, e.start) + 1
         start = data.rfind(b"\n", 0, e.start) + 1
-        raise IlfError(
-            f"{path}:{lineno}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start - start + 1})"
-        ) from None
+        raise IlfError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start - start + 1})") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ilf import plain, sandbox
-from ilf.sandbox import MAX_ERROR_CHARS, MAX_GOT_CHARS, MAX_TEST_CHARS, Verdict, _cap
+from ilf.sandbox import MAX_ERROR_CHARS, MAX_GOT_CHARS, MAX_TEST_CHARS, Verdict, cap_text
 
 GOLD_TIME_FACTOR = 4.0
 """A task's CPU limit is at least this x its reference solution's CPU time on this machine
@@ -101,8 +101,12 @@ class Plan:
             return {"program": program, "test": self.test, "timeout": self.timeout}
         budgets = self.oracle.budgets if self.oracle else None
         return {
-            "kind": "calls", "program": program, "setup": self.setup, "calls": self.calls,
-            "timeout": self.timeout, "budgets": budgets,
+            "kind": "calls",
+            "program": program,
+            "setup": self.setup,
+            "calls": self.calls,
+            "timeout": self.timeout,
+            "budgets": budgets,
         }
 
     def verdict(self, raw: dict) -> Verdict:
@@ -116,11 +120,11 @@ class Plan:
         frames = raw.get("frames")
         stop = raw.get("stop")
         if frames is None:  # the worker refused the job before running it (a syntax error)
-            return _verdict(raw.get("status", "error"), raw.get("error_type"), raw.get("message") or "", **base)
+            return make_verdict(raw.get("status", "error"), raw.get("error_type"), raw.get("message") or "", **base)
         if not frames or "ready" not in frames[0]:
             load = frames[0].get("load") if frames and isinstance(frames[0].get("load"), dict) else None
             if load is not None:
-                return _verdict(load.get("status", "error"), load.get("error_type"), load.get("message") or "", **base)
+                return make_verdict(load.get("status", "error"), load.get("error_type"), load.get("message") or "", **base)
             return _stopped(stop, "before the program finished loading", base)
         values: list = []
         error = None  # (call index, type, message) of the call that raised
@@ -141,16 +145,19 @@ class Plan:
             for k, v in enumerate(values):
                 if not _plus_equal(v, self.oracle.expected[k], self.oracle, k):
                     inp = self.oracle.inputs[k]
-                    call = _cap(f"{self.oracle.entry}({', '.join(_safe_repr(a, 60) for a in inp)})", 200)
+                    call = cap_text(f"{self.oracle.entry}({', '.join(_safe_repr(a, 60) for a in inp)})", 200)
                     exp = _safe_repr(self.oracle.expected[k], 100)
-                    return _verdict(
-                        "failed", "AssertionError", f"assert {call} == {exp} (got {_safe_repr(v, MAX_GOT_CHARS)})",
-                        failed_test=_cap(f"assert {call} == {exp}", MAX_TEST_CHARS), **base,
+                    return make_verdict(
+                        "failed",
+                        "AssertionError",
+                        f"assert {call} == {exp} (got {_safe_repr(v, MAX_GOT_CHARS)})",
+                        failed_test=cap_text(f"assert {call} == {exp}", MAX_TEST_CHARS),
+                        **base,
                     )
             if error is not None:
                 return self._at_call(*error, base)
             if len(values) == len(self.calls):
-                return _verdict("passed", **base)
+                return make_verdict("passed", **base)
             return _stopped(stop, "before every input was tried", base)
         ns = self._namespace()
         for c in self.checks:
@@ -164,30 +171,30 @@ class Plan:
                 ok = eval(c.test, env)  # noqa: S307 - the dataset's test on plain values, in ilf
                 ok = bool(ok)
             except Exception as e:  # noqa: BLE001 - e.g. TypeError comparing the returned value
-                return _verdict("error", type(e).__name__, _first_line(e), failed_test=c.source, **base)
+                return make_verdict("error", type(e).__name__, _first_line(e), failed_test=c.source, **base)
             if not ok:
                 text = " ".join(ln.strip() for ln in c.source.splitlines())
                 if c.got is not None:
                     try:
                         got = _safe_repr(eval(c.got, env), MAX_GOT_CHARS)  # noqa: S307
                         room = MAX_ERROR_CHARS - len("AssertionError: ") - len(got) - 8
-                        text = f"{_cap(text, max(room, 40))} (got {got})"
+                        text = f"{cap_text(text, max(room, 40))} (got {got})"
                     except Exception:  # noqa: BLE001
                         pass
-                return _verdict("failed", "AssertionError", text, failed_test=c.source, **base)
+                return make_verdict("failed", "AssertionError", text, failed_test=c.source, **base)
         if error is not None:
             return self._at_call(*error, base)
         if len(values) < len(self.calls):
             return _stopped(stop, "before the tests finished", base)
-        return _verdict("passed", **base)
+        return make_verdict("passed", **base)
 
     def _at_call(self, k: int, etype: str, msg: str, base: dict, source: str | None = None) -> Verdict:
         """The program raised in call k (after every check before it passed): an error."""
         if source is None and self.oracle is not None:
-            source = _cap(f"{self.oracle.entry}({', '.join(_safe_repr(a, 60) for a in self.oracle.inputs[k])})", MAX_TEST_CHARS)
+            source = cap_text(f"{self.oracle.entry}({', '.join(_safe_repr(a, 60) for a in self.oracle.inputs[k])})", MAX_TEST_CHARS)
         if etype == "SystemExit":
             msg = f"exit({msg or 'None'}) before the tests finished"
-        return _verdict("error", etype, msg, failed_test=source, **base)
+        return make_verdict("error", etype, msg, failed_test=source, **base)
 
     def _namespace(self) -> dict:
         if self._ns is None:
@@ -288,8 +295,12 @@ class _Cutter(ast.NodeTransformer):
         if self._program_name(node.func):
             unit = node
         elif (
-            isinstance(node.func, ast.Name) and node.func.id in WRAPPERS and node.func.id not in self.alias
-            and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Call)
+            isinstance(node.func, ast.Name)
+            and node.func.id in WRAPPERS
+            and node.func.id not in self.alias
+            and len(node.args) == 1
+            and not node.keywords
+            and isinstance(node.args[0], ast.Call)
             and self._program_name(node.args[0].func)
         ):
             unit = node
@@ -347,8 +358,13 @@ def _is_docstring(n: ast.stmt) -> bool:
 
 def _is_check_call(e: ast.expr, entry: str) -> bool:
     return (
-        isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id == "check"
-        and len(e.args) == 1 and not e.keywords and isinstance(e.args[0], ast.Name) and e.args[0].id == entry
+        isinstance(e, ast.Call)
+        and isinstance(e.func, ast.Name)
+        and e.func.id == "check"
+        and len(e.args) == 1
+        and not e.keywords
+        and isinstance(e.args[0], ast.Name)
+        and e.args[0].id == entry
     )
 
 
@@ -480,8 +496,11 @@ def plus_oracles(data_dir=None, task_ids=None, workers: int = 0, progress: bool 
         inputs = list(rec.get("base_input") or []) + list(rec.get("plus_input") or [])
         budgets = [max(PLUS_MIN_CALL_SECONDS, GOLD_TIME_FACTOR * t) for t in s["times"]]
         out[tid] = Oracle(
-            entry=rec["entry_point"], inputs=inputs, expected=[plain.decode(v) for v in s["expected"]],
-            budgets=budgets, atol=float(rec.get("atol") or 0),
+            entry=rec["entry_point"],
+            inputs=inputs,
+            expected=[plain.decode(v) for v in s["expected"]],
+            budgets=budgets,
+            atol=float(rec.get("atol") or 0),
         )
     return out
 
@@ -494,8 +513,16 @@ def _compute_oracles(recs: list[dict], stored: dict, workers: int, progress: boo
     for rec in recs:
         inputs = list(rec.get("base_input") or []) + list(rec.get("plus_input") or [])
         calls = [["fn", rec["entry_point"], plain.encode(list(inp))] for inp in inputs]
-        jobs.append({"kind": "calls", "program": rec["prompt"] + rec["canonical_solution"], "setup": None,
-                     "calls": calls, "timeout": 600.0, "budgets": None})
+        jobs.append(
+            {
+                "kind": "calls",
+                "program": rec["prompt"] + rec["canonical_solution"],
+                "setup": None,
+                "calls": calls,
+                "timeout": 600.0,
+                "budgets": None,
+            }
+        )
     with sandbox.Sandbox(workers=workers) as sb, LogProgress(disable=not progress) as bar:
         t = bar.add_task("HumanEval+ expected outputs (canonical solutions)", total=len(jobs))
         for i, raw in sb.run_many(jobs):
@@ -568,19 +595,19 @@ def _write_cache(path: Path, data: dict) -> None:
 # small helpers
 
 
-def _verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
-    return sandbox._verdict(status, error_type, message, **kw)
+def make_verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
+    return sandbox.make_verdict(status, error_type, message, **kw)
 
 
 def _stopped(stop: dict | None, when: str, base: dict, failed_test: str | None = None) -> Verdict:
     if stop:
-        return _verdict(stop.get("status", "error"), stop.get("error_type"), stop.get("message") or "", failed_test=failed_test, **base)
-    return _verdict("error", "EarlyExit", f"the program ended {when}", failed_test=failed_test, **base)
+        return make_verdict(stop.get("status", "error"), stop.get("error_type"), stop.get("message") or "", failed_test=failed_test, **base)
+    return make_verdict("error", "EarlyExit", f"the program ended {when}", failed_test=failed_test, **base)
 
 
 def _pair(e) -> tuple[str, str]:
     if isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) for x in e):
-        return _cap(e[0], 80), _cap(e[1], MAX_ERROR_CHARS)
+        return cap_text(e[0], 80), cap_text(e[1], MAX_ERROR_CHARS)
     return "VerdictTampered", "malformed error frame"
 
 
@@ -591,6 +618,6 @@ def _first_line(e: BaseException) -> str:
 
 def _safe_repr(x, n: int) -> str:
     try:
-        return _cap(repr(x), n)
+        return cap_text(repr(x), n)
     except Exception:  # noqa: BLE001 - recursion in a huge value
         return f"<{type(x).__name__}>"

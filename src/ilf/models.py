@@ -352,9 +352,7 @@ def _hub_download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise IlfError(f"could not download {repo_id} from the Hugging Face hub: {type(e).__name__}: {first}") from None

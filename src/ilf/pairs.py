@@ -22,18 +22,36 @@ from ilf.tasks import Task, TaskSet, normalize_newlines, refinement_prompt
 
 def program_pair(task: Task, program: str, source: str, **extra: Any) -> dict[str, Any]:
     """task prompt -> the program's body (π_θ's training pair)."""
-    return {"task_id": task.task_id, "kind": "program", "prompt": task.prompt,
-            "completion": body_after_prompt(program, task.prompt), "source": source, **extra}
+    return {
+        "task_id": task.task_id,
+        "kind": "program",
+        "prompt": task.prompt,
+        "completion": body_after_prompt(program, task.prompt),
+        "source": source,
+        **extra,
+    }
 
 
 def refine_pair(task: Task, x0: str, feedback: str, refinement: str, source: str = "human") -> dict[str, Any]:
     """(x0, f) in the refinement prompt -> the refinement's body (π_Refine's training pair)."""
-    return {"task_id": task.task_id, "kind": "refine", "prompt": refinement_prompt(task, x0, feedback),
-            "completion": body_after_prompt(refinement, task.prompt), "source": source}
+    return {
+        "task_id": task.task_id,
+        "kind": "refine",
+        "prompt": refinement_prompt(task, x0, feedback),
+        "completion": body_after_prompt(refinement, task.prompt),
+        "source": source,
+    }
 
 
-def ilf_pairs(results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 0, max_edit_distance: float = 1.0,
-              dropped: dict[str, int] | None = None, source: str = "ilf") -> list[dict[str, Any]]:
+def ilf_pairs(
+    results: Iterable[dict[str, Any]],
+    tasks: TaskSet,
+    *,
+    seed: int = 0,
+    max_edit_distance: float = 1.0,
+    dropped: dict[str, int] | None = None,
+    source: str = "ilf",
+) -> list[dict[str, Any]]:
     """R: per task, one passing refinement chosen at random (seeded), as the paper does.
 
     A passing refinement farther than `max_edit_distance` from its x0 (the bounded measure of
@@ -56,8 +74,16 @@ def ilf_pairs(results: Iterable[dict[str, Any]], tasks: TaskSet, *, seed: int = 
     for tid in sorted(by_task, key=lambda t: (str(type(t)), t)):
         cands = sorted(by_task[tid], key=lambda r: (str(r["feedback_id"]), r["sample_id"]))
         pick = random.Random(f"{seed}:select:{tid}").choice(cands)
-        pairs.append(program_pair(tasks[tid], pick["refinement"], source, feedback_id=pick["feedback_id"],
-                                  sample_id=pick["sample_id"], edit_distance=pick.get("edit_distance")))
+        pairs.append(
+            program_pair(
+                tasks[tid],
+                pick["refinement"],
+                source,
+                feedback_id=pick["feedback_id"],
+                sample_id=pick["sample_id"],
+                edit_distance=pick.get("edit_distance"),
+            )
+        )
     return pairs
 
 
@@ -66,8 +92,9 @@ def gold_pairs(tasks: TaskSet, task_ids: Sequence[Any]) -> list[dict[str, Any]]:
     return [program_pair(tasks[t], tasks[t].gold, "gold") for t in task_ids]
 
 
-def human_refinement_pairs(annotations: Iterable[dict[str, Any]], tasks: TaskSet, task_ids: Iterable[Any] | None = None,
-                           kind: str = "program") -> list[dict[str, Any]]:
+def human_refinement_pairs(
+    annotations: Iterable[dict[str, Any]], tasks: TaskSet, task_ids: Iterable[Any] | None = None, kind: str = "program"
+) -> list[dict[str, Any]]:
     """The annotators' (x0, f, x1) as pairs: kind program (Table 4's human-refinements baseline) or
     refine (π_Refine's training triples), in the order given. task_ids: only these tasks (None = all)."""
     if kind not in ("refine", "program"):
@@ -100,8 +127,9 @@ def rft_pairs(results: Iterable[dict[str, Any]], tasks: TaskSet, k: int, seed: i
     return out
 
 
-def annotation_pairs(path: str | Path | None = None, split: str = "refine", kind: str = "refine",
-                     data_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def annotation_pairs(
+    path: str | Path | None = None, split: str = "refine", kind: str = "refine", data_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Pairs from the ILF authors' `surge_annotations.jsonl` (`ilf finetune --data surge`).
     split: an MBPP split name or id ranges ("refine" = the 44 MBPP_Refine triples the paper
     trains π_Refine on)."""

@@ -58,7 +58,9 @@ def code_version() -> str:
     try:
         rev = subprocess.run(
             ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except Exception:
         rev = ""
@@ -102,8 +104,9 @@ class Run:
         outputs: list[Path] = (),
     ) -> None:
         """Run `fn` unless this stage already finished with the same fingerprint."""
-        fp_src = json.dumps({"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__},
-                            sort_keys=True, default=str)
+        fp_src = json.dumps(
+            {"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__}, sort_keys=True, default=str
+        )
         fp = hashlib.sha256(fp_src.encode()).hexdigest()[:16]
         entry = self.manifest["stages"].get(name)
         if entry and entry.get("status") == "done" and entry.get("fingerprint") == fp and all(Path(o).exists() for o in outputs):
@@ -120,9 +123,12 @@ class Run:
         resumed = bool(entry and entry.get("fingerprint") == fp and entry.get("status") != "done")
         console.rule(f"[bold]{name}[/]" + (" (resuming)" if resumed else ""))
         self.manifest["stages"][name] = {
-            "status": "running", "fingerprint": fp, "params": params,
+            "status": "running",
+            "fingerprint": fp,
+            "params": params,
             "inputs": {str(p): file_fingerprint(p) for p in inputs},
-            "started_at": _now(), "code_version": self.manifest["code_version"],
+            "started_at": _now(),
+            "code_version": self.manifest["code_version"],
         }
         self._save()
         t0 = time.time()
@@ -140,9 +146,7 @@ class Run:
 
     def tasks(self, spec: str = "all") -> TaskSet:
         if spec not in self._tasks:
-            self._tasks[spec] = load_tasks(
-                "mbpp", data_dir=self.cfg.data_dir or None, task_ids=None if spec == "all" else spec
-            )
+            self._tasks[spec] = load_tasks("mbpp", data_dir=self.cfg.data_dir or None, task_ids=None if spec == "all" else spec)
             for tid, why in self._tasks[spec].skipped.items():
                 console.print(f"[yellow]warning[/]: task {tid} cannot be formatted and is left out: {why}")
         return self._tasks[spec]
@@ -170,7 +174,11 @@ class Run:
 
         recs = load_authors(path)
         for r in recs:  # the authors' programs mix CRLF and LF; prompts and EVAL want LF
-            r["program"], r["refinement"], r["feedback"] = normalize_newlines(r["program"]), normalize_newlines(r["refinement"]), normalize_newlines(r["feedback"]).strip()
+            r["program"], r["refinement"], r["feedback"] = (
+                normalize_newlines(r["program"]),
+                normalize_newlines(r["refinement"]),
+                normalize_newlines(r["feedback"]).strip(),
+            )
         return recs
 
     def engine_name(self, engine: str | None = None) -> str:
@@ -235,20 +243,30 @@ class Run:
         else:
             n_fb = len(self.feedback_tasks())
             rule = "with no passing x0" if cfg.feedback.only_unsolved else "with a failing x0"
-            lines.append(f"  x0 ~ π_θ: {n_fb} tasks ({cfg.feedback.tasks}) x {cfg.sample.n} samples, EVAL; "
-                         f"{cfg.feedback.source} feedback on one failing x0 of each task {rule}")
-        pr = (f"π_Refine: {cfg.refine.mode}" + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" else "")
-              + f", {cfg.refine.n} refinements per x0" + (f" + {cfg.refine.shuffled_n} with shuffled feedback"
-                                                          if cfg.refine.shuffled_n else "") + "; R = one passing refinement per task")
+            lines.append(
+                f"  x0 ~ π_θ: {n_fb} tasks ({cfg.feedback.tasks}) x {cfg.sample.n} samples, EVAL; "
+                f"{cfg.feedback.source} feedback on one failing x0 of each task {rule}"
+            )
+        pr = (
+            f"π_Refine: {cfg.refine.mode}"
+            + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" else "")
+            + f", {cfg.refine.n} refinements per x0"
+            + (f" + {cfg.refine.shuffled_n} with shuffled feedback" if cfg.refine.shuffled_n else "")
+            + "; R = one passing refinement per task"
+        )
         lines.append("  " + pr + (f"; {cfg.rounds} rounds" if cfg.rounds > 1 else ""))
         if cfg.sweep.enabled():
             grid = (len(cfg.sweep.learning_rates) or 1) * (len(cfg.sweep.batch_sizes) or 1) * (len(cfg.sweep.epochs) or 1)
             swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
-            lines.append(f"  sweep: {grid} settings x {len(swept)} methods, each fine-tuned and sampled on "
-                         f"{cfg.sweep.max_tasks or 'all'} {cfg.sweep.tasks} tasks x {cfg.sweep.n}")
+            lines.append(
+                f"  sweep: {grid} settings x {len(swept)} methods, each fine-tuned and sampled on "
+                f"{cfg.sweep.max_tasks or 'all'} {cfg.sweep.tasks} tasks x {cfg.sweep.n}"
+            )
         lines.append(f"  FINETUNE: {len(trained)} trained methods x {cfg.train_seeds} seeds ({', '.join(trained) or 'none'})")
-        lines.append(f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
-                     f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report")
+        lines.append(
+            f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
+            f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report"
+        )
         lines.append("  " + self.time_estimate(models * n_eval_tasks * cfg.eval.n))
         lines.append("  (progress lines show rates and ETAs per step; a killed run resumes with the same command)")
         return "\n".join(lines)
@@ -271,8 +289,10 @@ class Run:
             swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
             programs += grid * len(swept) * (cfg.sweep.max_tasks or len(self.tasks(cfg.sweep.tasks))) * cfg.sweep.n
         minutes = programs / speed / 60
-        return (f"time: about {minutes:.0f} min of sampling for at most {programs} programs at the "
-                f"{60 * speed:.0f} programs/min this machine sampled before; FINETUNE and EVAL come on top")
+        return (
+            f"time: about {minutes:.0f} min of sampling for at most {programs} programs at the "
+            f"{60 * speed:.0f} programs/min this machine sampled before; FINETUNE and EVAL come on top"
+        )
 
     def ilf_round(self, r: int, model: str) -> tuple[str, list[dict]]:
         cfg, rd = self.cfg, self.dir / f"r{r}"
@@ -318,19 +338,21 @@ class Run:
             x0 = {f["feedback_id"]: f["program"] for f in feedback}
             for res in results:  # recomputed here: the measure is the selection's, not the sampler's
                 if res["feedback_id"] in x0:
-                    res["edit_distance"] = edit_distance(x0[res["feedback_id"]], res["refinement"],
-                                                         self.tasks()[res["task_id"]].prompt)
+                    res["edit_distance"] = edit_distance(x0[res["feedback_id"]], res["refinement"], self.tasks()[res["task_id"]].prompt)
             dropped: dict[str, int] = {}
-            pairs = ilf_pairs(results, self.tasks(), seed=cfg.seed + r, max_edit_distance=cfg.refine.max_edit_distance,
-                              dropped=dropped)
+            pairs = ilf_pairs(results, self.tasks(), seed=cfg.seed + r, max_edit_distance=cfg.refine.max_edit_distance, dropped=dropped)
             summary = refine_summary(results, cfg.refine.n)
             summary.update(max_edit_distance=cfg.refine.max_edit_distance, **dropped, train_pairs=len(pairs))
             write_json(rd / "refine_summary.json", summary)
             write_jsonl(pairs_path, pairs)
 
-        self.stage(f"r{r}/select", select, params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed,
-                                                   "measure": "bounded"},
-                   inputs=[refined], outputs=[pairs_path, rd / "refine_summary.json"])
+        self.stage(
+            f"r{r}/select",
+            select,
+            params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed, "measure": "bounded"},
+            inputs=[refined],
+            outputs=[pairs_path, rd / "refine_summary.json"],
+        )
         pairs = load_jsonl(pairs_path)
         summary = json.loads((rd / "refine_summary.json").read_text())
         console.print(
@@ -371,12 +393,27 @@ class Run:
 
         def body():
             self.close_engine()  # one model in memory at a time
-            sweep(pairs_path, base, sd, val, cfg.finetune, sw, engine=lambda m: get_engine(name, m, **opts),
-                  engine_name=self.engine_label(), seed=cfg.seed, timeout=cfg.eval.timeout or None, console=console)
+            sweep(
+                pairs_path,
+                base,
+                sd,
+                val,
+                cfg.finetune,
+                sw,
+                engine=lambda m: get_engine(name, m, **opts),
+                engine_name=self.engine_label(),
+                seed=cfg.seed,
+                timeout=cfg.eval.timeout or None,
+                console=console,
+            )
 
-        self.stage(f"sweep/{method}", body, params={"base": base, "finetune": asdict(cfg.finetune), "sweep": asdict(sw),
-                                                     "engine": self.engine_label(), "seed": cfg.seed},
-                   inputs=[pairs_path], outputs=[sd / "best.json"])
+        self.stage(
+            f"sweep/{method}",
+            body,
+            params={"base": base, "finetune": asdict(cfg.finetune), "sweep": asdict(sw), "engine": self.engine_label(), "seed": cfg.seed},
+            inputs=[pairs_path],
+            outputs=[sd / "best.json"],
+        )
         return best_config(cfg.finetune, json.loads((sd / "best.json").read_text(encoding="utf-8")))
 
     # -- stage bodies ---------------------------------------------------------------------------
@@ -405,17 +442,23 @@ class Run:
 
         if isinstance(tasks, str):
             tasks = self.tasks(tasks)
-        params = SamplingParams(n=sc.n, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k,
-                                max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed)
+        params = SamplingParams(
+            n=sc.n, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k, max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed
+        )
 
         def body():
             # The engine loads only if some task still needs sampling (a resumed stage may not).
-            sample(list(tasks), lambda: self.engine(model), params, out, resume=True,
-                   model_name=str(model), engine_name=self.engine_label())
+            sample(
+                list(tasks), lambda: self.engine(model), params, out, resume=True, model_name=str(model), engine_name=self.engine_label()
+            )
 
-        self.stage(name, body, params={"model": model, "engine": self.engine_label(),
-                                       "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
-                   inputs=[Path(model)] if Path(model).is_dir() else [], outputs=[out])
+        self.stage(
+            name,
+            body,
+            params={"model": model, "engine": self.engine_label(), "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
+            inputs=[Path(model)] if Path(model).is_dir() else [],
+            outputs=[out],
+        )
 
     def eval_stage(self, name: str, samples: Path, out: Path) -> None:
         from ilf.evaluation import evaluate
@@ -431,14 +474,17 @@ class Run:
         cfg = self.cfg.feedback
         wanted = parse_ranges(cfg.tasks)
         if cfg.source == "authors":  # rounds > 1 is refused by config validation
-            console.print("[yellow]note[/]: feedback.source = authors: x0 are CodeGen-Mono 6.1B's programs (the paper's "
-                          f"annotations), not {self.cfg.model.base}'s own, so this ILF trains off-policy")
+            console.print(
+                "[yellow]note[/]: feedback.source = authors: x0 are CodeGen-Mono 6.1B's programs (the paper's "
+                f"annotations), not {self.cfg.model.base}'s own, so this ILF trains off-policy"
+            )
             return self.feedback_annotations()
 
         from ilf.feedback.llm import choose_failing
 
-        failing = choose_failing(load_jsonl(rd / "results.jsonl"), per_task=1, only_unsolved=cfg.only_unsolved,
-                                 seed=self.cfg.seed, salt=f"r{r}:")
+        failing = choose_failing(
+            load_jsonl(rd / "results.jsonl"), per_task=1, only_unsolved=cfg.only_unsolved, seed=self.cfg.seed, salt=f"r{r}:"
+        )
         tasks = self.tasks()
         if cfg.source == "trace":
             from ilf.feedback.trace import trace_feedback_records
@@ -448,9 +494,17 @@ class Run:
             from ilf.feedback.llm import write_llm_feedback
 
             llm = cfg.llm_model or model
-            return write_llm_feedback(failing, tasks, lambda: self.engine(llm, cfg.llm_engine or None),
-                                      rd / "feedback_llm.jsonl", k_shot=cfg.llm_shots, reference=cfg.llm_reference,
-                                      examples=self.example_annotations(), seed=self.cfg.seed, model_name=str(llm))
+            return write_llm_feedback(
+                failing,
+                tasks,
+                lambda: self.engine(llm, cfg.llm_engine or None),
+                rd / "feedback_llm.jsonl",
+                k_shot=cfg.llm_shots,
+                reference=cfg.llm_reference,
+                examples=self.example_annotations(),
+                seed=self.cfg.seed,
+                model_name=str(llm),
+            )
         # human: annotations collected with `ilf annotate RUN_DIR`
         from ilf.feedback.store import FeedbackStore
 
@@ -514,18 +568,32 @@ class Run:
         examples: list[dict] = []
         if cfg.mode == "fewshot" and cfg.shots:
             examples = self.example_annotations()
-        params = SamplingParams(n=n or cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                max_new_tokens=cfg.max_new_tokens, seed=self.cfg.seed,
-                                stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"])
+        params = SamplingParams(
+            n=n or cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=self.cfg.seed,
+            stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"],
+        )
         eng = lambda: self.engine(refiner)  # noqa: E731 (loaded only if something is left to do)
         from ilf.progress import LogProgress
 
-        with LogProgress(TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"),
-                      TimeElapsedColumn(), console=console) as bar:
+        with LogProgress(
+            TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"), TimeElapsedColumn(), console=console
+        ) as bar:
             t = bar.add_task("π_Refine ((x0, f) pairs)", total=len(feedback))
             sample_refinements(
-                feedback, self.tasks(), eng, params, out, examples=examples, example_tasks=self.tasks(),
-                shots=cfg.shots if cfg.mode == "fewshot" else 0, seed=self.cfg.seed,
+                feedback,
+                self.tasks(),
+                eng,
+                params,
+                out,
+                examples=examples,
+                example_tasks=self.tasks(),
+                shots=cfg.shots if cfg.mode == "fewshot" else 0,
+                seed=self.cfg.seed,
                 on_progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
 
@@ -540,8 +608,7 @@ class Run:
             finetune(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         params = {"base": base, "train": asdict(tc)}
-        self.stage(name, body, params=params,
-                   inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
+        self.stage(name, body, params=params, inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
 
     # -- evaluation of every method on the test tasks -------------------------------------------
 
@@ -591,19 +658,34 @@ class Run:
             elif method != "zero-shot":
                 train = len(load_jsonl(self.dir / "baselines" / base_method / "train_pairs.jsonl"))
             first = results[0] if results else {}
-            write_json(ed / "summary.json", {
-                "method": method, "model": model, "engine": first.get("engine"), "dataset": "mbpp", "split": cfg.eval.tasks,
-                "task_ids": sorted({r["task_id"] for r in results}), "n": cfg.eval.n,
-                "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p, "max_new_tokens": cfg.eval.max_new_tokens,
-                "seed": cfg.seed, "train_pairs": train, **s,
-            })
+            write_json(
+                ed / "summary.json",
+                {
+                    "method": method,
+                    "model": model,
+                    "engine": first.get("engine"),
+                    "dataset": "mbpp",
+                    "split": cfg.eval.tasks,
+                    "task_ids": sorted({r["task_id"] for r in results}),
+                    "n": cfg.eval.n,
+                    "temperature": cfg.eval.temperature,
+                    "top_p": cfg.eval.top_p,
+                    "max_new_tokens": cfg.eval.max_new_tokens,
+                    "seed": cfg.seed,
+                    "train_pairs": train,
+                    **s,
+                },
+            )
 
-        self.stage(f"eval/{method}/summary", summary, params={"method": method}, inputs=[ed / "results.jsonl"],
-                   outputs=[ed / "summary.json"])
+        self.stage(
+            f"eval/{method}/summary", summary, params={"method": method}, inputs=[ed / "results.jsonl"], outputs=[ed / "summary.json"]
+        )
         s = json.loads((ed / "summary.json").read_text())
-        console.print(f"[bold]{method}[/]: pass@1 {s.get('pass@1', 0):.3f}"
-                      + (f", pass@10 {s['pass@10']:.3f}" if "pass@10" in s else "")
-                      + f", 1+ correct {s.get('one_plus_correct', 0):.3f} ({s.get('num_tasks')} tasks × {cfg.eval.n})")
+        console.print(
+            f"[bold]{method}[/]: pass@1 {s.get('pass@1', 0):.3f}"
+            + (f", pass@10 {s['pass@10']:.3f}" if "pass@10" in s else "")
+            + f", 1+ correct {s.get('one_plus_correct', 0):.3f} ({s.get('num_tasks')} tasks × {cfg.eval.n})"
+        )
 
     def last_trained_round(self) -> int:
         """Rounds stop at the first empty R: the final model is the last round's that trained."""
@@ -643,8 +725,7 @@ class Run:
         params = {"method": method, "feedback": asdict(cfg.feedback), "tasks": "R's task ids"}
         if method.startswith("llm-"):  # the LLM's draws are sampled as π_Refine's
             params["sampling"] = {k: getattr(cfg.refine, k) for k in ("n", "temperature", "top_p")}
-        self.stage(f"baselines/{method}/pairs", pairs, params=params,
-                   inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
+        self.stage(f"baselines/{method}/pairs", pairs, params=params, inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
         if not load_jsonl(pairs_path):
             # Nothing to train on (e.g. no LLM refinement passed): no model, so no row in the report.
             console.print(f"[yellow]warning[/]: baseline {method!r} has no training data ({pairs_path}); not evaluated")
@@ -653,8 +734,7 @@ class Run:
         tc = self.sweep_stage(method, cfg.model.base, pairs_path)
         self.finetune_stage(f"baselines/{method}/finetune", cfg.model.base, pairs_path, out, tc)
         for i in range(1, cfg.train_seeds):
-            self.finetune_stage(f"baselines/{method}/finetune@s{i}", cfg.model.base, pairs_path, seed_dir(out, i),
-                                tc, seed_offset=i)
+            self.finetune_stage(f"baselines/{method}/finetune@s{i}", cfg.model.base, pairs_path, seed_dir(out, i), tc, seed_offset=i)
         return str(out)
 
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
@@ -669,21 +749,47 @@ class Run:
         src = self.dir / "r1" / "feedback.jsonl"
         ann = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
         llm = cfg.feedback.llm_model or cfg.model.base
-        x0 = [{"task_id": a["task_id"], "sample_id": a.get("sample_id", 0), "program": a["program"], "passed": False,
-               "status": "failed", "error": a.get("error")} for a in ann]
+        x0 = [
+            {
+                "task_id": a["task_id"],
+                "sample_id": a.get("sample_id", 0),
+                "program": a["program"],
+                "passed": False,
+                "status": "failed",
+                "error": a.get("error"),
+            }
+            for a in ann
+        ]
         recs = write_llm_feedback(
-            x0, self.tasks(), lambda: self.engine(llm, cfg.feedback.llm_engine or None), bd / "feedback.jsonl",
-            k_shot=shots, with_refinement=True, examples=self.example_annotations(), seed=cfg.seed,
-            n=cfg.feedback.llm_n or cfg.refine.n, temperature=cfg.refine.temperature, top_p=cfg.refine.top_p,
+            x0,
+            self.tasks(),
+            lambda: self.engine(llm, cfg.feedback.llm_engine or None),
+            bd / "feedback.jsonl",
+            k_shot=shots,
+            with_refinement=True,
+            examples=self.example_annotations(),
+            seed=cfg.seed,
+            n=cfg.feedback.llm_n or cfg.refine.n,
+            temperature=cfg.refine.temperature,
+            top_p=cfg.refine.top_p,
             model_name=str(llm),
         )
         self.close_engine()
         from ilf.evaluation import evaluate
         from ilf.refine import edit_distance
 
-        samples = [{"task_id": x["task_id"], "feedback_id": x["feedback_id"], "sample_id": 0,
-                    "program": x["refinement"], "refinement": x["refinement"],
-                    "edit_distance": edit_distance(x["program"], x["refinement"], self.tasks()[x["task_id"]].prompt)} for x in recs if x.get("refinement")]
+        samples = [
+            {
+                "task_id": x["task_id"],
+                "feedback_id": x["feedback_id"],
+                "sample_id": 0,
+                "program": x["refinement"],
+                "refinement": x["refinement"],
+                "edit_distance": edit_distance(x["program"], x["refinement"], self.tasks()[x["task_id"]].prompt),
+            }
+            for x in recs
+            if x.get("refinement")
+        ]
         results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True)
         return ilf_pairs(results, self.tasks(), seed=cfg.seed, source=method)
 
@@ -704,8 +810,11 @@ class Run:
             ilf_pairs = load_jsonl(r1)
             ids = sorted({p["task_id"] for p in ilf_pairs})
             ann = self.authors_annotations() if self._has_authors() else []
-            sources = {"gold": gold_pairs(tasks, ids), "human-refinements": human_refinement_pairs(ann, tasks, task_ids=ids),
-                       "ilf": ilf_pairs}
+            sources = {
+                "gold": gold_pairs(tasks, ids),
+                "human-refinements": human_refinement_pairs(ann, tasks, task_ids=ids),
+                "ilf": ilf_pairs,
+            }
             compute_perplexities(self.cfg.model.base, sources, out)
 
         self.stage("perplexity", body, params={"model": self.cfg.model.base}, inputs=[r1], outputs=[out])

@@ -107,7 +107,7 @@ def digest(enc) -> str:
 
 def _canonical(o):
     if isinstance(o, dict) and len(o) == 1:
-        (tag, v), = o.items()
+        ((tag, v),) = o.items()
         if tag in ("s", "fs") and isinstance(v, list):
             return {tag: sorted((_canonical(e) for e in v), key=lambda e: json.dumps(e, sort_keys=True))}
         if tag in ("d", "ctr") and isinstance(v, list):
@@ -188,7 +188,7 @@ def _decode(o, depth: int, budget: list):
         return float(o)
     if not isinstance(o, dict) or len(o) != 1:
         raise ValueError("not a tagged value")
-    (tag, v), = o.items()
+    ((tag, v),) = o.items()
     d = depth + 1
 
     def items():

@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ilf.jsonl import Appender, load_jsonl
-from ilf.tasks import Task, TaskSet, refinement_prompt
+from ilf.tasks import Task, TaskSet, normalize_newlines, refinement_prompt
 
 EXAMPLE_SEPARATOR = "\n\n\n"  # between few-shot triples: blank lines end a program for the extractor
-
-
-from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
@@ -38,12 +35,12 @@ def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
     annotation measure (/ len(old body), unbounded), which would make a 1.0 threshold drop repairs."""
     from ilf.feedback.text import bounded_edit_distance
 
-    return float(bounded_edit_distance(_nl(old), _nl(new), _nl(prompt) if prompt else None))
+    return float(bounded_edit_distance(normalize_newlines(old), normalize_newlines(new), normalize_newlines(prompt) if prompt else None))
 
 
 def body_after_prompt(program: str, prompt: str) -> str:
     """The part of a whole program that follows the task prompt (what π_θ is trained to write)."""
-    program, prompt = _nl(program), _nl(prompt)
+    program, prompt = normalize_newlines(program), normalize_newlines(prompt)
     if program.startswith(prompt):
         return program[len(prompt) :]
     # Human refinements sometimes touch the prompt's whitespace: align on the def header instead.
@@ -64,9 +61,7 @@ def fewshot_block(example: dict[str, Any], task: Task) -> str:
     return refinement_prompt(task, example["program"], example["feedback"]) + refinement.rstrip() + "\n"
 
 
-def choose_examples(
-    examples: Sequence[dict[str, Any]], k: int, exclude_task: Any, seed: int, key: Any
-) -> list[dict[str, Any]]:
+def choose_examples(examples: Sequence[dict[str, Any]], k: int, exclude_task: Any, seed: int, key: Any) -> list[dict[str, Any]]:
     """k examples of other tasks, chosen reproducibly per (seed, key)."""
     pool = [e for e in examples if e["task_id"] != exclude_task]
     rng = random.Random(f"{seed}:{key}")
@@ -91,8 +86,10 @@ def shuffled_feedback(feedback: Sequence[dict[str, Any]], seed: int = 0) -> list
         return []
     while any(same_task(i, j) for i, j in enumerate(order)):
         rng.shuffle(order)
-    return [dict(fb, feedback=feedback[j]["feedback"], feedback_id=f"{fb['feedback_id']}~shuffled",
-                 shuffled_from=feedback[j]["feedback_id"]) for fb, j in zip(feedback, order)]
+    return [
+        dict(fb, feedback=feedback[j]["feedback"], feedback_id=f"{fb['feedback_id']}~shuffled", shuffled_from=feedback[j]["feedback_id"])
+        for fb, j in zip(feedback, order)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,9 +139,7 @@ def sample_refinements(
     with Appender(output) as out:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
-            prompts = [
-                build_prompt(fb, tasks[fb["task_id"]], examples, example_tasks or tasks, shots, seed) for fb in batch
-            ]
+            prompts = [build_prompt(fb, tasks[fb["task_id"]], examples, example_tasks or tasks, shots, seed) for fb in batch]
 
             def written(i: int, completions, batch=batch) -> None:
                 fb = batch[i]

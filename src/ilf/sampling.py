@@ -87,8 +87,8 @@ def make_records(task: Task, completions, params: SamplingParams, model: str, en
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ilf.progress import LogProgress
 

@@ -24,9 +24,17 @@ class SettingError(IlfError):
         super().__init__(f"{name} {problem}")
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING,
-            choices: tuple | None = None, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, cli: bool = True) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory: Any = dataclasses.MISSING,
+    choices: tuple | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    cli: bool = True,
+) -> Any:
     """A dataclass field with its help and constraints. Numbers must also be finite; for a list the
     constraints apply to each element. cli=False: the field is a key of the run config only."""
     md = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "cli": cli}

@@ -33,8 +33,9 @@ def setting_name(lr: float, batch: int, epochs: float) -> str:
 
 def grid(train: FinetuneConfig, sw: SweepConfig) -> list[tuple[float, int, float]]:
     """The settings to try; an empty list in [sweep] keeps [finetune]'s value."""
-    return list(itertools.product(sw.learning_rates or [train.learning_rate], sw.batch_sizes or [train.batch_size],
-                                  sw.epochs or [train.epochs]))
+    return list(
+        itertools.product(sw.learning_rates or [train.learning_rate], sw.batch_sizes or [train.batch_size], sw.epochs or [train.epochs])
+    )
 
 
 def best_config(train: FinetuneConfig, best: dict[str, Any]) -> FinetuneConfig:
@@ -76,8 +77,15 @@ def sweep(
     overlap = sorted({str(p.task_id) for p in load_pairs(pairs) if p.task_id is not None} & val_ids)
     if overlap:
         raise IlfError(f"sweep: validation tasks also in the training pairs: {', '.join(overlap[:10])}")
-    ident = {"base": base, "pairs": hashlib.sha256(Path(pairs).read_bytes()).hexdigest(), "finetune": asdict(train),
-             "sweep": asdict(sw), "val_tasks": sorted(val_ids), "engine": engine_name, "seed": seed}
+    ident = {
+        "base": base,
+        "pairs": hashlib.sha256(Path(pairs).read_bytes()).hexdigest(),
+        "finetune": asdict(train),
+        "sweep": asdict(sw),
+        "val_tasks": sorted(val_ids),
+        "engine": engine_name,
+        "seed": seed,
+    }
     ident_fp = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
     table = sweep_dir / "table.jsonl"
     rows = {r["setting"]: r for r in load_jsonl(table)} if table.exists() else {}
@@ -97,25 +105,39 @@ def sweep(
             continue
         sdir = sweep_dir / name
         console.print(f"[bold]sweep[/] {name}")
-        finetune(pairs, base, sdir / "model", replace(train, learning_rate=lr, batch_size=bs, epochs=ep),
-                 overwrite=True, console=console)
+        finetune(pairs, base, sdir / "model", replace(train, learning_rate=lr, batch_size=bs, epochs=ep), overwrite=True, console=console)
         loaded: list[Any] = []  # the engine loads only if some task still needs sampling
         try:
-            sample(val, lambda: loaded.append(engine(str(sdir / "model"))) or loaded[0], params, sdir / "samples.jsonl",
-                   resume=True, model_name=str(sdir / "model"), engine_name=engine_name)
+            sample(
+                val,
+                lambda sdir=sdir, loaded=loaded: loaded.append(engine(str(sdir / "model"))) or loaded[0],
+                params,
+                sdir / "samples.jsonl",
+                resume=True,
+                model_name=str(sdir / "model"),
+                engine_name=engine_name,
+            )
         finally:
             for e in loaded:
                 e.close()
-        res = evaluate(load_jsonl(sdir / "samples.jsonl"), val_tasks, timeout=timeout, output=sdir / "results.jsonl",
-                       progress=True)
+        res = evaluate(load_jsonl(sdir / "samples.jsonl"), val_tasks, timeout=timeout, output=sdir / "results.jsonl", progress=True)
         meta = json.loads((sdir / "model" / "ilf_finetune.json").read_text(encoding="utf-8"))
-        rows[name] = {"setting": name, "learning_rate": lr, "batch_size": bs, "epochs": ep,
-                      "pass_rate": sum(bool(x["passed"]) for x in res) / max(1, len(res)), "num_samples": len(res),
-                      "num_tasks": len({x["task_id"] for x in res}), "train_loss": meta["metrics"].get("train_loss"),
-                      "model_dir": str(sdir / "model"), "fingerprint": ident_fp}
+        rows[name] = {
+            "setting": name,
+            "learning_rate": lr,
+            "batch_size": bs,
+            "epochs": ep,
+            "pass_rate": sum(bool(x["passed"]) for x in res) / max(1, len(res)),
+            "num_samples": len(res),
+            "num_tasks": len({x["task_id"] for x in res}),
+            "train_loss": meta["metrics"].get("train_loss"),
+            "model_dir": str(sdir / "model"),
+            "fingerprint": ident_fp,
+        }
         write_jsonl(table, [rows[s] for s in order if s in rows])
-        console.print(f"sweep {name}: validation pass rate {rows[name]['pass_rate']:.3f} "
-                      f"({len(res)} samples, {rows[name]['num_tasks']} tasks)")
+        console.print(
+            f"sweep {name}: validation pass rate {rows[name]['pass_rate']:.3f} ({len(res)} samples, {rows[name]['num_tasks']} tasks)"
+        )
         best = best_row()
         for r in rows.values():  # weights of every measured model but the best so far (or all) go
             if not keep_best or r is not best:

@@ -199,9 +199,7 @@ def with_check_call(test: str, entry_point: str) -> str:
     except SyntaxError:
         return test  # EVAL reports it
     defines = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
-    calls = any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "check" for n in ast.walk(tree)
-    )
+    calls = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "check" for n in ast.walk(tree))
     if defines and not calls:
         return test.rstrip() + f"\n\ncheck({entry_point})\n"
     return test

@@ -2,4 +2,3 @@
 execution-trace feedback, the authors' annotations, statistics (docs/feedback.md).
 
 Submodules are imported on use (the app pulls in FastAPI, LLM feedback an engine)."""
-

@@ -37,9 +37,10 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from ilf.errors import IlfError
-from ilf.jsonl import read_text
 from ilf.feedback.store import LEASE_SECONDS, AlreadyAnnotated, FeedbackStore, Session
 from ilf.feedback.text import code_lines, normalized_edit_distance, sentences, word_count
+from ilf.jsonl import read_text
+from ilf.tasks import normalize_newlines
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "ilf_session"
@@ -71,9 +72,6 @@ class AnnotateConfig:
     lease_seconds: float = LEASE_SECONDS  # a served task stays reserved this long
     test_timeout: float | None = None  # seconds per "Run tests" (None: ilf.sandbox.DEFAULT_TIMEOUT)
     secure_cookies: bool = False  # set when the app is served over https (behind a proxy)
-
-
-from ilf.tasks import normalize_newlines as _nl  # noqa: E402
 
 
 # -- syntax highlighting ----------------------------------------------------------------------
@@ -260,8 +258,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             # A link followed from another site, or one that would replace the annotator who is
             # logged in here, is only a pre-filled form (login CSRF): the person confirms it.
             if sess is not None or request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-                note = (f"You are signed in as {sess.annotator.name}. " if sess is not None else "") + \
-                    f"Sign in as {annotator.name}?"
+                note = (f"You are signed in as {sess.annotator.name}. " if sess is not None else "") + f"Sign in as {annotator.name}?"
                 return login_page(request, token=token, note=note)
             return start_session(annotator)
         if sess is not None:
@@ -363,11 +360,13 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
             return refuse(413, f"The refinement is longer than {MAX_PROGRAM_CHARS} characters.", json_api=True)
         task_key, sample = found
         task = store.task(task_key)
-        refinement = _nl(refinement)
+        refinement = normalize_newlines(refinement)
         from starlette.concurrency import run_in_threadpool
 
         verdict = await run_in_threadpool(runner.run, refinement, task["test"], task.get("entry_point"))
-        verdict["edit_distance"] = normalized_edit_distance(_nl(sample.program), refinement, _nl(task.get("prompt")))
+        verdict["edit_distance"] = normalized_edit_distance(
+            normalize_newlines(sample.program), refinement, normalize_newlines(task.get("prompt"))
+        )
         verdict["max_edit_distance"] = config.max_edit_distance
         return verdict
 
@@ -392,8 +391,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         if bad is not None:
             return bad
         try:
-            store.submit(sess.annotator, form["submission_id"], form["task_key"], skip=True,
-                         require_lease=True, exclusive=config.exclusive)
+            store.submit(sess.annotator, form["submission_id"], form["task_key"], skip=True, require_lease=True, exclusive=config.exclusive)
         except AlreadyAnnotated:
             pass  # a second click on another tab: the task is done either way
         except IlfError as e:
@@ -410,8 +408,8 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         task_key = form["task_key"]
         task = store.task(task_key)
         # Browsers submit textarea text with CRLF line ends: store what the annotator saw (LF).
-        feedback = _nl(form.get("feedback", "")).strip()
-        refinement = _nl(form.get("refinement", ""))
+        feedback = normalize_newlines(form.get("feedback", "")).strip()
+        refinement = normalize_newlines(form.get("refinement", ""))
         errors = []
         found = sample_of(task_key, form.get("sample"))
         if found is None:
@@ -428,7 +426,7 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         distance = None
         if not errors:
             sample = found[1]
-            distance = normalized_edit_distance(_nl(sample.program), refinement, _nl(task.get("prompt")))
+            distance = normalized_edit_distance(normalize_newlines(sample.program), refinement, normalize_newlines(task.get("prompt")))
             if distance >= config.max_edit_distance:
                 errors.append(
                     f"The refinement changes too much: edit distance {distance:.2f} must be below "
@@ -512,8 +510,13 @@ class BodyLimit:
 
     async def _refuse(self, send) -> None:
         body = json.dumps({"error": f"request body over {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -566,8 +569,9 @@ def unsolved_only(results: list[dict]) -> list[dict]:
     return [r for r in results if r["task_id"] not in solved]
 
 
-def load_failing(path: str | Path, tasks: Any = None, *, dataset: str | None = None, data_dir=None,
-                 tasks_file=None, only_unsolved: bool = True) -> tuple[list[dict], Any]:
+def load_failing(
+    path: str | Path, tasks: Any = None, *, dataset: str | None = None, data_dir=None, tasks_file=None, only_unsolved: bool = True
+) -> tuple[list[dict], Any]:
     """Results records of a results file or run directory (+ the TaskSet they refer to)."""
     from ilf.jsonl import load_jsonl
     from ilf.tasks import load_tasks
@@ -585,6 +589,7 @@ def load_failing(path: str | Path, tasks: Any = None, *, dataset: str | None = N
         settings = run_settings(path)
         ds = dataset or settings.get("dataset", "mbpp")
         ids = sorted({r["task_id"] for r in results}, key=str)
-        tasks = load_tasks(ds, data_dir=data_dir or settings.get("data_dir") or None, path=tasks_file,
-                           task_ids=ids if ds != "jsonl" else None)
+        tasks = load_tasks(
+            ds, data_dir=data_dir or settings.get("data_dir") or None, path=tasks_file, task_ids=ids if ds != "jsonl" else None
+        )
     return results, tasks

@@ -80,8 +80,12 @@ def _new_paths(db_path: Path) -> list[Path]:
     """The database file (and its SQLite side files) and the folders this start would create."""
     if db_path.exists():
         return []
-    made = [db_path, db_path.with_name(db_path.name + "-wal"), db_path.with_name(db_path.name + "-shm"),
-            db_path.with_name(db_path.name + "-journal")]
+    made = [
+        db_path,
+        db_path.with_name(db_path.name + "-wal"),
+        db_path.with_name(db_path.name + "-shm"),
+        db_path.with_name(db_path.name + "-journal"),
+    ]
     parent = db_path.parent
     while not parent.exists():
         made.append(parent)
@@ -153,11 +157,9 @@ def feedback(
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        from ilf.feedback.annotations import load_authors
+        from ilf.feedback.annotations import default_path, load_authors
         from ilf.feedback.stats import load_feedback_file
         from ilf.generation import get_engine
-
-        from ilf.feedback.annotations import default_path
 
         examples = load_feedback_file(examples_path) if examples_path else load_authors(default_path(data_dir))
         if examples and "authors" in examples[0] and tasks is not None:
@@ -176,13 +178,22 @@ def feedback(
         # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
         from ilf.progress import LogProgress
 
-        with get_engine(engine, model, **kw) as eng, LogProgress(
-            TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as bar:
+        with (
+            get_engine(engine, model, **kw) as eng,
+            LogProgress(TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar,
+        ):
             t = bar.add_task("llm feedback (x0)", total=len(failing))
             recs = write_llm_feedback(
-                failing, tasks_for_prompts, eng, out, k_shot=k_shot, with_refinement=with_refinement,
-                examples=examples, seed=seed, reference=reference, model_name=model or None,
+                failing,
+                tasks_for_prompts,
+                eng,
+                out,
+                k_shot=k_shot,
+                with_refinement=with_refinement,
+                examples=examples,
+                seed=seed,
+                reference=reference,
+                model_name=model or None,
                 progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
         console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
@@ -195,7 +206,8 @@ def feedback(
 def feedback_stats(files: Sequence[str], as_json: bool) -> None:
     import json
 
-    from ilf.feedback.stats import feedback_stats as compute, load_feedback_file, stats_json, stats_table
+    from ilf.feedback.stats import feedback_stats as compute
+    from ilf.feedback.stats import load_feedback_file, stats_json, stats_table
 
     recs = []
     for f in files:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from ilf.errors import IlfError
 from ilf.feedback.store import now_iso
 from ilf.feedback.text import normalized_edit_distance
+from ilf.tasks import normalize_newlines
 
 INSTRUCTION = (
     "Each example shows a programming task, its tests, a wrong Python program and the error it "
@@ -53,14 +54,11 @@ REFINEMENT_MAX_TOKENS = 384
 MAX_EXAMPLE_CHARS = 2500
 
 
-from ilf.tasks import normalize_newlines as _nl  # noqa: E402
-
-
 def _tests_text(task: Any) -> str:
     tests = list(getattr(task, "tests", None) or [])
     if tests:
         return "\n".join(tests)
-    return _nl(getattr(task, "test", "")).strip()
+    return normalize_newlines(getattr(task, "test", "")).strip()
 
 
 def _task_text(task: Any, rec: Mapping[str, Any] | None = None) -> str:
@@ -72,17 +70,27 @@ def _task_text(task: Any, rec: Mapping[str, Any] | None = None) -> str:
     return ""
 
 
-def block(task_text: str, tests: str, program: str, error: str | None, feedback: str | None = None,
-          refinement: str | None = None, with_refinement: bool = False, reference: str | None = None) -> str:
+def block(
+    task_text: str,
+    tests: str,
+    program: str,
+    error: str | None,
+    feedback: str | None = None,
+    refinement: str | None = None,
+    with_refinement: bool = False,
+    reference: str | None = None,
+) -> str:
     """One example (or, with feedback=None, the query the model continues)."""
-    ref = f"REFERENCE SOLUTION:\n{_nl(reference).rstrip()}\n" if reference else ""
-    s = (f"TASK: {task_text}\nTESTS:\n{tests.strip()}\n{ref}OLD CODE:\n{_nl(program).rstrip()}\n"
-         f"ERROR: {error or 'the tests fail'}\nFEEDBACK:\n")
+    ref = f"REFERENCE SOLUTION:\n{normalize_newlines(reference).rstrip()}\n" if reference else ""
+    s = (
+        f"TASK: {task_text}\nTESTS:\n{tests.strip()}\n{ref}OLD CODE:\n{normalize_newlines(program).rstrip()}\n"
+        f"ERROR: {error or 'the tests fail'}\nFEEDBACK:\n"
+    )
     if feedback is None:
         return s
-    s += " ".join(_nl(feedback).split()) + "\n"
+    s += " ".join(normalize_newlines(feedback).split()) + "\n"
     if with_refinement:
-        s += "REFINEMENT:\n" + _nl(refinement).rstrip() + "\n"
+        s += "REFINEMENT:\n" + normalize_newlines(refinement).rstrip() + "\n"
     return s
 
 
@@ -90,8 +98,11 @@ def pick_examples(examples: Sequence[Mapping[str, Any]], k: int, exclude_task: A
     """k examples of other tasks: a fixed seeded order of the usable pool, so most prompts share
     the same few-shot prefix (cheaper for engines with prefix caching), skipping the target task."""
     pool = [
-        e for e in examples
-        if e.get("feedback") and e.get("program") and e.get("task_id") != exclude_task
+        e
+        for e in examples
+        if e.get("feedback")
+        and e.get("program")
+        and e.get("task_id") != exclude_task
         and len(e["program"]) + len(e["feedback"]) + len(e.get("refinement") or "") <= MAX_EXAMPLE_CHARS
     ]
     pool.sort(key=lambda e: hashlib.sha256(f"{seed}:{e.get('feedback_id', e['task_id'])}".encode()).hexdigest())
@@ -116,7 +127,7 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
             out[fid] = None
             continue
         ids.append(fid)
-        jobs.append((_nl(e["program"]), judge.plan(task, DEFAULT_TIMEOUT)))
+        jobs.append((normalize_newlines(e["program"]), judge.plan(task, DEFAULT_TIMEOUT)))
     if jobs:
         with Sandbox(workers=min(2, len(jobs))) as sb:
             for i, v in judge.judge_many(sb, jobs):
@@ -124,12 +135,16 @@ def example_errors(examples: Iterable[Mapping[str, Any]], tasks: Any) -> dict[st
     return out
 
 
-def llm_feedback_id(label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any,
-                    draw: int = 0, reference: bool = False) -> str:
+def llm_feedback_id(
+    label: str, k_shot: int, with_refinement: bool, seed: int, task_id: Any, sample_id: Any, draw: int = 0, reference: bool = False
+) -> str:
     """Deterministic: the same settings give the same id, so a killed run knows what is done.
     `draw` numbers the feedback samples of one x0 (n > 1)."""
-    key = (f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}" + (f":{draw}" if draw else "")
-           + (":reference" if reference else ""))
+    key = (
+        f"{label}:{k_shot}:{with_refinement}:{seed}:{task_id}:{sample_id}"
+        + (f":{draw}" if draw else "")
+        + (":reference" if reference else "")
+    )
     return f"llm-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -195,8 +210,18 @@ def generate_llm_feedback(
         for e in chosen[id(r)]:
             et = lookup(e["task_id"])
             tests = _tests_text(et) if et is not None else ""
-            parts.append(block(_task_text(et, e), tests, e["program"], errors.get(e.get("feedback_id", str(e["task_id"]))),
-                               e["feedback"], e.get("refinement"), with_refinement, _reference(et)))
+            parts.append(
+                block(
+                    _task_text(et, e),
+                    tests,
+                    e["program"],
+                    errors.get(e.get("feedback_id", str(e["task_id"]))),
+                    e["feedback"],
+                    e.get("refinement"),
+                    with_refinement,
+                    _reference(et),
+                )
+            )
         return (INSTRUCTION_REFERENCE if reference else INSTRUCTION) + "\n\n" + "".join(p + SEPARATOR for p in parts)
 
     def _reference(task) -> str | None:
@@ -208,10 +233,10 @@ def generate_llm_feedback(
     queries = []
     for r in targets:
         task = lookup(r["task_id"])
-        queries.append(shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error"),
-                                             reference=_reference(task)))
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                            stop=FEEDBACK_STOP, seed=seed)
+        queries.append(
+            shots_text(r) + block(_task_text(task), _tests_text(task), program_of(r, task), r.get("error"), reference=_reference(task))
+        )
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=FEEDBACK_STOP, seed=seed)
     done = [0]
 
     def tick(_i, _c):
@@ -227,11 +252,11 @@ def generate_llm_feedback(
     refinements: list[str | None] = [None] * len(draws)
     verdicts: list[Any] = [None] * len(draws)
     if with_refinement and targets:
-        rq = [queries[i] + feedbacks[e] + "\nREFINEMENT:\n" + lookup(targets[i]["task_id"]).prompt
-              for e, (i, _) in enumerate(draws)]
+        rq = [queries[i] + feedbacks[e] + "\nREFINEMENT:\n" + lookup(targets[i]["task_id"]).prompt for e, (i, _) in enumerate(draws)]
         # One refinement per feedback draw; the per-prompt seed differs with the feedback text.
-        rparams = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_new_tokens=REFINEMENT_MAX_TOKENS,
-                                 stop=REFINEMENT_STOP, seed=seed)
+        rparams = SamplingParams(
+            n=1, temperature=temperature, top_p=top_p, max_new_tokens=REFINEMENT_MAX_TOKENS, stop=REFINEMENT_STOP, seed=seed
+        )
         routs = engine.generate(rq, rparams, progress=tick)
         refinements = [_cut_refinement(lookup(targets[i]["task_id"]), o[0].text) for (i, _), o in zip(draws, routs)]
         if check_refinements:
@@ -249,8 +274,7 @@ def generate_llm_feedback(
         r = targets[i]
         task = lookup(r["task_id"])
         program = program_of(r, task)
-        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j,
-                              reference=reference)
+        fid = llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j, reference=reference)
         v = verdicts[e]
         records.append(
             {
@@ -312,8 +336,10 @@ def write_llm_feedback(
     label = model_name
 
     def ids(r) -> list[str]:
-        return [llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j,
-                                reference=reference) for j in range(draws)]
+        return [
+            llm_feedback_id(label, k_shot, with_refinement, seed, r["task_id"], r.get("sample_id"), draw=j, reference=reference)
+            for j in range(draws)
+        ]
 
     if label is None and not hasattr(engine, "generate"):
         engine = engine()
@@ -328,8 +354,18 @@ def write_llm_feedback(
         for i in range(0, len(todo), LLM_CHUNK):
             chunk = todo[i : i + LLM_CHUNK]
             for rec in generate_llm_feedback(
-                chunk, tasks, engine, k_shot=k_shot, with_refinement=with_refinement, examples=examples,
-                seed=seed, n=n, temperature=temperature, top_p=top_p, reference=reference, model_name=label,
+                chunk,
+                tasks,
+                engine,
+                k_shot=k_shot,
+                with_refinement=with_refinement,
+                examples=examples,
+                seed=seed,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                reference=reference,
+                model_name=label,
             ):
                 app.write(rec)
                 have[rec["feedback_id"]] = rec
@@ -341,8 +377,9 @@ def write_llm_feedback(
     return recs
 
 
-def choose_failing(results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0,
-                   salt: str = "") -> list[Mapping[str, Any]]:
+def choose_failing(
+    results: Sequence[Mapping[str, Any]], *, per_task: int = 1, only_unsolved: bool = False, seed: int = 0, salt: str = ""
+) -> list[Mapping[str, Any]]:
     """Failing results to give feedback on: `per_task` per task (seeded choice; `salt` makes the
     choice differ between ILF rounds), in task order. The paper's annotators pick the sample easiest
     to fix; automatic sources take one at random. `ilf feedback` and the pipeline both call this."""

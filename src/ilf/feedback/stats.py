@@ -77,7 +77,18 @@ def stats_table(stats: dict[str, SourceStats]):
     from rich.table import Table
 
     t = Table(title="Feedback per source (Table 6 analog)")
-    for col in ("source", "n", "words (mean)", "words (median)", "sentences", "> 4 sentences", "with code lines", "refinements", "edit dist.", "passed"):
+    for col in (
+        "source",
+        "n",
+        "words (mean)",
+        "words (median)",
+        "sentences",
+        "> 4 sentences",
+        "with code lines",
+        "refinements",
+        "edit dist.",
+        "passed",
+    ):
         t.add_column(col, justify="left" if col == "source" else "right")
 
     def pct(x):

@@ -323,10 +323,14 @@ class FeedbackStore:
     def session(self, sid: str | None) -> Session | None:
         if not sid:
             return None
-        r = self._conn().execute(
-            "SELECT a.id, a.name, s.csrf FROM sessions s JOIN annotators a ON a.id = s.annotator_id WHERE s.id_hash = ?",
-            (hash_secret(sid),),
-        ).fetchone()
+        r = (
+            self._conn()
+            .execute(
+                "SELECT a.id, a.name, s.csrf FROM sessions s JOIN annotators a ON a.id = s.annotator_id WHERE s.id_hash = ?",
+                (hash_secret(sid),),
+            )
+            .fetchone()
+        )
         return Session(Annotator(r["id"], r["name"]), r["csrf"]) if r else None
 
     def end_session(self, sid: str) -> None:
@@ -383,15 +387,13 @@ class FeedbackStore:
         c = self._conn()
         out = {
             "tasks": c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0],
-            "tasks_done": c.execute(
-                "SELECT COUNT(DISTINCT task_key) FROM feedback WHERE annotator_id IS NOT NULL"
-            ).fetchone()[0],
+            "tasks_done": c.execute("SELECT COUNT(DISTINCT task_key) FROM feedback WHERE annotator_id IS NOT NULL").fetchone()[0],
         }
         if annotator is not None:
             for kind in ("feedback", "skip"):
-                out[kind] = c.execute(
-                    "SELECT COUNT(*) FROM feedback WHERE annotator_id = ? AND kind = ?", (annotator.id, kind)
-                ).fetchone()[0]
+                out[kind] = c.execute("SELECT COUNT(*) FROM feedback WHERE annotator_id = ? AND kind = ?", (annotator.id, kind)).fetchone()[
+                    0
+                ]
         return out
 
     # -- submissions ----------------------------------------------------------------------------
@@ -430,19 +432,20 @@ class FeedbackStore:
                 if r["annotator_id"] != annotator.id:
                     raise IlfError("submission_id already used by another annotator")
                 return self._record(r), False
-            if c.execute(
-                "SELECT 1 FROM feedback WHERE annotator_id = ? AND task_key = ?", (annotator.id, task_key)
-            ).fetchone():
+            if c.execute("SELECT 1 FROM feedback WHERE annotator_id = ? AND task_key = ?", (annotator.id, task_key)).fetchone():
                 raise AlreadyAnnotated(f"{annotator.name} already annotated task {json.loads(task_key)!r}")
             if c.execute("SELECT 1 FROM tasks WHERE task_key = ?", (task_key,)).fetchone() is None:
                 raise IlfError(f"unknown task {task_key}")
             if require_lease:  # the app: only the annotator the task was served to may answer it
                 if c.execute("SELECT 1 FROM leases WHERE task_key = ? AND annotator_id = ?", (task_key, annotator.id)).fetchone() is None:
                     raise IlfError(f"task {json.loads(task_key)!r} was not served to {annotator.name}")
-                if exclusive and c.execute(
-                    "SELECT 1 FROM leases WHERE task_key = ? AND annotator_id != ? AND expires_at > ?",
-                    (task_key, annotator.id, time.time()),
-                ).fetchone():
+                if (
+                    exclusive
+                    and c.execute(
+                        "SELECT 1 FROM leases WHERE task_key = ? AND annotator_id != ? AND expires_at > ?",
+                        (task_key, annotator.id, time.time()),
+                    ).fetchone()
+                ):
                     raise IlfError(f"task {json.loads(task_key)!r} is reserved for another annotator now (your lease expired)")
             sample_key = program = None
             if sample_pk is not None:

@@ -71,7 +71,10 @@ def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
         raise
     except (ValueError, KeyError, OSError, TypeError) as e:
         msg = (str(e).strip().splitlines() or [""])[0][:300]
-        raise IlfError(f"{getattr(model_spec, 'spec', model_spec)}: the {name or default_engine()} engine cannot load this model ({type(e).__name__}: {msg})") from None
+        raise IlfError(
+            f"{getattr(model_spec, 'spec', model_spec)}: the {name or default_engine()} engine cannot load this model "
+            f"({type(e).__name__}: {msg})"
+        ) from None
 
 
 __all__ = [

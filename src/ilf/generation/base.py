@@ -86,7 +86,7 @@ class Engine(ABC):
         e.g. `prompt_seed(params.seed, prompt)`, so results do not depend on batching, order or
         on where a resumed run restarted."""
 
-    def close(self) -> None:  # free memory / stop servers
+    def close(self) -> None:  # noqa: B027 (optional: free memory / stop servers)
         pass
 
     def __enter__(self):

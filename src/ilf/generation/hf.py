@@ -13,8 +13,6 @@ from typing import Any, Callable, Optional, Sequence
 from ilf.generation.base import Completion, Engine, SamplingParams, cut_at_stop, prompt_seed, repeat_to_n
 
 
-
-
 class _StopOnStrings:
     """Marks a row done once its generated text contains a stop string; records the step."""
 

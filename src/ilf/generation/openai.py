@@ -54,7 +54,6 @@ def normalize_base_url(url: str) -> str:
     return url
 
 
-
 class OpenAIEngine(Engine):
     """Sample from an OpenAI-compatible completions endpoint.
 

@@ -76,19 +76,18 @@ def hf_to_gguf(hf_dir: Path, out: Path, weights: str = DEFAULT_WEIGHTS) -> None:
     cfg = AutoConfig.from_pretrained(hf_dir)
     if cfg.model_type not in SUPPORTED_ARCHS:
         raise IlfError(
-            f"{hf_dir}: the openvino engine converts Qwen2-architecture models, not {cfg.model_type!r}; "
-            "use --engine transformers"
+            f"{hf_dir}: the openvino engine converts Qwen2-architecture models, not {cfg.model_type!r}; use --engine transformers"
         )
     tmpl = _tokenizer_template()
     tmpl_tokens = tmpl.fields["tokenizer.ggml.tokens"].contents()
     tok = AutoTokenizer.from_pretrained(hf_dir)
     vocab = tok.get_vocab()
-    if any(vocab.get(t) != i for i, t in enumerate(tmpl_tokens[: len(vocab)] if len(vocab) <= len(tmpl_tokens) else [])) or len(vocab) > len(tmpl_tokens):
+    if any(vocab.get(t) != i for i, t in enumerate(tmpl_tokens[: len(vocab)] if len(vocab) <= len(tmpl_tokens) else [])) or len(
+        vocab
+    ) > len(tmpl_tokens):
         raise IlfError(f"{hf_dir}: the openvino engine needs the Qwen2.5 tokenizer; use --engine transformers")
     if cfg.vocab_size != len(tmpl_tokens):
-        raise IlfError(
-            f"{hf_dir}: vocab_size {cfg.vocab_size} != {len(tmpl_tokens)} of the Qwen2.5 tokenizer; use --engine transformers"
-        )
+        raise IlfError(f"{hf_dir}: vocab_size {cfg.vocab_size} != {len(tmpl_tokens)} of the Qwen2.5 tokenizer; use --engine transformers")
 
     arch = "qwen2"
     w = gguf.GGUFWriter(out, arch)

@@ -225,8 +225,7 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 pass
             raise IlfError(
-                f"the vLLM worker exited (code {self.proc.returncode}) while {doing}; "
-                f"log {self.log_path}: ...{self._log_tail()}"
+                f"the vLLM worker exited (code {self.proc.returncode}) while {doing}; log {self.log_path}: ...{self._log_tail()}"
             )
         return json.loads(line)
 

@@ -88,8 +88,17 @@ class StallWatchdog:
         self._last = time.monotonic()
         if timeout and timeout > 0 and sys.platform.startswith("linux"):
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid()), str(float(timeout)), str(grace), what,
-                 os.environ.get(STALL_MARKER_ENV, "")],
+                [
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    _WATCHDOG,
+                    str(os.getpid()),
+                    str(float(timeout)),
+                    str(grace),
+                    what,
+                    os.environ.get(STALL_MARKER_ENV, ""),
+                ],
                 stdin=subprocess.PIPE,
                 close_fds=True,
             )
@@ -155,8 +164,10 @@ def supervise(cmd: list[str], max_restarts: int = MAX_STALL_RESTARTS, log=None) 
         for attempt in range(max_restarts + 1):
             child = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)
             # Ctrl-C reaches the child with its process group; a SIGTERM sent to this process is passed on.
-            forward = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                       signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f, c=child: c.send_signal(s))}
+            forward = {
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, _f, c=child: c.send_signal(s)),
+            }
             try:
                 rc = child.wait()
             finally:
@@ -179,4 +190,3 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
-

@@ -1,4 +1,11 @@
-"""EVAL's execution half: the ONLY module in ilf that runs untrusted (model-written) code.
+"""The sandbox worker: the code that runs inside the jail, where untrusted programs run.
+
+Standard library only, and none of `threading`, `queue` or `subprocess` (their at-fork hooks make
+every fork costlier; tests/test_sandbox.py checks a fresh interpreter that loads this file has
+none of them). The ilf side (ilf.sandbox) starts it by path with `python -I`, so importing it never
+imports the ilf side; ilf.sandbox imports its constants and protocol from here.
+
+EVAL's execution half: the ONLY module in ilf that runs untrusted (model-written) code.
 
 Design (see docs/sandbox.md for the threat model):
 
@@ -19,7 +26,6 @@ as root, an unprivileged uid), and a warning says so once per process.
 
 from __future__ import annotations
 
-import _thread
 import ast
 import json
 import math
@@ -31,8 +37,6 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Iterable, Iterator
 
 # ---------------------------------------------------------------------------------------------
 # Limits. Each applies to one program run (the child and everything it spawns).
@@ -95,8 +99,7 @@ PREIMPORT = (
 # Without bubblewrap, a root ilf's children run as a uid that may not be able to read a Python
 # installed under /root: import more up front there (forks cost more, imports cannot fail).
 FALLBACK_PREIMPORT = (
-    "base64 binascii calendar contextlib dataclasses hashlib random statistics string tempfile "
-    "textwrap unicodedata"
+    "base64 binascii calendar contextlib dataclasses hashlib random statistics string tempfile textwrap unicodedata"
 ).split()
 
 ISOLATION_ENV = "ILF_SANDBOX"
@@ -104,7 +107,7 @@ ISOLATION_ENV = "ILF_SANDBOX"
 rlimits: never use bubblewrap (testing the fallback)."""
 
 STATUSES = ("passed", "failed", "error", "timeout")
-_HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")
 _PROGRAM_FILE = "<program>"
 _TEST_FILE = "<test>"
 _GOT = "__ilf_got__"
@@ -132,14 +135,14 @@ class Verdict:
         return asdict(self)
 
 
-def _verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
+def make_verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
     error = None
     if error_type:
-        error = _cap(f"{error_type}: {message}" if message else error_type, MAX_ERROR_CHARS)
+        error = cap_text(f"{error_type}: {message}" if message else error_type, MAX_ERROR_CHARS)
     return Verdict(status=status, passed=status == "passed", error=error, error_type=error_type, **kw)
 
 
-def _cap(s: str, n: int) -> str:
+def cap_text(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
@@ -183,7 +186,7 @@ def _statement_at(tree: ast.AST, lineno: int) -> ast.stmt | None:
 
 def _safe_repr(x) -> str:
     try:
-        return _cap(repr(x), MAX_GOT_CHARS)
+        return cap_text(repr(x), MAX_GOT_CHARS)
     except BaseException as e:  # noqa: BLE001 - a hostile __repr__ must not break the report
         return f"<unprintable {type(x).__name__}: {type(e).__name__}>"
 
@@ -209,7 +212,7 @@ def _describe(exc: BaseException, test_tree, test_src: str) -> dict:
         tb = tb.tb_next
     node = _statement_at(test_tree, lineno) if (test_tree is not None and lineno) else None
     src = ast.get_source_segment(test_src, node) if node is not None else None
-    failed_test = _cap(src, MAX_TEST_CHARS) if src else None
+    failed_test = cap_text(src, MAX_TEST_CHARS) if src else None
     if isinstance(exc, AssertionError) and innermost and isinstance(node, ast.Assert):
         # A test's own assert was false: a wrong answer, not a crash.
         text = " ".join(ln.strip() for ln in (src or "assert").splitlines())
@@ -221,13 +224,15 @@ def _describe(exc: BaseException, test_tree, test_src: str) -> dict:
                 # cut a long assert first, so "(got ...)" survives the MAX_ERROR_CHARS cap
                 room = MAX_ERROR_CHARS - len("AssertionError: ") - len(got_s) - 8
                 return dict(
-                    status="failed", error_type="AssertionError",
-                    message=f"{_cap(text, max(room, 40))} (got {got_s})", failed_test=failed_test,
+                    status="failed",
+                    error_type="AssertionError",
+                    message=f"{cap_text(text, max(room, 40))} (got {got_s})",
+                    failed_test=failed_test,
                 )
         return dict(status="failed", error_type="AssertionError", message=text, failed_test=failed_test)
     if isinstance(exc, AssertionError) and innermost:
         # `raise AssertionError(...)` written by the test itself (e.g. HumanEval+'s input loop)
-        return dict(status="failed", error_type="AssertionError", message=msg, failed_test=_cap(msg, MAX_TEST_CHARS))
+        return dict(status="failed", error_type="AssertionError", message=msg, failed_test=cap_text(msg, MAX_TEST_CHARS))
     return dict(status="error", error_type=etype, message=msg, failed_test=failed_test)
 
 
@@ -285,7 +290,8 @@ def _child_calls(code, setup_code, calls, report_fd: int) -> None:
     make each call and send back what it returned, one JSON frame per line. No expected value and
     no verdict exists in this process: whatever it sends is only the program's output."""
     write, exit_, dumps, cpu = os.write, os._exit, json.dumps, time.process_time
-    from ilf.plain import decode, encode_for_transfer as encode
+    from ilf.plain import decode
+    from ilf.plain import encode_for_transfer as encode
 
     def frame(obj) -> None:
         data = (dumps(obj, separators=(",", ":")) + "\n").encode()
@@ -330,7 +336,7 @@ def _message(e: BaseException) -> str:
         msg = str(e).strip()
     except BaseException:  # noqa: BLE001 - a hostile __str__
         return "<unprintable message>"
-    return _cap(msg.splitlines()[0] if msg else "", MAX_ERROR_CHARS)
+    return cap_text(msg.splitlines()[0] if msg else "", MAX_ERROR_CHARS)
 
 
 # =============================================================================================
@@ -397,7 +403,7 @@ def _child_setup(job: dict, cfg: dict, workdir: str, out_w: int, rep_w: int) -> 
         pass
     _install_seccomp()
     # The environment is the worker's (already scrubbed); sys.stdin/stdout/stderr are the worker's
-    # objects, now on /dev/null and the output pipe (line-buffered, see _worker_main).
+    # objects, now on /dev/null and the output pipe (line-buffered, see main).
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir
     sys.argv = ["program"]
     return 3
@@ -407,20 +413,70 @@ def _child_setup(job: dict, cfg: dict, workdir: str, out_w: int, rep_w: int) -> 
 # memory charged to the next program, message queues carrying data to it), keyrings (a key outlives
 # the whole run), and kernel surfaces a program has no business reaching. The filter answers EPERM.
 _DENIED_SYSCALLS = {
-    "x86_64": (0xC000003E, {
-        "shmget": 29, "shmat": 30, "shmctl": 31, "semget": 64, "semop": 65, "semctl": 66, "shmdt": 67,
-        "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "semtimedop": 220, "ptrace": 101,
-        "add_key": 248, "request_key": 249, "keyctl": 250, "unshare": 272, "setns": 308, "mount": 165,
-        "umount2": 166, "pivot_root": 155, "perf_event_open": 298, "bpf": 321, "userfaultfd": 323,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    }),
-    "aarch64": (0xC00000B7, {
-        "msgget": 186, "msgctl": 187, "msgrcv": 188, "msgsnd": 189, "semget": 190, "semctl": 191,
-        "semtimedop": 192, "semop": 193, "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197,
-        "ptrace": 117, "add_key": 217, "request_key": 218, "keyctl": 219, "unshare": 97, "setns": 268,
-        "mount": 40, "umount2": 39, "pivot_root": 41, "perf_event_open": 241, "bpf": 280, "userfaultfd": 282,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    }),
+    "x86_64": (
+        0xC000003E,
+        {
+            "shmget": 29,
+            "shmat": 30,
+            "shmctl": 31,
+            "semget": 64,
+            "semop": 65,
+            "semctl": 66,
+            "shmdt": 67,
+            "msgget": 68,
+            "msgsnd": 69,
+            "msgrcv": 70,
+            "msgctl": 71,
+            "semtimedop": 220,
+            "ptrace": 101,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "unshare": 272,
+            "setns": 308,
+            "mount": 165,
+            "umount2": 166,
+            "pivot_root": 155,
+            "perf_event_open": 298,
+            "bpf": 321,
+            "userfaultfd": 323,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "msgget": 186,
+            "msgctl": 187,
+            "msgrcv": 188,
+            "msgsnd": 189,
+            "semget": 190,
+            "semctl": 191,
+            "semtimedop": 192,
+            "semop": 193,
+            "shmget": 194,
+            "shmctl": 195,
+            "shmat": 196,
+            "shmdt": 197,
+            "ptrace": 117,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "unshare": 97,
+            "setns": 268,
+            "mount": 40,
+            "umount2": 39,
+            "pivot_root": 41,
+            "perf_event_open": 241,
+            "bpf": 280,
+            "userfaultfd": 282,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+        },
+    ),
 }
 _SECCOMP_FILTER = None
 
@@ -463,7 +519,7 @@ _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 
 def _install_seccomp() -> None:
     """In the child, after no_new_privs: best effort (an architecture without a table, or a kernel
-    without seccomp, runs without the filter; isolation_status says so)."""
+    without seccomp, runs without the filter; ilf.sandbox.isolation_status says so)."""
     prog = _seccomp_program()
     if not prog:
         return
@@ -478,7 +534,7 @@ def seccomp_available() -> bool:
     return platform.machine() in _DENIED_SYSCALLS
 
 
-class _Worker:
+class Worker:
     """The loop inside the sandbox worker process."""
 
     def __init__(self, cfg: dict):
@@ -527,7 +583,7 @@ class _Worker:
                 except ProcessLookupError:
                     pass
             elif self.cfg.get("uid") is not None:
-                self._kill_uid(self.cfg["uid"])
+                self.kill_uid(self.cfg["uid"])
             else:
                 for pid in others:
                     try:
@@ -537,7 +593,7 @@ class _Worker:
             time.sleep(0.001 * min(attempt + 1, 20))
 
     @staticmethod
-    def _kill_uid(uid: int) -> None:
+    def kill_uid(uid: int) -> None:
         """kill(-1) as the sandbox uid: every process of that uid dies at once (fork storms too)."""
         pid = os.fork()
         if pid == 0:
@@ -779,7 +835,8 @@ class _Worker:
             return dict(status="timeout", error_type="Timeout", message=f"exceeded {cpu_limit:g} s of CPU time")
         if killed_for == "call":
             return dict(
-                status="timeout", error_type="Timeout",
+                status="timeout",
+                error_type="Timeout",
                 message=f"call {call_index + 1} exceeded its {budgets[call_index]:.3g} s of CPU time",
             )
         if killed_for == "wall":
@@ -799,14 +856,14 @@ class _Worker:
     # -- loop --------------------------------------------------------------------------------
     def serve(self, rfd: int, wfd: int) -> None:
         while True:
-            job = _recv(rfd)
+            job = recv_frame(rfd)
             if job is None:
                 return
             try:
                 res = self.run(job)
             except Exception as e:  # noqa: BLE001 - a worker bug must not look like a verdict
                 res = dict(status="error", error_type="SandboxError", message=f"{type(e).__name__}: {e}")
-            _send(wfd, res)
+            send_frame(wfd, res)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -873,17 +930,17 @@ def _read_some(fd: int) -> bytes | None:
     return chunk or None
 
 
-def _recv(fd: int) -> dict | None:
-    head = _read_exact(fd, _HEADER.size)
+def recv_frame(fd: int) -> dict | None:
+    head = _read_exact(fd, HEADER.size)
     if head is None:
         return None
-    body = _read_exact(fd, _HEADER.unpack(head)[0])
+    body = _read_exact(fd, HEADER.unpack(head)[0])
     return None if body is None else json.loads(body)
 
 
-def _send(fd: int, obj: dict) -> None:
+def send_frame(fd: int, obj: dict) -> None:
     body = json.dumps(obj).encode()
-    data = _HEADER.pack(len(body)) + body
+    data = HEADER.pack(len(body)) + body
     while data:
         data = data[os.write(fd, data) :]
 
@@ -898,8 +955,8 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _worker_main(cfg_json: str) -> None:
-    """Entry point of the worker process (started by `_WorkerHandle`)."""
+def main(cfg_json: str) -> None:
+    """Entry point of the worker process (started by ilf.sandbox._WorkerHandle)."""
     cfg = json.loads(cfg_json)
     rfd, wfd = os.dup(0), os.dup(1)  # keep the protocol pipes off fds 0-2
     null = os.open("/dev/null", os.O_RDWR)
@@ -929,520 +986,10 @@ def _worker_main(cfg_json: str) -> None:
         except ImportError:
             pass
     os.makedirs(cfg["tmp_root"], exist_ok=True)
-    _send(wfd, {"ready": True, "pid": os.getpid()})
-    _Worker(cfg).serve(rfd, wfd)
+    send_frame(wfd, {"ready": True, "pid": os.getpid()})
+    Worker(cfg).serve(rfd, wfd)
 
 
-# =============================================================================================
-# The ilf side: start workers, hand them jobs, watch them.
-
-_SCRUBBED_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-    "LC_ALL": "C.UTF-8",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONIOENCODING": "utf-8",
-    "OMP_NUM_THREADS": "1",  # keeps numeric libraries under MAX_PROCESSES
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-
-_probe_lock = _thread.allocate_lock()
-_probe_result: tuple[bool, str] | None = None
-_warned = False
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-"""What the sandbox sees of the host (read-only), besides Python, the venv and ilf itself
-(_needed_paths): no home directories, no project tree or data files, no /run (host services'
-sockets), no /var, /srv, /opt, /mnt, /media or /sys."""
-
-
-def _needed_paths() -> list[str]:
-    """What the worker's Python needs to read: its installation, the venv and ilf itself."""
-    paths = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[1])}
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    for p in sys.path:
-        if p and os.path.isdir(p) and "site-packages" in p:
-            paths.add(p)
-    return sorted({os.path.realpath(p) for p in paths})
-
-
-def _bwrap_command(tmp_root: str) -> list[str]:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise FileNotFoundError("bwrap not found (Debian/Ubuntu: apt-get install bubblewrap)")
-    cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    if not _is_root():
-        cmd.append("--unshare-user")  # unprivileged: namespaces need a user namespace
-    cmd += ["--die-with-parent", "--new-session"]
-    bound: list[str] = []
-    for d in SYSTEM_DIRS:
-        if os.path.islink(d):  # merged /usr: /lib -> usr/lib
-            cmd += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            cmd += ["--ro-bind", d, d]
-            bound.append(d)
-    cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--size", str(TMP_SIZE_MB << 20), "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/dev/shm"]
-    made: set[str] = {"/", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm"}
-    # Python, the venv and ilf, wherever they live (a clone in /tmp, a venv in $HOME, /opt): bound
-    # read-only, and nothing else of the directories around them.
-    for p in _needed_paths():
-        if any(p == b or p.startswith(b + "/") for b in bound):
-            continue
-        # bwrap creates missing parents 0700: a dropped uid could not walk through them
-        cur = ""
-        for part in Path(p).parts[1:-1]:
-            cur = f"{cur}/{part}"
-            if cur not in made:
-                made.add(cur)
-                cmd += ["--perms", "0755", "--dir", cur]
-        cmd += ["--ro-bind", p, p]
-        bound.append(p)
-    cmd += ["--chdir", "/tmp"]
-    return cmd
-
-
-def probe_bwrap() -> tuple[bool, str]:
-    """Can we start a bubblewrap sandbox here? (cached) -> (ok, reason if not)."""
-    global _probe_result
-    with _probe_lock:
-        if _probe_result is None:
-            try:
-                cmd = _bwrap_command("/tmp") + [sys.executable, "-I", "-c", "import os; print(os.getpid())"]
-                import subprocess
-
-                r = subprocess.run(cmd, env=_SCRUBBED_ENV, capture_output=True, text=True, timeout=30)
-                if r.returncode == 0:
-                    _probe_result = (True, "")
-                else:
-                    last = (r.stderr.strip().splitlines() or ["exit code %d" % r.returncode])[-1]
-                    _probe_result = (False, f"bwrap failed: {last}")
-            except (OSError, __import__("subprocess").SubprocessError) as e:
-                _probe_result = (False, f"{type(e).__name__}: {e}")
-        return _probe_result
-
-
-def _isolation_mode() -> str:
-    want = os.environ.get(ISOLATION_ENV, "auto")
-    if want not in ("auto", "bwrap", "rlimits"):
-        from ilf.errors import IlfError
-
-        raise IlfError(f"{ISOLATION_ENV}={want!r}: expected auto, bwrap or rlimits")
-    if want == "rlimits":
-        return "rlimits"
-    ok, why = probe_bwrap()
-    if ok:
-        return "bwrap"
-    if want == "bwrap":
-        from ilf.errors import IlfError
-
-        raise IlfError(f"{ISOLATION_ENV}=bwrap but bubblewrap cannot run here ({why})")
-    return "rlimits"
-
-
-def isolation_status() -> str:
-    """One line saying how programs are isolated on this machine."""
-    mode = _isolation_mode()
-    who = "an unprivileged uid" if _is_root() else "your uid in a user namespace" if mode == "bwrap" else "your uid"
-    limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes"
-    limits += "; seccomp refuses SysV IPC and keyrings" if seccomp_available() else "; no seccomp filter for this architecture"
-    if mode == "bwrap":
-        return (
-            "bubblewrap: new pid/net/ipc/uts namespaces, only system dirs + Python/venv/ilf (read-only), private /tmp, "
-            f"scrubbed env; children run as {who}; limits {limits}"
-        )
-    why = probe_bwrap()[1] if os.environ.get(ISOLATION_ENV, "auto") != "rlimits" else f"{ISOLATION_ENV}=rlimits"
-    return (
-        f"WARNING rlimits only ({why}): no network/filesystem isolation; children run as {who}; limits {limits}"
-    )
-
-
-def _warn_once(text: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        sys.stderr.write(f"ilf.sandbox: {text}\n")
-        sys.stderr.flush()
-
-
-def _own_cgroup(controller: str) -> str | None:
-    """This process's cgroup v1 directory for `controller`, if that hierarchy is mounted."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, ctrls, path = line.rstrip("\n").split(":", 2)
-                if controller in ctrls.split(","):
-                    d = f"/sys/fs/cgroup/{controller}{path.rstrip('/')}"
-                    return d if os.path.isdir(d) else None
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _make_cgroups(name: str) -> list[str]:
-    """Best effort: child memory and pids cgroups for one worker (none where not writable)."""
-    made = []
-    for ctrl, key, value in (
-        ("memory", "memory.limit_in_bytes", SANDBOX_MEMORY_MB << 20),
-        ("pids", "pids.max", MAX_PROCESSES + 16),
-        # one CPU per worker: a program's spinning children cannot starve the programs beside it
-        ("cpu", "cpu.cfs_quota_us", 100_000),
-    ):
-        parent = _own_cgroup(ctrl)
-        if parent is None or not os.access(parent, os.W_OK):
-            continue
-        _remove_stale_cgroups(parent)
-        d = f"{parent}/{name}"
-        try:
-            os.mkdir(d)
-            with open(f"{d}/{key}", "w") as f:
-                f.write(str(value))
-            made.append(d)
-        except OSError:
-            _remove_cgroup(d)
-    return made
-
-
-def _remove_stale_cgroups(parent: str) -> None:
-    """Groups of ilf processes that were killed (SIGKILL leaves no chance to clean up)."""
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for name in names:
-        if not name.startswith("ilf-sandbox-"):
-            continue
-        try:
-            pid = int(name.split("-")[2])
-        except (IndexError, ValueError):
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # its ilf process still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            os.rmdir(f"{parent}/{name}")  # fails harmlessly while a process is still inside
-        except OSError:
-            pass
-
-
-def _remove_cgroup(d: str) -> None:
-    for _ in range(50):  # a cgroup can be removed once its last process is gone
-        try:
-            os.rmdir(d)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.02)
-
-
-class SandboxError(RuntimeError):
-    """The sandbox machinery itself failed (not the program under test)."""
-
-
-_uid_lock = _thread.allocate_lock()
-_uid_next = 0
-
-
-def _fresh_uid() -> int:
-    """A sandbox uid unlikely to be shared with another ilf process or worker."""
-    global _uid_next
-    with _uid_lock:
-        _uid_next += 1
-        return SANDBOX_UID_BASE + (os.getpid() % 100_000) * 64 + _uid_next % 64
-
-
-class _WorkerHandle:
-    """One worker process, seen from ilf. Not thread-safe: one thread uses it at a time."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.proc = None  # subprocess.Popen of the worker
-        self.uid: int | None = None
-
-    def start(self) -> None:
-        self.uid = _fresh_uid() if _is_root() else None
-        if self.mode == "bwrap":
-            tmp_root = "/tmp/ilf"
-            prefix = _bwrap_command(tmp_root)
-        else:
-            import tempfile
-
-            tmp_root = tempfile.mkdtemp(prefix="ilf-sandbox-")
-            if self.uid is not None:
-                os.chmod(tmp_root, 0o711)  # the sandbox uid may enter its own job dir only
-            prefix = []
-        self.tmp_root = tmp_root
-        cfg = dict(
-            tmp_root=tmp_root,
-            uid=self.uid,
-            pidns=self.mode == "bwrap",
-            memory_mb=MEMORY_LIMIT_MB,
-            file_mb=MAX_FILE_MB,
-            max_processes=MAX_PROCESSES,
-            # in a fresh user namespace (non-root bwrap) or as a dedicated uid, RLIMIT_NPROC counts
-            # only the sandbox's processes; for a plain user without bwrap it would count all of theirs
-            limit_nproc=self.uid is not None or self.mode == "bwrap",
-            env=_SCRUBBED_ENV,
-        )
-        boot = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from ilf.sandbox import _worker_main; _worker_main(sys.argv[2])"
-        )
-        src = str(Path(__file__).resolve().parents[1])
-        cmd = prefix + [sys.executable, "-I", "-c", boot, src, json.dumps(cfg)]
-        self.cgroups = _make_cgroups(f"ilf-sandbox-{os.getpid()}-{id(self)}")
-        if self.cgroups:  # enter the cgroups first, so that everything the worker starts is in them
-            enter = "".join(f'echo $$ > "{d}/cgroup.procs" && ' for d in self.cgroups)
-            cmd = ["/bin/sh", "-c", enter + 'exec "$@"', "sh"] + cmd
-        debug = os.environ.get("ILF_SANDBOX_DEBUG")
-        import subprocess
-
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None if debug else subprocess.DEVNULL,
-            env=_SCRUBBED_ENV,
-            start_new_session=True,  # our own process group, killed as a whole
-            cwd="/",
-        )
-        hello = self._recv(30.0)
-        if not hello or not hello.get("ready"):
-            self.kill()
-            raise SandboxError("the sandbox worker did not start (set ILF_SANDBOX_DEBUG=1 to see why)")
-
-    def _recv(self, timeout: float) -> dict | None:
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = bytearray()
-        need = _HEADER.size
-        header_done = False
-        while True:
-            while len(buf) < need:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                ready, _, _ = select.select([fd], [], [], left)
-                if not ready:
-                    return None
-                chunk = os.read(fd, need - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            if header_done:
-                return json.loads(bytes(buf[_HEADER.size :]))
-            header_done = True
-            need = _HEADER.size + _HEADER.unpack(bytes(buf[: _HEADER.size]))[0]
-
-    def run(self, job: dict) -> dict:
-        """Send one job to the worker; its raw answer (see _Worker.run)."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
-        timeout = job["timeout"]
-        t0 = time.monotonic()
-        try:
-            _send(self.proc.stdin.fileno(), job)
-            res = self._recv(timeout * WALL_TIMEOUT_FACTOR + WORKER_GRACE)
-        except (BrokenPipeError, OSError, ValueError):
-            res = None
-        if res is None:
-            # The worker died (e.g. a program killed it) or hung: kill its whole namespace.
-            self.kill()
-            took = time.monotonic() - t0
-            if took >= timeout * WALL_TIMEOUT_FACTOR:
-                stop = dict(status="timeout", error_type="Timeout", message=f"exceeded {took:.3g} s wall time")
-            else:
-                stop = dict(status="error", error_type="SandboxError", message="the sandbox worker died while running the program")
-            res = dict(stop, duration=took, output="")
-            if job.get("kind") == "calls":
-                res = dict(kind="calls", frames=[], stop=stop, duration=took, output="")
-        return res
-
-    def kill(self) -> None:
-        import subprocess
-
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-        if self.mode != "bwrap":
-            if self.uid is not None:
-                _Worker._kill_uid(self.uid)  # children of a dead unconfined worker
-            shutil.rmtree(self.tmp_root, ignore_errors=True)
-        for d in getattr(self, "cgroups", []):
-            _remove_cgroup(d)
-        self.cgroups = []
-        self.proc = None
-
-    def close(self) -> None:
-        import subprocess
-
-        if self.proc is None:
-            return
-        try:
-            self.proc.stdin.close()  # EOF: the worker returns and its namespace goes with it
-            self.proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
-
-
-class Sandbox:
-    """A pool of sandbox workers.
-
-        with Sandbox(timeout=5) as sb:
-            v = sb.run(program, test)
-            for i, v in sb.run_many([(p1, t1), (p2, t2)]): ...
-
-    workers=0 means one per CPU. Thread-safe: `run` may be called from several threads.
-    """
-
-    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, workers: int = 0):
-        import queue
-
-        self.timeout = float(timeout) if timeout else DEFAULT_TIMEOUT
-        self.workers = workers if workers and workers > 0 else (os.cpu_count() or 1)
-        self.mode = _isolation_mode()
-        if self.mode != "bwrap":
-            _warn_once(isolation_status())
-        self._idle: queue.Queue = queue.Queue()
-        self._all: list[_WorkerHandle] = []
-        for _ in range(self.workers):
-            h = _WorkerHandle(self.mode)
-            self._all.append(h)
-            self._idle.put(h)
-        self._closed = False
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._closed = True
-        for h in self._all:
-            h.close()
-
-    def submit(self, job: dict) -> dict:
-        """Run one raw job on an idle worker: {"program", "test", "timeout"} (the in-process
-        judge) or {"kind": "calls", "program", "setup", "calls", "timeout", "budgets"} (ilf.judge's
-        split path). Returns the worker's raw answer; `run` and ilf.judge turn it into a Verdict."""
-        if self._closed:
-            raise SandboxError("sandbox is closed")
-        job = dict(job, timeout=float(job.get("timeout") or self.timeout))
-        h = self._idle.get()
-        try:
-            return h.run(job)
-        finally:
-            self._idle.put(h)
-
-    def run(self, program: str, test: str, timeout: float | None = None) -> Verdict:
-        """Run `program`, then the test script in the same process (the in-process judge)."""
-        return to_verdict(self.submit({"program": program, "test": test, "timeout": timeout}))
-
-    def run_many(
-        self, jobs: Iterable, timeout: float | None = None
-    ) -> Iterator[tuple[int, Verdict | dict]]:
-        """Run jobs on all workers; yields (index, result) as they finish, in any order.
-        A job is (program, test) or (program, test, timeout) -> Verdict, or a raw job dict
-        (see `submit`) -> the worker's raw answer."""
-        import queue
-        import threading
-
-        it = iter(enumerate(jobs))
-        lock = threading.Lock()
-        results: queue.Queue = queue.Queue()
-        stop = threading.Event()
-
-        def feed():
-            try:
-                while not stop.is_set():
-                    with lock:
-                        try:
-                            i, job = next(it)
-                        except StopIteration:
-                            return
-                    if isinstance(job, dict):
-                        results.put((i, self.submit(dict(job, timeout=job.get("timeout") or timeout))))
-                    else:
-                        program, test, *limit = job
-                        results.put((i, self.run(program, test, limit[0] if limit else timeout)))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                results.put(e)
-            finally:
-                results.put(None)
-
-        threads = [threading.Thread(target=feed, daemon=True) for _ in range(self.workers)]
-        for t in threads:
-            t.start()
-        done = 0
-        try:
-            while done < len(threads):
-                item = results.get()
-                if item is None:
-                    done += 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
-
-
-def to_verdict(res: dict) -> Verdict:
-    """The worker's raw answer to an in-process job -> Verdict."""
-    return _verdict(
-        res.get("status", "error"),
-        res.get("error_type"),
-        res.get("message") or "",
-        failed_test=res.get("failed_test"),
-        duration=res.get("duration", 0.0),
-        output=res.get("output", ""),
-        judge="inprocess",
-    )
-
-
-_default: Sandbox | None = None
-_default_lock = _thread.allocate_lock()
-
-
-def default_sandbox() -> Sandbox:
-    """A shared one-worker sandbox for single checks (closed at exit)."""
-    global _default
-    with _default_lock:
-        if _default is None or _default._closed:
-            _default = Sandbox(workers=1)
-            import atexit
-
-            atexit.register(_default.close)
-    return _default
-
-
-def check(program: str, test: str, timeout: float | None = None) -> Verdict:
-    """Run one program against one test script (in-process judge) in the shared sandbox."""
-    return default_sandbox().run(program, test, timeout)
+if __name__ == "__main__":  # python -I worker.py SRC_ROOT CONFIG_JSON (the ilf side uses WORKER_BOOT instead)
+    sys.path.insert(0, sys.argv[1])
+    main(sys.argv[2])

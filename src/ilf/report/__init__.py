@@ -1,0 +1,116 @@
+"""The report: tables and figures computed from a run directory's per-sample artifacts.
+
+`write_report(run_dir)` writes RUN_DIR/report/{report.md, report.json, *.png}; `compare_runs(dirs, out)`
+puts several runs side by side (one row per run x method). Every number comes from the per-sample
+files (eval/<method>/results.jsonl, r<N>/refinements.jsonl, feedback.jsonl, perplexity.jsonl); the
+summary.json files only supply the sampling protocol (model, engine, temperature, ...).
+
+Confidence intervals: percentile bootstrap over tasks. A method's score is the mean over tasks of a
+per-task value (pass@k from the unbiased estimator of Chen et al. 2021, or 1 if any sample passed);
+tasks are resampled with replacement BOOTSTRAP_RESAMPLES times (seeded) and the 2.5th/97.5th
+percentiles of the resampled means bound the 95% interval. Differences against zero-shot use the same
+resampled task sets for both methods (paired bootstrap), which is what decides "ILF beats zero-shot".
+
+`compute_perplexities(...)` gives the pipeline the paper's Figure 3 input: the perplexity of each
+training-data source's completions under the base model (completion tokens only).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ilf.errors import IlfError
+from ilf.jsonl import write_json
+from ilf.report.analysis import analyze_run, compress_ids
+from ilf.report.figures import plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
+from ilf.report.markdown import pct, render_markdown
+from ilf.report.perplexity import completion_token_ids, compute_perplexities
+from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "analyze_run",
+    "bootstrap_ci",
+    "compare_runs",
+    "completion_token_ids",
+    "compress_ids",
+    "compute_perplexities",
+    "pass_at_k",
+    "pct",
+    "write_report",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _write_text(path: Path, text: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _figures(runs: list[tuple[str, dict]], out: Path, suffix: str) -> dict[str, str]:
+    compare = len(runs) > 1
+    figs: dict[str, str] = {}
+    rows = [((f"{label}: " if compare else "") + m["method"], m) for label, a in runs for m in a["methods"]]
+    if rows:
+        figs["pass_at_k"] = plot_pass_at_k(rows, out / "pass_at_k.png", f"Pass rates per method{suffix}").name
+        if any(m["pass_curve"] for _, m in rows):
+            figs["pass_curve"] = plot_pass_curve(rows, out / "pass_at_k_curve.png", f"pass@k by k{suffix}").name
+    ref = [(label if compare else "", [r for r in a["refine"] if "metrics" in r]) for label, a in runs]
+    if any(rs for _, rs in ref):
+        figs["refine_rounds"] = plot_refine_rounds(ref, out / "refine_rounds.png", f"π_Refine pass rate per round{suffix}").name
+    ppl = [(label if compare else "", {s: v for s, v in a["_perplexity_values"].items() if v}) for label, a in runs]
+    if any(vals for _, vals in ppl):
+        figs["perplexity"] = plot_perplexity(ppl, out / "perplexity.png", f"Training data perplexity under the base model{suffix}").name
+    return figs
+
+
+def _write(runs: list[tuple[str, dict]], out: Path, title: str, suffix: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _figures(runs, out, suffix)
+    payload = {
+        "figures": figs,
+        "runs": [{"label": label, **{k: v for k, v in a.items() if not k.startswith("_")}} for label, a in runs],
+    }
+    write_json(out / "report.json", payload)
+    return _write_text(out / "report.md", render_markdown(runs, figs, title))
+
+
+def write_report(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> Path:
+    """Write RUN_DIR/report/report.md (+ report.json, figures); return the report.md path."""
+    run_dir = Path(run_dir)
+    a = analyze_run(run_dir, resamples, seed)
+    return _write([(a["run"], a)], run_dir / "report", f"ILF report: {a['run']}", f" ({a['run']})")
+
+
+def compare_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike | None = None,
+    resamples: Optional[int] = None,
+    seed: Optional[int] = None,
+) -> Path:
+    """Several runs side by side (one row per run x method); return output_dir/report.md.
+
+    Default output: <parent of the first run>/compare-<run1>-vs-<run2>...
+    """
+    if not run_dirs:
+        raise IlfError("compare_runs: no run directories given")
+    analyses = [analyze_run(d, resamples, seed) for d in run_dirs]
+    labels = [a["run"] for a in analyses]
+    if len(set(labels)) < len(labels):  # same directory name under different parents: use the paths
+        labels = [str(Path(d)) for d in run_dirs]
+    if output_dir is None:
+        output_dir = Path(run_dirs[0]).resolve().parent / ("compare-" + "-vs-".join(a["run"] for a in analyses))[:120]
+    runs = list(zip(labels, analyses))
+    return _write(runs, Path(output_dir), "ILF runs compared: " + ", ".join(labels), "")

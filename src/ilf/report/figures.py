@@ -1,0 +1,170 @@
+"""The report's figures (matplotlib, Agg; each saved atomically)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ilf.report.analysis import TABLE_KS, order_sources
+
+FIGURE_DPI = 130
+
+# ---------------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg; each saved atomically)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=FIGURE_DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _plt().close(fig)
+    return path
+
+
+def metric_label(name: str) -> str:
+    return "1+ correct" if name == "one_plus_correct" else name
+
+
+def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per (label, method analysis), 95% CI error bars."""
+    plt = _plt()
+    metrics = [m for m in [f"pass@{k}" for k in TABLE_KS] + ["one_plus_correct"] if any(m in a["metrics"] for _, a in rows)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(rows) * len(metrics)), 4.2))
+    width = 0.8 / max(1, len(rows))
+    colors = plt.get_cmap("tab10")
+    for i, (label, a) in enumerate(rows):
+        xs, ys, lo, hi = [], [], [], []
+        for j, m in enumerate(metrics):
+            if m not in a["metrics"]:
+                continue
+            e = a["metrics"][m]
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(100 * e["value"])
+            lo.append(100 * (e["value"] - e["lo"]))
+            hi.append(100 * (e["hi"] - e["value"]))
+        bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=label, color=colors(i % 10))
+        for b, y in zip(bars, ys):
+            ax.annotate(
+                f"{y:.1f}",
+                (b.get_x() + b.get_width() / 2, 0),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="white" if y > 8 else "black",
+            )
+    ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
+    ax.set_ylabel("% of tasks (mean over tasks)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), frameon=False, ncol=min(4, len(rows)))
+    return _save(fig, path)
+
+
+def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
+    """pass@k against k (1..n) per method, shaded 95% CI."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.get_cmap("tab10")
+    for i, (label, a) in enumerate(rows):
+        curve = a["pass_curve"]
+        if not curve:
+            continue
+        ks = [p["k"] for p in curve]
+        ax.plot(ks, [100 * p["value"] for p in curve], marker="o", ms=3, label=label, color=colors(i % 10))
+        ax.fill_between(ks, [100 * p["lo"] for p in curve], [100 * p["hi"] for p in curve], alpha=0.15, color=colors(i % 10))
+    ax.set_xlabel("k (samples allowed per task)")
+    ax.set_ylabel("pass@k (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_perplexity(panels: list[tuple[str, dict[str, list[float]]]], path: Path, title: str) -> Path:
+    """Histogram of per-program perplexity per training-data source (the paper's Figure 3), log x;
+    one panel per run (label, {source: values}), dashed lines at the medians."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    panels = [(label, vals) for label, vals in panels if vals]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, 1.0 + 3.2 * len(panels)), sharex=True, squeeze=False)
+    allv = [v for _, vals in panels for vs in vals.values() for v in vs if v > 0]
+    lo, hi = min(allv), max(allv)
+    if hi <= lo:
+        hi = lo * 1.5
+    bins = np.geomspace(lo * 0.95, hi * 1.05, 25)
+    colors = plt.get_cmap("tab10")
+    for ax, (label, values) in zip(axes[:, 0], panels):
+        for i, source in enumerate(order_sources(values)):
+            vs = values[source]
+            med = statistics.median(vs)
+            ax.hist(vs, bins=bins, alpha=0.25, color=colors(i % 10), histtype="stepfilled")
+            ax.hist(vs, bins=bins, color=colors(i % 10), histtype="step", linewidth=1.6, label=f"{source} (n={len(vs)}, median {med:.2f})")
+            ax.axvline(med, color=colors(i % 10), linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("programs")
+        if label:
+            ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("perplexity of the completion under the base model (log scale; dashed: medians)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: str) -> Path:
+    """π_Refine pass@1 and 1+ correct per round (error bars = 95% CI over (x0, f) pairs)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.get_cmap("tab10")
+    ci = 0
+    series = len(rows) * 2
+    for label, rounds in rows:
+        for metric, marker in (("pass@1", "o"), ("one_plus_correct", "s")):
+            pts = [(r["round"], r["metrics"][metric]) for r in rounds if metric in r.get("metrics", {})]
+            if not pts:
+                continue
+            dodge = 0.3 * (ci - (series - 1) / 2) / max(1, series - 1)  # side by side within a round
+            xs = [p[0] + dodge for p in pts]
+            ys = [100 * p[1]["value"] for p in pts]
+            err = [[100 * (p[1]["value"] - p[1]["lo"]) for p in pts], [100 * (p[1]["hi"] - p[1]["value"]) for p in pts]]
+            name = f"{label}: {metric_label(metric)}" if label else metric_label(metric)
+            ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=4, label=name, color=colors(ci % 10))
+            ci += 1
+    rounds_all = sorted({r["round"] for _, rs in rows for r in rs})
+    ax.set_xticks(rounds_all, [f"round {r}" for r in rounds_all])
+    if len(rounds_all) == 1:
+        ax.set_xlim(rounds_all[0] - 1, rounds_all[0] + 1)
+    ax.set_xlabel("ILF round")
+    ax.set_ylabel("% of (x0, feedback) pairs")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)

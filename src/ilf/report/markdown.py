@@ -1,0 +1,363 @@
+"""report.md from the analysed runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Optional
+
+from ilf.report.analysis import PROTOCOL_KEYS, TABLE_KS, compress_ids, task_sort_key
+from ilf.report.figures import metric_label
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def pct(e: Optional[dict], signed: bool = False) -> str:
+    if not e or e.get("value") is None or (isinstance(e["value"], float) and math.isnan(e["value"])):
+        return "–"
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return f"{fmt.format(100 * e['value'])} [{fmt.format(100 * e['lo'])}, {fmt.format(100 * e['hi'])}]"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(x):
+        return "–" if x is None else str(x).replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "–" if v is None else str(v)
+
+
+def _protocol_lines(runs: list[tuple[str, dict]]) -> list[str]:
+    """State the sampling protocol once; values that differ between rows are listed per row."""
+    methods = [(label, m) for label, a in runs for m in a["methods"]]
+    if not methods:
+        return []
+    lines = []
+    task_sets = {tuple(m["per_task"]) for _, m in methods}
+    ids = sorted({t for _, m in methods for t in m["per_task"]}, key=task_sort_key)
+    proto = {}
+    for key in PROTOCOL_KEYS:
+        vals = {json.dumps(m["protocol"].get(key)) for _, m in methods}
+        proto[key] = json.loads(vals.pop()) if len(vals) == 1 else "differs per row (see report.json)"
+    nmin = min(m["n_min"] for _, m in methods)
+    nmax = max(m["n_max"] for _, m in methods)
+    nstr = str(nmin) if nmin == nmax else f"{nmin}-{nmax}"
+    # A named split ("test") is worth stating; an id range is already in the task list.
+    split = f" ({proto['split']})" if isinstance(proto.get("split"), str) and re.search(r"[A-Za-z]", proto["split"]) else ""
+    lines.append(
+        f"**Protocol.** Dataset {_fmt(proto['dataset'])}{split}; {len(ids)} tasks ({compress_ids(ids)})"
+        + ("" if len(task_sets) == 1 else ", not the same task set for every row (see the tasks column)")
+        + f"; n = {nstr} samples per task; temperature {_fmt(proto['temperature'])}, top_p {_fmt(proto['top_p'])}, "
+        f"max new tokens {_fmt(proto['max_new_tokens'])}, seed {_fmt(proto['seed'])}; engine {_fmt(proto['engine'])}. "
+        "Each program is run against the task's unit tests in ilf's sandbox."
+    )
+    b = runs[0][1]["bootstrap"]
+    lines.append(
+        f"Scores are means over tasks, in %; brackets: {int(100 * b['confidence'])}% percentile bootstrap CI over tasks "
+        f"({b['resamples']} resamples, seed {b['seed']}). pass@k uses the unbiased estimator of Chen et al. (2021); "
+        "1+ correct = share of tasks with at least one passing sample."
+    )
+    return lines
+
+
+def _methods_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+    methods = [(label, m) for label, a in runs for m in a["methods"]]
+    names = [f"pass@{k}" for k in TABLE_KS if any(f"pass@{k}" in m["metrics"] for _, m in methods)] + ["one_plus_correct"]
+    has_delta = any("delta_vs_zero-shot" in m for _, m in methods)
+    header = (["run"] if with_run else []) + ["method", "model", "train pairs", "tasks", "n"] + [metric_label(n) for n in names]
+    if has_delta:
+        header.append("Δ pass@1 vs zero-shot")
+    rows = []
+    for label, m in methods:
+        n = str(m["n_min"]) if m["n_min"] == m["n_max"] else f"{m['n_min']}-{m['n_max']}"
+        row = ([label] if with_run else []) + [m["method"], m["model"], m["train_pairs"], m["num_tasks"], n]
+        row += [pct(m["metrics"].get(name)) for name in names]
+        if has_delta:
+            d = m.get("delta_vs_zero-shot", {}).get("metrics", {}).get("pass@1")
+            row.append(pct(d, signed=True) if d else "–")
+        rows.append(row)
+    out = _table(header, rows)
+    for label, m in methods:
+        if m["summary_mismatch"]:
+            out.append(f"\nNote ({label + ' / ' if with_run else ''}{m['method']}): {m['summary_mismatch']}; the table uses results.jsonl.")
+    return out
+
+
+def _seeds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+    header = (["run"] if with_run else []) + [
+        "method",
+        "pass@1 per seed",
+        "mean [95% CI]",
+        "Δ vs zero-shot",
+        "ILF − method",
+        "ILF − method per seed",
+    ]
+    rows = []
+    for label, a in runs:
+        for g in a.get("train_seeds", []):
+            per = ", ".join("–" if v is None else f"{100 * v:.1f}" for v in g["pass@1"])
+            ps = g.get("ilf_minus_per_seed") or {}
+            rows.append(
+                ([label] if with_run else [])
+                + [
+                    g["method"],
+                    per,
+                    pct(g.get("mean")),
+                    pct(g.get("minus_zero_shot"), signed=True) if g.get("minus_zero_shot") else "–",
+                    pct(g.get("ilf_minus"), signed=True) if g.get("ilf_minus") else "–",
+                    "; ".join(f"{k}: {pct(v, signed=True)}" for k, v in ps.items()) or "–",
+                ]
+            )
+    return _table(header, rows)
+
+
+def _refine_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+    rows = []
+    kcols: list[str] = []
+    for _, a in runs:
+        for r in a["refine"]:
+            for name in r.get("metrics", {}):
+                if name.startswith("pass@") and name not in kcols:
+                    kcols.append(name)
+    kcols.sort(key=lambda s: int(s.split("@")[1]))
+    header = (
+        (["run"] if with_run else [])
+        + ["round", "(x0, f) pairs", "tasks", "refinements per pair"]
+        + kcols
+        + ["1+ correct", "|R| (train pairs)", "x0 pass rate"]
+    )
+    for label, a in runs:
+        for r in a["refine"]:
+            if "missing" in r:
+                rows.append(
+                    ([label] if with_run else [])
+                    + [r["round"], r.get("feedback"), "–", f"no {r['missing']}"]
+                    + ["–"] * len(kcols)
+                    + ["–", r.get("train_pairs"), _pct1(r.get("x0_pass_rate"))]
+                )
+                continue
+            n = str(r["n_min"]) if r["n_min"] == r["n_max"] else f"{r['n_min']}-{r['n_max']}"
+            rows.append(
+                ([label] if with_run else [])
+                + [r["round"], r["pairs"], r["pair_tasks"], n]
+                + [pct(r["metrics"].get(k)) for k in kcols]
+                + [pct(r["metrics"].get("one_plus_correct")), r.get("train_pairs"), _pct1(r.get("x0_pass_rate"))]
+            )
+    return _table(header, rows)
+
+
+def _pct1(v: Optional[float]) -> Optional[str]:
+    return None if v is None else f"{100 * v:.1f}"
+
+
+def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title: str) -> str:
+    compare = len(runs) > 1
+    L = [f"# {title}", ""]
+    for label, a in runs:
+        bits = [f"run directory `{a['run_dir']}`"]
+        if a.get("created_at"):
+            bits.append(f"created {a['created_at']}")
+        if a.get("code_version"):
+            bits.append(f"code {a['code_version']}")
+        L.append(("- **" + label + "**: " if compare else "") + ", ".join(bits) + ("" if compare else "."))
+    L += [
+        "",
+        "All numbers are recomputed from the per-sample files (`eval/<method>/results.jsonl`, "
+        "`r<N>/refinements.jsonl`, `r<N>/feedback.jsonl`, `perplexity.jsonl`); `report.json` holds them all, "
+        "including per-task counts.",
+        "",
+    ]
+
+    # Table 4 analog
+    L += ["## Pass rates on the evaluation tasks (Table 4 analog)", ""]
+    if any(a["methods"] for _, a in runs):
+        L += _protocol_lines(runs) + [""] + _methods_table(runs, compare) + [""]
+        if any("delta_vs_zero-shot" in m for _, a in runs for m in a["methods"]):
+            L += [
+                "Δ pass@1 vs zero-shot: difference in percentage points on the tasks both rows share, with a paired "
+                "bootstrap CI (the same resampled tasks for both); an interval that excludes 0 is a difference the "
+                "task sample supports.",
+                "",
+            ]
+        for key, cap in (("pass_at_k", "pass@k per method, 95% CI error bars"), ("pass_curve", "pass@k as a function of k")):
+            if key in figures:
+                L += [f"![{cap}]({figures[key]})", ""]
+    else:
+        L += ["No evaluation results (eval/<method>/results.jsonl) yet: this section is empty.", ""]
+    if any(len(g["seeds"]) > 1 for _, a in runs for g in a.get("train_seeds", [])):
+        L += [
+            "### Training randomness (FINETUNE seeds)",
+            "",
+            "Each trained method was fine-tuned with several seeds (same data, same evaluation samples' seeds). "
+            "Mean = per-task pass@1 averaged over seeds, 95% bootstrap CI over tasks; Δ columns pair the seed "
+            "averages on the tasks both share; ILF − method per seed pairs ILF seed i with the method's seed i.",
+            "",
+        ]
+        L += _seeds_table(runs, compare) + [""]
+    for label, a in runs:
+        if a["unfinished_methods"]:
+            L += [f"Not finished{' in ' + label if compare else ''} (no results.jsonl): {', '.join(a['unfinished_methods'])}.", ""]
+
+    # Table 3 analog
+    L += ["## π_Refine: pass rates of refinements (Table 3 analog)", ""]
+    if any(a["refine"] for _, a in runs):
+        L += [
+            "For each (x0, f) pair — a failing program and its feedback — π_Refine samples n refinements, each "
+            "run against the task's tests. Means over pairs with 95% bootstrap CIs over pairs. |R| = refinements "
+            "kept for FINETUNE (one passing refinement per task); x0 pass rate = share of π_θ's samples that "
+            "passed on the feedback tasks (absent when x0 came from the authors' file).",
+            "",
+        ]
+        L += _refine_table(runs, compare) + [""]
+        if "refine_rounds" in figures:
+            L += [f"![π_Refine pass rates per round]({figures['refine_rounds']})", ""]
+        shuf = [(label, r) for label, a in runs for r in a["refine"] if r.get("shuffled")]
+        if shuf:
+            L += [
+                "### Is the feedback used? Related vs shuffled feedback (Table 2 analog)",
+                "",
+                "The same x0 refined with its own feedback and with another task's (refine.shuffled_n samples "
+                "each). pass@1 = share of passing refinements per x0; Δ is paired per x0 with a 95% bootstrap CI. "
+                "A Δ whose CI covers 0 means π_Refine repairs as often without the right feedback.",
+                "",
+            ]
+            L += _table(
+                (["run"] if compare else [])
+                + [
+                    "round",
+                    "x0",
+                    "pass@1 related f",
+                    "pass@1 shuffled f",
+                    "Δ related − shuffled",
+                    "1+ correct related",
+                    "1+ correct shuffled",
+                ],
+                [
+                    ([label] if compare else [])
+                    + [
+                        r["round"],
+                        r["shuffled"]["pairs"],
+                        pct(r["shuffled"]["related"]),
+                        pct(r["shuffled"]["shuffled"]),
+                        pct(r["shuffled"]["delta"], signed=True),
+                        pct(r["shuffled"]["related_one_plus"]),
+                        pct(r["shuffled"]["shuffled_one_plus"]),
+                    ]
+                    for label, r in shuf
+                ],
+            ) + [""]
+    else:
+        L += ["No ILF rounds (r<N>/refinements.jsonl) in this run: this section is empty.", ""]
+
+    sweeps = [(label, sw) for label, a in runs for sw in a.get("sweep", [])]
+    if sweeps:
+        L += [
+            "## FINETUNE sweep (Appendix A.1)",
+            "",
+            "Each trained method fine-tuned once per setting and sampled on the validation tasks (sweep.tasks, "
+            "never the test tasks); the setting with the best pass rate (marked) trains the evaluated models.",
+            "",
+        ]
+        rows = [
+            ([label] if compare else [])
+            + [
+                sw["method"],
+                r["setting"],
+                f"{100 * r['pass_rate']:.1f}",
+                r["num_tasks"],
+                r["num_samples"],
+                "best" if r["setting"] == sw["best"] else "",
+            ]
+            for label, sw in sweeps
+            for r in sw["rows"]
+        ]
+        L += _table((["run"] if compare else []) + ["method", "setting", "validation pass rate (%)", "tasks", "samples", ""], rows) + [""]
+
+    # Training set sizes
+    L += ["## Training sets", ""]
+    rows = [
+        ([label] if compare else []) + [m["method"], m["train_pairs"]]
+        for label, a in runs
+        for m in a["methods"]
+        if m["method"] != "zero-shot"
+    ]
+    rows += [([label] if compare else []) + [f"round {r['round']} R", r.get("train_pairs")] for label, a in runs for r in a["refine"]]
+    if rows:
+        L += _table((["run"] if compare else []) + ["model / set", "training examples"], rows) + [""]
+    else:
+        L += ["No fine-tuned methods in this run.", ""]
+    for label, a in runs:
+        for r in a["refine"]:
+            if r.get("train_pairs") == 0:
+                L += [
+                    f"**R is empty in round {r['round']}{f' of {label}' if compare else ''}**: π_Refine repaired none of the "
+                    f"(x0, f) pairs, so ILF had nothing to train on{' and stopped there' if r['round'] == 1 else ''}; "
+                    "the methods trained on R's tasks (ILF, gold, human-refinements, RFT, LLM feedback) were not "
+                    "trained, and only the other methods are evaluated above.",
+                    "",
+                ]
+
+    # Feedback statistics
+    L += ["## Feedback (Table 6 analog)", ""]
+    if any(a["feedback"] for _, a in runs):
+        rows = [
+            ([label] if compare else [])
+            + [
+                f["source"],
+                f["count"],
+                f.get("tasks"),
+                f"{f['mean_words']:.1f}",
+                _fmt(f.get("median_words")),
+                f"{100 * f['share_with_code']:.0f}%",
+            ]
+            for label, a in runs
+            for f in a["feedback"]
+        ]
+        L += _table((["run"] if compare else []) + ["source", "feedback", "tasks", "words (mean)", "words (median)", "contains code"], rows)
+        rules = sorted({f["code_rule"] for _, a in runs for f in a["feedback"] if f.get("code_rule")})
+        L += ["", "Contains code: " + "; ".join(rules) + "." if rules else "", ""]
+    else:
+        L += ["No feedback.jsonl in any round: this section is empty.", ""]
+
+    # Figure 3 analog
+    L += ["## Perplexity of training data under the base model (Figure 3 analog)", ""]
+    if any(a["perplexity"] for _, a in runs):
+        rows = [
+            ([label] if compare else [])
+            + [p["source"], p["count"], f"{p['mean']:.3f}", f"{p['median']:.3f}", f"{p['std']:.3f}", f"{p['mean_tokens']:.0f}"]
+            for label, a in runs
+            for p in a["perplexity"]
+        ]
+        L += [
+            "Perplexity of each training completion under the base model π_θ: exp(mean negative log-likelihood of "
+            "the completion's tokens, given its prompt). The paper's Figure 3 shows π_Refine's refinements with lower "
+            "perplexity than gold programs and human-written refinements, i.e. closer to what the model itself writes.",
+            "",
+        ]
+        L += _table((["run"] if compare else []) + ["source", "programs", "mean", "median", "std", "tokens (mean)"], rows) + [""]
+        if "perplexity" in figures:
+            L += [f"![perplexity histogram]({figures['perplexity']})", ""]
+    else:
+        L += ["No perplexity.jsonl in this run (set report.perplexity = true): Figure 3 analog skipped.", ""]
+
+    # Stages
+    L += ["## Stages", ""]
+    if any(a["stages"] for _, a in runs):
+        rows = [
+            ([label] if compare else []) + [s["stage"], s["status"], "–" if s["seconds"] is None else f"{s['seconds']:.1f}"]
+            for label, a in runs
+            for s in a["stages"]
+        ]
+        L += _table((["run"] if compare else []) + ["stage", "status", "seconds"], rows) + [""]
+    else:
+        L += ["No manifest.json: stage timings unknown.", ""]
+    return "\n".join(L).rstrip() + "\n"

@@ -1,0 +1,72 @@
+"""Statistics of the report: pass@k per task (ilf.evaluation's estimator) and percentile
+bootstrap CIs over tasks, paired when two methods are compared on the same resampled task sets."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+# Bootstrap: the paper reports no intervals; 2000 percentile resamples keep the CI bounds stable to
+# about 0.5 percentage points at 100 tasks and cost milliseconds with numpy.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE = 0.95
+
+# ---------------------------------------------------------------------------------------------
+# Maths
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k of one task."""
+    return float(per_task_pass_at_k([num_samples], [num_correct], k)[0])
+
+
+def per_task_pass_at_k(ns: Sequence[int], cs: Sequence[int], k: int) -> np.ndarray:
+    """ilf.evaluation's estimator: every pass@k ilf prints comes from one formula."""
+    from ilf.evaluation import estimate_pass_at_k
+
+    if not len(ns):
+        return np.zeros(0)
+    return np.asarray(estimate_pass_at_k(np.asarray(ns), np.asarray(cs), k), dtype=float).reshape(-1)
+
+
+def per_task_values(counts: dict[str, tuple[int, int]], metric: str) -> np.ndarray:
+    """One value per task: metric is 'pass@K' or 'one_plus_correct'."""
+    if metric == "one_plus_correct":
+        return np.array([1.0 if c > 0 else 0.0 for n, c in counts.values()])
+    k = int(metric.split("@", 1)[1])
+    return per_task_pass_at_k([n for n, _ in counts.values()], [c for _, c in counts.values()], k)
+
+
+def bootstrap_indices(num_items: int, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(resamples, num_items) indices drawn with replacement; shared by paired comparisons."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, num_items, size=(resamples, num_items))
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+    indices: Optional[np.ndarray] = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (one value per task)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return (math.nan, math.nan)
+    idx = bootstrap_indices(v.size, resamples, seed) if indices is None else indices
+    means = v[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def estimate(values: np.ndarray, resamples: int, seed: int, indices: Optional[np.ndarray] = None) -> dict[str, float]:
+    """{'value', 'lo', 'hi'}: mean over tasks and its bootstrap CI."""
+    if len(values) == 0:
+        return {"value": math.nan, "lo": math.nan, "hi": math.nan}
+    lo, hi = bootstrap_ci(values, resamples, seed, indices=indices)
+    return {"value": float(np.mean(values)), "lo": lo, "hi": hi}
