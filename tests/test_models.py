@@ -148,7 +148,7 @@ def test_bundled_model_converts_and_samples_with_the_default_engine(tmp_path, da
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr
     recs = load_jsonl(out)
-    assert len(recs) == 4 and all(x["engine"] == "openvino/q8_0" for x in recs)
+    assert len(recs) == 4 and all(x["engine"] == "openvino/f16" for x in recs)
     assert all(x["program"].startswith(x["prompt"]) and "print(" not in x["program"][len(x["prompt"]) :] for x in recs)
     # a real model writes code: every program parses and defines the entry point
     import ast

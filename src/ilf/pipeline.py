@@ -35,6 +35,7 @@ from ilf import __version__
 from ilf.config import TRAINED_METHODS, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
+from ilf.sweep import grid as sweep_grid
 from ilf.tasks import TaskSet, load_tasks, normalize_newlines, parse_ranges
 
 console = Console(stderr=True)
@@ -256,7 +257,7 @@ class Run:
         )
         lines.append("  " + pr + (f"; {cfg.rounds} rounds" if cfg.rounds > 1 else ""))
         if cfg.sweep.enabled():
-            grid = (len(cfg.sweep.learning_rates) or 1) * (len(cfg.sweep.batch_sizes) or 1) * (len(cfg.sweep.epochs) or 1)
+            grid = len(sweep_grid(cfg.finetune, cfg.sweep))
             swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
             lines.append(
                 f"  sweep: {grid} settings x {len(swept)} methods, each fine-tuned and sampled on "
@@ -284,7 +285,7 @@ class Run:
             n_fb = len(self.feedback_tasks())
             programs += n_fb * cfg.sample.n + n_fb * (cfg.refine.n + cfg.refine.shuffled_n)  # π_Refine: at most
         if cfg.sweep.enabled():
-            grid = (len(cfg.sweep.learning_rates) or 1) * (len(cfg.sweep.batch_sizes) or 1) * (len(cfg.sweep.epochs) or 1)
+            grid = len(sweep_grid(cfg.finetune, cfg.sweep))
             trained = [m for m in cfg.eval.methods if m != "zero-shot"]
             swept = [m for m in trained if m in (cfg.sweep.methods or trained)]
             programs += grid * len(swept) * (cfg.sweep.max_tasks or len(self.tasks(cfg.sweep.tasks))) * cfg.sweep.n

@@ -5,23 +5,8 @@ every fork costlier; tests/test_sandbox.py checks a fresh interpreter that loads
 none of them). The ilf side (ilf.sandbox) starts it by path with `python -I`, so importing it never
 imports the ilf side; ilf.sandbox imports its constants and protocol from here.
 
-EVAL's execution half: the ONLY module in ilf that runs untrusted (model-written) code.
-
-Design (see docs/sandbox.md for the threat model):
-
-    ilf process ──pipe──► worker (python, inside `bwrap`: new pid/net/ipc/uts namespaces,
-                          read-only host, hidden home dirs, private /tmp, scrubbed env)
-                            └─ fork() per program ─► child: own session, rlimits, unprivileged
-                                                      uid, private work dir, runs program + tests
-
-One long-lived worker per core pre-imports the common stdlib modules once and forks a fresh child
-per program, so isolation costs a fork, not a container start. The child reports its verdict over
-a private pipe, prefixed with a per-run random nonce, only after the last test statement ran:
-anything else (early exit, os._exit, SystemExit, a dead parent, junk on the channel, fake markers
-on stdout) is not a pass. After every program the worker SIGKILLs whatever the child left behind.
-
-Where bubblewrap or user namespaces are unavailable the worker runs unconfined with rlimits (and,
-as root, an unprivileged uid), and a warning says so once per process.
+The design (namespaces, one fork per program, the verdict channel) is in ilf.sandbox's docstring
+and docs/sandbox.md.
 """
 
 from __future__ import annotations
