@@ -131,3 +131,21 @@ def test_report_reads_the_run_config_with_the_same_loader(tmp_path):
     (run / "config.toml").write_text("[report]\nbootstrap = 0\n")
     with pytest.raises(IlfError, match=r"config.toml:2: config key 'report.bootstrap' must be a finite number >= 1"):
         read_run_config(run)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("[finetune]\nlearning_rate = 1e-5\nbogus = 3\n", "c.toml:3: unknown config key 'finetune.bogus'"),
+        ('[finetune]\nlearning_rate = "x"\n', "c.toml:2: config key 'finetune.learning_rate' must be float"),
+        ("[sweep]\nlearning_rates = [0]\n", "c.toml:2: config key 'sweep.learning_rates' must be a finite number > 0"),
+        ("epochs = 0\n", "c.toml:1: config key 'epochs' must be a finite number > 0"),
+    ],
+)
+def test_finetune_config_file_is_read_by_the_run_config_loader(tmp_path, text, expected):
+    """`ilf finetune --config FILE`: its [finetune] and [sweep] tables go through the same loader as
+    `ilf run`, so a bad key or value is one line naming the file and line, and nothing is written."""
+    (tmp_path / "c.toml").write_text(text)
+    r = CliRunner().invoke(app, ["finetune", "--data", "surge", "--output", str(tmp_path / "ft"), "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 2 and expected in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "ft").exists()

@@ -125,17 +125,16 @@ def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str
     return deco
 
 
-def build_settings(cls: type, values: dict, where: str = "command line", prefix: str = ""):
-    """`cls(**values)`, a bad value reported as its flag: one line naming where it came from."""
+def build_settings(cls: type, values: dict, prefix: str = ""):
+    """`cls(**values)` from flags (over a config file's values, already checked): a bad value is one
+    line naming its flag."""
     from ilf.settings import SettingError
 
     try:
         return cls(**values)
     except SettingError as e:
         flag = "--" + (prefix + e.name).replace("_", "-")
-        raise IlfError(f"{where}: {flag} {e.problem}" if where == "command line" else f"{where}: '{e.name}' {e.problem}") from None
-    except TypeError as e:  # an unknown key in a config file
-        raise IlfError(f"{where}: {e}") from None
+        raise IlfError(f"command line: {flag} {e.problem}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,11 +307,9 @@ def finetune(
     """
     from ilf.finetune import finetune_command
 
-    file_train, file_grid = _config_tables(config)
-    cfg = build_settings(FinetuneConfig, file_train, str(config)) if file_train else FinetuneConfig()
-    cfg = build_settings(FinetuneConfig, dataclasses.asdict(cfg) | train)
-    sw = build_settings(SweepConfig, file_grid, str(config)) if file_grid else SweepConfig()
-    sw = build_settings(SweepConfig, dataclasses.asdict(sw) | grid, prefix="sweep_")
+    train_file, grid_file = _config_tables(config)
+    cfg = build_settings(FinetuneConfig, dataclasses.asdict(train_file) | train)
+    sw = build_settings(SweepConfig, dataclasses.asdict(grid_file) | grid, prefix="sweep_")
     out = finetune_command(
         data,
         model,
@@ -331,23 +328,33 @@ def finetune(
     print(out)
 
 
-def _config_tables(path: Optional[Path]) -> tuple[dict, dict]:
-    """The [finetune] and [sweep] tables of a TOML file (a file with neither table is [finetune])."""
+def _config_tables(path: Optional[Path]) -> tuple[FinetuneConfig, SweepConfig]:
+    """The [finetune] and [sweep] tables of a TOML file (a file with neither table is [finetune]),
+    read by the run config's loader: a bad key or value is one line with the file and line."""
     if path is None:
-        return {}, {}
+        return FinetuneConfig(), SweepConfig()
     import tomllib
 
+    from ilf.config import build_section
     from ilf.jsonl import read_text
 
     if not path.exists():
         raise IlfError(f"{path}: config file not found")
+    text = read_text(path)
     try:
-        doc = tomllib.loads(read_text(path))
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise IlfError(f"{path}: invalid TOML ({e})") from None
     if "finetune" not in doc and "sweep" not in doc:
-        return doc, {}
-    return doc.get("finetune", {}), doc.get("sweep", {})
+        return build_section(FinetuneConfig, doc, str(path), text), SweepConfig()
+    tables = [(name, doc.get(name, {})) for name in ("finetune", "sweep")]
+    for name, table in tables:
+        if not isinstance(table, dict):
+            raise IlfError(f"{path}: '{name}' must be a table [{name}]")
+    return (
+        build_section(FinetuneConfig, tables[0][1], str(path), text, prefix="finetune."),
+        build_section(SweepConfig, tables[1][1], str(path), text, prefix="sweep."),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

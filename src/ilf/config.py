@@ -255,7 +255,7 @@ DEFAULT_TOML = (BUILTIN_DIR / "demo.toml").read_text(encoding="utf-8")
 # Loading with one-line errors
 
 
-def _key_line(text: str, dotted: str) -> int | None:
+def key_line(text: str, dotted: str) -> int | None:
     """Best-effort line number of a dotted key in TOML text (tomllib gives none)."""
     *sections, key = dotted.split(".")
     section = ".".join(sections)
@@ -306,13 +306,13 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str = "") -> Any:
+def build_section(cls: type, data: dict[str, Any], where: str, text: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        line = _key_line(text, dotted) if text else None
+        line = key_line(text, dotted) if text else None
         loc = f"{where}:{line}" if line else where
         if key not in fields:
             known = ", ".join(sorted(prefix + k for k in fields))
@@ -321,7 +321,7 @@ def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str =
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise IlfError(f"{loc}: '{dotted}' must be a table [{dotted}]")
-            kwargs[key] = _build(tp, value, where, text, prefix=f"{dotted}.")
+            kwargs[key] = build_section(tp, value, where, text, prefix=f"{dotted}.")
             continue
         ok, coerced = _type_ok(value, tp)
         if not ok:
@@ -331,7 +331,7 @@ def _build(cls: type, data: dict[str, Any], where: str, text: str, prefix: str =
         return cls(**kwargs)
     except SettingError as e:  # the one validation of the field (ilf.settings.check), located here
         dotted = f"{prefix}{e.name}"
-        line = _key_line(text, dotted) if text else None
+        line = key_line(text, dotted) if text else None
         raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{dotted}' {e.problem}") from None
 
 
@@ -387,7 +387,7 @@ def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: 
     def bad(key: str, msg: str):
         if overridden and any(o == key or o.startswith(key + ".") or key.startswith(o + ".") for o in overridden):
             raise IlfError(f"command line: config key '{key}' {msg}")
-        line = _key_line(text, key) if text else None
+        line = key_line(text, key) if text else None
         raise IlfError(f"{where}{f':{line}' if line else ''}: config key '{key}' {msg}")
 
     if cfg.rounds > 1 and cfg.feedback.source == "authors":
@@ -426,11 +426,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise IlfError(f"{where}: invalid TOML ({e})") from None
-    cfg = _build(RunConfig, data, where, text)
+    cfg = build_section(RunConfig, data, where, text)
     overridden: set[str] = set()
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        cfg = _build(RunConfig, _merge(to_dict(cfg), over), "command line", "")
+        cfg = build_section(RunConfig, _merge(to_dict(cfg), over), "command line", "")
         overridden = set(_dotted_keys(over))
     return validate(cfg, where, text, overridden)
 
@@ -457,7 +457,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig | None:
                 out[k] = known(hints[k], v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
         return out
 
-    return validate(_build(RunConfig, known(RunConfig, data), str(path), text), str(path), text)
+    return validate(build_section(RunConfig, known(RunConfig, data), str(path), text), str(path), text)
 
 
 def _dotted_keys(d: dict, prefix: str = "") -> list[str]:
