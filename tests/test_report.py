@@ -558,3 +558,40 @@ def test_progress_writes_plain_lines_when_not_on_a_terminal():
     assert lines[0].startswith("sampling (tasks): 1/4 (25%)") and "programs 5" in lines[0]
     assert lines[-1].startswith("sampling (tasks): 4/4 (100%)") and "done in" in lines[-1]
     assert len(lines) == 4 and not any("━" in x for x in lines)
+
+
+def test_a_results_file_reports_pass_rates_per_mbpp_split(tmp_path):
+    """`ilf report RESULTS.jsonl.gz` (the paper's Table 1 form): pass rates over all tasks and per
+    MBPP split, and the tasks with no passing sample, recomputed from the per-sample records."""
+    import gzip
+
+    recs = []
+    for tid, passes in [(11, [1, 0, 0, 0]), (12, [0, 0, 0, 0]), (311, [1, 1, 1, 1]), (312, [0, 0, 0, 0]), (313, [0, 1, 0, 0])]:
+        for j, p in enumerate(passes):
+            recs.append(
+                {
+                    "task_id": tid,
+                    "sample_id": j,
+                    "passed": bool(p),
+                    "status": "passed" if p else "failed",
+                    "model": "m",
+                    "engine": "openvino/f16",
+                    "temperature": 0.8,
+                    "top_p": 0.95,
+                    "max_new_tokens": 256,
+                    "seed": 0,
+                }
+            )
+    path = tmp_path / "results.jsonl.gz"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode()))
+    r = subprocess.run([sys.executable, "-m", "ilf.cli", "report", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "results_report"
+    a = json.loads((out / "report.json").read_text())
+    rows = {s["split"]: s for s in a["splits"]}
+    assert set(rows) == {"all", "test", "train"} and (out / "pass_at_k_curve.png").stat().st_size > 0
+    assert rows["all"]["metrics"]["pass@1"]["value"] == pytest.approx((0.25 + 0 + 1 + 0 + 0.25) / 5)
+    assert rows["test"]["unsolved"] == ["12"] and rows["train"]["unsolved"] == ["312"] and len(rows["all"]["unsolved"]) == 2
+    assert rows["train"]["metrics"]["one_plus_correct"]["value"] == pytest.approx(2 / 3)
+    md = (out / "report.md").read_text()
+    assert "| train (311-313) | 3 | 4 | 41.7 [" in md and "1 (33.3%)" in md

@@ -24,14 +24,15 @@ from typing import Optional, Sequence
 
 from ilf.errors import IlfError
 from ilf.jsonl import write_json
-from ilf.report.analysis import analyze_run, compress_ids
+from ilf.report.analysis import analyze_results, analyze_run, compress_ids
 from ilf.report.figures import plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
-from ilf.report.markdown import pct, render_markdown
+from ilf.report.markdown import pct, render_markdown, render_results
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
 from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
+    "analyze_results",
     "analyze_run",
     "bootstrap_ci",
     "compare_runs",
@@ -41,6 +42,7 @@ __all__ = [
     "pass_at_k",
     "pct",
     "write_report",
+    "write_results_report",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +90,11 @@ def _write(runs: list[tuple[str, dict]], out: Path, title: str, suffix: str) -> 
 
 
 def write_report(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> Path:
-    """Write RUN_DIR/report/report.md (+ report.json, figures); return the report.md path."""
+    """Write RUN_DIR/report/report.md (+ report.json, figures); return the report.md path. A results
+    file of `ilf evaluate` instead of a run directory: its pass rates per split, beside it."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir() and (run_dir.is_file() or Path(str(run_dir) + ".gz").is_file()):
+        return write_results_report(run_dir, resamples=resamples, seed=seed)
     a = analyze_run(run_dir, resamples, seed)
     return _write([(a["run"], a)], run_dir / "report", f"ILF report: {a['run']}", f" ({a['run']})")
 
@@ -114,3 +119,21 @@ def compare_runs(
         output_dir = Path(run_dirs[0]).resolve().parent / ("compare-" + "-vs-".join(a["run"] for a in analyses))[:120]
     runs = list(zip(labels, analyses))
     return _write(runs, Path(output_dir), "ILF runs compared: " + ", ".join(labels), "")
+
+
+def write_results_report(
+    results: str | os.PathLike, output_dir: str | os.PathLike | None = None, resamples: Optional[int] = None, seed: Optional[int] = None
+) -> Path:
+    """report.md (+ report.json, pass@k curve) of one `ilf evaluate` results file, in
+    OUTPUT_DIR (default: <results name>_report beside it); returns the report.md path."""
+    results = Path(results)
+    a = analyze_results(results, resamples, seed)
+    name = results.name.removesuffix(".gz").removesuffix(".jsonl")
+    out = Path(output_dir) if output_dir else results.with_name(f"{name}_report")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = {}
+    rows = [(r["split"], r) for r in a["splits"] if r["pass_curve"]]
+    if rows:
+        figs["pass_curve"] = plot_pass_curve(rows, out / "pass_at_k_curve.png", f"pass@k by k ({name})").name
+    write_json(out / "report.json", {"figures": figs, **a})
+    return _write_text(out / "report.md", render_results(a, figs, f"Pass rates: {name}"))

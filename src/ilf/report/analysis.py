@@ -498,3 +498,61 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "perplexity": ppl_rows,
         "_perplexity_values": ppl_values,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# One results file of `ilf evaluate` (the paper's Table 1: a model's pass rates, per MBPP split)
+
+
+def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> dict:
+    """Pass rates of one results file, over all its tasks and per MBPP split, with the tasks that
+    have no passing sample (the pool ILF learns from)."""
+    from ilf.tasks import SPLITS
+
+    path = stored(Path(path))
+    if not path.is_file():
+        raise IlfError(f"{path}: results file not found")
+    resamples = BOOTSTRAP_RESAMPLES if resamples is None else resamples
+    seed = BOOTSTRAP_SEED if seed is None else seed
+    if resamples < 1:
+        raise IlfError(f"--bootstrap must be >= 1, got {resamples}")
+    counts = _sorted_counts(_count_passes(path))
+    if not counts:
+        raise IlfError(f"{path}: no results")
+    first: dict = next((rec for _, rec in read_jsonl(path, allow_torn_tail=True)), {})
+    protocol = {k: first.get(k) for k in ("model", "engine", "dataset", "temperature", "top_p", "max_new_tokens", "seed")}
+    statuses: dict[str, int] = {}
+    for _, rec in read_jsonl(path, allow_torn_tail=True):
+        statuses[str(rec.get("status"))] = statuses.get(str(rec.get("status")), 0) + 1
+    groups = [("all", counts)]
+    if protocol["dataset"] in (None, "mbpp") and all(t.isdigit() for t in counts):
+        for name, (lo, hi) in SPLITS.items():
+            sub = {t: nc for t, nc in counts.items() if lo <= int(t) <= hi}
+            if name != "all" and sub and len(sub) < len(counts):
+                groups.append((name, sub))
+    rows = []
+    for name, cs in groups:
+        metrics, names = _metrics_for(cs, resamples, seed)
+        ns = [n for n, _ in cs.values()]
+        rows.append(
+            {
+                "split": name,
+                "num_tasks": len(cs),
+                "num_samples": sum(ns),
+                "n_min": min(ns),
+                "n_max": max(ns),
+                "task_ids": compress_ids(list(cs)),
+                "metrics": metrics,
+                "metric_names": names,
+                "unsolved": [t for t, (_, c) in cs.items() if c == 0],
+                "pass_curve": _pass_curve(cs, resamples, seed),
+            }
+        )
+    return {
+        "results": str(path),
+        "protocol": protocol,
+        "statuses": statuses,
+        "splits": rows,
+        "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
+        "per_task": {t: {"n": n, "c": c} for t, (n, c) in counts.items()},
+    }

@@ -361,3 +361,30 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
     else:
         L += ["No manifest.json: stage timings unknown.", ""]
     return "\n".join(L).rstrip() + "\n"
+
+
+def render_results(a: dict, figures: dict[str, str], title: str) -> str:
+    """report.md of one results file: pass rates per MBPP split (the paper's Table 1 form)."""
+    p, b = a["protocol"], a["bootstrap"]
+    L = [f"# {title}", "", f"Results file `{a['results']}`; regenerate with `ilf report {a['results']}`.", ""]
+    L.append(
+        f"**Protocol.** Model {_fmt(p['model'])}, engine {_fmt(p['engine'])}, dataset {_fmt(p['dataset'])}; temperature "
+        f"{_fmt(p['temperature'])}, top_p {_fmt(p['top_p'])}, max new tokens {_fmt(p['max_new_tokens'])}, seed {_fmt(p['seed'])}. "
+        f"Scores are means over tasks, in %; brackets: {int(100 * b['confidence'])}% percentile bootstrap CI over tasks "
+        f"({b['resamples']} resamples, seed {b['seed']}); pass@k uses the unbiased estimator of Chen et al. (2021)."
+    )
+    L.append("")
+    ks = [f"pass@{k}" for k in TABLE_KS]
+    header = ["split", "tasks", "samples per task"] + ks + ["1+ correct", "tasks with no passing sample"]
+    rows = []
+    for r in a["splits"]:
+        n = str(r["n_min"]) if r["n_min"] == r["n_max"] else f"{r['n_min']}-{r['n_max']}"
+        unsolved = f"{len(r['unsolved'])} ({100 * len(r['unsolved']) / r['num_tasks']:.1f}%)"
+        metrics = [pct(r["metrics"].get(k)) for k in ks] + [pct(r["metrics"].get("one_plus_correct"))]
+        rows.append([f"{r['split']} ({r['task_ids']})", r["num_tasks"], n, *metrics, unsolved])
+    L += _table(header, rows) + [""]
+    L.append("Statuses of all programs: " + ", ".join(f"{k} {v}" for k, v in sorted(a["statuses"].items())) + ".")
+    L.append("")
+    if "pass_curve" in figures:
+        L += [f"![pass@k as a function of k]({figures['pass_curve']})", ""]
+    return "\n".join(L) + "\n"
