@@ -104,7 +104,8 @@ per_device_batch_size = 1
 epochs = {ft_epochs}
 max_length = 512
 bf16 = false
-extra = {{ report_to = "none", save_steps = {save_steps} }}
+report_to = "none"
+save_steps = {save_steps}
 
 {over.get("sweep", "")}
 [eval]

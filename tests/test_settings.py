@@ -129,7 +129,7 @@ def test_report_reads_the_run_config_with_the_same_loader(tmp_path):
     cfg = read_run_config(run)
     assert cfg == written and cfg.eval.n == 7
     (run / "config.toml").write_text("[report]\nbootstrap = 0\n")
-    with pytest.raises(IlfError, match=r"config.toml:2: config key 'report.bootstrap' must be a finite number >= 1"):
+    with pytest.raises(IlfError, match=r"config.toml:2: config key 'report.bootstrap' must be an integer >= 1"):
         read_run_config(run)
 
 

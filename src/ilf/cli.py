@@ -638,6 +638,7 @@ def sample(
         help="--engine openvino: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster); sample models you compare at one format.",
     ),
     sampling: dict = None,
+    _ilf_ctx: typer.Context = None,
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
     from ilf.generation import SamplingParams, default_engine, get_engine
@@ -655,8 +656,10 @@ def sample(
 
     name = default_engine() if mc.engine in ("", "auto") else mc.engine
     kw = {"base_url": base_url} if name == "openai" else {"weights": mc.weights} if name == "openvino" else {}
-    if name == "openai":
-        model_name = model
+    if name == "openai":  # --model not given: the server's own model
+        given = _ilf_ctx.get_parameter_source("model").name != "DEFAULT"
+        model = model if given else None
+        model_name = model or "default"
     else:
         from ilf.models import resolve_model
 

@@ -89,7 +89,8 @@ def _check_value(name: str, value: Any, tp: Any, md: dict) -> None:
         ok = ok and (md.get("ge") is None or value >= md["ge"]) and (md.get("gt") is None or value > md["gt"])
         ok = ok and (md.get("le") is None or value <= md["le"])
         if not ok:
-            raise SettingError(name, f"must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
+            what = "an integer" if tp is int else "a finite number"
+            raise SettingError(name, f"must be {what}{' ' + bounds if bounds else ''}, got {value!r}")
     if md.get("choices") is not None and value not in md["choices"]:
         raise SettingError(name, f"must be one of {', '.join(map(str, md['choices']))}, got {value!r}")
 
