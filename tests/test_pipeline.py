@@ -181,7 +181,7 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     for method, model_dir in (("ilf@s1", "r1/model@s1"), ("gold@s1", "baselines/gold/model@s1")):
         s = json.loads((run_dir / "eval" / method / "summary.json").read_text())
         assert s["model"].endswith(model_dir) and s["num_samples"] == 6 and s["train_pairs"] == len(pairs)
-    assert manifest["stages"]["r1/finetune@s1"]["params"]["seed"] == 1
+    assert manifest["stages"]["r1/finetune@s1"]["params"]["train"]["seed"] == 1
     # The sweep: ILF fine-tuned per setting, measured on validation tasks 14-15 (never the test tasks
     # 11-13), the best setting's learning rate then trains every ILF seed; gold is not swept.
     table = load_jsonl(run_dir / "sweep" / "ilf" / "table.jsonl")
