@@ -358,3 +358,14 @@ def test_resuming_with_another_time_limit_judges_again(tmp_path, mbpp):
     out.write_text(json.dumps(rec) + "\n")
     kept = evaluate(samples, mbpp, timeout=3, output=out, progress=False, calibrate=False)
     assert kept[0]["error"] == "kept"
+
+
+def test_verdicts_hold_no_memory_addresses():
+    """An object's repr in a verdict ("got <generator object f at 0x7f...>") loses its address, so
+    the same program gives the same error, trace feedback and π_Refine prompt in every run."""
+    program = "def f():\n    return (i for i in range(3))\n"
+    v = sandbox.check(program, "assert f() == [0, 1, 2]\n")
+    assert v.status == "failed" and "<generator object" in v.error and "0x" not in v.error
+    task = Task(1, "", "", "f", [], "", "assert f() == [0, 1, 2]\n", "def f(): return [0, 1, 2]")
+    w = judge.check(program, task)
+    assert w.status == "failed" and "<generator object" in w.error and "0x" not in w.error

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 MAX_DEPTH = 100
 """Nesting depth of a value: deeper is refused (in both directions), so comparing it cannot
@@ -141,10 +142,20 @@ class Digest:
         return f"<a value of {self.size} bytes, sha256 {self.hex[:12]}>"
 
 
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
+
+
+def without_addresses(text: str) -> str:
+    """A repr without its memory addresses ("<generator object f at 0x7f...>" -> "<generator
+    object f>"): they change from run to run, and verdicts, feedback and prompts built from them
+    must not."""
+    return _ADDRESS.sub("", text)
+
+
 def opaque(x) -> dict:
     """What ilf gets for a value that is not plain: its type and repr, never the object."""
     try:
-        text = repr(x)
+        text = without_addresses(repr(x))
         text = text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
     except BaseException:  # noqa: BLE001 - a hostile __repr__
         text = f"<{_type_name(x)}>"

@@ -170,8 +170,10 @@ def _statement_at(tree: ast.AST, lineno: int) -> ast.stmt | None:
 
 
 def _safe_repr(x) -> str:
+    from ilf.plain import without_addresses  # imported once by the worker (main)
+
     try:
-        return cap_text(repr(x), MAX_GOT_CHARS)
+        return cap_text(without_addresses(repr(x)), MAX_GOT_CHARS)
     except BaseException as e:  # noqa: BLE001 - a hostile __repr__ must not break the report
         return f"<unprintable {type(x).__name__}: {type(e).__name__}>"
 
