@@ -113,7 +113,7 @@ tasks = "{eval_tasks}"
 n = {eval_n}
 temperature = 0.8
 max_new_tokens = {over.get("eval_tokens", 24)}
-methods = ["zero-shot", "ilf", "gold"]
+methods = {over.get("methods", '["zero-shot", "ilf", "gold"]')}
 
 [report]
 perplexity = true
@@ -227,6 +227,20 @@ def test_an_empty_training_set_still_ends_in_a_report(tiny_model, tmp_path):
     assert not (run_dir / "eval" / "ilf").exists() and not (run_dir / "baselines").exists()
     text = (run_dir / "report" / "report.md").read_text()
     assert "R is empty in round 1" in text and "zero-shot" in text
+
+
+def test_a_run_without_ilf_in_eval_methods_trains_nothing(tiny_model, tmp_path):
+    """eval.methods = []: x0, feedback, π_Refine (and its shuffled control), R and the report, the
+    runs behind Tables 1-3; no FINETUNE, no evaluation."""
+    run_dir = tmp_path / "run"
+    cfg_path = write_config(tmp_path / "refine_only.toml", tiny_model, run_dir, methods="[]", shuffled_n=1)
+    proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "π_θ* is not trained" in proc.stderr
+    assert load_jsonl(run_dir / "r1" / "train_pairs.jsonl") and (run_dir / "r1" / "refinements_shuffled.jsonl").exists()
+    assert not (run_dir / "r1" / "model").exists() and not (run_dir / "eval").exists()
+    text = (run_dir / "report" / "report.md").read_text()
+    assert "π_Refine" in text
 
 
 def _wait_for(pred, proc, timeout=300.0):

@@ -368,6 +368,10 @@ class Run:
                 "refine.n, or more tasks, feedback.max_tasks, give π_Refine more chances)"
             )
             return model, pairs
+        if r == cfg.rounds and "ilf" not in cfg.eval.methods:
+            # A run that measures x0, feedback and π_Refine (Tables 1-3) trains nothing it does not evaluate.
+            console.print("eval.methods has no ilf: π_θ* is not trained; R and π_Refine's measurements are this run's result")
+            return model, pairs
         out_model = rd / "model"
         tc = self.sweep_stage("ilf" if r == 1 else f"ilf-r{r}", model, pairs_path)
         self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, tc)
