@@ -263,11 +263,14 @@ class Run:
                 f"  sweep: {grid} settings x {len(swept)} methods, each fine-tuned and sampled on "
                 f"{cfg.sweep.max_tasks or 'all'} {cfg.sweep.tasks} tasks x {cfg.sweep.n}"
             )
-        lines.append(f"  FINETUNE: {len(trained)} trained methods x {cfg.train_seeds} seeds ({', '.join(trained) or 'none'})")
-        lines.append(
-            f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
-            f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report"
-        )
+        if not cfg.eval.methods:
+            lines.append("  no FINETUNE and no evaluation (eval.methods is empty): the report covers x0, feedback and π_Refine")
+        else:
+            lines.append(f"  FINETUNE: {len(trained)} trained methods x {cfg.train_seeds} seeds ({', '.join(trained) or 'none'})")
+            lines.append(
+                f"  evaluation: {models} models x {n_eval_tasks} tasks ({cfg.eval.tasks}) x {cfg.eval.n} samples "
+                f"= {models * n_eval_tasks * cfg.eval.n} programs; then the report"
+            )
         lines.append("  " + self.time_estimate(models * n_eval_tasks * cfg.eval.n))
         lines.append("  (progress lines show rates and ETAs per step; a killed run resumes with the same command)")
         return "\n".join(lines)
