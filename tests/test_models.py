@@ -177,3 +177,22 @@ def test_bundled_model_samples_do_not_depend_on_the_batch(data_dir):
     finally:
         eng.close()
     assert resumed == full[5:]
+
+
+def test_remove_model_deletes_the_directory_and_its_engine_conversions(tmp_path, monkeypatch):
+    """A sweep's measured models go with every engine's cached conversion of them (disk: a fine-tuned
+    0.5B model and its f16 GGUF are ~3.4 GB); conversions of other models stay."""
+    from tiny_models import build_tiny_model
+
+    from ilf.models import cache_dir, fingerprint, remove_model
+
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
+    a, b = build_tiny_model(tmp_path / "a" / "model"), build_tiny_model(tmp_path / "b" / "model")
+    conv = {m: cache_dir() / "engines" / "openvino-f16" / f"model-{fingerprint(m)}" for m in (a, b)}
+    for d in conv.values():
+        d.mkdir(parents=True)
+        (d / "model.gguf").write_bytes(b"x")
+    remove_model(a)
+    assert not a.exists() and not conv[a].exists()
+    assert b.exists() and conv[b].exists()
+    remove_model(tmp_path / "nowhere")  # nothing to do is not an error

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from ilf.config import FinetuneConfig, SweepConfig
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, write_json, write_jsonl
+from ilf.models import remove_model
 
 # The paper's grid (Appendix A.1), for users who want all of it: 27 fine-tunings per method.
 PAPER_LEARNING_RATES = (1e-6, 5e-6, 1e-5)
@@ -139,9 +140,9 @@ def sweep(
             f"sweep {name}: validation pass rate {rows[name]['pass_rate']:.3f} ({len(res)} samples, {rows[name]['num_tasks']} tasks)"
         )
         best = best_row()
-        for r in rows.values():  # weights of every measured model but the best so far (or all) go
+        for r in rows.values():  # every measured model but the best so far (or all) goes, with its conversions
             if not keep_best or r is not best:
-                shutil.rmtree(r["model_dir"], ignore_errors=True)
+                remove_model(r["model_dir"])
     best = best_row()
     write_json(sweep_dir / "best.json", best)
     console.print(f"sweep: best {best['setting']} (validation pass rate {best['pass_rate']:.3f})")
