@@ -296,6 +296,9 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
     with get_engine(engine, str(out)) as eng:
         [[c]] = eng.generate([pairs[0]["prompt"]], SamplingParams(n=1, temperature=0, max_new_tokens=48))
     assert c.text.strip() and c.num_tokens > 0
+    from ilf.models import remove_model
+
+    remove_model(out)  # and the engine's cached conversion, which would stay in the user's cache
 
 
 # --- the sweep ---------------------------------------------------------------------------------------
