@@ -363,14 +363,20 @@ def engine_dir(resolved: ResolvedModel, engine: str) -> Path:
     return cache_dir() / "engines" / engine / f"{resolved.name}-{fingerprint(resolved.hf_dir)}"
 
 
-def remove_model(model_dir: str | os.PathLike) -> None:
-    """Delete a local Hugging Face model directory and every engine's cached conversion of it (a
-    sweep's measured models: a fine-tuned 0.5B model is ~2.4 GB, its f16 GGUF ~1 GB more)."""
+def remove_conversions(model_dir: str | os.PathLike) -> None:
+    """Delete every engine's cached conversion of a local Hugging Face model directory (an f16
+    GGUF of a fine-tuned 0.5B model is ~1 GB; the engine converts it again if it is needed)."""
     model_dir = Path(model_dir)
     if _is_hf_dir(model_dir):
         key = f"{model_dir.resolve().name}-{fingerprint(model_dir)}"
         for d in (cache_dir() / "engines").glob(f"*/{key}"):
             shutil.rmtree(d, ignore_errors=True)
+
+
+def remove_model(model_dir: str | os.PathLike) -> None:
+    """Delete a local Hugging Face model directory and its conversions (a sweep's measured models:
+    a fine-tuned 0.5B model is ~2.4 GB)."""
+    remove_conversions(model_dir)
     shutil.rmtree(model_dir, ignore_errors=True)
 
 

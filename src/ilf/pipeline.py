@@ -653,6 +653,12 @@ class Run:
         cfg, ed = self.cfg, self.dir / "eval" / method
         self.sample_stage(f"eval/{method}/sample", model, cfg.eval.tasks, cfg.eval, ed / "samples.jsonl")
         self.eval_stage(f"eval/{method}/eval", ed / "samples.jsonl", ed / "results.jsonl")
+        if Path(model).resolve().is_relative_to(self.dir.resolve()):
+            from ilf.models import remove_conversions
+
+            # The run's own models are sampled once: their engine conversions (~1 GB each) need not stay.
+            self.close_engine()
+            remove_conversions(model)
 
         def summary():
             results = load_jsonl(ed / "results.jsonl")
