@@ -278,8 +278,8 @@ def report(
 
 @app.command()
 @friendly
+@settings_flags("grid", SweepConfig, prefix="sweep_")  # listed after FINETUNE's own flags in --help
 @settings_flags("train", FinetuneConfig)
-@settings_flags("grid", SweepConfig, prefix="sweep_")
 def finetune(
     data: str = typer.Option(..., help="Pairs JSONL {prompt, completion[, task_id, kind]}, or 'surge' for the authors' annotations."),
     model: str = typer.Option(ModelConfig.base, help="Base model: bundled name, HF dir, .gguf file or hub id."),
