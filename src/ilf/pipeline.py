@@ -482,9 +482,10 @@ class Run:
         cfg = self.cfg.feedback
         wanted = parse_ranges(cfg.tasks)
         if cfg.source == "authors":  # rounds > 1 is refused by config validation
+            trains = "ilf" in self.cfg.eval.methods
             console.print(
                 "[yellow]note[/]: feedback.source = authors: x0 are CodeGen-Mono 6.1B's programs (the paper's "
-                f"annotations), not {self.cfg.model.base}'s own, so this ILF trains off-policy"
+                f"annotations), not {self.cfg.model.base}'s own" + (", so this ILF trains off-policy" if trains else "")
             )
             return self.feedback_annotations()
 
