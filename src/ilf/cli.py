@@ -333,18 +333,9 @@ def _config_tables(path: Optional[Path]) -> tuple[FinetuneConfig, SweepConfig]:
     read by the run config's loader: a bad key or value is one line with the file and line."""
     if path is None:
         return FinetuneConfig(), SweepConfig()
-    import tomllib
+    from ilf.config import build_section, read_toml
 
-    from ilf.config import build_section
-    from ilf.jsonl import read_text
-
-    if not path.exists():
-        raise IlfError(f"{path}: config file not found")
-    text = read_text(path)
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise IlfError(f"{path}: invalid TOML ({e})") from None
+    text, doc = read_toml(path)
     if "finetune" not in doc and "sweep" not in doc:
         return build_section(FinetuneConfig, doc, str(path), text), SweepConfig()
     tables = [(name, doc.get(name, {})) for name in ("finetune", "sweep")]

@@ -409,23 +409,30 @@ def validate(cfg: RunConfig, where: str = "config", text: str = "", overridden: 
     return cfg
 
 
+def read_toml(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """(text, table) of a TOML file; a missing file or invalid TOML is one line naming the file."""
+    from ilf.jsonl import read_text
+
+    p = Path(path)
+    if not p.exists():
+        raise IlfError(f"{p}: config file not found")
+    text = read_text(p)
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise IlfError(f"{p}: invalid TOML ({e})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """DEFAULT, or a TOML file, then command-line overrides; validated."""
     if path is not None and not Path(path).exists() and str(path) in builtin_configs():
         path = builtin_configs()[str(path)]  # `ilf run paper`
     if path is None:
         where, text = str(BUILTIN_DIR / "demo.toml"), DEFAULT_TOML
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise IlfError(f"{p}: config file not found")
-        from ilf.jsonl import read_text
-
-        where, text = str(p), read_text(p)
-    try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise IlfError(f"{where}: invalid TOML ({e})") from None
+    else:
+        where = str(path)
+        text, data = read_toml(path)
     cfg = build_section(RunConfig, data, where, text)
     overridden: set[str] = set()
     if overrides:
@@ -441,13 +448,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig | None:
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         return None
-    from ilf.jsonl import read_text
-
-    text = read_text(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise IlfError(f"{path}: invalid TOML ({e})") from None
+    text, data = read_toml(path)
 
     def known(cls: type, d: dict) -> dict:
         hints = typing.get_type_hints(cls)

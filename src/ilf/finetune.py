@@ -769,8 +769,6 @@ def finetune_command(
     name = engine or default_engine()
     opts = {"weights": weights} if name == "openvino" else {}
     val = load_tasks(val_dataset, data_dir=data_dir, task_ids=sweep_cfg.tasks)
-    if sweep_cfg.max_tasks:
-        val = list(val)[: sweep_cfg.max_tasks]
     best = sweep(
         pairs,
         model,

@@ -394,8 +394,6 @@ class Run:
             return cfg.finetune
         sd = self.dir / "sweep" / method
         val = self.tasks(sw.tasks)
-        if sw.max_tasks:
-            val = TaskSet(dict(list(val.tasks.items())[: sw.max_tasks]), {}, val.source)
         name = self.engine_name()
         opts = {"weights": cfg.model.weights} if name == "openvino" else {}
 

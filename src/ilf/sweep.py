@@ -15,12 +15,13 @@ import json
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ilf.config import FinetuneConfig, SweepConfig
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, write_json, write_jsonl
 from ilf.models import remove_model
+from ilf.tasks import Task, TaskSet
 
 # The paper's grid (Appendix A.1), for users who want all of it: 27 fine-tunings per method.
 PAPER_LEARNING_RATES = (1e-6, 5e-6, 1e-5)
@@ -47,7 +48,7 @@ def sweep(
     pairs: Path,
     base: str,
     sweep_dir: Path,
-    val_tasks,
+    val_tasks: TaskSet | Sequence[Task],
     train: FinetuneConfig,
     sw: SweepConfig,
     *,
@@ -71,7 +72,7 @@ def sweep(
     from ilf.sampling import sample
 
     console = console or Console(stderr=True)
-    val = list(val_tasks)
+    val = list(val_tasks)[: sw.max_tasks or None]  # the first sweep.max_tasks validation tasks
     if not val:
         raise IlfError("sweep: the validation tasks are empty")
     val_ids = {str(t.task_id) for t in val}

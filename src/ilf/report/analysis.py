@@ -519,11 +519,12 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
     counts = _sorted_counts(_count_passes(path))
     if not counts:
         raise IlfError(f"{path}: no results")
-    first: dict = next((rec for _, rec in read_jsonl(path, allow_torn_tail=True)), {})
-    protocol = {k: first.get(k) for k in ("model", "engine", "dataset", "temperature", "top_p", "max_new_tokens", "seed")}
+    first: dict = {}
     statuses: dict[str, int] = {}
     for _, rec in read_jsonl(path, allow_torn_tail=True):
+        first = first or rec
         statuses[str(rec.get("status"))] = statuses.get(str(rec.get("status")), 0) + 1
+    protocol = {k: first.get(k) for k in ("model", "engine", "dataset", "temperature", "top_p", "max_new_tokens", "seed")}
     groups = [("all", counts)]
     if protocol["dataset"] in (None, "mbpp") and all(t.isdigit() for t in counts):
         for name, (lo, hi) in SPLITS.items():
