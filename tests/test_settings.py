@@ -16,6 +16,7 @@ from ilf.config import (
     FeedbackConfig,
     FinetuneConfig,
     ModelConfig,
+    RefineConfig,
     RunConfig,
     SampleConfig,
     SweepConfig,
@@ -33,6 +34,7 @@ STEPS = [
     ("finetune", FinetuneConfig, "finetune", "", ()),
     ("sweep", SweepConfig, "finetune", "sweep_", ("methods",)),
     ("feedback", FeedbackConfig, "feedback", "", ("tasks", "max_tasks", "human_db", "llm_n")),
+    ("refine", RefineConfig, "refine", "", ("max_edit_distance",)),  # the choice of R, not π_Refine's sampling
     ("eval", EvalConfig, "evaluate", "", ("tasks", "n", "temperature", "top_p", "top_k", "max_new_tokens", "methods")),
 ]
 # Flags that take a subset of the key's values, required on the command line: `ilf feedback --source`
@@ -44,6 +46,7 @@ REQUIRED = {
     "finetune": ["--data", "surge", "--output", "{tmp}/ft"],
     "feedback": ["{tmp}/r.jsonl", "--source", "trace"],
     "evaluate": ["{tmp}/s.jsonl"],
+    "refine": ["{tmp}/f.jsonl", "--output", "{tmp}/x1.jsonl"],
 }
 
 

@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from ilf.config import EvalConfig, FeedbackConfig, FinetuneConfig, ModelConfig, SampleConfig, SweepConfig
+from ilf.config import EvalConfig, FeedbackConfig, FinetuneConfig, ModelConfig, RefineConfig, SampleConfig, SweepConfig
 from ilf.errors import IlfError
 from ilf.settings import settings_fields
 
@@ -439,6 +439,46 @@ def feedback_cmd(
         seed=seed,
         reference=fc.llm_reference,
         weights=weights,
+    )
+
+
+@app.command("refine")
+@friendly
+@settings_flags("rf", RefineConfig, exclude=("max_edit_distance",))
+def refine_cmd(
+    feedback: str = typer.Argument(
+        ..., help="Feedback JSONL (`ilf feedback`, a run's r<N>/feedback.jsonl, `ilf annotations export`) or the authors' file."
+    ),
+    output: Path = typer.Option(..., help="Refinement records JSONL (resumes if it exists); EVAL them with `ilf evaluate`."),
+    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | auto (the fastest here)."),
+    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices."),
+    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl (the feedback's tasks)."),
+    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    seed: int = typer.Option(0, help="Seed for the few-shot examples' choice, the shuffled control and sampling."),
+    rf: dict = None,
+):
+    """x1 ~ π_Refine(t, x0, f): sample refinements of failing programs given their feedback.
+
+    Few-shot (--mode fewshot: --shots human triples of MBPP_Refine in front) or a fine-tuned
+    π_Refine (--mode finetune --model DIR, trained with `ilf finetune --data surge --kind refine`).
+    --shuffled-n K also writes Table 2's control to OUTPUT_shuffled.jsonl (each x0 with another
+    task's feedback). Then `ilf evaluate OUTPUT` and `ilf report OUTPUT_results.jsonl`.
+    """
+    from ilf.refine import refine_command
+
+    rc = build_settings(RefineConfig, rf)
+    refine_command(
+        feedback,
+        output,
+        rc,
+        engine=engine,
+        weights=build_settings(ModelConfig, {"weights": weights}).weights,
+        dataset=dataset,
+        data_dir=data_dir,
+        tasks_file=tasks_file,
+        seed=seed,
+        console=err,
     )
 
 

@@ -36,7 +36,7 @@ from ilf.config import TRAINED_METHODS, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
 from ilf.sweep import grid as sweep_grid
-from ilf.tasks import TaskSet, load_tasks, normalize_newlines, parse_ranges
+from ilf.tasks import TaskSet, load_tasks, parse_ranges
 
 console = Console(stderr=True)
 
@@ -170,17 +170,9 @@ class Run:
         return self._authors
 
     def _load_authors(self) -> list[dict[str, Any]]:
-        path = self._authors_path()
-        from ilf.feedback.annotations import load_authors
+        from ilf.feedback.annotations import load_human_triples
 
-        recs = load_authors(path)
-        for r in recs:  # the authors' programs mix CRLF and LF; prompts and EVAL want LF
-            r["program"], r["refinement"], r["feedback"] = (
-                normalize_newlines(r["program"]),
-                normalize_newlines(r["refinement"]),
-                normalize_newlines(r["feedback"]).strip(),
-            )
-        return recs
+        return load_human_triples(self._authors_path())
 
     def engine_name(self, engine: str | None = None) -> str:
         from ilf.generation import default_engine
@@ -565,44 +557,21 @@ class Run:
         self.eval_stage(f"r{r}/eval-refine-shuffled", raw, rd / "refinements_shuffled.jsonl")
 
     def refine_samples(self, feedback: list[dict], refiner: str, out: Path, n: int | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from ilf.refine import refine
 
-        from ilf.extraction import STOP_SEQUENCES
-        from ilf.generation import SamplingParams
-        from ilf.refine import sample_refinements
-
-        cfg = self.cfg.refine
-        examples: list[dict] = []
-        if cfg.mode == "fewshot" and cfg.shots:
-            examples = self.example_annotations()
-        params = SamplingParams(
-            n=n or cfg.n,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
-            max_new_tokens=cfg.max_new_tokens,
+        examples = self.example_annotations() if self.cfg.refine.mode == "fewshot" and self.cfg.refine.shots else []
+        # The engine loads only if something is left to sample.
+        refine(
+            feedback,
+            self.tasks(),
+            lambda: self.engine(refiner),
+            self.cfg.refine,
+            out,
+            examples=examples,
             seed=self.cfg.seed,
-            stop=list(STOP_SEQUENCES) + ["\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:"],
+            n=n,
+            console=console,
         )
-        eng = lambda: self.engine(refiner)  # noqa: E731 (loaded only if something is left to do)
-        from ilf.progress import LogProgress
-
-        with LogProgress(
-            TextColumn("π_Refine"), BarColumn(), MofNCompleteColumn(), TextColumn("(x0, f) pairs"), TimeElapsedColumn(), console=console
-        ) as bar:
-            t = bar.add_task("π_Refine ((x0, f) pairs)", total=len(feedback))
-            sample_refinements(
-                feedback,
-                self.tasks(),
-                eng,
-                params,
-                out,
-                examples=examples,
-                example_tasks=self.tasks(),
-                shots=cfg.shots if cfg.mode == "fewshot" else 0,
-                seed=self.cfg.seed,
-                on_progress=lambda done, total: bar.update(t, completed=done, total=total),
-            )
 
     def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc: FinetuneConfig, seed_offset: int = 0) -> None:
         """FINETUNE seed i of train_seeds trains with finetune.seed + i."""

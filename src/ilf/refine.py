@@ -21,10 +21,14 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ilf.errors import IlfError
 from ilf.jsonl import Appender, load_jsonl
 from ilf.tasks import Task, TaskSet, normalize_newlines, refinement_prompt
+
+if TYPE_CHECKING:
+    from ilf.config import RefineConfig
 
 EXAMPLE_SEPARATOR = "\n\n\n"  # between few-shot triples: blank lines end a program for the extractor
 
@@ -172,6 +176,72 @@ def sample_refinements(
     return recs
 
 
+# The refinement prompt's own headers end a refinement, as well as the extractor's stops.
+REFINE_STOP = ("\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:")
+
+
+def refine_params(cfg: "RefineConfig", seed: int, n: int | None = None):
+    """π_Refine's sampling parameters: [refine]'s n (or `n`), temperature, top_p, top_k, max_new_tokens."""
+    from ilf.extraction import STOP_SEQUENCES
+    from ilf.generation import SamplingParams
+
+    return SamplingParams(
+        n=n or cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=seed,
+        stop=list(STOP_SEQUENCES) + list(REFINE_STOP),
+    )
+
+
+def refine(
+    feedback: Sequence[dict[str, Any]],
+    tasks: TaskSet,
+    engine,
+    cfg: "RefineConfig",
+    output: str | Path,
+    *,
+    examples: Sequence[dict[str, Any]] = (),
+    example_tasks: TaskSet | dict | None = None,
+    seed: int = 0,
+    n: int | None = None,
+    console=None,
+) -> list[dict[str, Any]]:
+    """x1 ~ π_Refine(t, x0, f) for every feedback record, with a progress bar: the one implementation
+    behind `ilf refine` and the pipeline's refine stages. Few-shot (cfg.mode = fewshot) puts cfg.shots
+    of `examples` (human triples of other tasks) in front; a fine-tuned π_Refine gets the bare prompt.
+    `engine` is an engine or a loader called only if something is left to sample (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ilf.progress import LogProgress
+
+    fewshot = cfg.mode == "fewshot" and cfg.shots > 0
+    with LogProgress(
+        TextColumn("π_Refine"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("(x0, f) pairs"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        t = bar.add_task("π_Refine ((x0, f) pairs)", total=len(feedback))
+        return sample_refinements(
+            feedback,
+            tasks,
+            engine,
+            refine_params(cfg, seed, n),
+            output,
+            examples=examples if fewshot else (),
+            example_tasks=example_tasks or tasks,
+            shots=cfg.shots if fewshot else 0,
+            seed=seed,
+            on_progress=lambda done, total: bar.update(t, completed=done, total=total),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Scoring π_Refine (R itself is built by ilf.pairs.ilf_pairs)
 
@@ -196,3 +266,124 @@ def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
         out["num_tasks_solved"] = len({task_of[f] for f, v in groups.items() if any(v)})
     out["per_feedback"] = {fid: {"task_id": task_of[fid], "n": len(v), "c": sum(v)} for fid, v in groups.items()}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# `ilf refine`
+
+
+def read_feedback(path: str | Path, tasks: TaskSet) -> list[dict[str, Any]]:
+    """Feedback records to refine: an ilf feedback JSONL (`ilf feedback`, a run's r<N>/feedback.jsonl,
+    `ilf annotations export`) or the authors' file. One clear error names the file, line and field."""
+    from ilf.feedback.annotations import from_authors_row
+    from ilf.jsonl import read_jsonl, require
+
+    out, seen = [], {}
+    for line, rec in read_jsonl(path):
+        if "Feedback" in rec and "original_model_completion" in rec:  # the authors' file
+            rec = from_authors_row(rec, path, line)
+            rec["program"], rec["feedback"] = normalize_newlines(rec["program"]), normalize_newlines(rec["feedback"]).strip()
+        require(rec, "task_id", (int, str), path, line)
+        for f in ("feedback_id", "program", "feedback"):
+            require(rec, f, str, path, line)
+        try:
+            tasks[rec["task_id"]]
+        except (KeyError, ValueError, TypeError):
+            raise IlfError(f"{path}:{line}: field 'task_id': unknown task {rec['task_id']!r} for this dataset") from None
+        if rec["feedback_id"] in seen:
+            raise IlfError(f"{path}:{line}: field 'feedback_id': {rec['feedback_id']!r} is also on line {seen[rec['feedback_id']]}")
+        seen[rec["feedback_id"]] = line
+        out.append(rec)
+    if not out:
+        raise IlfError(f"{path}: no feedback records")
+    return out
+
+
+def refine_command(
+    feedback_path: str | Path,
+    output: Path,
+    cfg: "RefineConfig",
+    *,
+    engine: str,
+    weights: str,
+    dataset: str = "mbpp",
+    data_dir: str | Path | None = None,
+    tasks_file: str | Path | None = None,
+    seed: int = 0,
+    console=None,
+) -> dict[str, Path]:
+    """`ilf refine`: cfg.n refinements per feedback record into OUTPUT, and with cfg.shuffled_n the
+    Table 2 control (each x0 with another task's feedback) into OUTPUT's `_shuffled` sibling."""
+    from ilf.feedback.annotations import load_human_triples
+    from ilf.generation import default_engine, get_engine
+    from ilf.jsonl import refuse_overwrite
+    from ilf.models import resolve_model
+    from ilf.tasks import load_tasks, parse_ranges
+
+    if cfg.mode == "finetune" and not cfg.model:
+        raise IlfError(
+            "--mode finetune needs --model: a π_Refine fine-tuned on human triples, e.g. "
+            "`ilf finetune --data surge --split refine --kind refine --output refiner`"
+        )
+    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
+    feedback = read_feedback(feedback_path, tasks)
+    output = Path(output)
+    shuffled_out = output.with_name(output.name.removesuffix(".jsonl") + "_shuffled.jsonl")
+    refuse_overwrite(output, feedback_path)
+    refuse_overwrite(shuffled_out, feedback_path)
+    examples, example_tasks = [], None
+    if cfg.mode == "fewshot" and cfg.shots:
+        wanted = parse_ranges(cfg.examples_tasks)
+        examples = [a for a in load_human_triples(_authors_file(data_dir)) if a["task_id"] in wanted]
+        example_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=sorted({a["task_id"] for a in examples}))
+    name = default_engine() if engine in ("", "auto") else engine
+    model = resolve_model(cfg.model or None)  # converts once (with a message) before the engine loads
+    kw = {"weights": weights} if name == "openvino" else {}
+    eng: list = []
+
+    def load():
+        eng.append(get_engine(name, model, **kw))
+        return eng[0]
+
+    written = {"refinements": output}
+    try:
+        recs = refine(
+            feedback,
+            tasks,
+            lambda: eng[0] if eng else load(),
+            cfg,
+            output,
+            examples=examples,
+            example_tasks=example_tasks,
+            seed=seed,
+            console=console,
+        )
+        shuffled = shuffled_feedback(feedback, seed=seed) if cfg.shuffled_n else []
+        if shuffled:
+            refine(
+                shuffled,
+                tasks,
+                lambda: eng[0] if eng else load(),
+                cfg,
+                shuffled_out,
+                examples=examples,
+                example_tasks=example_tasks,
+                seed=seed,
+                n=cfg.shuffled_n,
+                console=console,
+            )
+            written["shuffled"] = shuffled_out
+        elif cfg.shuffled_n and console:
+            console.print("[yellow]warning[/]: the shuffled-feedback control needs feedback on 2+ tasks; skipped")
+    finally:
+        for e in eng:
+            e.close()
+    if console:
+        console.print(f"{len(recs)} refinements of {len(feedback)} (x0, f) pairs -> {output}", highlight=False)
+    return written
+
+
+def _authors_file(data_dir):
+    from ilf.data import locate
+
+    return locate("authors", data_dir)

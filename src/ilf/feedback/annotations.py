@@ -110,6 +110,18 @@ def load_authors(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     return [from_authors_row(row, p, line) for line, row in read_jsonl(p)]
 
 
+def load_human_triples(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The authors' triples as prompts and EVAL want them: LF newlines (their programs mix CRLF and
+    LF), feedback stripped. π_Refine's few-shot examples and the human baselines read these."""
+    from ilf.tasks import normalize_newlines
+
+    recs = load_authors(path)
+    for r in recs:
+        r["program"], r["refinement"] = normalize_newlines(r["program"]), normalize_newlines(r["refinement"])
+        r["feedback"] = normalize_newlines(r["feedback"]).strip()
+    return recs
+
+
 def authors_line(row: Mapping[str, Any]) -> str:
     """One row in the authors' JSON formatting (pandas' to_json: compact, ASCII, `\\/`)."""
     # `/` only occurs inside JSON strings, so escaping it after encoding is safe.

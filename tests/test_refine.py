@@ -1,0 +1,95 @@
+"""`ilf refine`: x1 ~ π_Refine(t, x0, f) from a feedback file, with a real tiny model, the real
+sandbox behind `ilf evaluate`, and the same implementation the pipeline's refine stages call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tiny_models
+
+from ilf.jsonl import load_jsonl
+
+ILF = [sys.executable, "-m", "ilf.cli"]
+TASKS = [601, 602, 603]  # MBPP_Train
+
+
+def _run(args, cwd):
+    return subprocess.run(ILF + args, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _feedback(tasks=TASKS) -> list[dict]:
+    return [
+        {
+            "task_id": t,
+            "feedback_id": f"trace-{t}",
+            "sample_id": 0,
+            "program": f"def f{t}(x):\n    return None\n",
+            "feedback": f"f{t} returns None.",
+        }
+        for t in tasks
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_models.build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp_path, tiny, data_dir):
+    fb = tmp_path / "feedback.jsonl"
+    fb.write_text("".join(json.dumps(r) + "\n" for r in _feedback()))
+    args = ["refine", str(fb), "--output", "x1.jsonl", "--engine", "transformers", "--model", str(tiny), "--n", "2",
+            "--shuffled-n", "1", "--max-new-tokens", "12", "--shots", "1", "--data-dir", str(data_dir)]  # fmt: skip
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    recs = load_jsonl(tmp_path / "x1.jsonl")
+    assert sorted((r["feedback_id"], r["sample_id"]) for r in recs) == sorted((f"trace-{t}", j) for t in TASKS for j in range(2))
+    assert all(r["program"] == r["refinement"] and r["x0_sample_id"] == 0 and 0 <= r["edit_distance"] <= 1 for r in recs)
+    shuffled = load_jsonl(tmp_path / "x1_shuffled.jsonl")
+    assert len(shuffled) == 3 and all(r["feedback_id"].endswith("~shuffled") for r in shuffled)
+
+    before = (tmp_path / "x1.jsonl").read_bytes()
+    proc = _run(args, tmp_path)  # every record is there: nothing is sampled again
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x1.jsonl").read_bytes() == before
+
+    # The records are `ilf evaluate`'s input as they are.
+    proc = _run(["evaluate", "x1.jsonl", "--data-dir", str(data_dir), "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = load_jsonl(tmp_path / "x1_results.jsonl")
+    assert len(results) == 6 and all(r["status"] in ("passed", "failed", "error", "timeout") for r in results)
+
+
+def _one_error_line(proc) -> str:
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"task_id": 602, "feedback_id": "b", "program": "x = 1\n"}, "fb.jsonl:2: missing field 'feedback'"),
+        ({"task_id": 99999, "feedback_id": "b", "program": "x = 1\n", "feedback": "no"}, "fb.jsonl:2: field 'task_id': unknown task"),
+        ({"task_id": 602, "feedback_id": "trace-601", "program": "x\n", "feedback": "no"}, "fb.jsonl:2: field 'feedback_id'"),
+    ],
+)
+def test_a_bad_feedback_record_is_one_line_and_nothing_written(tmp_path, data_dir, record, expected):
+    fb = tmp_path / "fb.jsonl"
+    fb.write_text(json.dumps(_feedback([601])[0]) + "\n" + json.dumps(record) + "\n")
+    line = _one_error_line(_run(["refine", "fb.jsonl", "--output", "x1.jsonl", "--data-dir", str(data_dir)], tmp_path))
+    assert expected in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.jsonl"]
+
+
+def test_a_finetuned_refiner_must_be_named(tmp_path, data_dir):
+    fb = tmp_path / "fb.jsonl"
+    fb.write_text(json.dumps(_feedback([601])[0]) + "\n")
+    line = _one_error_line(
+        _run(["refine", "fb.jsonl", "--output", "x1.jsonl", "--mode", "finetune", "--data-dir", str(data_dir)], tmp_path)
+    )
+    assert "--mode finetune needs --model" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.jsonl"]
