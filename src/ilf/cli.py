@@ -487,11 +487,38 @@ def refine_cmd(
 def feedback_stats_cmd(
     files: List[str] = typer.Argument(..., help="Feedback JSONL files (any source) or the authors' surge_annotations.jsonl."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    bugs: Optional[str] = typer.Option(None, help="Tag file of `ilf feedback-bugs`: adds Table 5 (bug categories) and bugs per feedback."),
+    refinements: List[str] = typer.Option(
+        [], help="With --bugs: π_Refine's refinement results (feedback_id, passed), for Figure 5 (bugs vs pass rate)."
+    ),
+    figure: Optional[str] = typer.Option(None, help="With --bugs and --refinements: write Figure 5 as this PNG."),
 ):
-    """Words per feedback, share with code lines, refinement edit distance, per source (Table 6 analog)."""
+    """Words per feedback, share with code lines, refinement edit distance, per source (Table 6 analog);
+    with --bugs, the bugs each feedback addresses (Table 5) and with --refinements, Figure 5."""
     from ilf.feedback import commands
 
-    commands.feedback_stats(files, as_json)
+    commands.feedback_stats(files, as_json, bugs=bugs, refinements=refinements, figure=figure)
+
+
+@app.command("feedback-bugs")
+@friendly
+def feedback_bugs_cmd(
+    files: List[str] = typer.Argument(..., help="Feedback JSONL files (any source) or the authors' surge_annotations.jsonl."),
+    output: str = typer.Option(..., help="Tag JSONL: one record per feedback (resumes if it exists)."),
+    model: str = typer.Option("qwen2.5-coder-1.5b-instruct", help="The LLM that applies the rubric (greedy)."),
+    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | auto (the fastest here)."),
+    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices."),
+    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl (the feedback's tasks)."),
+    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+):
+    """Tag each feedback with the bugs it addresses and their kinds (the paper's Table 5 categories),
+    by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes."""
+    from ilf.feedback import commands
+
+    commands.feedback_bugs(
+        files, output, model=model, engine=engine, weights=weights, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file
+    )
 
 
 annotations_app = typer.Typer(help="Import/export annotation files into/from a feedback store.", no_args_is_help=True)

@@ -203,20 +203,129 @@ def feedback(
     return out
 
 
-def feedback_stats(files: Sequence[str], as_json: bool) -> None:
+def feedback_stats(
+    files: Sequence[str],
+    as_json: bool,
+    bugs: str | None = None,
+    refinements: Sequence[str] = (),
+    figure: str | None = None,
+) -> None:
+    """Table 6 per source; with a tag file of `ilf feedback-bugs`, Table 5 (category shares) and
+    the mean bugs addressed; with π_Refine's refinement results too, Figure 5 (bugs vs pass rate)."""
     import json
 
     from ilf.feedback.stats import feedback_stats as compute
     from ilf.feedback.stats import load_feedback_file, stats_json, stats_table
+    from ilf.jsonl import load_jsonl
 
     recs = []
     for f in files:
         recs.extend(load_feedback_file(f))
     stats = compute(recs)
+    out: dict[str, Any] = {"sources": stats_json(stats)}
+    if (refinements or figure) and not bugs:
+        raise IlfError("--refinements and --figure need --bugs (a tag file of `ilf feedback-bugs`)")
+    if bugs:
+        from ilf.feedback.bugs import bugs_vs_pass_rate, category_shares
+
+        ids = {str(r.get("feedback_id")) for r in recs}
+        tags = [t for t in load_jsonl(bugs) if str(t["feedback_id"]) in ids]
+        if not tags:
+            raise IlfError(f"{bugs}: no tags for the feedback of {', '.join(files)} (tag them with `ilf feedback-bugs`)")
+        out["bugs"] = category_shares(tags)
+        if refinements:
+            results = [r for f in refinements for r in load_jsonl(f)]
+            out["bugs_vs_pass_rate"] = bugs_vs_pass_rate(tags, results)
+            if figure:
+                from ilf.report.figures import plot_bugs_vs_pass
+
+                plot_bugs_vs_pass(out["bugs_vs_pass_rate"], Path(figure), "π_Refine pass rate by bugs in the feedback")
+        elif figure:
+            raise IlfError("--figure needs --refinements (π_Refine's refinement results, with feedback_id and passed)")
     if as_json:
-        print(json.dumps(stats_json(stats), indent=2))
-    else:
-        Console().print(stats_table(stats))
+        print(json.dumps(out if bugs else out["sources"], indent=2))
+        return
+    Console().print(stats_table(stats))
+    if bugs:
+        from rich.table import Table
+
+        from ilf.feedback.bugs import CATEGORIES
+
+        t = Table(title="Share of feedback addressing each kind of bug (Table 5 analog; LLM-applied rubric)")
+        t.add_column("category")
+        for src in out["bugs"]:
+            t.add_column(f"{src} (n={out['bugs'][src]['n']})", justify="right")
+        for c in CATEGORIES + ("other",):
+            t.add_row(c, *(f"{100 * v['shares'][c]:.0f}%" for v in out["bugs"].values()))
+        t.add_row("bugs addressed (mean)", *(f"{v['bugs_mean']:.2f}" for v in out["bugs"].values()))
+        Console().print(t)
+        if out.get("bugs_vs_pass_rate"):
+            t = Table(title="π_Refine pass rate by bugs addressed (Figure 5 analog)")
+            for col in ("bugs", "feedback", "pass rate", "95% CI"):
+                t.add_column(col, justify="right")
+            for r in out["bugs_vs_pass_rate"]:
+                t.add_row(
+                    "5+" if r["bugs"] == 5 else str(r["bugs"]),
+                    str(r["feedback"]),
+                    f"{100 * r['value']:.1f}%",
+                    f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]",
+                )
+            Console().print(t)
+            if figure:
+                Console().print(f"figure -> {figure}")
+
+
+def feedback_bugs(
+    files: Sequence[str],
+    output: str,
+    *,
+    model: str,
+    engine: str | None,
+    weights: str | None,
+    dataset: str,
+    data_dir: str | None,
+    tasks_file: str | None,
+) -> Path:
+    """`ilf feedback-bugs`: tag each feedback with the bugs it addresses (ilf.feedback.bugs)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from ilf.feedback.bugs import tag_feedback
+    from ilf.generation import default_engine, get_engine
+    from ilf.jsonl import refuse_overwrite
+    from ilf.models import resolve_model
+    from ilf.progress import LogProgress
+    from ilf.refine import read_feedback
+    from ilf.tasks import load_tasks
+
+    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
+    recs, seen = [], {}
+    for f in files:
+        for r in read_feedback(f, tasks):
+            if r["feedback_id"] in seen:
+                raise IlfError(f"{f}: feedback_id {r['feedback_id']!r} is also in {seen[r['feedback_id']]}")
+            seen[r["feedback_id"]] = f
+            recs.append(r)
+    refuse_overwrite(output, *files)
+    name = default_engine() if engine in (None, "", "auto") else engine
+    resolved = resolve_model(model)
+    kw = {"weights": weights} if name == "openvino" and weights else {}
+    eng: list = []
+
+    def load():
+        eng.append(get_engine(name, resolved, **kw))
+        return eng[0]
+
+    try:
+        with LogProgress(TextColumn("bug tags"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+            t = bar.add_task("bug tags (feedback)", total=len(recs))
+            tags = tag_feedback(
+                recs, tasks, load, output, model_name=resolved.name, progress=lambda done, total: bar.update(t, completed=done, total=total)
+            )
+    finally:
+        for e in eng:
+            e.close()
+    console.print(f"{len(tags)} feedback tagged -> {output}", highlight=False)
+    return Path(output)
 
 
 def annotations_import(file: str, db: str) -> None:

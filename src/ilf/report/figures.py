@@ -168,3 +168,23 @@ def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def plot_bugs_vs_pass(rows: list[dict], path: Path, title: str) -> Path:
+    """Figure 5: bugs the feedback addresses against π_Refine's mean pass rate, 95% CI bars, with
+    the number of feedback texts per point."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    xs = [r["bugs"] for r in rows]
+    ys = [100 * r["value"] for r in rows]
+    err = [[100 * (r["value"] - r["lo"]) for r in rows], [100 * (r["hi"] - r["value"]) for r in rows]]
+    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
+    for x, y, r in zip(xs, ys, rows):
+        ax.annotate(f"n={r['feedback']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.set_xticks(xs, [("5+" if x == 5 else str(x)) for x in xs])
+    ax.set_xlabel("bugs addressed in the feedback")
+    ax.set_ylabel("π_Refine pass rate (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

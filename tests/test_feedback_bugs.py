@@ -1,0 +1,115 @@
+"""Bug tags of feedback (Tables 5-6, Figure 5 analogs): the rubric's parsing, the summaries, and
+`ilf feedback-bugs` / `ilf feedback-stats --bugs` end to end with a real tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tiny_models
+
+from ilf.feedback.bugs import RUBRIC_VERSION, bugs_vs_pass_rate, category_shares, parse_tags, rubric_prompt
+from ilf.jsonl import load_jsonl
+
+ILF = [sys.executable, "-m", "ilf.cli"]
+
+
+def _run(args, cwd):
+    return subprocess.run(ILF + args, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_parse_tags_counts_bugs_not_verdicts():
+    t = parse_tags("- Logic error: wrong loop bound\n- formatting: returns a list\n* regex: bad pattern\nsome prose\n- Unrelated")
+    assert t == {"categories": ["logic", "formatting", "regex", "unrelated"], "bugs": 3}
+    assert parse_tags("- no feedback needed") == {"categories": ["no feedback needed"], "bugs": 0}
+    assert parse_tags("- misc: ???\n- algebra") == {"categories": ["other", "algebra"], "bugs": 1}
+    assert parse_tags("- logic: x\n" * 50)["bugs"] == 10  # a looping model is cut
+
+
+def test_rubric_prompt_ends_where_the_model_lists_bugs():
+    p = rubric_prompt("Add two numbers.", "def add(a, b):\n    return a - b\n", "It subtracts\ninstead of adding.")
+    assert p.endswith("FEEDBACK: It subtracts instead of adding.\nBUGS:\n")
+    assert p.count("BUGS:\n") == 4  # three hand-written examples, then the query
+
+
+def test_summaries_per_source_and_by_bug_count():
+    tags = [
+        {"feedback_id": "a", "source": "authors", "categories": ["logic", "formatting"], "bugs": 2},
+        {"feedback_id": "b", "source": "authors", "categories": ["logic"], "bugs": 1},
+        {"feedback_id": "c", "source": "llm", "categories": ["no feedback needed"], "bugs": 0},
+    ]
+    s = category_shares(tags)
+    assert s["authors"]["n"] == 2 and s["authors"]["bugs_mean"] == 1.5
+    assert s["authors"]["shares"]["logic"] == 1.0 and s["authors"]["shares"]["formatting"] == 0.5
+    assert s["llm"]["shares"]["no feedback needed"] == 1.0
+    results = [{"feedback_id": "a", "passed": p} for p in (True, False, False, False)] + [
+        {"feedback_id": "b", "passed": p} for p in (True, True)
+    ]
+    rows = bugs_vs_pass_rate(tags, results, resamples=200)
+    assert [(r["bugs"], r["feedback"], r["value"]) for r in rows] == [(1, 1, 1.0), (2, 1, 0.25)]  # c has no refinements
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_models.build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+def test_feedback_bugs_tags_every_feedback_resumes_and_feeds_feedback_stats(tmp_path, tiny, data_dir):
+    fb = [
+        {
+            "task_id": t,
+            "feedback_id": f"trace-{t}",
+            "program": f"def f{t}(x):\n    return None\n",
+            "feedback": "Returns None.",
+            "source": "trace",
+        }
+        for t in (601, 602, 603)
+    ]
+    (tmp_path / "fb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in fb))
+    args = [
+        "feedback-bugs",
+        "fb.jsonl",
+        "--output",
+        "tags.jsonl",
+        "--model",
+        str(tiny),
+        "--engine",
+        "transformers",
+        "--data-dir",
+        str(data_dir),
+    ]
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tags = load_jsonl(tmp_path / "tags.jsonl")
+    assert [t["feedback_id"] for t in tags] == [r["feedback_id"] for r in fb]
+    for t in tags:  # whatever the tiny model wrote, the record is its parse
+        assert t["rubric"] == RUBRIC_VERSION and t["source"] == "trace"
+        assert {k: t[k] for k in ("categories", "bugs")} == parse_tags(t["tags_text"])
+    before = (tmp_path / "tags.jsonl").read_bytes()
+    assert _run(args, tmp_path).returncode == 0
+    assert (tmp_path / "tags.jsonl").read_bytes() == before  # resumed: nothing tagged twice
+
+    # Hand-set tags (the tiny model's are gibberish) and refinement results give Table 5 and Figure 5.
+    hand = [dict(t, categories=["logic"] * (i + 1), bugs=i + 1) for i, t in enumerate(tags)]
+    (tmp_path / "tags.jsonl").write_text("".join(json.dumps(t) + "\n" for t in hand))
+    res = [{"feedback_id": f"trace-{t}", "passed": p} for t, p in ((601, True), (601, True), (602, True), (602, False), (603, False))]
+    (tmp_path / "x1_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res))
+    proc = _run(
+        ["feedback-stats", "fb.jsonl", "--bugs", "tags.jsonl", "--refinements", "x1_results.jsonl", "--figure", "fig5.png", "--json"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["bugs"]["trace"]["bugs_mean"] == 2.0
+    assert [(r["bugs"], r["value"]) for r in out["bugs_vs_pass_rate"]] == [(1, 1.0), (2, 0.5), (3, 0.0)]
+    assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure_without_tags_is_one_line(tmp_path):
+    (tmp_path / "fb.jsonl").write_text(json.dumps({"task_id": 601, "feedback_id": "a", "program": "x", "feedback": "y"}) + "\n")
+    proc = _run(["feedback-stats", "fb.jsonl", "--figure", "f.png"], tmp_path)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--figure need --bugs" in lines[0], proc.stderr
+    assert not (tmp_path / "f.png").exists()
