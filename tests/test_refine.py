@@ -93,3 +93,18 @@ def test_a_finetuned_refiner_must_be_named(tmp_path, data_dir):
     )
     assert "--mode finetune needs --model" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.jsonl"]
+
+
+def test_the_authors_file_is_feedback_as_it_is_and_tasks_select(tmp_path, data_dir):
+    from ilf.data import locate
+    from ilf.refine import read_feedback
+    from ilf.tasks import load_tasks, parse_ranges
+
+    recs = read_feedback(locate("authors", data_dir), load_tasks("mbpp", data_dir=data_dir))
+    assert len(recs) == 195 and all("\r" not in r["program"] and r["feedback_id"] == f"authors-{r['task_id']}" for r in recs)
+    assert sum(r["task_id"] in parse_ranges("train") for r in recs) == 128  # the paper's Table 3 tasks
+    fb = tmp_path / "fb.jsonl"
+    fb.write_text(json.dumps(_feedback([601])[0]) + "\n")
+    line = _one_error_line(_run(["refine", "fb.jsonl", "--output", "x1.jsonl", "--tasks", "11-20", "--data-dir", str(data_dir)], tmp_path))
+    assert "no feedback on tasks 11-20" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.jsonl"]

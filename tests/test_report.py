@@ -595,3 +595,32 @@ def test_a_results_file_reports_pass_rates_per_mbpp_split(tmp_path):
     assert rows["train"]["metrics"]["one_plus_correct"]["value"] == pytest.approx(2 / 3)
     md = (out / "report.md").read_text()
     assert "| train (311-313) | 3 | 4 | 41.7 [" in md and "1 (33.3%)" in md
+
+
+def test_results_files_compare_against_the_first_paired_over_common_tasks(tmp_path):
+    """`ilf report A.jsonl B.jsonl` (before/after ILF, few-shot vs fine-tuned π_Refine): each file's
+    pass rates and its paired difference from the first over the tasks both have."""
+
+    def write(name, table):
+        recs = [
+            {"task_id": t, "sample_id": j, "passed": bool(p), "status": "passed" if p else "failed", "model": name, "temperature": 0.8}
+            for t, passes in table
+            for j, p in enumerate(passes)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(tmp_path / f"{name}.jsonl")
+
+    a = write("before", [(11, [0, 0]), (12, [1, 0]), (13, [0, 0])])
+    b = write("after", [(11, [1, 1]), (12, [1, 0]), (14, [1, 1])])  # 13 missing, 14 new: compared on 11 and 12
+    r = subprocess.run([sys.executable, "-m", "ilf.cli", "report", a, b, "--output", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    before, after = rep["rows"]
+    assert before["delta"] is None and before["metrics"]["pass@1"]["value"] == pytest.approx(0.5 / 3)
+    d = after["delta"]
+    assert d["num_common_tasks"] == 2 and d["metrics"]["pass@1"]["value"] == pytest.approx(((1 - 0) + (0.5 - 0.5)) / 2)
+    assert d["metrics"]["pass@1"]["lo"] <= 0.5 <= d["metrics"]["pass@1"]["hi"]
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| after | after |" in md and "+50.0 [" in md
+    mixed = subprocess.run([sys.executable, "-m", "ilf.cli", "report", a, str(tmp_path)], capture_output=True, text=True)
+    assert mixed.returncode == 2 and "not both" in mixed.stderr

@@ -252,7 +252,9 @@ def _print_run_summary(report_json: Path) -> None:
 @app.command()
 @friendly
 def report(
-    run_dirs: List[Path] = typer.Argument(..., help="One run directory, or several to compare side by side."),
+    run_dirs: List[Path] = typer.Argument(
+        ..., help="One run directory, or several to compare side by side; or results files of `ilf evaluate` (several: each vs the first)."
+    ),
     output: Optional[Path] = typer.Option(
         None, help="Output directory (default: RUN_DIR/report; several runs: compare-A-vs-B beside the first)."
     ),
@@ -264,8 +266,15 @@ def report(
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
     from ilf import report as rep
 
+    files = [p for p in run_dirs if not p.is_dir()]
+    if files and len(files) < len(run_dirs):
+        raise IlfError("ilf report: give run directories or results files, not both")
     if len(run_dirs) == 1 and output is None:
         path = rep.write_report(run_dirs[0], resamples=bootstrap, seed=seed)
+    elif files and len(files) == 1:
+        path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed)
+    elif files:
+        path = rep.compare_results(files, output, resamples=bootstrap, seed=seed)
     else:
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
     err.print(f"[bold green]report[/]: [bold]{path}[/]")
@@ -455,6 +464,7 @@ def refine_cmd(
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl (the feedback's tasks)."),
     data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    tasks: Optional[str] = typer.Option(None, help="Only the feedback on these tasks: MBPP split or id ranges (e.g. train, 311-400)."),
     seed: int = typer.Option(0, help="Seed for the few-shot examples' choice, the shuffled control and sampling."),
     rf: dict = None,
 ):
@@ -477,6 +487,7 @@ def refine_cmd(
         dataset=dataset,
         data_dir=data_dir,
         tasks_file=tasks_file,
+        only_tasks=tasks,
         seed=seed,
         console=err,
     )

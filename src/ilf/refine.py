@@ -309,6 +309,7 @@ def refine_command(
     dataset: str = "mbpp",
     data_dir: str | Path | None = None,
     tasks_file: str | Path | None = None,
+    only_tasks: str | None = None,
     seed: int = 0,
     console=None,
 ) -> dict[str, Path]:
@@ -327,6 +328,11 @@ def refine_command(
         )
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
     feedback = read_feedback(feedback_path, tasks)
+    if only_tasks:
+        wanted = parse_ranges(only_tasks)
+        feedback = [f for f in feedback if f["task_id"] in wanted]
+        if not feedback:
+            raise IlfError(f"{feedback_path}: no feedback on tasks {only_tasks}")
     output = Path(output)
     shuffled_out = output.with_name(output.name.removesuffix(".jsonl") + "_shuffled.jsonl")
     refuse_overwrite(output, feedback_path)

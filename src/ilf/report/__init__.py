@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 
 from ilf.errors import IlfError
 from ilf.jsonl import write_json
-from ilf.report.analysis import analyze_results, analyze_run, compress_ids
+from ilf.report.analysis import analyze_results, analyze_run, compare_results_analyses, compress_ids
 from ilf.report.figures import plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
-from ilf.report.markdown import pct, render_markdown, render_results
+from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
 from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
 
@@ -137,3 +137,27 @@ def write_results_report(
         figs["pass_curve"] = plot_pass_curve(rows, out / "pass_at_k_curve.png", f"pass@k by k ({name})").name
     write_json(out / "report.json", {"figures": figs, **a})
     return _write_text(out / "report.md", render_results(a, figs, f"Pass rates: {name}"))
+
+
+def compare_results(
+    results: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike | None = None,
+    resamples: Optional[int] = None,
+    seed: Optional[int] = None,
+) -> Path:
+    """report.md (+ report.json, pass@k curves) of several `ilf evaluate` results files, each
+    against the first, paired over common tasks (before/after ILF, few-shot vs fine-tuned π_Refine,
+    related vs shuffled feedback). Default OUTPUT_DIR: compare-<names> beside the first."""
+    analyses = [analyze_results(r, resamples, seed) for r in results]
+    names = [Path(r).name.removesuffix(".gz").removesuffix(".jsonl") for r in results]
+    labels = names if len(set(names)) == len(names) else [str(Path(r)) for r in results]
+    b = analyses[0]["bootstrap"]
+    rows = compare_results_analyses(analyses, b["resamples"], b["seed"])
+    out = Path(output_dir) if output_dir else Path(results[0]).resolve().parent / ("compare-" + "-vs-".join(names))[:120]
+    out.mkdir(parents=True, exist_ok=True)
+    figs = {}
+    curves = [(label, r) for label, r in zip(labels, rows) if r["pass_curve"]]
+    if curves:
+        figs["pass_curve"] = plot_pass_curve(curves, out / "pass_at_k_curve.png", "pass@k by k").name
+    write_json(out / "report.json", {"figures": figs, "labels": labels, "bootstrap": b, "rows": rows})
+    return _write_text(out / "report.md", render_results_comparison(labels, rows, b, figs, "Results compared: " + ", ".join(labels)))

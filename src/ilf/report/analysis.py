@@ -557,3 +557,36 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
         "per_task": {t: {"n": n, "c": c} for t, (n, c) in counts.items()},
     }
+
+
+def compare_results_analyses(analyses: list[dict], resamples: int, seed: int) -> list[dict]:
+    """Each results file's all-task metrics, and its difference from the first file's (paired
+    bootstrap over the tasks both have): before/after comparisons of `ilf evaluate` outputs."""
+    base = analyses[0]["per_task"]
+    rows = []
+    for i, a in enumerate(analyses):
+        allrow = a["splits"][0]
+        row = {
+            "results": a["results"],
+            "protocol": a["protocol"],
+            "num_tasks": allrow["num_tasks"],
+            "n_min": allrow["n_min"],
+            "n_max": allrow["n_max"],
+            "metrics": allrow["metrics"],
+            "pass_curve": allrow["pass_curve"],
+            "delta": None,
+        }
+        if i:
+            common = [t for t in a["per_task"] if t in base]
+            if common:
+                idx = bootstrap_indices(len(common), resamples, seed)
+                deltas = {}
+                for name in allrow["metrics"]:
+                    if name not in analyses[0]["splits"][0]["metrics"]:
+                        continue
+                    x = per_task_values({t: (a["per_task"][t]["n"], a["per_task"][t]["c"]) for t in common}, name)
+                    y = per_task_values({t: (base[t]["n"], base[t]["c"]) for t in common}, name)
+                    deltas[name] = estimate(x - y, resamples, seed, indices=idx)
+                row["delta"] = {"num_common_tasks": len(common), "metrics": deltas}
+        rows.append(row)
+    return rows
