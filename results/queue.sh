@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 12's experiments that build on the CPU-scale replication (runs/cpu), one heavy job at a
+# time, each with ilf's own commands. Every step resumes or is skipped when its output exists, so
+# the script can be killed and started again (also in another session, after unpacking runs/cpu).
+#
+#   nohup bash results/queue.sh > runs/queue.log 2>&1 &
+#
+# Outputs go to runs/paper/<experiment>/; each experiment's report is written with `ilf report` or
+# `ilf feedback-stats` and then published under results/<experiment>/ with its README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ILF=.venv/bin/ilf
+CPU=runs/cpu
+OUT=runs/paper
+LLM=qwen2.5-coder-1.5b-instruct
+AUTHORS=$(.venv/bin/python -c "from ilf.data import locate; print(locate('authors'))")
+mkdir -p "$OUT"
+step() { echo "[queue $(date -u +%H:%M:%S)] $*"; }
+evaluate() { [ -f "${1%.jsonl}_results.jsonl" ] || $ILF evaluate "$1" "${@:2}"; }
+
+# Table 2, LLM row: the 1.5B writes feedback (1 human example) on π_θ's unsolved x0 of the
+# replication; few-shot π_Refine (the 0.5B, 2 human triples) refines with it and with shuffled feedback.
+step "table2-llm"
+D=$OUT/table2-llm
+mkdir -p $D
+[ -f $D/feedback.jsonl ] || $ILF feedback $CPU/r1/results.jsonl --source llm --llm-model $LLM --output $D/feedback.jsonl
+$ILF refine $D/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
+evaluate $D/x1.jsonl && evaluate $D/x1_shuffled.jsonl
+$ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
+
+# Table 3: π_Refine fine-tuned on the 44 MBPP_Refine triples ([refine_finetune]'s defaults), on
+# the paper's tasks (the authors' 128 MBPP_Train annotations) and on π_θ's own failures with trace
+# feedback; the few-shot π_Refine beside it comes from results/table2-authors and runs/cpu.
+step "table3"
+D=$OUT/table3
+mkdir -p $D
+[ -f $D/refiner/config.json ] || $ILF finetune --data surge --split refine --kind refine --output $D/refiner \
+  --learning-rate 5e-6 --batch-size 32 --epochs 2 --max-length 1024
+$ILF refine "$AUTHORS" --tasks train --mode finetune --model $D/refiner --output $D/x1_authors.jsonl --n 10
+$ILF refine $CPU/r1/feedback.jsonl --mode finetune --model $D/refiner --output $D/x1_trace.jsonl --n 10
+evaluate $D/x1_authors.jsonl && evaluate $D/x1_trace.jsonl
+$ILF report results/table2-authors/run/r1/refinements.jsonl.gz $D/x1_authors_results.jsonl --output $D/report-authors
+$ILF report $CPU/r1/refinements.jsonl $D/x1_trace_results.jsonl --output $D/report-trace
+
+# Figure 5, Tables 5-6: the 1.5B tags every feedback with the bugs it addresses; Figure 5 pairs the
+# authors' MBPP_Train feedback with the few-shot π_Refine's refinements of results/table2-authors.
+step "bugs"
+D=$OUT/bugs
+mkdir -p $D
+$ILF feedback-bugs "$AUTHORS" $OUT/table2-llm/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
+$ILF feedback-stats "$AUTHORS" $OUT/table2-llm/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
+$ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2-authors/run/r1/refinements.jsonl.gz \
+  --figure $D/figure5.png --json > $D/figure5.json
+
+# HumanEval(+) before and after ILF (does the gain transfer, or does the model forget?): zero-shot
+# and the three ILF seeds of the replication, 10 samples per task at T = 0.8.
+step "humaneval"
+D=$OUT/humaneval
+mkdir -p $D
+for m in zero-shot ilf ilf@s1 ilf@s2; do
+  case $m in zero-shot) model=qwen2.5-coder-0.5b-instruct ;; ilf) model=$CPU/r1/model ;; *) model=$CPU/r1/model@${m#ilf@} ;; esac
+  $ILF sample --dataset humaneval --model "$model" --n 10 --temperature 0.8 --max-new-tokens 512 --output $D/$m.jsonl
+  evaluate $D/$m.jsonl --dataset humanevalplus
+done
+$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
+
+# Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
+step "table1"
+D=$OUT/table1
+mkdir -p $D
+$ILF sample --split all --n 10 --temperature 0.8 --output $D/samples.jsonl
+evaluate $D/samples.jsonl
+$ILF report $D/samples_results.jsonl --output $D/report
+step "done"
