@@ -18,7 +18,7 @@ import numpy as np
 
 from ilf import judge, sandbox
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, read_jsonl, refuse_overwrite, write_jsonl
+from ilf.jsonl import Appender, check_writable, read_jsonl, refuse_overwrite, write_jsonl
 from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id
 
 DEFAULT_KS = (1, 10, 100)
@@ -322,6 +322,7 @@ def evaluate_file(
     from ilf.data import local_copies
 
     refuse_overwrite(out_path, samples, tasks_file, *local_copies(data_dir))
+    check_writable(out_path)  # before the time-limit calibration and the judging, not after
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
     records = load_samples(samples, tasks, dataset)
     oracles = None

@@ -149,6 +149,25 @@ def dumps(rec: dict[str, Any]) -> str:
     return json.dumps(rec, ensure_ascii=False)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """One clear error now, before any long work, if `path` cannot be written: a probe file is
+    created and removed in its directory, or in the nearest existing one (nothing is left behind)."""
+    path = Path(path)
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        if not where.is_dir():
+            raise NotADirectoryError(20, f"{where} is not a directory")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise IlfError(f"{path}: cannot write here ({e.strerror or e})") from None
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, encoding: str = "utf-8", newline: str | None = None):
     """Open a temp file beside `path` for writing; on success it replaces `path` (fsynced), on any
