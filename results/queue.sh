@@ -64,6 +64,23 @@ for m in zero-shot ilf ilf@s1 ilf@s2; do
 done
 $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
 
+# Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline holds the
+# 1.5B's passing refinements of π_θ's unsolved x0; FINETUNE on random subsets of K of them (seed
+# 0, the llm-1shot sweep's learning rate), sample MBPP_Test; ILF's 12 pairs are the point to beat.
+step "figure4"
+D=$OUT/figure4
+mkdir -p $D
+PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
+LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
+for K in 6 12 24 0; do  # 0 = all of them
+  [ -f $D/k$K/config.json ] || $ILF finetune --data $PAIRS --max-pairs $K --learning-rate $LR --batch-size 8 --epochs 2 \
+    --max-length 768 --output $D/k$K
+  $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
+  evaluate $D/k$K.jsonl
+done
+$ILF report $CPU/eval/zero-shot/results.jsonl $CPU/eval/ilf/results.jsonl $D/k6_results.jsonl $D/k12_results.jsonl \
+  $D/k24_results.jsonl $D/k0_results.jsonl --output $D/report
+
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
 step "table1"
 D=$OUT/table1

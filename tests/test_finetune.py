@@ -125,6 +125,21 @@ def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
         finetune(pairs[:2], tiny, out, cfg)
 
 
+def test_max_pairs_trains_on_a_seeded_subset(tiny, tmp_path):
+    """Training-set size ablations (Figure 4): max_pairs keeps a random subset chosen with the seed,
+    the same on a rerun, another with another seed; the model's metadata says which."""
+    pairs = [{"prompt": p, "completion": c, "task_id": i, "kind": "program"} for i, (p, c) in enumerate(MEMO)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    chosen = []
+    for seed in (0, 0, 1, 2, 3):
+        cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, threads=1, max_pairs=2, seed=seed, report_to="none")
+        out = finetune(data, tiny, tmp_path / f"out{seed}", cfg, overwrite=True)
+        meta = json.loads((out / META_FILE).read_text())
+        assert meta["data"]["num_pairs"] == 2 and meta["config"]["max_pairs"] == 2
+        chosen.append(meta["data"]["fingerprint"])
+    assert chosen[0] == chosen[1] and len(set(chosen)) > 1
+
+
 def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
     cfg = FinetuneConfig(

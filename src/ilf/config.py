@@ -153,6 +153,8 @@ class FinetuneConfig:
     # bf16 would round away updates of lr 5e-6 (relative precision 2^-8).
     save_dtype: str = setting("float32", "dtype of the saved weights.", choices=("float32", "bfloat16", "float16"))
     max_steps: int = setting(-1, "Stop after this many optimizer steps (-1 = epochs decide).", ge=-1)
+    # Training-set size ablations (the paper's Figure 4) from one pairs file.
+    max_pairs: int = setting(0, "Train on a random subset of this many pairs, chosen with seed (0 = all).", ge=0)
     eval_steps: int = setting(0, "With held-out pairs: optimizer steps between evaluations (0 = each epoch).", ge=0)
 
     def __post_init__(self):

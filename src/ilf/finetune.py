@@ -428,6 +428,11 @@ def finetune(
     cfg.validate()
     output_dir = Path(output_dir)
     data_list = load_pairs(pairs)
+    if cfg.max_pairs and cfg.max_pairs < len(data_list):
+        import random
+
+        keep = sorted(random.Random(f"{cfg.seed}:pairs").sample(range(len(data_list)), cfg.max_pairs))
+        data_list = [data_list[i] for i in keep]
     data_fp = fingerprint(data_list)
     eval_list = load_pairs(eval_pairs) if eval_pairs is not None else []
     ident = _identity(cfg, data_fp, str(model))
