@@ -742,20 +742,36 @@ class Run:
             }
             for a in ann
         ]
-        recs = write_llm_feedback(
-            x0,
-            self.tasks(),
-            lambda: self.engine(llm, cfg.feedback.llm_engine or None),
-            bd / "feedback.jsonl",
-            k_shot=shots,
-            with_refinement=True,
-            examples=self.example_annotations(),
-            seed=cfg.seed,
-            n=cfg.feedback.llm_n or cfg.refine.n,
-            temperature=cfg.refine.temperature,
-            top_p=cfg.refine.top_p,
-            model_name=str(llm),
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from ilf.progress import LogProgress
+
+        # A chunk of x0 at a time (feedback, then refinement): the bar moves per chunk.
+        with LogProgress(
+            TextColumn(f"{method}: LLM feedback + refinement"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("x0"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            t = bar.add_task(f"{method} (x0)", total=len(x0))
+            recs = write_llm_feedback(
+                x0,
+                self.tasks(),
+                lambda: self.engine(llm, cfg.feedback.llm_engine or None),
+                bd / "feedback.jsonl",
+                k_shot=shots,
+                with_refinement=True,
+                examples=self.example_annotations(),
+                seed=cfg.seed,
+                n=cfg.feedback.llm_n or cfg.refine.n,
+                temperature=cfg.refine.temperature,
+                top_p=cfg.refine.top_p,
+                model_name=str(llm),
+                progress=lambda done, total: bar.update(t, completed=done, total=total),
+            )
         self.close_engine()
         from ilf.evaluation import evaluate
         from ilf.refine import edit_distance
