@@ -194,3 +194,14 @@ def test_run_config_refuses_bad_values_with_one_line(tmp_path, override, key):
     with pytest.raises(IlfError) as e:
         load_config(None, [f"run_dir={tmp_path / 'r'}", override])
     assert f"'{key}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_llm_max_x0_enters_only_the_llm_baselines_fingerprints():
+    """Subsetting the LLM baselines' x0 (a CPU-time knob) must not invalidate a run's finished stages."""
+    from ilf.config import FeedbackConfig
+    from ilf.pipeline import feedback_params
+
+    a, b = FeedbackConfig(), FeedbackConfig(llm_max_x0=100)
+    assert feedback_params(a) == feedback_params(b) and feedback_params(a, "gold") == feedback_params(b, "gold")
+    assert feedback_params(a, "llm-1shot") != feedback_params(b, "llm-1shot")
+    assert feedback_params(b, "llm-2shot")["llm_max_x0"] == 100

@@ -33,7 +33,7 @@ STEPS = [
     ("model", ModelConfig, "sample", "", ()),  # model.base is `ilf sample --model`
     ("finetune", FinetuneConfig, "finetune", "", ()),
     ("sweep", SweepConfig, "finetune", "sweep_", ("methods",)),
-    ("feedback", FeedbackConfig, "feedback", "", ("tasks", "max_tasks", "human_db", "llm_n")),
+    ("feedback", FeedbackConfig, "feedback", "", ("tasks", "max_tasks", "human_db", "llm_n", "llm_max_x0")),
     ("refine", RefineConfig, "refine", "", ("max_edit_distance",)),  # the choice of R, not π_Refine's sampling
     ("eval", EvalConfig, "evaluate", "", ("tasks", "n", "temperature", "top_p", "top_k", "max_new_tokens", "methods")),
 ]

@@ -410,7 +410,7 @@ def annotate(
 
 @app.command("feedback")
 @friendly
-@settings_flags("fb", FeedbackConfig, exclude=("source", "tasks", "max_tasks", "human_db", "llm_n"))
+@settings_flags("fb", FeedbackConfig, exclude=("source", "tasks", "max_tasks", "human_db", "llm_n", "llm_max_x0"))
 def feedback_cmd(
     results: str = typer.Argument(..., help="Results JSONL of `ilf evaluate`."),
     source: str = typer.Option(..., help="llm | trace"),

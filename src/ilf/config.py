@@ -89,6 +89,8 @@ class FeedbackConfig:
         "refine.temperature and refine.top_p (0 = refine.n).",
         ge=0,
     )
+    # The LLM's prefill dominates a CPU run; changing this re-runs only the LLM baselines.
+    llm_max_x0: int = setting(0, "llm-1shot / llm-2shot baselines: at most this many of ILF's x0, a seeded random subset (0 = all).", ge=0)
 
     def __post_init__(self):
         check(self)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from ilf import __version__
-from ilf.config import TRAINED_METHODS, FinetuneConfig, RunConfig, to_toml
+from ilf.config import TRAINED_METHODS, FeedbackConfig, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
 from ilf.sweep import grid as sweep_grid
@@ -53,6 +53,15 @@ def file_fingerprint(path: Path) -> str:
     elif path.exists():
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def feedback_params(fc: FeedbackConfig, method: str = "") -> dict:
+    """[feedback] as a stage parameter; llm_max_x0 only for the LLM baselines, so changing it
+    re-runs nothing else."""
+    d = asdict(fc)
+    if not method.startswith("llm-"):
+        d.pop("llm_max_x0", None)
+    return d
 
 
 def code_version() -> str:
@@ -303,7 +312,7 @@ class Run:
         self.stage(
             f"r{r}/feedback",
             lambda: write_jsonl(fb_path, self.collect_feedback(r, rd, model)),
-            params={"feedback": asdict(cfg.feedback), "model": model, "seed": cfg.seed},
+            params={"feedback": feedback_params(cfg.feedback), "model": model, "seed": cfg.seed},
             inputs=[rd / "results.jsonl"] if cfg.feedback.source != "authors" else [],
             outputs=[fb_path],
         )
@@ -704,7 +713,7 @@ class Run:
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
 
-        params = {"method": method, "feedback": asdict(cfg.feedback), "tasks": "R's task ids"}
+        params = {"method": method, "feedback": feedback_params(cfg.feedback, method), "tasks": "R's task ids"}
         if method.startswith("llm-"):  # the LLM's draws are sampled as π_Refine's
             params["sampling"] = {k: getattr(cfg.refine, k) for k in ("n", "temperature", "top_p")}
         self.stage(f"baselines/{method}/pairs", pairs, params=params, inputs=[self.dir / "r1" / "train_pairs.jsonl"], outputs=[pairs_path])
@@ -730,6 +739,11 @@ class Run:
         # The same failing x0 as ILF's feedback: π_θ's own (on-policy) or the authors' CodeGen programs.
         src = self.dir / "r1" / "feedback.jsonl"
         ann = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
+        if cfg.feedback.llm_max_x0 and cfg.feedback.llm_max_x0 < len(ann):
+            import random
+
+            keep = set(random.Random(f"{cfg.seed}:llm-x0").sample(range(len(ann)), cfg.feedback.llm_max_x0))
+            ann = [a for i, a in enumerate(ann) if i in keep]
         llm = cfg.feedback.llm_model or cfg.model.base
         x0 = [
             {
