@@ -6,7 +6,7 @@ it back into a run directory that `ilf run` resumes and `ilf report` reads.
     ilf report results/cpu/run                                       # reads the .jsonl.gz files as they are
 
 Kept: config.toml, manifest.json, every *.json / *.jsonl (as .jsonl.gz, gzip mtime 0 so packing the
-same run twice gives the same bytes), report Markdown and PNGs. Left out: model directories
+same run twice gives the same bytes) and unfinished *.jsonl.partial records, report Markdown and PNGs. Left out: model directories
 (`model`, `model@s<i>`, with their checkpoints and TensorBoard logs), which FINETUNE rebuilds on
 resume. Unpacking restores byte-identical JSONL, so the stage fingerprints still match.
 """
@@ -32,11 +32,13 @@ def pack(run_dir: Path, dest: Path) -> int:
     count = 0
     for src in sorted(run_dir.rglob("*")):
         rel = src.relative_to(run_dir)
-        if not src.is_file() or _in_model_dir(rel) or src.suffix not in KEEP_SUFFIXES:
+        # A resumable stage's unfinished records (OUTPUT.partial) are kept too: the next machine resumes them.
+        partial = src.name.endswith(".jsonl.partial")
+        if not src.is_file() or _in_model_dir(rel) or (src.suffix not in KEEP_SUFFIXES and not partial):
             continue
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        if src.suffix == ".jsonl":
+        if src.suffix == ".jsonl" or partial:
             out = out.with_name(out.name + ".gz")
             tmp = out.with_name(out.name + ".tmp")
             with open(src, "rb") as f, open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as g:
@@ -56,7 +58,7 @@ def unpack(src_dir: Path, run_dir: Path) -> int:
         rel = src.relative_to(src_dir)
         out = run_dir / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        if src.name.endswith(".jsonl.gz"):
+        if src.name.endswith((".jsonl.gz", ".jsonl.partial.gz")):
             out = out.with_name(out.name[: -len(".gz")])
             if out.exists():
                 continue  # the local file may be further along (a resumed stage appends)
