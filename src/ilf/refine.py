@@ -347,37 +347,20 @@ def refine_command(
     kw = {"weights": weights} if name == "openvino" else {}
     eng: list = []
 
-    def load():
-        eng.append(get_engine(name, model, **kw))
+    def engine():  # loaded once, and only if something is left to sample
+        if not eng:
+            eng.append(get_engine(name, model, **kw))
         return eng[0]
+
+    def run(records, out, n=None):
+        return refine(records, tasks, engine, cfg, out, examples=examples, example_tasks=example_tasks, seed=seed, n=n, console=console)
 
     written = {"refinements": output}
     try:
-        recs = refine(
-            feedback,
-            tasks,
-            lambda: eng[0] if eng else load(),
-            cfg,
-            output,
-            examples=examples,
-            example_tasks=example_tasks,
-            seed=seed,
-            console=console,
-        )
+        recs = run(feedback, output)
         shuffled = shuffled_feedback(feedback, seed=seed) if cfg.shuffled_n else []
         if shuffled:
-            refine(
-                shuffled,
-                tasks,
-                lambda: eng[0] if eng else load(),
-                cfg,
-                shuffled_out,
-                examples=examples,
-                example_tasks=example_tasks,
-                seed=seed,
-                n=cfg.shuffled_n,
-                console=console,
-            )
+            run(shuffled, shuffled_out, n=cfg.shuffled_n)
             written["shuffled"] = shuffled_out
         elif cfg.shuffled_n and console:
             console.print("[yellow]warning[/]: the shuffled-feedback control needs feedback on 2+ tasks; skipped")

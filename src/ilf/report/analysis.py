@@ -191,6 +191,21 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
     }
 
 
+def paired_delta(a: dict, b: dict, metrics, resamples: int, seed: int) -> dict | None:
+    """a - b per metric over the tasks both per-task tables ({task: {n, c}}) have, with a paired
+    bootstrap CI (the same resampled tasks for every metric); None if they share no task."""
+    common = [t for t in a if t in b]
+    if not common:
+        return None
+    idx = bootstrap_indices(len(common), resamples, seed)
+    deltas = {}
+    for name in metrics:
+        x = per_task_values({t: (a[t]["n"], a[t]["c"]) for t in common}, name)
+        y = per_task_values({t: (b[t]["n"], b[t]["c"]) for t in common}, name)
+        deltas[name] = estimate(x - y, resamples, seed, indices=idx)
+    return {"num_common_tasks": len(common), "metrics": deltas}
+
+
 def _paired_deltas(methods: list[dict], resamples: int, seed: int, baseline: str = "zero-shot") -> None:
     """Add `delta_vs_<baseline>` (method - baseline, paired bootstrap over common tasks) in place."""
     base = next((m for m in methods if m["method"] == baseline), None)
@@ -199,18 +214,9 @@ def _paired_deltas(methods: list[dict], resamples: int, seed: int, baseline: str
     for m in methods:
         if m is base:
             continue
-        common = [t for t in m["per_task"] if t in base["per_task"]]
-        if not common:
-            continue
-        idx = bootstrap_indices(len(common), resamples, seed)
-        deltas = {}
-        for name in m["metrics"]:
-            if name not in base["metrics"]:
-                continue
-            a = per_task_values({t: (m["per_task"][t]["n"], m["per_task"][t]["c"]) for t in common}, name)
-            b = per_task_values({t: (base["per_task"][t]["n"], base["per_task"][t]["c"]) for t in common}, name)
-            deltas[name] = estimate(a - b, resamples, seed, indices=idx)
-        m["delta_vs_" + baseline] = {"num_common_tasks": len(common), "metrics": deltas}
+        d = paired_delta(m["per_task"], base["per_task"], [k for k in m["metrics"] if k in base["metrics"]], resamples, seed)
+        if d is not None:
+            m["delta_vs_" + baseline] = d
 
 
 def base_method(method: str) -> str:
@@ -562,31 +568,14 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
 def compare_results_analyses(analyses: list[dict], resamples: int, seed: int) -> list[dict]:
     """Each results file's all-task metrics, and its difference from the first file's (paired
     bootstrap over the tasks both have): before/after comparisons of `ilf evaluate` outputs."""
-    base = analyses[0]["per_task"]
+    first = analyses[0]
     rows = []
     for i, a in enumerate(analyses):
         allrow = a["splits"][0]
-        row = {
-            "results": a["results"],
-            "protocol": a["protocol"],
-            "num_tasks": allrow["num_tasks"],
-            "n_min": allrow["n_min"],
-            "n_max": allrow["n_max"],
-            "metrics": allrow["metrics"],
-            "pass_curve": allrow["pass_curve"],
-            "delta": None,
-        }
+        row = {k: allrow[k] for k in ("num_tasks", "n_min", "n_max", "metrics", "pass_curve")}
+        row.update(results=a["results"], protocol=a["protocol"], delta=None)
         if i:
-            common = [t for t in a["per_task"] if t in base]
-            if common:
-                idx = bootstrap_indices(len(common), resamples, seed)
-                deltas = {}
-                for name in allrow["metrics"]:
-                    if name not in analyses[0]["splits"][0]["metrics"]:
-                        continue
-                    x = per_task_values({t: (a["per_task"][t]["n"], a["per_task"][t]["c"]) for t in common}, name)
-                    y = per_task_values({t: (base[t]["n"], base[t]["c"]) for t in common}, name)
-                    deltas[name] = estimate(x - y, resamples, seed, indices=idx)
-                row["delta"] = {"num_common_tasks": len(common), "metrics": deltas}
+            names = [k for k in allrow["metrics"] if k in first["splits"][0]["metrics"]]
+            row["delta"] = paired_delta(a["per_task"], first["per_task"], names, resamples, seed)
         rows.append(row)
     return rows
