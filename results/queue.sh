@@ -78,8 +78,11 @@ for K in 6 12 24 0; do  # 0 = all of them
   $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
   evaluate $D/k$K.jsonl
 done
-$ILF report $CPU/eval/zero-shot/results.jsonl $CPU/eval/ilf/results.jsonl $D/k6_results.jsonl $D/k12_results.jsonl \
-  $D/k24_results.jsonl $D/k0_results.jsonl --output $D/report
+ln -sf "$PWD/$CPU/eval/zero-shot/results.jsonl" $D/zero-shot_results.jsonl
+ln -sf "$PWD/$CPU/eval/ilf/results.jsonl" $D/ilf_results.jsonl
+ALL=$(wc -l < $PAIRS)
+$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/k6_results.jsonl $D/k12_results.jsonl \
+  $D/k24_results.jsonl $D/k0_results.jsonl --x "-,-,6,12,24,$ALL" --x-label "training tasks with LLM feedback" --output $D/report
 
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
 step "table1"

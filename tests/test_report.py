@@ -624,3 +624,27 @@ def test_results_files_compare_against_the_first_paired_over_common_tasks(tmp_pa
     assert "| after | after |" in md and "+50.0 [" in md
     mixed = subprocess.run([sys.executable, "-m", "ilf.cli", "report", a, str(tmp_path)], capture_output=True, text=True)
     assert mixed.returncode == 2 and "not both" in mixed.stderr
+
+
+def test_results_files_against_a_number_draw_figure_4(tmp_path):
+    """`ilf report ... --x -,6,12` (the paper's Figure 4): pass@1 by training tasks, '-' a reference
+    line; the numbers are a column and part of the regenerate command; a wrong count is one line."""
+
+    def write(name, passes):
+        recs = [{"task_id": t, "sample_id": j, "passed": bool(p), "status": "x"} for t in (11, 12) for j, p in enumerate(passes)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(tmp_path / f"{name}.jsonl")
+
+    files = [write("zero-shot", [0, 1]), write("k6", [1, 1]), write("k12", [0, 0])]
+    cmd = [sys.executable, "-m", "ilf.cli", "report", *files, "--output", str(tmp_path / "fig4")]
+    r = subprocess.run(cmd + ["--x", "-,6,12", "--x-label", "training tasks"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "fig4" / "report.json").read_text())
+    assert [row["x"] for row in rep["rows"]] == [None, 6, 12] and rep["x_label"] == "training tasks"
+    assert (tmp_path / "fig4" / rep["figures"]["pass_vs_x"]).stat().st_size > 1000
+    md = (tmp_path / "fig4" / "report.md").read_text()
+    assert '--x -,6,12 --x-label "training tasks"' in md and "| k6 | 6 |" in md and "| zero-shot | reference line |" in md
+    bad = subprocess.run(cmd + ["--x", "6,12"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one value per results file (3)" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    nan = subprocess.run(cmd + ["--x", "-,six,12"], capture_output=True, text=True)
+    assert nan.returncode == 2 and "'six'" in nan.stderr

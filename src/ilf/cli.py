@@ -249,6 +249,20 @@ def _print_run_summary(report_json: Path) -> None:
 # Report
 
 
+def parse_x(text: str | None) -> list[float | None] | None:
+    """--x's value: numbers and '-' (a reference line), comma-separated."""
+    if text is None:
+        return None
+    out: list[float | None] = []
+    for v in text.split(","):
+        v = v.strip()
+        try:
+            out.append(None if v == "-" else float(v))
+        except ValueError:
+            raise IlfError(f"ilf report: --x value {v!r} is neither a number nor '-'") from None
+    return out
+
+
 @app.command()
 @friendly
 def report(
@@ -262,11 +276,19 @@ def report(
         None, help="Bootstrap resamples for the 95% CIs (default: config's report.bootstrap, else 2000)."
     ),
     seed: Optional[int] = typer.Option(None, help="Bootstrap seed (default 0)."),
+    x: Optional[str] = typer.Option(
+        None,
+        help="With several results files: a number per file, comma-separated ('-': a reference line), "
+        "for a figure of pass@1 against it (the paper's Figure 4: training tasks).",
+    ),
+    x_label: str = typer.Option("training tasks", help="With --x: what the numbers are (the figure's x axis)."),
 ):
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
     from ilf import report as rep
 
     files = [p for p in run_dirs if not p.is_dir()]
+    if x is not None and len(files) < 2:
+        raise IlfError("ilf report: --x goes with several results files")
     if files and len(files) < len(run_dirs):
         raise IlfError("ilf report: give run directories or results files, not both")
     if len(run_dirs) == 1 and output is None:
@@ -274,7 +296,7 @@ def report(
     elif files and len(files) == 1:
         path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed)
     elif files:
-        path = rep.compare_results(files, output, resamples=bootstrap, seed=seed)
+        path = rep.compare_results(files, output, resamples=bootstrap, seed=seed, x=parse_x(x), x_label=x_label)
     else:
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
     err.print(f"[bold green]report[/]: [bold]{path}[/]")

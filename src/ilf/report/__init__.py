@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 from ilf.errors import IlfError
 from ilf.jsonl import write_json
 from ilf.report.analysis import analyze_results, analyze_run, compare_results_analyses, compress_ids
-from ilf.report.figures import plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
+from ilf.report.figures import plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
 from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
 from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
@@ -144,10 +144,17 @@ def compare_results(
     output_dir: str | os.PathLike | None = None,
     resamples: Optional[int] = None,
     seed: Optional[int] = None,
+    x: Optional[Sequence[float | None]] = None,
+    x_label: str = "x",
 ) -> Path:
     """report.md (+ report.json, pass@k curves) of several `ilf evaluate` results files, each
     against the first, paired over common tasks (before/after ILF, few-shot vs fine-tuned π_Refine,
-    related vs shuffled feedback). Default OUTPUT_DIR: compare-<names> beside the first."""
+    related vs shuffled feedback). Default OUTPUT_DIR: compare-<names> beside the first.
+
+    x: a number per file (None: a reference line) for a pass@1-against-x figure, the paper's
+    Figure 4 (pass rate by the number of training tasks)."""
+    if x is not None and (len(x) != len(results) or all(v is None for v in x)):
+        raise IlfError(f"ilf report: --x needs one value per results file ({len(results)}), at least one a number")
     analyses = [analyze_results(r, resamples, seed) for r in results]
     names = [Path(r).name.removesuffix(".gz").removesuffix(".jsonl") for r in results]
     labels = names if len(set(names)) == len(names) else [str(Path(r)) for r in results]
@@ -159,5 +166,17 @@ def compare_results(
     curves = [(label, r) for label, r in zip(labels, rows) if r["pass_curve"]]
     if curves:
         figs["pass_curve"] = plot_pass_curve(curves, out / "pass_at_k_curve.png", "pass@k by k").name
-    write_json(out / "report.json", {"figures": figs, "labels": labels, "bootstrap": b, "rows": rows})
-    return _write_text(out / "report.md", render_results_comparison(labels, rows, b, figs, "Results compared: " + ", ".join(labels)))
+    if x is not None:
+        figs["pass_vs_x"] = plot_metric_vs_x(
+            [(label, r, v) for label, r, v in zip(labels, rows, x)], out / "pass_at_1_vs_x.png", f"pass@1 by {x_label}", x_label
+        ).name
+        for r, v in zip(rows, x):
+            r["x"] = v
+    write_json(
+        out / "report.json",
+        {"figures": figs, "labels": labels, "bootstrap": b, "rows": rows, "x_label": x_label if x is not None else None},
+    )
+    return _write_text(
+        out / "report.md",
+        render_results_comparison(labels, rows, b, figs, "Results compared: " + ", ".join(labels), x_label if x is not None else None),
+    )

@@ -188,3 +188,30 @@ def plot_bugs_vs_pass(rows: list[dict], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_metric_vs_x(rows: list[tuple[str, dict, float | None]], path: Path, title: str, x_label: str, metric: str = "pass@1") -> Path:
+    """`metric` against a number per results file (the paper's Figure 4: pass rate by training-set
+    size), 95% CI bars. Rows without a number are reference lines across the plot (zero-shot, ILF)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.get_cmap("tab10")
+    points = sorted((x, label, a["metrics"][metric]) for label, a, x in rows if x is not None and metric in a["metrics"])
+    if points:
+        xs = [x for x, _, _ in points]
+        ys = [100 * e["value"] for _, _, e in points]
+        err = [[100 * (e["value"] - e["lo"]) for _, _, e in points], [100 * (e["hi"] - e["value"]) for _, _, e in points]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=colors(0), label=f"by {x_label}")
+        for x, y, (_, label, _) in zip(xs, ys, points):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    refs = [(label, a["metrics"][metric]) for label, a, x in rows if x is None and metric in a["metrics"]]
+    for i, (label, e) in enumerate(refs):
+        c = colors((i + 1) % 10)
+        ax.axhline(100 * e["value"], ls="--", color=c, label=f"{label} ({100 * e['value']:.1f})")
+        ax.axhspan(100 * e["lo"], 100 * e["hi"], color=c, alpha=0.1)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(f"{metric_label(metric)} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)

@@ -390,9 +390,16 @@ def render_results(a: dict, figures: dict[str, str], title: str) -> str:
     return "\n".join(L) + "\n"
 
 
-def render_results_comparison(labels: list[str], rows: list[dict], bootstrap: dict, figures: dict[str, str], title: str) -> str:
-    """report.md of several results files side by side, each against the first (paired)."""
-    L = [f"# {title}", "", "Regenerate with `ilf report " + " ".join(r["results"] for r in rows) + "`.", ""]
+def render_results_comparison(
+    labels: list[str], rows: list[dict], bootstrap: dict, figures: dict[str, str], title: str, x_label: str | None = None
+) -> str:
+    """report.md of several results files side by side, each against the first (paired); with
+    x_label, each row's "x" (None: a reference line) is a column and the pass@1-against-x figure."""
+    cmd = "ilf report " + " ".join(r["results"] for r in rows)
+    if x_label:
+        xs = ",".join("-" if r.get("x") is None else f"{r['x']:g}" for r in rows)
+        cmd += f' --x {xs} --x-label "{x_label}"'
+    L = [f"# {title}", "", f"Regenerate with `{cmd}`.", ""]
     L.append(
         f"Scores are means over tasks, in %; brackets: {int(100 * bootstrap['confidence'])}% percentile bootstrap CI over tasks "
         f"({bootstrap['resamples']} resamples, seed {bootstrap['seed']}); Δ is each file minus the first, paired over the tasks both "
@@ -400,19 +407,24 @@ def render_results_comparison(labels: list[str], rows: list[dict], bootstrap: di
     )
     L.append("")
     ks = [f"pass@{k}" for k in TABLE_KS]
-    header = ["results", "model", "dataset", "T", "tasks", "samples per task"] + ks + ["1+ correct"]
+    header = ["results"] + ([x_label] if x_label else []) + ["model", "dataset", "T", "tasks", "samples per task"] + ks + ["1+ correct"]
     header += [f"Δ {k} vs first" for k in ks] + ["Δ 1+ correct vs first"]
     out = []
     for label, r in zip(labels, rows):
         p = r["protocol"]
         n = str(r["n_min"]) if r["n_min"] == r["n_max"] else f"{r['n_min']}-{r['n_max']}"
         d = (r["delta"] or {}).get("metrics", {})
+        xcol = [("reference line" if r.get("x") is None else f"{r['x']:g}")] if x_label else []
         out.append(
-            [label, _fmt(p.get("model")), _fmt(p.get("dataset")), _fmt(p.get("temperature")), r["num_tasks"], n]
+            [label]
+            + xcol
+            + [_fmt(p.get("model")), _fmt(p.get("dataset")), _fmt(p.get("temperature")), r["num_tasks"], n]
             + [pct(r["metrics"].get(k)) for k in ks + ["one_plus_correct"]]
             + [pct(d.get(k), signed=True) if d else "–" for k in ks + ["one_plus_correct"]]
         )
     L += _table(header, out) + [""]
     if "pass_curve" in figures:
         L += [f"![pass@k as a function of k]({figures['pass_curve']})", ""]
+    if "pass_vs_x" in figures:
+        L += [f"![pass@1 by {x_label}]({figures['pass_vs_x']})", ""]
     return "\n".join(L) + "\n"
