@@ -105,3 +105,22 @@ def test_openvino_refuses_a_model_it_cannot_convert(tmp_path, monkeypatch):
     # nothing half-built is left in the cache
     eng_dir = tmp_path / "cache" / "engines" / "openvino"
     assert not eng_dir.exists() or not any(p.name.endswith(".gguf") for p in eng_dir.rglob("*"))
+
+
+def test_openvino_prefix_caching_changes_no_sample(engines, tiny):
+    """Prefix caching (on by default) reuses the KV cache of shared prefixes, as the LLM baselines'
+    prompts have (the same few-shot examples; a refinement prompt extends its feedback prompt): the
+    samples must be those computed without it, whatever ran before."""
+    shots = "".join(f"TASK: example {i}\nOLD CODE:\ndef f{i}(x):\n    return x + {i}\nFEEDBACK:\nadd one more\n---\n" for i in range(12))
+    queries = [shots + f"TASK: query {i}\nOLD CODE:\ndef g(x):\n    return {i}\nFEEDBACK:\n" for i in range(4)]
+    p = SamplingParams(n=2, temperature=0.8, max_new_tokens=16, seed=3)
+    cached = engines("openvino")
+    assert cached.prefix_caching
+    first = texts(cached.generate(queries, p))
+    longer = [q + o[0] + "\nREFINEMENT:\n" for q, o in zip(queries, first)]
+    cold = get_engine("openvino", str(tiny), prefix_caching=False)
+    try:
+        assert texts(cold.generate(queries, p)) == first
+        assert texts(cached.generate(longer, p)) == texts(cold.generate(longer, p))
+    finally:
+        cold.close()
