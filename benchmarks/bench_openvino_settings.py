@@ -57,7 +57,7 @@ def main() -> None:
     loads = workloads()
     rows = []
     for name, opts in VARIANTS.items():
-        eng = get_engine("openvino", DEFAULT_MODEL, **opts)
+        eng = get_engine("openvino", DEFAULT_MODEL, weights="q8_0", **opts)  # as measured in docs/results.md
         eng.generate(loads["mbpp"][0][:2], loads["mbpp"][1])  # warm-up, untimed (first-call compilation)
         row = {"variant": name}
         for wl, (prompts, params) in loads.items():

@@ -18,7 +18,7 @@ import tomllib
 
 from ilf.errors import IlfError
 from ilf.generation.base import Sampling
-from ilf.generation.weights import WEIGHT_FORMATS
+from ilf.generation.weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 from ilf.settings import SettingError, check, override, setting
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
@@ -53,7 +53,9 @@ class ModelConfig:
     # A fine-tuning update survives f16 matrices; q8_0 re-quantization moves block scales by more than
     # a small update (benchmarks/bench_finetuned_precision.py). Every model of a run is sampled at one
     # precision, so methods compare.
-    weights: str = setting("f16", "openvino engine: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster).", choices=WEIGHT_FORMATS)
+    weights: str = setting(
+        DEFAULT_WEIGHTS, "openvino engine: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster).", choices=WEIGHT_FORMATS
+    )
 
     def __post_init__(self):
         check(self)

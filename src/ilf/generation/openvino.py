@@ -1,12 +1,13 @@
-"""OpenVINO GenAI engine: the fast CPU sampler (continuous batching, int8 weights).
+"""OpenVINO GenAI engine: the fast CPU sampler (continuous batching; f16 or int8 weights).
 
 Conversion. OpenVINO GenAI reads GGUF files itself (Q8_0, F16, F32 tensors; not the Q5_0 tensors of
 the bundled Q4_K_M file), and optimum-intel's exporter needs an older transformers than ilf's. So the
-Hugging Face directory is written once as a GGUF whose matrices are Q8_0 (int8 weights, one scale
-per 32 values, exactly what OpenVINO runs as int8) and whose tokenizer metadata comes from the
-bundled model's GGUF. This covers Qwen2-architecture models with the Qwen2.5 tokenizer: the bundled
-models and everything FINETUNE makes from them. Others get a clear error (use --engine transformers).
-The converted file is cached under `ilf.models.engine_dir(resolved, "openvino")`.
+Hugging Face directory is written once as a GGUF whose matrices are F16 (the default: keeps a
+fine-tuning update) or Q8_0 (int8 weights, one scale per 32 values, exactly what OpenVINO runs as int8;
+see ilf.generation.weights) and whose tokenizer metadata comes from the bundled model's GGUF. This
+covers Qwen2-architecture models with the Qwen2.5 tokenizer: the bundled models and everything
+FINETUNE makes from them. Others get a clear error (use --engine transformers).
+The converted file is cached under `ilf.models.engine_dir(resolved, "openvino-f16")` (q8_0: "openvino").
 
 Sampling. f32 activations and KV cache keep every prompt's samples independent of the batch (see
 INFERENCE_PRECISION). All prompts are queued in a `ContinuousBatchingPipeline`; each request asks for

@@ -10,7 +10,7 @@ OpenVINO GenAI's GGUF reader takes F16, Q8_0 and Q4 matrices, not F32.
 from ilf.errors import IlfError
 
 WEIGHT_FORMATS = ("f16", "q8_0")
-DEFAULT_WEIGHTS = "q8_0"  # the engine's own default (`ilf sample`, `ilf serve`); the pipeline sets f16
+DEFAULT_WEIGHTS = "f16"  # everywhere: commands, the pipeline (ModelConfig.weights) and get_engine
 
 
 def check_weights(weights: str, what: str = "weights") -> str:
