@@ -18,13 +18,13 @@ mkdir -p "$OUT"
 step() { echo "[queue $(date -u +%H:%M:%S)] $*"; }
 evaluate() { [ -f "${1%.jsonl}_results.jsonl" ] || $ILF evaluate "$1" "${@:2}"; }
 
-# Table 2, LLM row: the 1.5B writes feedback (1 human example) on π_θ's unsolved x0 of the
-# replication; few-shot π_Refine (the 0.5B, 2 human triples) refines with it and with shuffled feedback.
+# Table 2, LLM row: the feedback the 1.5B wrote (1 human example) for the replication's llm-1shot
+# baseline (100 of π_θ's unsolved x0); few-shot π_Refine (the 0.5B, 2 human triples) refines with it
+# and with shuffled feedback, as for the trace feedback in the replication itself.
 step "table2-llm"
 D=$OUT/table2-llm
 mkdir -p $D
-[ -f $D/feedback.jsonl ] || $ILF feedback $CPU/r1/results.jsonl --source llm --llm-model $LLM --output $D/feedback.jsonl
-$ILF refine $D/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
+$ILF refine $CPU/baselines/llm-1shot/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
 evaluate $D/x1.jsonl && evaluate $D/x1_shuffled.jsonl
 $ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
 
@@ -47,10 +47,34 @@ $ILF report $CPU/r1/refinements.jsonl $D/x1_trace_results.jsonl --output $D/repo
 step "bugs"
 D=$OUT/bugs
 mkdir -p $D
-$ILF feedback-bugs "$AUTHORS" $OUT/table2-llm/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
-$ILF feedback-stats "$AUTHORS" $OUT/table2-llm/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
+$ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
+$ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
 $ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2-authors/run/r1/refinements.jsonl.gz \
   --figure $D/figure5.png --json > $D/figure5.json
+
+# Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline trains on the
+# 1.5B's passing refinements of π_θ's unsolved x0 (all N of them, seed 0: its EVAL is the last point);
+# FINETUNE on seeded subsets of N/4 and N/2 of them with the same settings (the llm-1shot sweep's
+# learning rate) and sample MBPP_Test; zero-shot and ILF are the reference lines.
+step "figure4"
+D=$OUT/figure4
+mkdir -p $D
+PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
+ALL=$(wc -l < $PAIRS)
+LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
+KS=$(.venv/bin/python -c "print(' '.join(sorted({str(max(1, $ALL // 4)), str(max(1, $ALL // 2))}, key=int)))")
+for K in $KS; do
+  [ -f $D/k$K/config.json ] || $ILF finetune --data $PAIRS --max-pairs $K --learning-rate $LR --batch-size 8 --epochs 2 \
+    --max-length 768 --output $D/k$K
+  $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
+  evaluate $D/k$K.jsonl
+done
+ln -sf "$PWD/$CPU/eval/zero-shot/results.jsonl" $D/zero-shot_results.jsonl
+ln -sf "$PWD/$CPU/eval/ilf/results.jsonl" $D/ilf_results.jsonl
+ln -sf "$PWD/$CPU/eval/llm-1shot/results.jsonl" $D/k${ALL}_results.jsonl
+FILES=$(for K in $KS $ALL; do echo -n " $D/k${K}_results.jsonl"; done)
+$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $FILES --x "-,-,$(echo $KS $ALL | tr ' ' ,)" \
+  --x-label "training tasks with LLM feedback" --output $D/report
 
 # HumanEval(+) before and after ILF (does the gain transfer, or does the model forget?): zero-shot
 # and the three ILF seeds of the replication, 10 samples per task at T = 0.8.
@@ -63,26 +87,6 @@ for m in zero-shot ilf ilf@s1 ilf@s2; do
   evaluate $D/$m.jsonl --dataset humanevalplus
 done
 $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
-
-# Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline holds the
-# 1.5B's passing refinements of π_θ's unsolved x0; FINETUNE on random subsets of K of them (seed
-# 0, the llm-1shot sweep's learning rate), sample MBPP_Test; ILF's 12 pairs are the point to beat.
-step "figure4"
-D=$OUT/figure4
-mkdir -p $D
-PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
-LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
-for K in 6 12 24 0; do  # 0 = all of them
-  [ -f $D/k$K/config.json ] || $ILF finetune --data $PAIRS --max-pairs $K --learning-rate $LR --batch-size 8 --epochs 2 \
-    --max-length 768 --output $D/k$K
-  $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
-  evaluate $D/k$K.jsonl
-done
-ln -sf "$PWD/$CPU/eval/zero-shot/results.jsonl" $D/zero-shot_results.jsonl
-ln -sf "$PWD/$CPU/eval/ilf/results.jsonl" $D/ilf_results.jsonl
-ALL=$(wc -l < $PAIRS)
-$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/k6_results.jsonl $D/k12_results.jsonl \
-  $D/k24_results.jsonl $D/k0_results.jsonl --x "-,-,6,12,24,$ALL" --x-label "training tasks with LLM feedback" --output $D/report
 
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
 step "table1"
