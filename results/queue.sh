@@ -18,6 +18,19 @@ mkdir -p "$OUT"
 step() { echo "[queue $(date -u +%H:%M:%S)] $*"; }
 evaluate() { [ -f "${1%.jsonl}_results.jsonl" ] || $ILF evaluate "$1" "${@:2}"; }
 
+# Validation reference: the sweep chose each method's learning rate on MBPP_Refine 111-150 (5 samples
+# per task at T = 0.8); zero-shot π_θ on the same tasks and seeds says whether FINETUNE helped there.
+step "validation"
+D=$OUT/validation
+mkdir -p $D
+$ILF sample --tasks 111-150 --n 5 --temperature 0.8 --output $D/zero-shot.jsonl
+evaluate $D/zero-shot.jsonl
+for f in $CPU/sweep/*/lr*/results.jsonl; do
+  m=$(basename "$(dirname "$(dirname "$f")")"); setting=$(basename "$(dirname "$f")")
+  ln -sf "$PWD/$f" "$D/$m-${setting}_results.jsonl"
+done
+$ILF report $D/zero-shot_results.jsonl $(ls $D/*-lr*_results.jsonl) --output $D/report
+
 # Table 2, LLM row: the feedback the 1.5B wrote (1 human example) for the replication's llm-1shot
 # baseline (100 of π_θ's unsolved x0); few-shot π_Refine (the 0.5B, 2 human triples) refines with it
 # and with shuffled feedback, as for the trace feedback in the replication itself.
