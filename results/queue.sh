@@ -108,4 +108,15 @@ mkdir -p $D
 $ILF sample --split all --n 10 --temperature 0.8 --output $D/samples.jsonl
 evaluate $D/samples.jsonl
 $ILF report $D/samples_results.jsonl --output $D/report
+# ILF rounds 2 and 3 (x0 from the previous round's π_θ*), in a copy of the replication whose round 1
+# and zero-shot EVAL are reused (stage fingerprints hash contents, not paths). It runs the
+# replication's code (the worktree of results/cpu/README.md, in ../repl), which made round 1;
+# only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final round's 3 seeds.
+step "rounds"
+R=runs/rounds
+if [ ! -f $R/manifest.json ]; then
+  mkdir -p $R/eval && cp -a $CPU/r1 $CPU/manifest.json $R/ && cp -a $CPU/eval/zero-shot $R/eval/
+fi
+PYTHONPATH=../repl/src $ILF run cpu run_dir=$R rounds=3 'eval.methods=["zero-shot","ilf"]'
+
 step "done"
