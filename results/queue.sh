@@ -15,14 +15,34 @@ OUT=runs/paper
 LLM=qwen2.5-coder-1.5b-instruct
 AUTHORS=$(.venv/bin/python -c "from ilf.data import locate; print(locate('authors'))")
 mkdir -p "$OUT"
-step() { echo "[queue $(date -u +%H:%M:%S)] $*"; }
+# step NAME: ends the previous step (appends its segment to <dir>/meta.json: wall time, code version,
+# CPU; a resumed step gets one segment per invocation), then starts NAME in D=$OUT/NAME.
+segment() {
+  [ -n "${D:-}" ] || return 0
+  .venv/bin/python - "$D/meta.json" "$T0" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)" <<'PY'
+import json, os, subprocess, sys, time
+path, t0, code = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+field = lambda k: next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith(k + ":")), "?")
+flags = [f for f in field("Flags").split() if f.startswith(("avx512f", "avx512_vnni", "avx512_bf16", "amx"))]
+cpu = f"{field('Model name')} (family {field('CPU family')}, model {field('Model')}), {os.cpu_count()} CPUs, {' '.join(flags) or 'AVX2, no AVX-512'}"
+meta = json.load(open(path)) if os.path.exists(path) else {"segments": []}
+meta["segments"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "seconds": round(time.time() - t0), "code": code, "cpu": cpu})
+meta["seconds"] = sum(s["seconds"] for s in meta["segments"])
+json.dump(meta, open(path, "w"), indent=2)
+PY
+}
+step() {
+  segment
+  echo "[queue $(date -u +%H:%M:%S)] $*"
+  D=$OUT/$1 T0=$(date +%s)
+  mkdir -p "$D"
+}
 evaluate() { [ -f "${1%.jsonl}_results.jsonl" ] || $ILF evaluate "$1" "${@:2}"; }
 
 # Validation reference: the sweep chose each method's learning rate on MBPP_Refine 111-150 (5 samples
 # per task at T = 0.8); zero-shot π_θ on the same tasks and seeds says whether FINETUNE helped there.
 step "validation"
-D=$OUT/validation
-mkdir -p $D
 $ILF sample --tasks 111-150 --n 5 --temperature 0.8 --output $D/zero-shot.jsonl
 evaluate $D/zero-shot.jsonl
 for f in $CPU/sweep/*/lr*/results.jsonl; do
@@ -35,8 +55,6 @@ $ILF report $D/zero-shot_results.jsonl $(ls $D/*-lr*_results.jsonl) --output $D/
 # baseline (100 of π_θ's unsolved x0); few-shot π_Refine (the 0.5B, 2 human triples) refines with it
 # and with shuffled feedback, as for the trace feedback in the replication itself.
 step "table2-llm"
-D=$OUT/table2-llm
-mkdir -p $D
 $ILF refine $CPU/baselines/llm-1shot/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
 evaluate $D/x1.jsonl && evaluate $D/x1_shuffled.jsonl
 $ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
@@ -45,8 +63,6 @@ $ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
 # the paper's tasks (the authors' 128 MBPP_Train annotations) and on π_θ's own failures with trace
 # feedback; the few-shot π_Refine beside it comes from results/table2-authors and runs/cpu.
 step "table3"
-D=$OUT/table3
-mkdir -p $D
 [ -f $D/refiner/config.json ] || $ILF finetune --data surge --split refine --kind refine --output $D/refiner \
   --learning-rate 5e-6 --batch-size 32 --epochs 2 --max-length 1024
 $ILF refine "$AUTHORS" --tasks train --mode finetune --model $D/refiner --output $D/x1_authors.jsonl --n 10
@@ -58,8 +74,6 @@ $ILF report $CPU/r1/refinements.jsonl $D/x1_trace_results.jsonl --output $D/repo
 # Figure 5, Tables 5-6: the 1.5B tags every feedback with the bugs it addresses; Figure 5 pairs the
 # authors' MBPP_Train feedback with the few-shot π_Refine's refinements of results/table2-authors.
 step "bugs"
-D=$OUT/bugs
-mkdir -p $D
 $ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
 $ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
 $ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2-authors/run/r1/refinements.jsonl.gz \
@@ -70,8 +84,6 @@ $ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2
 # FINETUNE on seeded subsets of N/4 and N/2 of them with the same settings (the llm-1shot sweep's
 # learning rate) and sample MBPP_Test; zero-shot and ILF are the reference lines.
 step "figure4"
-D=$OUT/figure4
-mkdir -p $D
 PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
 ALL=$(wc -l < $PAIRS)
 LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
@@ -92,8 +104,6 @@ $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $FILES --x "-,-,$(ec
 # HumanEval(+) before and after ILF (does the gain transfer, or does the model forget?): zero-shot
 # and the three ILF seeds of the replication, 10 samples per task at T = 0.8.
 step "humaneval"
-D=$OUT/humaneval
-mkdir -p $D
 for m in zero-shot ilf ilf@s1 ilf@s2; do
   case $m in zero-shot) model=qwen2.5-coder-0.5b-instruct ;; ilf) model=$CPU/r1/model ;; *) model=$CPU/r1/model@${m#ilf@} ;; esac
   $ILF sample --dataset humaneval --model "$model" --n 10 --temperature 0.8 --max-new-tokens 512 --output $D/$m.jsonl
@@ -103,8 +113,6 @@ $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.js
 
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
 step "table1"
-D=$OUT/table1
-mkdir -p $D
 $ILF sample --split all --n 10 --temperature 0.8 --output $D/samples.jsonl
 evaluate $D/samples.jsonl
 $ILF report $D/samples_results.jsonl --output $D/report
@@ -119,4 +127,5 @@ if [ ! -f $R/manifest.json ]; then
 fi
 PYTHONPATH=../repl/src $ILF run cpu run_dir=$R rounds=3 'eval.methods=["zero-shot","ilf"]'
 
-step "done"
+segment
+echo "[queue $(date -u +%H:%M:%S)] done"

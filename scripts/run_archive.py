@@ -3,18 +3,25 @@ it back into a run directory that `ilf run` resumes and `ilf report` reads.
 
     python scripts/run_archive.py pack runs/cpu results/cpu/run      # every JSONL gzipped, no models
     python scripts/run_archive.py unpack results/cpu/run runs/cpu    # then: ilf run cpu  (resumes)
+    python scripts/run_archive.py pack runs/paper/table3 results/table3/raw   # a results/queue.sh experiment
     ilf report results/cpu/run                                       # reads the .jsonl.gz files as they are
 
 Kept: config.toml, manifest.json, every *.json / *.jsonl (as .jsonl.gz, gzip mtime 0 so packing the
 same run twice gives the same bytes) and unfinished *.jsonl.partial records, report Markdown and PNGs. Left out: model directories
 (`model`, `model@s<i>`, with their checkpoints and TensorBoard logs), which FINETUNE rebuilds on
 resume. Unpacking restores byte-identical JSONL, so the stage fingerprints still match.
+
+An experiment directory of results/queue.sh (its meta.json instead of a manifest) packs the same
+way; any directory holding a model (model.safetensors) is left out, and files that are symlinks to
+another run's files are listed in links.json instead of copied.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -27,11 +34,17 @@ def _in_model_dir(rel: Path) -> bool:
 
 
 def pack(run_dir: Path, dest: Path) -> int:
-    if not (run_dir / "manifest.json").is_file():
-        sys.exit(f"error: {run_dir}: not a run directory (no manifest.json)")
-    count = 0
+    if not (run_dir / "manifest.json").is_file() and not (run_dir / "meta.json").is_file():
+        sys.exit(f"error: {run_dir}: not a run directory (no manifest.json) nor an experiment of results/queue.sh (no meta.json)")
+    models = [p.parent for p in run_dir.rglob("*.safetensors")]
+    count, links = 0, {}
     for src in sorted(run_dir.rglob("*")):
         rel = src.relative_to(run_dir)
+        if any(m in src.parents for m in models):
+            continue
+        if src.is_symlink():
+            links[str(rel)] = os.path.relpath(src.resolve(), Path.cwd())  # the packed run it points into
+            continue
         # A resumable stage's unfinished records (OUTPUT.partial) are kept too: the next machine resumes them.
         partial = src.name.endswith(".jsonl.partial")
         if not src.is_file() or _in_model_dir(rel) or (src.suffix not in KEEP_SUFFIXES and not partial):
@@ -47,6 +60,9 @@ def pack(run_dir: Path, dest: Path) -> int:
         else:
             shutil.copy2(src, out)
         count += 1
+    if links:
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "links.json").write_text(json.dumps(links, indent=2, sort_keys=True) + "\n")
     return count
 
 

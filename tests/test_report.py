@@ -534,6 +534,31 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
         assert (restored / p.relative_to(run)).read_bytes() == p.read_bytes()
 
 
+def test_an_experiment_directory_packs_without_its_models_and_lists_its_links(tmp_path):
+    """results/queue.sh's experiments (meta.json, no manifest) pack like runs: JSONL gzipped, any
+    directory holding a model left out, symlinks into another run listed in links.json, not copied."""
+    import subprocess
+    import sys
+
+    exp = tmp_path / "exp"
+    write_jsonl(exp / "x1_results.jsonl", [{"task_id": 311, "passed": True}])
+    write_json(exp / "meta.json", {"segments": [], "seconds": 0})
+    (exp / "k6").mkdir()
+    (exp / "k6" / "model.safetensors").write_bytes(b"weights")
+    write_json(exp / "k6" / "config.json", {"model_type": "qwen2"})
+    write_jsonl(tmp_path / "other" / "results.jsonl", [{"task_id": 11, "passed": False}])
+    (exp / "zero-shot_results.jsonl").symlink_to(tmp_path / "other" / "results.jsonl")
+    script = Path(__file__).parents[1] / "scripts" / "run_archive.py"
+    packed = tmp_path / "packed"
+    subprocess.run([sys.executable, str(script), "pack", str(exp), str(packed)], check=True, capture_output=True, cwd=tmp_path)
+    assert sorted(p.name for p in packed.rglob("*")) == ["links.json", "meta.json", "x1_results.jsonl.gz"]
+    assert json.loads((packed / "links.json").read_text()) == {"zero-shot_results.jsonl": "other/results.jsonl"}
+    bad = subprocess.run(
+        [sys.executable, str(script), "pack", str(tmp_path / "other"), str(tmp_path / "p2")], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "no meta.json" in bad.stderr and not (tmp_path / "p2").exists()
+
+
 def test_progress_writes_plain_lines_when_not_on_a_terminal():
     """`ilf run > log` shows progress as plain lines (count, rate, ETA, fields), none of rich's bar art."""
     import io
