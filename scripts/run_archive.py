@@ -68,8 +68,15 @@ def pack(run_dir: Path, dest: Path) -> int:
 
 def unpack(src_dir: Path, run_dir: Path) -> int:
     count = 0
+    links = json.loads((src_dir / "links.json").read_text()) if (src_dir / "links.json").is_file() else {}
+    for rel, target in links.items():  # paths relative to the project root, like the packing's
+        out = run_dir / rel
+        if not out.exists() and not out.is_symlink():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.symlink_to(Path(target).resolve())
+            count += 1
     for src in sorted(src_dir.rglob("*")):
-        if not src.is_file():
+        if not src.is_file() or (src.parent == src_dir and src.name == "links.json" and links):
             continue
         rel = src.relative_to(src_dir)
         out = run_dir / rel

@@ -553,6 +553,11 @@ def test_an_experiment_directory_packs_without_its_models_and_lists_its_links(tm
     subprocess.run([sys.executable, str(script), "pack", str(exp), str(packed)], check=True, capture_output=True, cwd=tmp_path)
     assert sorted(p.name for p in packed.rglob("*")) == ["links.json", "meta.json", "x1_results.jsonl.gz"]
     assert json.loads((packed / "links.json").read_text()) == {"zero-shot_results.jsonl": "other/results.jsonl"}
+    subprocess.run(
+        [sys.executable, str(script), "unpack", str(packed), str(tmp_path / "again")], check=True, capture_output=True, cwd=tmp_path
+    )
+    assert (tmp_path / "again" / "zero-shot_results.jsonl").resolve() == (tmp_path / "other" / "results.jsonl").resolve()
+    assert (tmp_path / "again" / "x1_results.jsonl").read_bytes() == (exp / "x1_results.jsonl").read_bytes()
     bad = subprocess.run(
         [sys.executable, str(script), "pack", str(tmp_path / "other"), str(tmp_path / "p2")], capture_output=True, text=True
     )
