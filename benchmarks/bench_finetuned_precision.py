@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ilf import machine
 from ilf.evaluation import evaluate
 from ilf.extraction import STOP_SEQUENCES, extract_program
 from ilf.generation import SamplingParams, get_engine
@@ -35,13 +34,6 @@ from ilf.tasks import load_tasks
 
 RESULTS = Path(__file__).parent / "results"
 FORMATS = ("q8_0", "f16")
-
-
-def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), platform.processor())
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    return f"{model}; " + " ".join(f for f in flags if f.startswith(("avx512_vnni", "avx512_bf16", "avx512f", "amx"))) or "no AVX-512"
 
 
 def quantize_roundtrip(a: np.ndarray, fmt: str) -> np.ndarray:
@@ -144,7 +136,7 @@ def main() -> None:
 
     t_all = time.perf_counter()
     base_dir, ft_dir = resolve_model(a.base).hf_dir, resolve_model(a.model).hf_dir
-    print(f"CPU: {cpu()}\nbase {base_dir}\nfine-tuned {ft_dir}", flush=True)
+    print(f"CPU: {machine.describe()}\nbase {base_dir}\nfine-tuned {ft_dir}", flush=True)
     print("1. weights", flush=True)
     wr = weight_report(base_dir, ft_dir)
     print(json.dumps(wr, indent=2), flush=True)
@@ -198,7 +190,7 @@ def main() -> None:
     print(json.dumps(sampling_out, indent=2), flush=True)
 
     out = {
-        "cpu": cpu(),
+        "cpu": machine.describe(),
         "base": str(a.base),
         "model": str(a.model),
         "tasks": a.tasks,

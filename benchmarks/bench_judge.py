@@ -28,7 +28,6 @@ import ast
 import gzip
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ilf import judge
+from ilf import judge, machine
 from ilf.data import locate
 from ilf.evaluation import evaluate
 from ilf.tasks import load_tasks
@@ -216,9 +215,8 @@ def main() -> None:
     if args.limit:
         programs = programs[: args.limit]
     print(f"{len(programs)} programs: {dict(Counter(p['kind'] for p in programs))}")
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), platform.processor())
-    print(f"CPU: {model}, {os.cpu_count()} cores; avx512: {'avx512f' in cpu}")
+    model = machine.describe()
+    print(f"CPU: {model}")
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

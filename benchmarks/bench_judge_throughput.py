@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ilf import judge, sandbox
+from ilf import judge, machine, sandbox
 from ilf.data import locate
 from ilf.tasks import load_tasks
 
@@ -51,9 +51,8 @@ def main() -> None:
     job_file = args.out.with_suffix(".jobs.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     job_file.write_text(json.dumps(progs))
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    print(f"CPU: {model}, {os.cpu_count()} cores, avx512: {'avx512f' in cpu}; {len(progs)} programs")
+    model = machine.describe()
+    print(f"CPU: {model}; {len(progs)} programs")
     print(f"isolation: {sandbox.isolation_status()}")
     plans = {t.task_id: judge.plan(t, sandbox.DEFAULT_TIMEOUT) for t in tasks}
 

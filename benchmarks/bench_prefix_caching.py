@@ -20,12 +20,11 @@ resumed run does); "same as off" and "same when resumed" count identical texts.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ilf import machine
 from ilf.extraction import STOP_SEQUENCES
 from ilf.feedback.annotations import load_authors
 from ilf.feedback.llm import generate_llm_feedback
@@ -35,14 +34,6 @@ from ilf.sandbox import Sandbox
 from ilf.tasks import SPLITS, load_tasks
 
 LLM = "qwen2.5-coder-1.5b-instruct"
-
-
-def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    ext = [f for f in flags if f.startswith(("avx512f", "avx512_vnni", "avx512_bf16", "amx"))] or ["no AVX-512"]
-    return f"{model}, {os.cpu_count()} CPUs, {' '.join(ext)}"
 
 
 def llm_workload(n_x0: int):
@@ -110,7 +101,7 @@ def main() -> None:
     rows += measure("llm-1shot (1.5B, feedback + refinement)", LLM, x0, run, 1)
     prompts, run = mbpp_workload()
     rows += measure("mbpp (0.5B, n = 5)", DEFAULT_MODEL, prompts, run, 5)
-    print(f"\nOpenVINO prefix caching; CPU: {cpu()}")
+    print(f"\nOpenVINO prefix caching; CPU: {machine.describe()}")
     print("| workload | prefix caching | items | s per item | same samples as off | same when resumed |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
@@ -119,7 +110,7 @@ def main() -> None:
             f"{r.get('same_as_off', '')} | {r.get('same_when_resumed', '')} |"
         )
     out = Path(__file__).parent / "results" / "prefix_caching.json"
-    out.write_text(json.dumps({"cpu": cpu(), "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"cpu": machine.describe(), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,10 @@ would pass with the bare default limit, the slowest references, and the CPU.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 
-from ilf import judge, sandbox
+from ilf import judge, machine, sandbox
 from ilf.evaluation import evaluate
 from ilf.tasks import load_tasks
 
@@ -29,9 +27,7 @@ def main() -> None:
     ap.add_argument("--factor", type=float, default=2.0, help="how much slower the simulated CPU is")
     ap.add_argument("--timeout", type=float, default=sandbox.DEFAULT_TIMEOUT)
     args = ap.parse_args()
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?")
-    print(f"CPU: {model}, {os.cpu_count()} cores, avx512: {'avx512f' in cpu}")
+    print(f"CPU: {machine.describe()}")
     tasks = load_tasks("mbpp")
     t0 = time.monotonic()
     gold = judge.gold_seconds(list(tasks), progress=False)

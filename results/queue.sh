@@ -20,12 +20,10 @@ mkdir -p "$OUT"
 segment() {
   [ -n "${D:-}" ] || return 0
   .venv/bin/python - "$D/meta.json" "$T0" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)" <<'PY'
-import json, os, subprocess, sys, time
+import json, os, sys, time
 path, t0, code = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-field = lambda k: next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith(k + ":")), "?")
-flags = [f for f in field("Flags").split() if f.startswith(("avx512f", "avx512_vnni", "avx512_bf16", "amx"))]
-cpu = f"{field('Model name')} (family {field('CPU family')}, model {field('Model')}), {os.cpu_count()} CPUs, {' '.join(flags) or 'AVX2, no AVX-512'}"
+from ilf import machine
+cpu = machine.describe()
 meta = json.load(open(path)) if os.path.exists(path) else {"segments": []}
 meta["segments"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "seconds": round(time.time() - t0), "code": code, "cpu": cpu})
 meta["seconds"] = sum(s["seconds"] for s in meta["segments"])

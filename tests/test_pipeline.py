@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import tiny_models
 
+from ilf import machine
 from ilf.config import load_config
 from ilf.jsonl import load_jsonl
 
@@ -227,6 +228,10 @@ def test_an_empty_training_set_still_ends_in_a_report(tiny_model, tmp_path):
     assert not (run_dir / "eval" / "ilf").exists() and not (run_dir / "baselines").exists()
     text = (run_dir / "report" / "report.md").read_text()
     assert "R is empty in round 1" in text and "zero-shot" in text
+    # Every stage names the CPU that ran it, and the report's stage table shows it.
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {s["cpu"] for s in manifest["stages"].values()} == {machine.describe()}
+    assert f"- CPU 1: {machine.describe()}" in text
 
 
 def test_a_run_without_ilf_in_eval_methods_trains_nothing(tiny_model, tmp_path):

@@ -171,8 +171,8 @@ def make_run(
                 "code_version": "abc123",
                 "created_at": "2026-11-22T04:00:00Z",
                 "stages": {
-                    "r1/refine": {"status": "done", "seconds": 12.5, "fingerprint": "x"},
-                    "eval/ilf/eval": {"status": "done", "seconds": 30.0, "fingerprint": "y"},
+                    "r1/refine": {"status": "done", "seconds": 12.5, "fingerprint": "x", "cpu": "CPU A"},
+                    "eval/ilf/eval": {"status": "done", "seconds": 30.0, "fingerprint": "y", "cpu": "CPU B"},
                 },
             },
         )
@@ -265,7 +265,8 @@ def test_write_report_has_every_section_with_numbers_from_the_results(tmp_path):
     assert fb["authors"]["share_with_code"] == pytest.approx(0.5)  # "return sorted(xs)" is a line of code
     ppl = {p["source"]: p for p in rep["runs"][0]["perplexity"]}
     assert set(ppl) == {"gold", "human-refinements", "ilf"} and ppl["ilf"]["count"] == 20
-    assert "| r1/refine | done | 12.5 |" in md
+    assert "| r1/refine | done | 12.5 | 1 |" in md and "| eval/ilf/eval | done | 30.0 | 2 |" in md
+    assert "- CPU 1: CPU A" in md and "- CPU 2: CPU B" in md  # a run resumed on another machine says so
 
     # Figures: valid PNGs that matplotlib reads back, referenced from the Markdown.
     import matplotlib.image as mpimg

@@ -31,12 +31,11 @@ import hashlib
 import json
 import math
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ilf import plain, sandbox
+from ilf import machine, plain, sandbox
 from ilf.sandbox import MAX_ERROR_CHARS, MAX_GOT_CHARS, MAX_TEST_CHARS, Verdict, cap_text
 
 GOLD_TIME_FACTOR = 4.0
@@ -446,28 +445,12 @@ def _is_floats(x) -> bool:
     return False
 
 
-def machine_key() -> str:
-    """CPU model and flags that matter for speed: time measurements are cached per machine."""
-    model, flags = platform.processor() or "", ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model.strip():
-                    model = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = " ".join(sorted(x for x in line.split(":", 1)[1].split() if x.startswith("avx")))
-                    break
-    except OSError:
-        pass
-    return hashlib.sha256(f"{model}|{flags}|{os.cpu_count()}".encode()).hexdigest()[:12]
-
-
 def _cache_file(kind: str, data_path: Path) -> Path:
     from ilf.data import sha256_file
     from ilf.models import cache_dir
 
     digest = sha256_file(Path(data_path))[:16]
-    return cache_dir() / "judge" / f"{kind}-v{ORACLE_VERSION}-{digest}-{machine_key()}.json.gz"
+    return cache_dir() / "judge" / f"{kind}-v{ORACLE_VERSION}-{digest}-{machine.key()}.json.gz"
 
 
 def plus_oracles(data_dir=None, task_ids=None, workers: int = 0, progress: bool = True) -> dict[str, Oracle]:
@@ -547,7 +530,7 @@ def gold_seconds(tasks: list, workers: int = 0, progress: bool = True) -> dict:
         return {}
     from ilf.models import cache_dir
 
-    cache = cache_dir() / "judge" / f"gold-v{ORACLE_VERSION}-{machine_key()}.json.gz"
+    cache = cache_dir() / "judge" / f"gold-v{ORACLE_VERSION}-{machine.key()}.json.gz"
     stored = _read_cache(cache)
 
     def k(t):

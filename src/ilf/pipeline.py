@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
-from ilf import __version__
+from ilf import __version__, machine
 from ilf.config import TRAINED_METHODS, FeedbackConfig, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
@@ -139,6 +139,7 @@ class Run:
             "inputs": {str(p): file_fingerprint(p) for p in inputs},
             "started_at": _now(),
             "code_version": self.manifest["code_version"],
+            "cpu": machine.describe(),  # a resumed stage records the machine that finished it
         }
         self._save()
         t0 = time.time()

@@ -197,9 +197,9 @@ to say how long its sampling will take on this machine."""
 
 
 def _speed_key(engine_name: str, model: str) -> str:
-    from ilf.judge import machine_key
+    from ilf import machine
 
-    return f"{machine_key()}|{engine_name}|{Path(str(model)).name}"
+    return f"{machine.key()}|{engine_name}|{Path(str(model)).name}"
 
 
 def record_speed(engine_name: str, model: str, programs: int, seconds: float) -> None:

@@ -459,7 +459,15 @@ def _stages(run_dir: Path) -> tuple[Optional[dict], list[dict]]:
         status = st.get("status")
         if name == "report" and status == "running":
             status = "running (this report)"
-        rows.append({"stage": name, "status": status, "seconds": float(sec) if isinstance(sec, (int, float)) else None})
+        cpu = st.get("cpu")
+        rows.append(
+            {
+                "stage": name,
+                "status": status,
+                "seconds": float(sec) if isinstance(sec, (int, float)) else None,
+                "cpu": cpu if isinstance(cpu, str) else None,
+            }
+        )
     return manifest, rows
 
 

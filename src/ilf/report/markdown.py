@@ -352,12 +352,18 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
     # Stages
     L += ["## Stages", ""]
     if any(a["stages"] for _, a in runs):
+        # Wall times depend on the CPU several-fold, and a resumed run may span machines: each stage
+        # names the CPU that finished it (numbered below the table; older manifests have none).
+        cpus = list(dict.fromkeys(s["cpu"] for _, a in runs for s in a["stages"] if s.get("cpu")))
         rows = [
-            ([label] if compare else []) + [s["stage"], s["status"], "–" if s["seconds"] is None else f"{s['seconds']:.1f}"]
+            ([label] if compare else [])
+            + [s["stage"], s["status"], "–" if s["seconds"] is None else f"{s['seconds']:.1f}"]
+            + ([str(cpus.index(s["cpu"]) + 1) if s.get("cpu") else "–"] if cpus else [])
             for label, a in runs
             for s in a["stages"]
         ]
-        L += _table((["run"] if compare else []) + ["stage", "status", "seconds"], rows) + [""]
+        L += _table((["run"] if compare else []) + ["stage", "status", "seconds"] + (["CPU"] if cpus else []), rows) + [""]
+        L += [f"- CPU {i}: {c}" for i, c in enumerate(cpus, 1)] + ([""] if cpus else [])
     else:
         L += ["No manifest.json: stage timings unknown.", ""]
     return "\n".join(L).rstrip() + "\n"
