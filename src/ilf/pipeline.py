@@ -98,6 +98,11 @@ class Run:
         self._engine_key: tuple | None = None
         self._tasks: dict[str, TaskSet] = {}
         self._authors: list[dict[str, Any]] | None = None
+        # model dir -> fingerprint of the FINETUNE stage that made it (pairs, base, settings, seed). A stage
+        # that uses a trained model is keyed by this, not by the model's bytes: a model retrained from the
+        # same inputs (deleted to save disk, or a run moved to another machine without its models) keeps
+        # the samples already drawn from it, finished or partial, instead of discarding hours of EVAL.
+        self._trained: dict[str, str] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -460,13 +465,17 @@ class Run:
                 list(tasks), lambda: self.engine(model), params, out, resume=True, model_name=str(model), engine_name=self.engine_label()
             )
 
-        self.stage(
-            name,
-            body,
-            params={"model": model, "engine": self.engine_label(), "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)},
-            inputs=[Path(model)] if Path(model).is_dir() else [],
-            outputs=[out],
-        )
+        key, inputs = self._model_key(model)
+        ident = {"model": model, "engine": self.engine_label(), "tasks": sorted(map(str, tasks.tasks)), "sampling": asdict(params)}
+        self.stage(name, body, params=ident | key, inputs=inputs, outputs=[out])
+
+    def _model_key(self, model: str) -> tuple[dict[str, str], list[Path]]:
+        """(extra params, inputs) that identify a model for a stage fingerprint: a model this run trained
+        by the stage that trained it, any other directory by its bytes, a model name by itself."""
+        trained = self._trained.get(str(Path(model).resolve()))
+        if trained:
+            return {"trained_by": trained}, []
+        return {}, [Path(model)] if Path(model).is_dir() else []
 
     def eval_stage(self, name: str, samples: Path, out: Path) -> None:
         from ilf.evaluation import evaluate
@@ -593,8 +602,9 @@ class Run:
             self.close_engine()
             finetune(load_jsonl(pairs), base, out, tc, overwrite=True)
 
-        params = {"base": base, "train": asdict(tc)}
-        self.stage(name, body, params=params, inputs=[pairs] + ([Path(base)] if Path(base).is_dir() else []), outputs=[out])
+        key, base_inputs = self._model_key(base)
+        self.stage(name, body, params={"base": base, "train": asdict(tc)} | key, inputs=[pairs, *base_inputs], outputs=[out])
+        self._trained[str(Path(out).resolve())] = self.manifest["stages"][name]["fingerprint"]
 
     # -- evaluation of every method on the test tasks -------------------------------------------
 
