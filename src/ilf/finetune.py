@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -673,6 +674,45 @@ def finetune(
         f"peak RSS {metrics['peak_rss_mb'] / 1024:.1f} GiB -> {output_dir}"
     )
     return output_dir
+
+
+def _die_with_parent() -> None:
+    """In the FINETUNE child: end with the pipeline process (Linux), so that a killed `ilf run` leaves no
+    orphan training into the model directory its resumed run will train into."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def finetune_in_child(
+    pairs: str | os.PathLike | Iterable[dict] | Iterable[Pair],
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    **kwargs: Any,
+) -> Path:
+    """`finetune()` in a fresh child process, as `ilf run` calls it. Full fine-tuning's peak (weights,
+    gradients, AdamW state, activations: several GiB for the 0.5B model) stays with the Python heap
+    of the process that trained, so a pipeline that trains several models and then loads others (an
+    LLM, an engine conversion) in one process grows until the kernel ends it. A child returns it all
+    on exit. Errors raise here as they would in-process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    pairs = pairs if isinstance(pairs, (str, os.PathLike)) else list(pairs)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of the parent's heap
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_die_with_parent) as pool:
+        try:
+            return pool.submit(finetune, pairs, model, output_dir, config, **kwargs).result()
+        except BrokenProcessPool:
+            raise IlfError(
+                f"FINETUNE -> {output_dir}: its process ended without a result (killed; out of memory? "
+                "`dmesg` says). Rerun the same command: it resumes from the last checkpoint."
+            ) from None
 
 
 def accelerate_config(name: str) -> Path:

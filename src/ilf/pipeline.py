@@ -594,13 +594,13 @@ class Run:
 
     def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc: FinetuneConfig, seed_offset: int = 0) -> None:
         """FINETUNE seed i of train_seeds trains with finetune.seed + i."""
-        from ilf.finetune import finetune
+        from ilf.finetune import finetune_in_child
 
         tc = replace(tc, seed=tc.seed + seed_offset)
 
         def body():
             self.close_engine()
-            finetune(load_jsonl(pairs), base, out, tc, overwrite=True)
+            finetune_in_child(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         key, base_inputs = self._model_key(base)
         self.stage(name, body, params={"base": base, "train": asdict(tc)} | key, inputs=[pairs, *base_inputs], outputs=[out])
