@@ -21,6 +21,7 @@ from ilf.finetune import (
     Pair,
     encode_pair,
     finetune,
+    finetune_in_child,
     load_pairs,
     split_refinement_prompt,
 )
@@ -258,6 +259,52 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
     steps = [h["step"] for h in meta["metrics"]["log_history"] if "loss" in h]
     assert "resuming from" in r.stdout + r.stderr
     assert steps[-1] == 80
+
+
+# --- FINETUNE in a child process (what `ilf run` does) ---------------------------------------------
+
+
+def test_finetune_in_child_trains_there_and_raises_here(tiny, tmp_path):
+    pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
+    cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, report_to="none", seed=0)
+    out = finetune_in_child(pairs, tiny, tmp_path / "out", cfg)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["metrics"]["global_step"] == 2 and meta["metrics"]["peak_rss_mb"] > 0
+    # The child's error reaches the caller as the same one clear IlfError.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(IlfError, match=r"bad.jsonl:2: missing field 'completion'"):
+        finetune_in_child(bad, tiny, tmp_path / "out2", cfg)
+
+
+def test_finetune_child_killed_is_one_clear_error(tiny, tmp_path):
+    """The OOM killer ends the child: the caller gets a line that says so and how to resume, not a
+    BrokenProcessPool traceback."""
+    import multiprocessing
+    import threading
+
+    pairs = [{"prompt": p, "completion": c} for p, c in MEMO] * 4
+    cfg = FinetuneConfig(learning_rate=1e-3, batch_size=1, epochs=50, report_to="none", seed=0)
+    errors: list[BaseException] = []
+    t = threading.Thread(target=lambda: _catch(errors, finetune_in_child, pairs, tiny, tmp_path / "out", cfg))
+    t.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not multiprocessing.active_children():
+        time.sleep(0.05)
+    time.sleep(3)  # inside the training loop by now (or still importing: either way it dies)
+    for child in multiprocessing.active_children():
+        os.kill(child.pid, signal.SIGKILL)
+    t.join(120)
+    assert len(errors) == 1 and isinstance(errors[0], IlfError), errors
+    assert "ended without a result" in str(errors[0]) and str(tmp_path / "out") in str(errors[0])
+    assert not (tmp_path / "out" / META_FILE).exists()
+
+
+def _catch(errors: list, fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:  # noqa: BLE001 - the test inspects it
+        errors.append(e)
 
 
 # --- several processes: the same command under torchrun (gloo on CPU; NCCL on GPUs) -----------------
