@@ -249,32 +249,46 @@ def test_a_run_without_ilf_in_eval_methods_trains_nothing(tiny_model, tmp_path):
     assert "π_Refine" in text
 
 
-def test_a_retrained_model_keeps_its_samples_a_changed_setting_does_not(tiny_model, tmp_path):
-    """EVAL samples of a trained model are keyed by the FINETUNE stage that made it, not its bytes: a
-    run continued elsewhere without its model directories retrains them (not bit for bit on another
-    CPU) and must keep the samples drawn so far. Other FINETUNE settings are another model: sampled anew."""
+def test_models_not_on_disk_are_retrained_only_when_needed_and_keep_their_samples(tiny_model, tmp_path):
+    """EVAL samples of a trained model are keyed by the FINETUNE stage that made it, not its bytes, and a
+    finished FINETUNE whose model is gone (deleted for disk, or a run moved without its models) is
+    retrained only if a stage still needs the model. Other FINETUNE settings are another model."""
     run_dir = tmp_path / "run"
     cfg_path = write_config(tmp_path / "t.toml", tiny_model, run_dir, eval_tasks="11", eval_n=1, methods='["ilf"]', train_seeds=2)
     assert subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900).returncode == 0
     first = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    # Another CPU's retraining, in effect: seed 1's model is gone, seed 0's weights differ in their bytes.
+    # Both models gone; seed 1's evaluation unfinished (its samples lost too); seed 0's complete.
+    shutil.rmtree(run_dir / "r1" / "model")
     shutil.rmtree(run_dir / "r1" / "model@s1")
-    weights = run_dir / "r1" / "model" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes() + b" ")
+    for f in ("samples.jsonl", "results.jsonl"):
+        (run_dir / "eval" / "ilf@s1" / f).unlink()
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    assert again["r1/finetune@s1"]["started_at"] != first["r1/finetune@s1"]["started_at"]  # retrained
-    for stage in ("eval/ilf/sample", "eval/ilf@s1/sample"):
-        assert again[stage] == first[stage], stage  # skipped: same fingerprint, not redone
-    assert again["eval/ilf/sample"]["params"]["trained_by"] == first["r1/finetune"]["fingerprint"]
+    assert again["r1/finetune"] == first["r1/finetune"] and not (run_dir / "r1" / "model").exists()  # not needed
+    assert again["eval/ilf/sample"] == first["eval/ilf/sample"]
+    assert again["r1/finetune@s1"]["started_at"] != first["r1/finetune@s1"]["started_at"]  # needed: retrained
+    assert (run_dir / "r1" / "model@s1").is_dir()
+    assert again["eval/ilf@s1/sample"]["fingerprint"] == first["eval/ilf@s1/sample"]["fingerprint"]
+    assert load_jsonl(run_dir / "eval" / "ilf@s1" / "results.jsonl")  # sampled again from the retrained model
 
-    cfg_path.write_text(cfg_path.read_text().replace("learning_rate = 1e-4", "learning_rate = 2e-4"))
+    # A retrained model whose bytes differ (another CPU) keeps its samples: the key is its FINETUNE stage.
+    weights = run_dir / "r1" / "model@s1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     third = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    assert third["eval/ilf/sample"]["fingerprint"] != first["eval/ilf/sample"]["fingerprint"]
-    assert third["eval/ilf/sample"]["started_at"] != first["eval/ilf/sample"]["started_at"]
+    assert third["eval/ilf@s1/sample"] == again["eval/ilf@s1/sample"]
+    assert third["eval/ilf@s1/sample"]["params"]["trained_by"] == first["r1/finetune@s1"]["fingerprint"]
+
+    # Another learning rate: another model, trained and sampled anew.
+    cfg_path.write_text(cfg_path.read_text().replace("learning_rate = 1e-4", "learning_rate = 2e-4"))
+    proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fourth = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    for stage in ("eval/ilf/sample", "eval/ilf@s1/sample"):
+        assert fourth[stage]["fingerprint"] != first[stage]["fingerprint"], stage
+        assert fourth[stage]["started_at"] != third[stage]["started_at"], stage
 
 
 def _wait_for(pred, proc, timeout=300.0):

@@ -103,11 +103,18 @@ class Run:
         # same inputs (deleted to save disk, or a run moved to another machine without its models) keeps
         # the samples already drawn from it, finished or partial, instead of discarding hours of EVAL.
         self._trained: dict[str, str] = {}
+        # model dir -> its FINETUNE, finished before but the model not on disk: run when a stage needs it.
+        self._deferred: dict[str, Callable[[], None]] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _save(self) -> None:
         write_json(self.manifest_path, self.manifest)
+
+    @staticmethod
+    def fingerprint(params: dict[str, Any], inputs: list[Path] = ()) -> str:
+        src = json.dumps({"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__}, sort_keys=True, default=str)
+        return hashlib.sha256(src.encode()).hexdigest()[:16]
 
     def stage(
         self,
@@ -119,10 +126,7 @@ class Run:
         outputs: list[Path] = (),
     ) -> None:
         """Run `fn` unless this stage already finished with the same fingerprint."""
-        fp_src = json.dumps(
-            {"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__}, sort_keys=True, default=str
-        )
-        fp = hashlib.sha256(fp_src.encode()).hexdigest()[:16]
+        fp = self.fingerprint(params, inputs)
         entry = self.manifest["stages"].get(name)
         if entry and entry.get("status") == "done" and entry.get("fingerprint") == fp and all(Path(o).exists() for o in outputs):
             console.print(f"[dim]✓ {name}: done ({entry.get('seconds', 0):.0f} s), skipped[/]")
@@ -203,6 +207,7 @@ class Run:
         key = (str(model), name)
         if self._engine_key != key:
             self.close_engine()
+            self.materialize(model)
             console.print(f"loading [bold]{model}[/] with the [bold]{self.engine_label(engine)}[/] engine")
             opts = {"weights": self.cfg.model.weights} if name == "openvino" else {}
             self._engine = get_engine(name, str(model), **opts)
@@ -406,6 +411,7 @@ class Run:
 
         def body():
             self.close_engine()  # one model in memory at a time
+            self.materialize(base)
             sweep(
                 pairs_path,
                 base,
@@ -600,11 +606,26 @@ class Run:
 
         def body():
             self.close_engine()
+            self.materialize(base)
             finetune_in_child(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         key, base_inputs = self._model_key(base)
-        self.stage(name, body, params={"base": base, "train": asdict(tc)} | key, inputs=[pairs, *base_inputs], outputs=[out])
-        self._trained[str(Path(out).resolve())] = self.manifest["stages"][name]["fingerprint"]
+        params, inputs = {"base": base, "train": asdict(tc)} | key, [pairs, *base_inputs]
+        fp, entry, where = self.fingerprint(params, inputs), self.manifest["stages"].get(name, {}), str(Path(out).resolve())
+        self._trained[where] = fp
+        if entry.get("status") == "done" and entry.get("fingerprint") == fp and not Path(out).exists():
+            # Trained before, the model since deleted (disk) or left behind (a run moved without its models):
+            # retrained only if a later stage still needs it, not for the evaluations that already finished.
+            console.print(f"[dim]✓ {name}: done; {out} not on disk: retrained if a later stage needs it[/]")
+            self._deferred[where] = lambda: self.stage(name, body, params=params, inputs=inputs, outputs=[out])
+            return
+        self.stage(name, body, params=params, inputs=inputs, outputs=[out])
+
+    def materialize(self, model: str) -> None:
+        """Before a model is loaded: retrain it if its FINETUNE was deferred (see finetune_stage)."""
+        run = self._deferred.pop(str(Path(model).resolve()), None)
+        if run is not None:
+            run()
 
     # -- evaluation of every method on the test tasks -------------------------------------------
 

@@ -67,7 +67,7 @@ def sweep(
     from rich.console import Console
 
     from ilf.evaluation import evaluate
-    from ilf.finetune import finetune, load_pairs
+    from ilf.finetune import finetune_in_child, load_pairs
     from ilf.generation import SamplingParams
     from ilf.sampling import sample
 
@@ -107,7 +107,8 @@ def sweep(
             continue
         sdir = sweep_dir / name
         console.print(f"[bold]sweep[/] {name}")
-        finetune(pairs, base, sdir / "model", replace(train, learning_rate=lr, batch_size=bs, epochs=ep), overwrite=True, console=console)
+        # In a child process: a full fine-tuning's heap would otherwise stay with this one (docs/finetune.md).
+        finetune_in_child(pairs, base, sdir / "model", replace(train, learning_rate=lr, batch_size=bs, epochs=ep), overwrite=True)
         loaded: list[Any] = []  # the engine loads only if some task still needs sampling
         try:
             sample(
