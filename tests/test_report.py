@@ -34,6 +34,7 @@ def _results(method: str, outcomes: dict[int, list[bool]], model: str) -> list[d
             "prompt": "p",
             "completion": "c",
             "program": "x",
+            "num_tokens": 58 + i % 2 if method == "zero-shot" else 31,
             "passed": ok,
             "status": "passed" if ok else "failed",
             "error": None,
@@ -250,6 +251,9 @@ def test_write_report_has_every_section_with_numbers_from_the_results(tmp_path):
     assert "20 tasks (11-30)" in md and "n = 10 samples per task" in md
     assert f"| ilf | runs/demo/r1/model | 7 | 20 | 10 | {100 * p1:.1f} [" in md
     assert md.index("| zero-shot |") < md.index("| ilf |")
+    # Mean completion tokens per method: a style change from FINETUNE (terser programs) shows here.
+    assert _method(rep, "zero-shot")["mean_tokens"] == pytest.approx(58.5) and _method(rep, "ilf")["mean_tokens"] == 31
+    assert "tokens per sample" in md and next(ln for ln in md.splitlines() if ln.startswith("| ilf |")).endswith("| 31.0 |")
 
     # Table 3 analog: 8 pairs x 4 refinements, pair p passes p % 5 of 4 -> c = 0,1,2,3,4,0,1,2.
     cs = [p % 5 for p in range(8)]

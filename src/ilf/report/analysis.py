@@ -168,6 +168,9 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
     if method == "zero-shot" and train_pairs is None:
         train_pairs = 0
 
+    # Completion length: a FINETUNE that changes the model's style (terser programs, say) shows here first.
+    tokens = [rec["num_tokens"] for _, rec in read_jsonl(results, allow_torn_tail=True) if isinstance(rec.get("num_tokens"), int)]
+
     # The stored summary is a convenience copy; flag it when it disagrees with the per-sample results.
     mismatch = None
     if isinstance(summary.get("pass@1"), (int, float)) and "pass@1" in metrics:
@@ -183,6 +186,7 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
         "n_min": min(ns) if ns else 0,
         "n_max": max(ns) if ns else 0,
         "train_pairs": train_pairs,
+        "mean_tokens": sum(tokens) / len(tokens) if tokens else None,
         "protocol": protocol,
         "metrics": metrics,
         "pass_curve": _pass_curve(counts, resamples, seed),

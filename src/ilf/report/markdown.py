@@ -73,9 +73,12 @@ def _methods_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     methods = [(label, m) for label, a in runs for m in a["methods"]]
     names = [f"pass@{k}" for k in TABLE_KS if any(f"pass@{k}" in m["metrics"] for _, m in methods)] + ["one_plus_correct"]
     has_delta = any("delta_vs_zero-shot" in m for _, m in methods)
+    has_tokens = any(m.get("mean_tokens") is not None for _, m in methods)
     header = (["run"] if with_run else []) + ["method", "model", "train pairs", "tasks", "n"] + [metric_label(n) for n in names]
     if has_delta:
         header.append("Δ pass@1 vs zero-shot")
+    if has_tokens:
+        header.append("tokens per sample")
     rows = []
     for label, m in methods:
         n = str(m["n_min"]) if m["n_min"] == m["n_max"] else f"{m['n_min']}-{m['n_max']}"
@@ -84,6 +87,8 @@ def _methods_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
         if has_delta:
             d = m.get("delta_vs_zero-shot", {}).get("metrics", {}).get("pass@1")
             row.append(pct(d, signed=True) if d else "–")
+        if has_tokens:
+            row.append("–" if m.get("mean_tokens") is None else f"{m['mean_tokens']:.1f}")
         rows.append(row)
     out = _table(header, rows)
     for label, m in methods:
