@@ -513,6 +513,10 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
         ],
     )
     write_json(run / "sweep" / "ilf" / "best.json", {"setting": "lr1e-05-bs8-ep2"})
+    write_jsonl(
+        run / "sweep" / "ilf" / "lr1e-05-bs8-ep2" / "results.jsonl",
+        [{"task_id": 111 + i, "sample_id": 0, "passed": i == 0, "num_tokens": 40 + 4 * i} for i in range(2)],
+    )
     (run / "r1" / "model").mkdir()
     (run / "r1" / "model" / "model.safetensors").write_bytes(b"weights")
     script = Path(__file__).parents[1] / "scripts" / "run_archive.py"
@@ -532,6 +536,7 @@ def test_report_from_a_packed_run_equals_the_original_and_unpack_restores_the_by
     assert original["refine"][0]["shuffled"]["pairs"] == 8 and original["sweep"][0]["best"] == "lr1e-05-bs8-ep2"
     md = report.write_report(packed).read_text()
     assert "Table 2 analog" in md and "Appendix A.1" in md
+    assert original["sweep"][0]["rows"][0]["mean_tokens"] == 42 and "| 42.0 | best |" in md  # the setting's samples
 
     restored = tmp_path / "restored"
     subprocess.run([sys.executable, str(script), "unpack", str(packed), str(restored)], check=True, capture_output=True)

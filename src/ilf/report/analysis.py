@@ -364,6 +364,11 @@ def _sweep_tables(run_dir: Path) -> list[dict]:
     out = []
     for table in sorted({stored(p.with_name("table.jsonl")) for p in run_dir.glob("sweep/*/table.jsonl*")}):
         rows = [r for _, r in read_jsonl(table, allow_torn_tail=True)]
+        for r in rows:  # completion length per setting: the validation samples show a style shift too
+            res = stored(table.parent / str(r.get("setting")) / "results.jsonl")
+            recs = [x for _, x in read_jsonl(res, allow_torn_tail=True)] if res.is_file() else []
+            toks = [x["num_tokens"] for x in recs if isinstance(x.get("num_tokens"), int)]
+            r["mean_tokens"] = sum(toks) / len(toks) if toks else None
         best = _read_json_object(table.parent / "best.json")
         out.append({"method": table.parent.name, "rows": rows, "best": (best or {}).get("setting")})
     return out

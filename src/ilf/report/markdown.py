@@ -280,12 +280,14 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
                 f"{100 * r['pass_rate']:.1f}",
                 r["num_tasks"],
                 r["num_samples"],
+                "–" if r.get("mean_tokens") is None else f"{r['mean_tokens']:.1f}",
                 "best" if r["setting"] == sw["best"] else "",
             ]
             for label, sw in sweeps
             for r in sw["rows"]
         ]
-        L += _table((["run"] if compare else []) + ["method", "setting", "validation pass rate (%)", "tasks", "samples", ""], rows) + [""]
+        head = ["method", "setting", "validation pass rate (%)", "tasks", "samples", "tokens per sample", ""]
+        L += _table((["run"] if compare else []) + head, rows) + [""]
 
     # Training set sizes
     L += ["## Training sets", ""]
