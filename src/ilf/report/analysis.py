@@ -168,9 +168,6 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
     if method == "zero-shot" and train_pairs is None:
         train_pairs = 0
 
-    # Completion length: a FINETUNE that changes the model's style (terser programs, say) shows here first.
-    tokens = [rec["num_tokens"] for _, rec in read_jsonl(results, allow_torn_tail=True) if isinstance(rec.get("num_tokens"), int)]
-
     # The stored summary is a convenience copy; flag it when it disagrees with the per-sample results.
     mismatch = None
     if isinstance(summary.get("pass@1"), (int, float)) and "pass@1" in metrics:
@@ -186,7 +183,7 @@ def _analyze_method(run_dir: Path, mdir: Path, resamples: int, seed: int, config
         "n_min": min(ns) if ns else 0,
         "n_max": max(ns) if ns else 0,
         "train_pairs": train_pairs,
-        "mean_tokens": sum(tokens) / len(tokens) if tokens else None,
+        "mean_tokens": _mean_tokens(results),
         "protocol": protocol,
         "metrics": metrics,
         "pass_curve": _pass_curve(counts, resamples, seed),
@@ -359,16 +356,23 @@ def _shuffled_control(related: dict[str, tuple[int, int]], path: Path, resamples
     }
 
 
+def _mean_tokens(results: Path) -> Optional[float]:
+    """Mean completion length (num_tokens) of a results file, None without the field: a FINETUNE that
+    changes the model's style (terser programs, say) shows here first."""
+    path = stored(results)
+    if not path.is_file():
+        return None
+    toks = [r["num_tokens"] for _, r in read_jsonl(path, allow_torn_tail=True) if isinstance(r.get("num_tokens"), int)]
+    return sum(toks) / len(toks) if toks else None
+
+
 def _sweep_tables(run_dir: Path) -> list[dict]:
     """The FINETUNE sweep per method (sweep/<method>/table.jsonl, best.json), as the pipeline left it."""
     out = []
     for table in sorted({stored(p.with_name("table.jsonl")) for p in run_dir.glob("sweep/*/table.jsonl*")}):
         rows = [r for _, r in read_jsonl(table, allow_torn_tail=True)]
-        for r in rows:  # completion length per setting: the validation samples show a style shift too
-            res = stored(table.parent / str(r.get("setting")) / "results.jsonl")
-            recs = [x for _, x in read_jsonl(res, allow_torn_tail=True)] if res.is_file() else []
-            toks = [x["num_tokens"] for x in recs if isinstance(x.get("num_tokens"), int)]
-            r["mean_tokens"] = sum(toks) / len(toks) if toks else None
+        for r in rows:  # the validation samples show a style shift too
+            r["mean_tokens"] = _mean_tokens(table.parent / str(r.get("setting")) / "results.jsonl")
         best = _read_json_object(table.parent / "best.json")
         out.append({"method": table.parent.name, "rows": rows, "best": (best or {}).get("setting")})
     return out
