@@ -309,6 +309,17 @@ def test_unfinished_method_and_summary_mismatch_are_reported(tmp_path):
     md = report.write_report(run).read_text()
     assert "Not finished (no results.jsonl): gold." in md
     assert "summary.json says pass@1 = 0.9900" in md
+    assert "Not evaluated" not in md
+
+
+def test_baseline_without_training_data_is_named_not_silently_missing(tmp_path):
+    run = make_run(tmp_path)
+    (run / "baselines" / "human-refinements").mkdir(parents=True)
+    (run / "baselines" / "human-refinements" / "train_pairs.jsonl").write_text("")
+    md = report.write_report(run).read_text()
+    assert "**human-refinements** has no training data (`baselines/human-refinements/train_pairs.jsonl` is empty)" in md
+    rep = json.loads((run / "report" / "report.json").read_text())
+    assert [u["method"] for r in rep["runs"] for u in r["untrained_methods"]] == ["human-refinements"]
 
 
 @pytest.mark.parametrize(
@@ -688,3 +699,20 @@ def test_results_files_against_a_number_draw_figure_4(tmp_path):
     assert bad.returncode == 2 and "one value per results file (3)" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     nan = subprocess.run(cmd + ["--x", "-,six,12"], capture_output=True, text=True)
     assert nan.returncode == 2 and "'six'" in nan.stderr
+
+
+@pytest.mark.parametrize(
+    "zero_rate,ilf_rate,expected",
+    [
+        (0.5, 0.2, "**ILF did not help in this run**: it lowered pass@1 below the model it started from."),
+        (0.2, 0.5, "**ILF is above zero-shot** and every baseline evaluated here; fine-tuning on gold code was not evaluated"),
+        (0.3, 0.3, "**The paper's claim is not shown in this run**: ILF is not above zero-shot with a CI above 0."),
+    ],
+)
+def test_report_states_whether_ilf_helped_from_the_same_estimates(tmp_path, zero_rate, ilf_rate, expected):
+    md = report.write_report(make_run(tmp_path, zero_rate=zero_rate, ilf_rate=ilf_rate)).read_text()
+    assert expected in md
+    assert "ILF trained on 7 repaired programs" in md
+    rep = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    d = rep["runs"][0]["train_seeds"][0]["minus_zero_shot"]
+    assert f"- ILF − zero-shot: {100 * d['value']:+.1f}" in md

@@ -484,6 +484,20 @@ def _stages(run_dir: Path) -> tuple[Optional[dict], list[dict]]:
     return manifest, rows
 
 
+def _untrained_methods(run_dir: Path) -> list[dict]:
+    """Methods the pipeline did not evaluate because their training set came out empty (e.g.
+    human-refinements when none of R's tasks has an annotation): a reader must see that a row is
+    absent for a reason, not lost."""
+    sets = [("ilf", run_dir / "r1" / "train_pairs.jsonl")]
+    if (run_dir / "baselines").is_dir():
+        sets += [(d.name, d / "train_pairs.jsonl") for d in sorted((run_dir / "baselines").iterdir()) if d.is_dir()]
+    return [
+        {"method": m, "train_pairs": str(stored(p).relative_to(run_dir))}
+        for m, p in sets
+        if stored(p).is_file() and next(read_jsonl(p), None) is None and not (run_dir / "eval" / m).is_dir()
+    ]
+
+
 def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> dict:
     """Every number of the report for one run directory, as a JSON-able dict (report.json)."""
     run_dir = Path(run_dir)
@@ -508,6 +522,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
                 unfinished.append(mdir.name)
     _paired_deltas(methods, resamples, seed)
     seeds = _seed_groups(methods, resamples, seed)
+    untrained = _untrained_methods(run_dir)
     ppl_rows, ppl_values = _perplexity_stats(run_dir)
     return {
         "run": run_dir.resolve().name,
@@ -519,6 +534,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "methods": methods,
         "train_seeds": seeds,
         "unfinished_methods": unfinished,
+        "untrained_methods": untrained,
         "refine": _analyze_refine(run_dir, resamples, seed),
         "sweep": _sweep_tables(run_dir),
         "feedback": _feedback_stats(run_dir),

@@ -97,6 +97,61 @@ def _methods_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     return out
 
 
+def _direction(e: dict) -> str:
+    if e["lo"] > 0:
+        return "**higher**, the CI excludes 0"
+    if e["hi"] < 0:
+        return "**lower**, the CI excludes 0"
+    return "within noise (the CI covers 0)"
+
+
+def _verdict_lines(a: dict) -> list[str]:
+    """The paper's claim checked against this run's numbers (ILF above zero-shot and above each
+    baseline, 95% CI over tasks above 0), in words, with the facts that bear on it: written from
+    the same estimates as the tables below, so it can never disagree with them."""
+    ilf = next((g for g in a.get("train_seeds", []) if g["method"] == "ilf"), None)
+    if ilf is None or not ilf.get("minus_zero_shot"):
+        return []
+    k = len(ilf["seeds"])
+    seeds = f"the mean of its {k} FINETUNE seeds" if k > 1 else "one FINETUNE seed"
+    comparisons = [("zero-shot", ilf["minus_zero_shot"])] + [
+        (g["method"], g["ilf_minus"]) for g in a["train_seeds"] if g["method"] != "ilf" and g.get("ilf_minus")
+    ]
+    L = ["## Does ILF help in this run?", ""]
+    L += [f"ILF ({seeds}), paired over the evaluation tasks, pass@1 in points:", ""]
+    L += [f"- ILF − {name}: {pct(e, signed=True)}: {_direction(e)}." for name, e in comparisons]
+    wins = [name for name, e in comparisons if e["lo"] > 0]
+    if len(wins) == len(comparisons) and any(name == "gold" for name, _ in comparisons):
+        verdict = "**The paper's claim holds in this run**: ILF is above zero-shot and above every baseline evaluated here."
+    elif len(wins) == len(comparisons):
+        verdict = (
+            "**ILF is above zero-shot** and every baseline evaluated here; fine-tuning on gold code was not "
+            "evaluated, so the paper's comparison with it is not tested."
+        )
+    elif comparisons[0][1]["hi"] < 0:
+        verdict = "**ILF did not help in this run**: it lowered pass@1 below the model it started from."
+    else:
+        verdict = (
+            "**The paper's claim is not shown in this run**: ILF is not above "
+            + ", ".join(name for name, e in comparisons if e["lo"] <= 0)
+            + " with a CI above 0."
+        )
+    L += ["", verdict + " (The paper's claim: ILF above zero-shot and above fine-tuning on gold code, CI above 0.)"]
+    by = {m["method"]: m for m in a["methods"]}
+    facts = []
+    if by.get("ilf", {}).get("train_pairs") is not None:
+        facts.append(f"ILF trained on {by['ilf']['train_pairs']} repaired programs")
+    if by.get("ilf", {}).get("mean_tokens") and by.get("zero-shot", {}).get("mean_tokens"):
+        facts.append(
+            f"ILF's samples average {by['ilf']['mean_tokens']:.0f} tokens (seed 0), zero-shot's {by['zero-shot']['mean_tokens']:.0f}"
+        )
+    if facts:
+        L += ["", "Facts that bear on it: " + "; ".join(facts) + "."]
+    if a.get("untrained_methods") or a.get("unfinished_methods"):
+        L += ["", "Not all configured methods are in these comparisons (see below the Table 4 analog)."]
+    return L + [""]
+
+
 def _seeds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     header = (["run"] if with_run else []) + [
         "method",
@@ -182,6 +237,9 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
         "",
     ]
 
+    if not compare:
+        L += _verdict_lines(runs[0][1])
+
     # Table 4 analog
     L += ["## Pass rates on the evaluation tasks (Table 4 analog)", ""]
     if any(a["methods"] for _, a in runs):
@@ -211,6 +269,12 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
     for label, a in runs:
         if a["unfinished_methods"]:
             L += [f"Not finished{' in ' + label if compare else ''} (no results.jsonl): {', '.join(a['unfinished_methods'])}.", ""]
+        for u in a.get("untrained_methods", []):
+            L += [
+                f"Not evaluated{' in ' + label if compare else ''}: **{u['method']}** has no training data "
+                f"(`{u['train_pairs']}` is empty), so it was not fine-tuned and has no row.",
+                "",
+            ]
 
     # Table 3 analog
     L += ["## π_Refine: pass rates of refinements (Table 3 analog)", ""]
