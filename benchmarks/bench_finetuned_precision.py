@@ -124,6 +124,83 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: 
     return float((a - b).mean()), float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
+def sampling_spread(a: argparse.Namespace) -> None:
+    """Measurement 3 only, with several sampling seeds per path, so the f16 - float32 difference in
+    pass@1 can be set beside the spread between two float32 streams (two seeds of the same weights).
+    Each (path, seed) is written as soon as it is done: a stopped benchmark keeps what it measured."""
+    t_all = time.perf_counter()
+    ft_dir = resolve_model(a.model).hf_dir
+    seeds = [int(x) for x in a.sampling_seeds.split(",")]
+    wanted = a.paths.split(",")
+    tasks = list(load_tasks("mbpp", task_ids=a.tasks))
+    ids = [tk.task_id for tk in tasks]
+    out_json, out_samples = Path(a.out + ".json"), Path(a.out + "_samples.jsonl")
+    done = json.loads(out_json.read_text())["runs"] if out_json.exists() else {}
+    print(f"CPU: {machine.describe()}\nfine-tuned {ft_dir}; tasks {a.tasks}, n={a.n}, seeds {seeds}", flush=True)
+    for plabel, engine, opts in [p for w in wanted for p in paths() if p[0] == w]:
+        for seed in seeds:
+            key = f"{plabel}@{seed}"
+            if key in done:
+                continue
+            sp = SamplingParams(n=a.n, temperature=0.8, top_p=0.95, max_new_tokens=a.max_new_tokens, stop=list(STOP_SEQUENCES), seed=seed)
+            eng = get_engine(engine, str(ft_dir), **opts)
+            t = time.perf_counter()
+            comps = eng.generate([tk.prompt for tk in tasks], sp)
+            secs = time.perf_counter() - t
+            eng.close()
+            records = [
+                {
+                    "task_id": tk.task_id,
+                    "sample_id": j,
+                    "path": plabel,
+                    "seed": seed,
+                    "completion": c.text,
+                    "program": extract_program(tk, c.text),
+                }
+                for tk, cs in zip(tasks, comps)
+                for j, c in enumerate(cs)
+            ]
+            results = evaluate(records, tasks)
+            per_task = {t: float(np.mean([r["passed"] for r in results if r["task_id"] == t])) for t in ids}
+            done[key] = {
+                "pass@1": float(np.mean(list(per_task.values()))),
+                "per_task": per_task,
+                "seconds": secs,
+                "texts": [c.text for cs in comps for c in cs],
+            }
+            with open(out_samples, "a") as f:
+                for r in results:
+                    f.write(
+                        json.dumps({k: r.get(k) for k in ("task_id", "sample_id", "path", "seed", "completion", "passed", "status")}) + "\n"
+                    )
+            print(f"  {key:12s} pass@1 {done[key]['pass@1']:.3f}  {secs:7.1f} s", flush=True)
+            comparisons = {}
+            keys = sorted(done)
+            for i, x in enumerate(keys):
+                for y in keys[i + 1 :]:
+                    ax = np.array([done[x]["per_task"][str(t)] if str(t) in done[x]["per_task"] else done[x]["per_task"][t] for t in ids])
+                    ay = np.array([done[y]["per_task"][str(t)] if str(t) in done[y]["per_task"] else done[y]["per_task"][t] for t in ids])
+                    same = sum(u == v for u, v in zip(done[x]["texts"], done[y]["texts"]))
+                    comparisons[f"{x} - {y}"] = {"pass@1": list(paired_bootstrap(ax, ay)), "identical_samples": f"{same}/{len(ax) * a.n}"}
+            out_json.write_text(
+                json.dumps(
+                    {
+                        "cpu": machine.describe(),
+                        "model": str(a.model),
+                        "tasks": a.tasks,
+                        "n": a.n,
+                        "max_new_tokens": a.max_new_tokens,
+                        "runs": done,
+                        "comparisons": comparisons,
+                        "wall_seconds_last_invocation": time.perf_counter() - t_all,
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
+            print(json.dumps(comparisons, indent=1), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="the fine-tuned Hugging Face directory (e.g. runs/demo/r1/model)")
@@ -132,7 +209,16 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--out", default=str(RESULTS / "finetuned_precision"))
+    ap.add_argument(
+        "--sampling-seeds",
+        default=None,
+        help="only measurement 3, with these sampling seeds per path (e.g. 0,1): two float32 streams measure the "
+        "stream-to-stream spread that any f16 - float32 difference must be compared with",
+    )
+    ap.add_argument("--paths", default="f16,float32", help="with --sampling-seeds: the paths to sample, in this order")
     a = ap.parse_args()
+    if a.sampling_seeds is not None:
+        return sampling_spread(a)
 
     t_all = time.perf_counter()
     base_dir, ft_dir = resolve_model(a.base).hf_dir, resolve_model(a.model).hf_dir

@@ -6,6 +6,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,25 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _styles(labels: list[str]) -> list[tuple[Any, int]]:
+    """(colour, seed index) per row: every FINETUNE seed of a method ('gold', 'gold@s1', ...) shares
+    the method's colour, so a Table 4 with 3 seeds per method reads as methods, not 16 unrelated bars."""
+    plt = _plt()
+    colors = plt.get_cmap("tab10")
+    methods: list[str] = []
+    out = []
+    for label in labels:
+        method, _, seed = label.partition("@s")
+        if method not in methods:
+            methods.append(method)
+        out.append((colors(methods.index(method) % 10), int(seed) if seed.isdigit() else 0))
+    return out
+
+
+SEED_HATCHES = ("", "//", "..", "xx")
+SEED_LINESTYLES = ("-", "--", ":", "-.")
+
+
 def metric_label(name: str) -> str:
     return "1+ correct" if name == "one_plus_correct" else name
 
@@ -50,8 +70,9 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
     metrics = [m for m in [f"pass@{k}" for k in TABLE_KS] + ["one_plus_correct"] if any(m in a["metrics"] for _, a in rows)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(rows) * len(metrics)), 4.2))
     width = 0.8 / max(1, len(rows))
-    colors = plt.get_cmap("tab10")
+    styles = _styles([label for label, _ in rows])
     for i, (label, a) in enumerate(rows):
+        color, seed = styles[i]
         xs, ys, lo, hi = [], [], [], []
         for j, m in enumerate(metrics):
             if m not in a["metrics"]:
@@ -61,7 +82,17 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
             ys.append(100 * e["value"])
             lo.append(100 * (e["value"] - e["lo"]))
             hi.append(100 * (e["hi"] - e["value"]))
-        bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, label=label, color=colors(i % 10))
+        bars = ax.bar(
+            xs,
+            ys,
+            width * 0.92,
+            yerr=[lo, hi],
+            capsize=3,
+            label=label,
+            color=color,
+            hatch=SEED_HATCHES[seed % len(SEED_HATCHES)],
+            edgecolor="white",
+        )
         for b, y in zip(bars, ys):
             ax.annotate(
                 f"{y:.1f}",
@@ -86,14 +117,17 @@ def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Pat
     """pass@k against k (1..n) per method, shaded 95% CI."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colors = plt.get_cmap("tab10")
+    styles = _styles([label for label, _ in rows])
     for i, (label, a) in enumerate(rows):
         curve = a["pass_curve"]
         if not curve:
             continue
+        color, seed = styles[i]
         ks = [p["k"] for p in curve]
-        ax.plot(ks, [100 * p["value"] for p in curve], marker="o", ms=3, label=label, color=colors(i % 10))
-        ax.fill_between(ks, [100 * p["lo"] for p in curve], [100 * p["hi"] for p in curve], alpha=0.15, color=colors(i % 10))
+        ls = SEED_LINESTYLES[seed % len(SEED_LINESTYLES)]
+        ax.plot(ks, [100 * p["value"] for p in curve], marker="o", ms=3, label=label, color=color, linestyle=ls)
+        if seed == 0:  # one band per method: the seeds' bands overlap into a blur
+            ax.fill_between(ks, [100 * p["lo"] for p in curve], [100 * p["hi"] for p in curve], alpha=0.15, color=color)
     ax.set_xlabel("k (samples allowed per task)")
     ax.set_ylabel("pass@k (%)")
     ax.set_ylim(0, 100)
