@@ -14,6 +14,12 @@ Three measurements:
         [--base qwen2.5-coder-0.5b-instruct] [--tasks 11-26] [--n 5]
 
 Writes benchmarks/results/finetuned_precision.json (figures, CPU) and _samples.jsonl (raw records).
+
+Measurement 3 alone, with two sampling seeds per path, so the f16 - float32 difference can be set
+beside the spread of two streams of the same weights (resumes per path and seed):
+
+    python benchmarks/bench_finetuned_precision.py --model runs/cpu/r1/model --tasks 111-140 --n 4 \
+        --sampling-seeds 0,1 --paths f16,float32 --max-new-tokens 256 --out benchmarks/results/finetuned_precision_sampling
 """
 
 from __future__ import annotations
