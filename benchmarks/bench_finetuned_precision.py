@@ -167,7 +167,8 @@ def sampling_spread(a: argparse.Namespace) -> None:
                 for j, c in enumerate(cs)
             ]
             results = evaluate(records, tasks)
-            per_task = {t: float(np.mean([r["passed"] for r in results if r["task_id"] == t])) for t in ids}
+            # keyed by str(task id): the keys JSON gives back when a resumed run reads this file
+            per_task = {str(t): float(np.mean([r["passed"] for r in results if r["task_id"] == t])) for t in ids}
             done[key] = {
                 "pass@1": float(np.mean(list(per_task.values()))),
                 "per_task": per_task,
@@ -184,8 +185,8 @@ def sampling_spread(a: argparse.Namespace) -> None:
             keys = sorted(done)
             for i, x in enumerate(keys):
                 for y in keys[i + 1 :]:
-                    ax = np.array([done[x]["per_task"][str(t)] if str(t) in done[x]["per_task"] else done[x]["per_task"][t] for t in ids])
-                    ay = np.array([done[y]["per_task"][str(t)] if str(t) in done[y]["per_task"] else done[y]["per_task"][t] for t in ids])
+                    ax = np.array([done[x]["per_task"][str(t)] for t in ids])
+                    ay = np.array([done[y]["per_task"][str(t)] for t in ids])
                     same = sum(u == v for u, v in zip(done[x]["texts"], done[y]["texts"]))
                     comparisons[f"{x} - {y}"] = {"pass@1": list(paired_bootstrap(ax, ay)), "identical_samples": f"{same}/{len(ax) * a.n}"}
             out_json.write_text(

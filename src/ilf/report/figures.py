@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ilf.report.analysis import TABLE_KS, order_sources
+from ilf.report.analysis import TABLE_KS, base_method, order_sources
 
 FIGURE_DPI = 130
 
@@ -49,7 +49,7 @@ def _styles(labels: list[str]) -> list[tuple[Any, int]]:
     methods: list[str] = []
     out = []
     for label in labels:
-        method, _, seed = label.partition("@s")
+        method, seed = base_method(label), label.partition("@s")[2]
         if method not in methods:
             methods.append(method)
         out.append((colors(methods.index(method) % 10), int(seed) if seed.isdigit() else 0))
