@@ -3,7 +3,8 @@
 # time, each with ilf's own commands. Every step resumes or is skipped when its output exists, so
 # the script can be killed and started again (also in another session, after unpacking runs/cpu).
 #
-#   nohup bash results/queue.sh > runs/queue.log 2>&1 &
+#   nohup bash results/queue.sh > runs/queue.log 2>&1 &              # every step, in order
+#   nohup bash results/queue.sh table2-llm bugs > runs/queue.log 2>&1 &   # only the steps named
 #
 # Outputs go to runs/paper/<experiment>/; each experiment's report is written with `ilf report` or
 # `ilf feedback-stats` and then published under results/<experiment>/ with its README.
@@ -15,6 +16,10 @@ OUT=runs/paper
 LLM=qwen2.5-coder-1.5b-instruct
 AUTHORS=$(.venv/bin/python -c "from ilf.data import locate; print(locate('authors'))")
 mkdir -p "$OUT"
+STEPS=(validation table2-llm table3 bugs figure4 humaneval table1 rounds)
+for s in "$@"; do [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "queue.sh: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }; done
+want() { [ $# -gt 0 ] && { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
+ONLY="$*"
 # step NAME: ends the previous step (appends its segment to <dir>/meta.json: wall time, code version,
 # CPU; a resumed step gets one segment per invocation), then starts NAME in D=$OUT/NAME.
 segment() {
@@ -40,90 +45,106 @@ evaluate() { [ -f "${1%.jsonl}_results.jsonl" ] || $ILF evaluate "$1" "${@:2}"; 
 
 # Validation reference: the sweep chose each method's learning rate on MBPP_Refine 111-150 (5 samples
 # per task at T = 0.8); zero-shot π_θ on the same tasks and seeds says whether FINETUNE helped there.
-step "validation"
-$ILF sample --tasks 111-150 --n 5 --temperature 0.8 --output $D/zero-shot.jsonl
-evaluate $D/zero-shot.jsonl
-for f in $CPU/sweep/*/lr*/results.jsonl; do
-  m=$(basename "$(dirname "$(dirname "$f")")"); setting=$(basename "$(dirname "$f")")
-  ln -sf "$PWD/$f" "$D/$m-${setting}_results.jsonl"
-done
-$ILF report $D/zero-shot_results.jsonl $(ls $D/*-lr*_results.jsonl) --output $D/report
+if want validation; then
+  step "validation"
+  $ILF sample --tasks 111-150 --n 5 --temperature 0.8 --output $D/zero-shot.jsonl
+  evaluate $D/zero-shot.jsonl
+  for f in $CPU/sweep/*/lr*/results.jsonl; do
+    m=$(basename "$(dirname "$(dirname "$f")")"); setting=$(basename "$(dirname "$f")")
+    ln -sf "$PWD/$f" "$D/$m-${setting}_results.jsonl"
+  done
+  $ILF report $D/zero-shot_results.jsonl $(ls $D/*-lr*_results.jsonl) --output $D/report
+fi
 
 # Table 2, LLM row: the feedback the 1.5B wrote (1 human example) for the replication's llm-1shot
 # baseline (100 of π_θ's unsolved x0); few-shot π_Refine (the 0.5B, 2 human triples) refines with it
 # and with shuffled feedback, as for the trace feedback in the replication itself.
-step "table2-llm"
-$ILF refine $CPU/baselines/llm-1shot/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
-evaluate $D/x1.jsonl && evaluate $D/x1_shuffled.jsonl
-$ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
+if want table2-llm; then
+  step "table2-llm"
+  $ILF refine $CPU/baselines/llm-1shot/feedback.jsonl --output $D/x1.jsonl --n 10 --shuffled-n 2
+  evaluate $D/x1.jsonl && evaluate $D/x1_shuffled.jsonl
+  $ILF report $D/x1_results.jsonl $D/x1_shuffled_results.jsonl --output $D/report
+fi
 
 # Table 3: π_Refine fine-tuned on the 44 MBPP_Refine triples ([refine_finetune]'s defaults), on
 # the paper's tasks (the authors' 128 MBPP_Train annotations) and on π_θ's own failures with trace
 # feedback; the few-shot π_Refine beside it comes from results/table2-authors and runs/cpu.
-step "table3"
-[ -f $D/refiner/config.json ] || $ILF finetune --data surge --split refine --kind refine --output $D/refiner \
-  --learning-rate 5e-6 --batch-size 32 --epochs 2 --max-length 1024
-$ILF refine "$AUTHORS" --tasks train --mode finetune --model $D/refiner --output $D/x1_authors.jsonl --n 10
-$ILF refine $CPU/r1/feedback.jsonl --mode finetune --model $D/refiner --output $D/x1_trace.jsonl --n 10
-evaluate $D/x1_authors.jsonl && evaluate $D/x1_trace.jsonl
-$ILF report results/table2-authors/run/r1/refinements.jsonl.gz $D/x1_authors_results.jsonl --output $D/report-authors
-$ILF report $CPU/r1/refinements.jsonl $D/x1_trace_results.jsonl --output $D/report-trace
+if want table3; then
+  step "table3"
+  [ -f $D/refiner/config.json ] || $ILF finetune --data surge --split refine --kind refine --output $D/refiner \
+    --learning-rate 5e-6 --batch-size 32 --epochs 2 --max-length 1024
+  $ILF refine "$AUTHORS" --tasks train --mode finetune --model $D/refiner --output $D/x1_authors.jsonl --n 10
+  $ILF refine $CPU/r1/feedback.jsonl --mode finetune --model $D/refiner --output $D/x1_trace.jsonl --n 10
+  evaluate $D/x1_authors.jsonl && evaluate $D/x1_trace.jsonl
+  $ILF report results/table2-authors/run/r1/refinements.jsonl.gz $D/x1_authors_results.jsonl --output $D/report-authors
+  $ILF report $CPU/r1/refinements.jsonl $D/x1_trace_results.jsonl --output $D/report-trace
+fi
 
 # Figure 5, Tables 5-6: the 1.5B tags every feedback with the bugs it addresses; Figure 5 pairs the
 # authors' MBPP_Train feedback with the few-shot π_Refine's refinements of results/table2-authors.
-step "bugs"
-$ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
-$ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
-$ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2-authors/run/r1/refinements.jsonl.gz \
-  --figure $D/figure5.png --json > $D/figure5.json
+if want bugs; then
+  step "bugs"
+  $ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
+  $ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl --json > $D/tables5-6.json
+  $ILF feedback-stats "$AUTHORS" --bugs $D/tags.jsonl --refinements results/table2-authors/run/r1/refinements.jsonl.gz \
+    --figure $D/figure5.png --json > $D/figure5.json
+fi
 
 # Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline trains on the
 # 1.5B's passing refinements of π_θ's unsolved x0 (all N of them, seed 0: its EVAL is the last point);
 # FINETUNE on seeded subsets of N/4 and N/2 of them with the same settings (the llm-1shot sweep's
 # learning rate) and sample MBPP_Test; zero-shot and ILF are the reference lines.
-step "figure4"
-PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
-ALL=$(wc -l < $PAIRS)
-LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
-KS=$(.venv/bin/python -c "print(' '.join(sorted({str(max(1, $ALL // 4)), str(max(1, $ALL // 2))}, key=int)))")
-for K in $KS; do
-  [ -f $D/k$K/config.json ] || $ILF finetune --data $PAIRS --max-pairs $K --learning-rate $LR --batch-size 8 --epochs 2 \
-    --max-length 768 --output $D/k$K
-  $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
-  evaluate $D/k$K.jsonl
-done
-ln -sf "$PWD/$CPU/eval/zero-shot/results.jsonl" $D/zero-shot_results.jsonl
-ln -sf "$PWD/$CPU/eval/ilf/results.jsonl" $D/ilf_results.jsonl
-ln -sf "$PWD/$CPU/eval/llm-1shot/results.jsonl" $D/k${ALL}_results.jsonl
-FILES=$(for K in $KS $ALL; do echo -n " $D/k${K}_results.jsonl"; done)
-$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $FILES --x "-,-,$(echo $KS $ALL | tr ' ' ,)" \
-  --x-label "training tasks with LLM feedback" --output $D/report
+if want figure4; then
+  step "figure4"
+  PAIRS=$CPU/baselines/llm-1shot/train_pairs.jsonl
+  ALL=$(wc -l < $PAIRS)
+  LR=$(.venv/bin/python -c "import json; print(json.load(open('$CPU/sweep/llm-1shot/best.json'))['learning_rate'])")
+  KS=$(.venv/bin/python -c "print(' '.join(sorted({str(max(1, $ALL // 4)), str(max(1, $ALL // 2))}, key=int)))")
+  for K in $KS; do
+    [ -f $D/k$K/config.json ] || $ILF finetune --data $PAIRS --max-pairs $K --learning-rate $LR --batch-size 8 --epochs 2 \
+      --max-length 768 --output $D/k$K
+    $ILF sample --model $D/k$K --split test --n 10 --temperature 0.8 --output $D/k$K.jsonl
+    evaluate $D/k$K.jsonl
+  done
+  ln -sf "$PWD/$CPU/eval/zero-shot/results.jsonl" $D/zero-shot_results.jsonl
+  ln -sf "$PWD/$CPU/eval/ilf/results.jsonl" $D/ilf_results.jsonl
+  ln -sf "$PWD/$CPU/eval/llm-1shot/results.jsonl" $D/k${ALL}_results.jsonl
+  FILES=$(for K in $KS $ALL; do echo -n " $D/k${K}_results.jsonl"; done)
+  $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $FILES --x "-,-,$(echo $KS $ALL | tr ' ' ,)" \
+    --x-label "training tasks with LLM feedback" --output $D/report
+fi
 
 # HumanEval(+) before and after ILF (does the gain transfer, or does the model forget?): zero-shot
 # and the three ILF seeds of the replication, 10 samples per task at T = 0.8.
-step "humaneval"
-for m in zero-shot ilf ilf@s1 ilf@s2; do
-  case $m in zero-shot) model=qwen2.5-coder-0.5b-instruct ;; ilf) model=$CPU/r1/model ;; *) model=$CPU/r1/model@${m#ilf@} ;; esac
-  $ILF sample --dataset humaneval --model "$model" --n 10 --temperature 0.8 --max-new-tokens 512 --output $D/$m.jsonl
-  evaluate $D/$m.jsonl --dataset humanevalplus
-done
-$ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
+if want humaneval; then
+  step "humaneval"
+  for m in zero-shot ilf ilf@s1 ilf@s2; do
+    case $m in zero-shot) model=qwen2.5-coder-0.5b-instruct ;; ilf) model=$CPU/r1/model ;; *) model=$CPU/r1/model@${m#ilf@} ;; esac
+    $ILF sample --dataset humaneval --model "$model" --n 10 --temperature 0.8 --max-new-tokens 512 --output $D/$m.jsonl
+    evaluate $D/$m.jsonl --dataset humanevalplus
+  done
+  $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
+fi
 
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
-step "table1"
-$ILF sample --split all --n 10 --temperature 0.8 --output $D/samples.jsonl
-evaluate $D/samples.jsonl
-$ILF report $D/samples_results.jsonl --output $D/report
+if want table1; then
+  step "table1"
+  $ILF sample --split all --n 10 --temperature 0.8 --output $D/samples.jsonl
+  evaluate $D/samples.jsonl
+  $ILF report $D/samples_results.jsonl --output $D/report
+fi
 # ILF rounds 2 and 3 (x0 from the previous round's π_θ*), in a copy of the replication whose round 1
 # and zero-shot EVAL are reused (stage fingerprints hash contents, not paths). It runs the
 # replication's code (the worktree of results/cpu/README.md, in ../repl), which made round 1;
 # only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final round's 3 seeds.
-step "rounds"
-R=runs/rounds
-if [ ! -f $R/manifest.json ]; then
-  mkdir -p $R/eval && cp -a $CPU/r1 $CPU/manifest.json $R/ && cp -a $CPU/eval/zero-shot $R/eval/
+if want rounds; then
+  step "rounds"
+  R=runs/rounds
+  if [ ! -f $R/manifest.json ]; then
+    mkdir -p $R/eval && cp -a $CPU/r1 $CPU/manifest.json $R/ && cp -a $CPU/eval/zero-shot $R/eval/
+  fi
+  PYTHONPATH=../repl/src $ILF run cpu run_dir=$R rounds=3 'eval.methods=["zero-shot","ilf"]'
 fi
-PYTHONPATH=../repl/src $ILF run cpu run_dir=$R rounds=3 'eval.methods=["zero-shot","ilf"]'
 
 segment
 echo "[queue $(date -u +%H:%M:%S)] done"
