@@ -701,6 +701,40 @@ def test_results_files_against_a_number_draw_figure_4(tmp_path):
     assert nan.returncode == 2 and "'six'" in nan.stderr
 
 
+def test_results_files_labelled_as_seeds_get_means_and_paired_deltas(tmp_path):
+    """`ilf report ... --labels zero-shot,ilf,ilf@s1,lora,lora@s1`: seeds of a method (files named
+    '<method>@s<i>') are averaged per task, paired with the first file and with ILF; the labels name
+    the rows and are part of the regenerate command; a wrong count is one line."""
+    tasks = range(11, 31)
+
+    def write(name, rate, tokens):
+        recs = [
+            {"task_id": t, "sample_id": j, "passed": j < round(rate * 10), "status": "x", "num_tokens": tokens}
+            for t in tasks
+            for j in range(10)
+        ]
+        write_jsonl(tmp_path / name / "results.jsonl", recs)  # every file has the same name, as in a run's eval/
+        return str(tmp_path / name / "results.jsonl")
+
+    files = [write("z", 0.3, 60), write("i0", 0.2, 30), write("i1", 0.4, 32), write("l0", 0.5, 50), write("l1", 0.1, 54)]
+    cmd = [sys.executable, "-m", "ilf.cli", "report", *files, "--output", str(tmp_path / "seeds")]
+    r = subprocess.run(cmd + ["--labels", "zero-shot,ilf,ilf@s1,lora,lora@s1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "seeds" / "report.json").read_text())
+    groups = {g["method"]: g for g in rep["train_seeds"]}
+    assert set(groups) == {"ilf", "lora"} and groups["lora"]["seeds"] == ["lora", "lora@s1"]
+    assert groups["ilf"]["mean"]["value"] == pytest.approx(0.3) and groups["lora"]["mean"]["value"] == pytest.approx(0.3)
+    assert groups["ilf"]["minus_zero_shot"]["value"] == pytest.approx(0.0)
+    assert groups["lora"]["ilf_minus_per_seed"]["s0"]["value"] == pytest.approx(0.2 - 0.5)
+    assert groups["lora"]["ilf_minus_per_seed"]["s1"]["value"] == pytest.approx(0.4 - 0.1)
+    assert [row["mean_tokens"] for row in rep["rows"]] == [60, 30, 32, 50, 54]
+    md = (tmp_path / "seeds" / "report.md").read_text()
+    assert "--labels zero-shot,ilf,ilf@s1,lora,lora@s1" in md and "| lora@s1 |" in md and "| lora | 50.0, 10.0 |" in md
+    bad = subprocess.run(cmd + ["--labels", "zero-shot,ilf"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "one distinct, non-empty name per results file (5)" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "zero_rate,ilf_rate,expected",
     [

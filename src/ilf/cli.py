@@ -282,6 +282,11 @@ def report(
         "for a figure of pass@1 against it (the paper's Figure 4: training tasks).",
     ),
     x_label: str = typer.Option("training tasks", help="With --x: what the numbers are (the figure's x axis)."),
+    labels: Optional[str] = typer.Option(
+        None,
+        help="With several results files: a name per file, comma-separated (default: the file names). "
+        "'<method>@s<i>' marks FINETUNE seed i of a method: the report adds each method's mean over seeds.",
+    ),
 ):
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
     from ilf import report as rep
@@ -289,6 +294,8 @@ def report(
     files = [p for p in run_dirs if not p.is_dir()]
     if x is not None and len(files) < 2:
         raise IlfError("ilf report: --x goes with several results files")
+    if labels is not None and len(files) < 2:
+        raise IlfError("ilf report: --labels goes with several results files")
     if files and len(files) < len(run_dirs):
         raise IlfError("ilf report: give run directories or results files, not both")
     if len(run_dirs) == 1 and output is None:
@@ -296,7 +303,15 @@ def report(
     elif files and len(files) == 1:
         path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed)
     elif files:
-        path = rep.compare_results(files, output, resamples=bootstrap, seed=seed, x=parse_x(x), x_label=x_label)
+        path = rep.compare_results(
+            files,
+            output,
+            resamples=bootstrap,
+            seed=seed,
+            x=parse_x(x),
+            x_label=x_label,
+            labels=None if labels is None else [v.strip() for v in labels.split(",")],
+        )
     else:
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
     err.print(f"[bold green]report[/]: [bold]{path}[/]")

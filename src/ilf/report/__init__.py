@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from ilf.errors import IlfError
 from ilf.jsonl import write_json
-from ilf.report.analysis import analyze_results, analyze_run, compare_results_analyses, compress_ids
+from ilf.report.analysis import analyze_results, analyze_run, base_method, compare_results_analyses, compress_ids, seed_groups
 from ilf.report.figures import plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
 from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
@@ -146,20 +146,33 @@ def compare_results(
     seed: Optional[int] = None,
     x: Optional[Sequence[float | None]] = None,
     x_label: str = "x",
+    labels: Optional[Sequence[str]] = None,
 ) -> Path:
     """report.md (+ report.json, pass@k curves) of several `ilf evaluate` results files, each
     against the first, paired over common tasks (before/after ILF, few-shot vs fine-tuned π_Refine,
     related vs shuffled feedback). Default OUTPUT_DIR: compare-<names> beside the first.
 
     x: a number per file (None: a reference line) for a pass@1-against-x figure, the paper's
-    Figure 4 (pass rate by the number of training tasks)."""
+    Figure 4 (pass rate by the number of training tasks).
+
+    labels: a name per file (default: the file names). Names '<method>@s<i>' mark FINETUNE seed i of
+    a method ('<method>' alone is seed 0): each method with several seeds then gets the seed table
+    of a run's report (mean over seeds, paired with the first file and with 'ilf')."""
     if x is not None and (len(x) != len(results) or all(v is None for v in x)):
         raise IlfError(f"ilf report: --x needs one value per results file ({len(results)}), at least one a number")
     analyses = [analyze_results(r, resamples, seed) for r in results]
     names = [Path(r).name.removesuffix(".gz").removesuffix(".jsonl") for r in results]
-    labels = names if len(set(names)) == len(names) else [str(Path(r)) for r in results]
+    given = labels is not None
+    if labels is not None:
+        labels = [str(v) for v in labels]
+        if len(labels) != len(results) or len(set(labels)) != len(labels) or not all(labels):
+            raise IlfError(f"ilf report: --labels needs one distinct, non-empty name per results file ({len(results)}), got {labels}")
+    else:
+        labels = names if len(set(names)) == len(names) else [str(Path(r)) for r in results]
     b = analyses[0]["bootstrap"]
     rows = compare_results_analyses(analyses, b["resamples"], b["seed"])
+    methods = [{"method": label, "per_task": a["per_task"], "metrics": a["splits"][0]["metrics"]} for label, a in zip(labels, analyses)]
+    seeds = [g for g in seed_groups(methods, b["resamples"], b["seed"], baseline=base_method(labels[0])) if len(g["seeds"]) > 1]
     out = Path(output_dir) if output_dir else Path(results[0]).resolve().parent / ("compare-" + "-vs-".join(names))[:120]
     out.mkdir(parents=True, exist_ok=True)
     figs = {}
@@ -174,9 +187,25 @@ def compare_results(
             r["x"] = v
     write_json(
         out / "report.json",
-        {"figures": figs, "labels": labels, "bootstrap": b, "rows": rows, "x_label": x_label if x is not None else None},
+        {
+            "figures": figs,
+            "labels": labels,
+            "bootstrap": b,
+            "rows": rows,
+            "x_label": x_label if x is not None else None,
+            "train_seeds": seeds,
+        },
     )
     return _write_text(
         out / "report.md",
-        render_results_comparison(labels, rows, b, figs, "Results compared: " + ", ".join(labels), x_label if x is not None else None),
+        render_results_comparison(
+            labels,
+            rows,
+            b,
+            figs,
+            "Results compared: " + ", ".join(labels),
+            x_label if x is not None else None,
+            seeds=seeds,
+            labelled=given,
+        ),
     )

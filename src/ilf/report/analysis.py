@@ -225,12 +225,14 @@ def base_method(method: str) -> str:
     return method.split("@", 1)[0]
 
 
-def _seed_groups(methods: list[dict], resamples: int, seed: int) -> list[dict]:
+def seed_groups(methods: list[dict], resamples: int, seed: int, baseline: str = "zero-shot") -> list[dict]:
     """Training randomness: per trained method, each FINETUNE seed's pass@1 and the mean over seeds.
 
+    `methods` are {"method", "per_task", "metrics"} records named '<method>' or '<method>@s<i>'.
     `mean` bootstraps over tasks the per-task pass@1 averaged over the method's seeds; `minus_zero_shot`
-    and `ilf_minus` are the same seed-averaged values, paired with zero-shot / with ILF's seed average
-    over the tasks both share. Per seed, `ilf_minus` pairs ILF seed i with the method's seed i."""
+    and `ilf_minus` are the same seed-averaged values, paired with `baseline` (zero-shot in a run) /
+    with ILF's seed average over the tasks both share. Per seed, `ilf_minus` pairs ILF seed i with the
+    method's seed i."""
     groups: dict[str, list[dict]] = {}
     for m in methods:
         groups.setdefault(base_method(m["method"]), []).append(m)
@@ -242,10 +244,10 @@ def _seed_groups(methods: list[dict], resamples: int, seed: int) -> list[dict]:
         sets = [set(m["per_task"]) for g in groups_ for m in g]
         return sorted(set.intersection(*sets), key=task_sort_key) if sets else []
 
-    zero, ilf = groups.get("zero-shot"), groups.get("ilf")
+    zero, ilf = groups.get(baseline), groups.get("ilf")
     out = []
     for name, ms in groups.items():
-        if name == "zero-shot" or len(ms) < 2 and name != "ilf":
+        if name == baseline or len(ms) < 2 and name != "ilf":
             continue
         ms = sorted(ms, key=lambda m: m["method"])
         row: dict[str, Any] = {
@@ -521,7 +523,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
             else:
                 unfinished.append(mdir.name)
     _paired_deltas(methods, resamples, seed)
-    seeds = _seed_groups(methods, resamples, seed)
+    seeds = seed_groups(methods, resamples, seed)
     untrained = _untrained_methods(run_dir)
     ppl_rows, ppl_values = _perplexity_stats(run_dir)
     return {
@@ -595,6 +597,7 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
     return {
         "results": str(path),
         "protocol": protocol,
+        "mean_tokens": _mean_tokens(path),
         "statuses": statuses,
         "splits": rows,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
@@ -610,7 +613,7 @@ def compare_results_analyses(analyses: list[dict], resamples: int, seed: int) ->
     for i, a in enumerate(analyses):
         allrow = a["splits"][0]
         row = {k: allrow[k] for k in ("num_tasks", "n_min", "n_max", "metrics", "pass_curve")}
-        row.update(results=a["results"], protocol=a["protocol"], delta=None)
+        row.update(results=a["results"], protocol=a["protocol"], mean_tokens=a.get("mean_tokens"), delta=None)
         if i:
             names = [k for k in allrow["metrics"] if k in first["splits"][0]["metrics"]]
             row["delta"] = paired_delta(a["per_task"], first["per_task"], names, resamples, seed)

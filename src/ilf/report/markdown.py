@@ -152,12 +152,12 @@ def _verdict_lines(a: dict) -> list[str]:
     return L + [""]
 
 
-def _seeds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+def _seeds_table(runs: list[tuple[str, dict]], with_run: bool, baseline: str = "zero-shot") -> list[str]:
     header = (["run"] if with_run else []) + [
         "method",
         "pass@1 per seed",
         "mean [95% CI]",
-        "Δ vs zero-shot",
+        f"Δ vs {baseline}",
         "ILF − method",
         "ILF − method per seed",
     ]
@@ -468,11 +468,21 @@ def render_results(a: dict, figures: dict[str, str], title: str) -> str:
 
 
 def render_results_comparison(
-    labels: list[str], rows: list[dict], bootstrap: dict, figures: dict[str, str], title: str, x_label: str | None = None
+    labels: list[str],
+    rows: list[dict],
+    bootstrap: dict,
+    figures: dict[str, str],
+    title: str,
+    x_label: str | None = None,
+    seeds: list[dict] | None = None,
+    labelled: bool = False,
 ) -> str:
     """report.md of several results files side by side, each against the first (paired); with
-    x_label, each row's "x" (None: a reference line) is a column and the pass@1-against-x figure."""
+    x_label, each row's "x" (None: a reference line) is a column and the pass@1-against-x figure;
+    with seeds (seed_groups of the labels), the per-method seed table."""
     cmd = "ilf report " + " ".join(r["results"] for r in rows)
+    if labelled:
+        cmd += " --labels " + ",".join(labels)
     if x_label:
         xs = ",".join("-" if r.get("x") is None else f"{r['x']:g}" for r in rows)
         cmd += f' --x {xs} --x-label "{x_label}"'
@@ -485,7 +495,7 @@ def render_results_comparison(
     L.append("")
     ks = [f"pass@{k}" for k in TABLE_KS]
     header = ["results"] + ([x_label] if x_label else []) + ["model", "dataset", "T", "tasks", "samples per task"] + ks + ["1+ correct"]
-    header += [f"Δ {k} vs first" for k in ks] + ["Δ 1+ correct vs first"]
+    header += [f"Δ {k} vs first" for k in ks] + ["Δ 1+ correct vs first", "tokens per sample"]
     out = []
     for label, r in zip(labels, rows):
         p = r["protocol"]
@@ -498,8 +508,18 @@ def render_results_comparison(
             + [_fmt(p.get("model")), _fmt(p.get("dataset")), _fmt(p.get("temperature")), r["num_tasks"], n]
             + [pct(r["metrics"].get(k)) for k in ks + ["one_plus_correct"]]
             + [pct(d.get(k), signed=True) if d else "–" for k in ks + ["one_plus_correct"]]
+            + ["–" if r.get("mean_tokens") is None else f"{r['mean_tokens']:.1f}"]
         )
     L += _table(header, out) + [""]
+    if seeds:
+        L += [
+            "## Training seeds",
+            "",
+            f"Files named '<method>@s<i>' are FINETUNE seed i of a method ('<method>' alone: seed 0). The mean is over seeds "
+            f"(per task, then bootstrapped over the tasks all seeds share); Δ vs {labels[0]} and ILF − method are paired over tasks.",
+            "",
+        ]
+        L += _seeds_table([("", {"train_seeds": seeds})], with_run=False, baseline=labels[0]) + [""]
     if "pass_curve" in figures:
         L += [f"![pass@k as a function of k]({figures['pass_curve']})", ""]
     if "pass_vs_x" in figures:
