@@ -163,7 +163,7 @@ def compare_results(
     analyses = [analyze_results(r, resamples, seed) for r in results]
     names = [Path(r).name.removesuffix(".gz").removesuffix(".jsonl") for r in results]
     given = labels is not None
-    if labels is not None:
+    if given:
         labels = [str(v) for v in labels]
         if len(labels) != len(results) or len(set(labels)) != len(labels) or not all(labels):
             raise IlfError(f"ilf report: --labels needs one distinct, non-empty name per results file ({len(results)}), got {labels}")

@@ -566,9 +566,12 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
         raise IlfError(f"{path}: no results")
     first: dict = {}
     statuses: dict[str, int] = {}
+    tokens: list[int] = []  # what _mean_tokens computes, read in this same pass over the file
     for _, rec in read_jsonl(path, allow_torn_tail=True):
         first = first or rec
         statuses[str(rec.get("status"))] = statuses.get(str(rec.get("status")), 0) + 1
+        if isinstance(rec.get("num_tokens"), int):
+            tokens.append(rec["num_tokens"])
     protocol = {k: first.get(k) for k in ("model", "engine", "dataset", "temperature", "top_p", "max_new_tokens", "seed")}
     groups = [("all", counts)]
     if protocol["dataset"] in (None, "mbpp") and all(t.isdigit() for t in counts):
@@ -597,7 +600,7 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
     return {
         "results": str(path),
         "protocol": protocol,
-        "mean_tokens": _mean_tokens(path),
+        "mean_tokens": sum(tokens) / len(tokens) if tokens else None,
         "statuses": statuses,
         "splits": rows,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
