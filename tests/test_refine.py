@@ -48,6 +48,10 @@ def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp
     recs = load_jsonl(tmp_path / "x1.jsonl")
     assert sorted((r["feedback_id"], r["sample_id"]) for r in recs) == sorted((f"trace-{t}", j) for t in TASKS for j in range(2))
     assert all(r["program"] == r["refinement"] and r["x0_sample_id"] == 0 and 0 <= r["edit_distance"] <= 1 for r in recs)
+    # How π_Refine was sampled travels with each record, as with `ilf sample`'s records.
+    assert {(r["model"], r["engine"], r["refine_mode"], r["shots"], r["max_new_tokens"]) for r in recs} == {
+        (tiny.name, "transformers", "fewshot", 1, 12)
+    }
     shuffled = load_jsonl(tmp_path / "x1_shuffled.jsonl")
     assert len(shuffled) == 3 and all(r["feedback_id"].endswith("~shuffled") for r in shuffled)
 
@@ -61,6 +65,12 @@ def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp
     assert proc.returncode == 0, proc.stderr
     results = load_jsonl(tmp_path / "x1_results.jsonl")
     assert len(results) == 6 and all(r["status"] in ("passed", "failed", "error", "timeout") for r in results)
+
+    # ... and the report names the refiner and its temperature instead of "–".
+    proc = _run(["report", "x1_results.jsonl", "--output", "report"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    protocol = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if "**Protocol.**" in line)
+    assert f"Model {tiny.name}, engine transformers, dataset mbpp; temperature 0.8" in protocol, protocol
 
 
 def _one_error_line(proc) -> str:

@@ -596,6 +596,7 @@ class Run:
             seed=self.cfg.seed,
             n=n,
             console=console,
+            protocol={"model": str(refiner), "engine": self.engine_label(), "dataset": "mbpp"},
         )
 
     def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc: FinetuneConfig, seed_offset: int = 0) -> None:

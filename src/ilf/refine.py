@@ -113,12 +113,15 @@ def sample_refinements(
     seed: int = 0,
     chunk: int = 16,  # prompts per engine call; records are written per prompt as each finishes
     on_progress: Callable[[int, int], None] | None = None,
+    protocol: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample params.n refinements per feedback record; append them to `output` per record.
 
     Records already in `output` (same feedback_id) are kept, so a killed run resumes.
     Returns refinement records: task_id, feedback_id, sample_id, completion, refinement (the whole
-    program EVAL runs), num_tokens, finish_reason.
+    program EVAL runs), num_tokens, finish_reason, the sampling parameters (temperature, top_p,
+    top_k, max_new_tokens, seed) and `protocol` (e.g. model, engine, refine_mode, shots), so a
+    report names how π_Refine was sampled as it does for `ilf sample`'s records.
     """
     from ilf.extraction import extract_program
 
@@ -138,6 +141,14 @@ def sample_refinements(
     finished = len(feedback) - len(todo)
     if on_progress:
         on_progress(finished, len(feedback))
+    sampled = {
+        **(protocol or {}),
+        "seed": params.seed,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "max_new_tokens": params.max_new_tokens,
+    }
     if todo and not hasattr(engine, "generate"):
         engine = engine()  # a loader: the model loads only when something is left to sample
     with Appender(output) as out:
@@ -162,6 +173,7 @@ def sample_refinements(
                             "num_tokens": c.num_tokens,
                             "finish_reason": c.finish_reason,
                             "edit_distance": edit_distance(fb["program"], program, task.prompt),
+                            **sampled,
                         }
                     )
                 nonlocal finished
@@ -208,6 +220,7 @@ def refine(
     seed: int = 0,
     n: int | None = None,
     console=None,
+    protocol: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """x1 ~ π_Refine(t, x0, f) for every feedback record, with a progress bar: the one implementation
     behind `ilf refine` and the pipeline's refine stages. Few-shot (cfg.mode = fewshot) puts cfg.shots
@@ -239,6 +252,7 @@ def refine(
             shots=cfg.shots if fewshot else 0,
             seed=seed,
             on_progress=lambda done, total: bar.update(t, completed=done, total=total),
+            protocol={**(protocol or {}), "refine_mode": cfg.mode, "shots": cfg.shots if fewshot else 0},
         )
 
 
@@ -345,6 +359,9 @@ def refine_command(
     name = default_engine() if engine in ("", "auto") else engine
     model = resolve_model(cfg.model or None)  # converts once (with a message) before the engine loads
     kw = {"weights": weights} if name == "openvino" else {}
+    from ilf.generation.weights import engine_label
+
+    protocol = {"model": model.name, "engine": engine_label(name, weights), "dataset": dataset}
     eng: list = []
 
     def engine():  # loaded once, and only if something is left to sample
@@ -353,7 +370,19 @@ def refine_command(
         return eng[0]
 
     def run(records, out, n=None):
-        return refine(records, tasks, engine, cfg, out, examples=examples, example_tasks=example_tasks, seed=seed, n=n, console=console)
+        return refine(
+            records,
+            tasks,
+            engine,
+            cfg,
+            out,
+            examples=examples,
+            example_tasks=example_tasks,
+            seed=seed,
+            n=n,
+            console=console,
+            protocol=protocol,
+        )
 
     written = {"refinements": output}
     try:
