@@ -48,7 +48,10 @@ def test_summaries_per_source_and_by_bug_count():
         {"feedback_id": "b", "passed": p} for p in (True, True)
     ]
     rows = bugs_vs_pass_rate(tags, results, resamples=200)
-    assert [(r["bugs"], r["feedback"], r["value"]) for r in rows] == [(1, 1, 1.0), (2, 1, 0.25)]  # c has no refinements
+    assert [(r["source"], r["bugs"], r["feedback"], r["value"]) for r in rows] == [("authors", 1, 1, 1.0), ("authors", 2, 1, 0.25)]
+    results.append({"feedback_id": "c", "passed": True})  # now c has one: a row of its own source
+    rows = bugs_vs_pass_rate(tags, results, resamples=200)
+    assert [(r["source"], r["bugs"], r["value"]) for r in rows] == [("authors", 1, 1.0), ("authors", 2, 0.25), ("llm", 0, 1.0)]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,17 @@ def test_feedback_bugs_tags_every_feedback_resumes_and_feeds_feedback_stats(tmp_
     assert out["bugs"]["trace"]["bugs_mean"] == 2.0
     assert [(r["bugs"], r["value"]) for r in out["bugs_vs_pass_rate"]] == [(1, 1.0), (2, 0.5), (3, 0.0)]
     assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+    assert out["bugs"]["trace"]["bugs_lo"] <= 2.0 <= out["bugs"]["trace"]["bugs_hi"]
+
+    # --output: a report directory whose Markdown holds the same numbers and every tag to check (3 < the sample size).
+    proc = _run(["feedback-stats", "fb.jsonl", "--bugs", "tags.jsonl", "--refinements", "x1_results.jsonl", "--output", "rep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "rep" / "stats.json").read_text()) == out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "`ilf feedback-stats fb.jsonl --bugs tags.jsonl --refinements x1_results.jsonl --output rep`" in md
+    assert "| **bugs per feedback** | **2.00** [" in md and "| trace | 2 | 1 | 50.0 | [" in md and "](figure5.png)" in md
+    assert all(f"**trace-{t}** (task {t})" in md for t in (601, 602, 603)) and "> Returns None." in md
+    assert (tmp_path / "rep" / "figure5.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_figure_without_tags_is_one_line(tmp_path):
@@ -113,3 +127,9 @@ def test_figure_without_tags_is_one_line(tmp_path):
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "--figure need --bugs" in lines[0], proc.stderr
     assert not (tmp_path / "f.png").exists()
+    # Tags that miss every feedback: one line, and no half-made report directory.
+    (tmp_path / "tags.jsonl").write_text(json.dumps({"feedback_id": "zz", "source": "x", "categories": [], "bugs": 0}) + "\n")
+    proc = _run(["feedback-stats", "fb.jsonl", "--bugs", "tags.jsonl", "--output", "rep"], tmp_path)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "tags.jsonl: no tags" in lines[0], proc.stderr
+    assert not (tmp_path / "rep").exists()

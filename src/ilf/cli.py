@@ -540,12 +540,15 @@ def feedback_stats_cmd(
         [], help="With --bugs: π_Refine's refinement results (feedback_id, passed), for Figure 5 (bugs vs pass rate)."
     ),
     figure: Optional[str] = typer.Option(None, help="With --bugs and --refinements: write Figure 5 as this PNG."),
+    output: Optional[str] = typer.Option(
+        None, help="Also write a report directory: report.md (tables, figure, tags to check by hand), stats.json, figure5.png."
+    ),
 ):
     """Words per feedback, share with code lines, refinement edit distance, per source (Table 6 analog);
     with --bugs, the bugs each feedback addresses (Table 5) and with --refinements, Figure 5."""
     from ilf.feedback import commands
 
-    commands.feedback_stats(files, as_json, bugs=bugs, refinements=refinements, figure=figure)
+    commands.feedback_stats(files, as_json, bugs=bugs, refinements=refinements, figure=figure, output=output)
 
 
 @app.command("feedback-bugs")

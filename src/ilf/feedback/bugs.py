@@ -167,18 +167,26 @@ def tag_feedback(
 # Tables 5-6 and Figure 5 from tag files
 
 
-def category_shares(tags: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per source: feedback tagged, mean bugs addressed (Table 6's first row), and the share of
-    feedback with at least one tag of each category (Table 5: a feedback can count in several)."""
+def category_shares(tags: Sequence[Mapping[str, Any]], *, resamples: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per source: feedback tagged, mean bugs addressed (Table 6's first row) with a 95% bootstrap CI
+    over feedback, and the share of feedback with at least one tag of each category (Table 5: a
+    feedback can count in several)."""
     by_source: dict[str, list[Mapping[str, Any]]] = {}
     for t in tags:
         by_source.setdefault(str(t.get("source") or "unknown"), []).append(t)
+    import numpy as np
+
+    from ilf.report.stats import estimate
+
     out = {}
     for src, ts in by_source.items():
         n = len(ts)
+        ci = estimate(np.array([t["bugs"] for t in ts], dtype=float), resamples, seed)
         out[src] = {
             "n": n,
             "bugs_mean": sum(t["bugs"] for t in ts) / n,
+            "bugs_lo": ci["lo"],
+            "bugs_hi": ci["hi"],
             "shares": {c: sum(c in t["categories"] for t in ts) / n for c in CATEGORIES + ("other",)},
         }
     return out
@@ -187,9 +195,9 @@ def category_shares(tags: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, An
 def bugs_vs_pass_rate(
     tags: Sequence[Mapping[str, Any]], refinement_results: Sequence[Mapping[str, Any]], *, resamples: int = 2000, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Figure 5: for each number of bugs the feedback addresses (5 = five or more), the mean over
-    feedback of π_Refine's pass rate on its refinements, with a 95% bootstrap CI over feedback.
-    Feedback with no refinement in the results is left out."""
+    """Figure 5: per feedback source and number of bugs the feedback addresses (5 = five or more),
+    the mean over feedback of π_Refine's pass rate on its refinements, with a 95% bootstrap CI over
+    feedback. Feedback with no refinement in the results is left out."""
     import numpy as np
 
     from ilf.report.stats import estimate
@@ -198,12 +206,14 @@ def bugs_vs_pass_rate(
     for r in refinement_results:
         per_fb.setdefault(str(r["feedback_id"]), []).append(bool(r["passed"]))
     rows = []
-    groups: dict[int, list[float]] = {}
+    groups: dict[tuple[str, int], list[float]] = {}
     for t in tags:
         passes = per_fb.get(str(t["feedback_id"]))
         if passes:
-            groups.setdefault(min(int(t["bugs"]), 5), []).append(sum(passes) / len(passes))
-    for k in sorted(groups):
-        vals = np.array(groups[k])
-        rows.append({"bugs": k, "feedback": len(vals), **estimate(vals, resamples, seed)})
+            key = (str(t.get("source") or "unknown"), min(int(t["bugs"]), 5))
+            groups.setdefault(key, []).append(sum(passes) / len(passes))
+    order = list(dict.fromkeys(str(t.get("source") or "unknown") for t in tags))  # sources in tag-file order
+    for src, k in sorted(groups, key=lambda g: (order.index(g[0]), g[1])):
+        vals = np.array(groups[src, k])
+        rows.append({"source": src, "bugs": k, "feedback": len(vals), **estimate(vals, resamples, seed)})
     return rows

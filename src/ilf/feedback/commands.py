@@ -209,9 +209,11 @@ def feedback_stats(
     bugs: str | None = None,
     refinements: Sequence[str] = (),
     figure: str | None = None,
+    output: str | None = None,
 ) -> None:
     """Table 6 per source; with a tag file of `ilf feedback-bugs`, Table 5 (category shares) and
-    the mean bugs addressed; with π_Refine's refinement results too, Figure 5 (bugs vs pass rate)."""
+    the mean bugs addressed; with π_Refine's refinement results too, Figure 5 (bugs vs pass rate).
+    With `output`, also a directory with report.md, stats.json and (with refinements) figure5.png."""
     import json
 
     from ilf.feedback.stats import feedback_stats as compute
@@ -225,6 +227,9 @@ def feedback_stats(
     out: dict[str, Any] = {"sources": stats_json(stats)}
     if (refinements or figure) and not bugs:
         raise IlfError("--refinements and --figure need --bugs (a tag file of `ilf feedback-bugs`)")
+    if figure and not refinements:
+        raise IlfError("--figure needs --refinements (π_Refine's refinement results, with feedback_id and passed)")
+    tags: list = []
     if bugs:
         from ilf.feedback.bugs import bugs_vs_pass_rate, category_shares
 
@@ -236,12 +241,25 @@ def feedback_stats(
         if refinements:
             results = [r for f in refinements for r in load_jsonl(f)]
             out["bugs_vs_pass_rate"] = bugs_vs_pass_rate(tags, results)
-            if figure:
-                from ilf.report.figures import plot_bugs_vs_pass
+    # Every input is read and checked: only now is anything written.
+    figures = ([Path(figure)] if figure else []) + ([Path(output) / "figure5.png"] if output and refinements else [])
+    for path in figures:
+        from ilf.report.figures import plot_bugs_vs_pass
 
-                plot_bugs_vs_pass(out["bugs_vs_pass_rate"], Path(figure), "π_Refine pass rate by bugs in the feedback")
-        elif figure:
-            raise IlfError("--figure needs --refinements (π_Refine's refinement results, with feedback_id and passed)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plot_bugs_vs_pass(out["bugs_vs_pass_rate"], path, "π_Refine pass rate by bugs in the feedback")
+    if output:
+        import shlex
+
+        from ilf.feedback.stats import render_report
+        from ilf.report import _write_text
+
+        args = ["ilf", "feedback-stats", *files] + (["--bugs", bugs] if bugs else [])
+        args += [x for f in refinements for x in ("--refinements", f)] + ["--output", output]
+        by_id = {str(r.get("feedback_id")): r for r in recs}
+        Path(output).mkdir(parents=True, exist_ok=True)
+        _write_text(Path(output) / "stats.json", json.dumps(out, indent=2) + "\n")
+        _write_text(Path(output) / "report.md", render_report(out, shlex.join(args), by_id, tags))
     if as_json:
         print(json.dumps(out if bugs else out["sources"], indent=2))
         return
@@ -261,18 +279,21 @@ def feedback_stats(
         Console().print(t)
         if out.get("bugs_vs_pass_rate"):
             t = Table(title="π_Refine pass rate by bugs addressed (Figure 5 analog)")
-            for col in ("bugs", "feedback", "pass rate", "95% CI"):
-                t.add_column(col, justify="right")
+            for col in ("source", "bugs", "feedback", "pass rate", "95% CI"):
+                t.add_column(col, justify="left" if col == "source" else "right")
             for r in out["bugs_vs_pass_rate"]:
                 t.add_row(
+                    r["source"],
                     "5+" if r["bugs"] == 5 else str(r["bugs"]),
                     str(r["feedback"]),
                     f"{100 * r['value']:.1f}%",
                     f"[{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]",
                 )
             Console().print(t)
-            if figure:
-                Console().print(f"figure -> {figure}")
+    for path in figures:
+        Console().print(f"figure -> {path}")
+    if output:
+        Console().print(f"report -> {Path(output) / 'report.md'}")
 
 
 def feedback_bugs(

@@ -112,3 +112,108 @@ def stats_table(stats: dict[str, SourceStats]):
 
 def stats_json(stats: dict[str, SourceStats]) -> dict[str, dict]:
     return {k: asdict(v) for k, v in stats.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The Markdown report of `ilf feedback-stats --output DIR`
+
+CHECK_SAMPLE = 8  # tags per source listed in the report for checking by hand (seeded draw)
+CHECK_CHARS = 600  # feedback shown per listed tag; longer texts (traces) are cut with a mark
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, Mapping[str, Any]], tags=(), seed: int = 0) -> str:
+    """report.md: Table 6 per source; with tags, Table 5, the bugs per feedback, Figure 5 and a
+    seeded sample of tags with their feedback, so a reader can check the LLM-applied rubric."""
+    import random
+
+    lines = [
+        "# Feedback statistics (Tables 5-6, Figure 5 analogs)",
+        "",
+        f"Regenerate with `{command}`.",
+        "",
+        "## Feedback per source (Table 6 analog)",
+        "",
+        "Words and sentences per feedback text; shares in %. *with code lines*: the feedback holds at least one whole",
+        "line of code; *edit dist.* and *passed* describe the refinements the feedback file carries, when it does.",
+        "",
+        "| source | feedback | words (mean) | words (median) | sentences (mean) | > 4 sentences | with code lines "
+        "| refinements | edit dist. | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in out["sources"].values():
+        ed = "–" if s["edit_distance_mean"] is None else f"{s['edit_distance_mean']:.3f}"
+        lines.append(
+            f"| {s['source']} | {s['n']} | {s['words_mean']:.1f} | {s['words_median']:.0f} | {s['sentences_mean']:.1f} | "
+            f"{_pct(s['share_over_4_sentences'])} | {_pct(s['share_with_code'])} | {s['refinements']} | {ed} | {_pct(s['share_passed'])} |"
+        )
+    bugs = out.get("bugs")
+    if bugs:
+        from ilf.feedback.bugs import CATEGORIES, RUBRIC_VERSION
+
+        models = sorted({str(t.get("model")) for t in tags})
+        srcs = list(bugs)
+        lines += [
+            "",
+            "## Bugs addressed per feedback (Table 5 analog)",
+            "",
+            f"Tags: rubric {RUBRIC_VERSION} of `ilf.feedback.bugs`, applied greedily by {', '.join(models)} (`ilf feedback-bugs`).",
+            "Rows: the share of feedback (%) with at least one bug of the category; a feedback can count in several.",
+            "Bugs per feedback: mean with a 95% bootstrap CI over feedback texts.",
+            "",
+            "| | " + " | ".join(f"{s} (n = {bugs[s]['n']})" for s in srcs) + " |",
+            "|---|" + "---|" * len(srcs),
+            "| **bugs per feedback** | "
+            + " | ".join(f"**{bugs[s]['bugs_mean']:.2f}** [{bugs[s]['bugs_lo']:.2f}, {bugs[s]['bugs_hi']:.2f}]" for s in srcs)
+            + " |",
+        ]
+        for c in CATEGORIES + ("other",):
+            lines.append(f"| {c} | " + " | ".join(_pct(bugs[s]["shares"][c]) for s in srcs) + " |")
+    rows = out.get("bugs_vs_pass_rate")
+    if rows:
+        lines += [
+            "",
+            "## π_Refine's pass rate by bugs addressed (Figure 5 analog)",
+            "",
+            "Per feedback text, the share of its refinements that pass; mean over the feedback with that many bugs,",
+            "95% bootstrap CI over feedback texts.",
+            "",
+            "| source | bugs addressed | feedback | pass rate | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
+        for r in rows:
+            k = "5+" if r["bugs"] == 5 else r["bugs"]
+            lines.append(f"| {r['source']} | {k} | {r['feedback']} | {_pct(r['value'])} | [{_pct(r['lo'])}, {_pct(r['hi'])}] |")
+        lines += ["", "![π_Refine pass rate by bugs addressed](figure5.png)"]
+    if tags:
+        lines += [
+            "",
+            "## Tags to check by hand",
+            "",
+            f"A seeded draw (seed {seed}) of {CHECK_SAMPLE} tags per source: the feedback (cut at {CHECK_CHARS} characters)",
+            "and the model's own lines, from which the categories and the bug count are parsed.",
+        ]
+        by_src: dict[str, list] = defaultdict(list)
+        for t in tags:
+            by_src[str(t.get("source") or "unknown")].append(t)
+        for src, ts in by_src.items():
+            lines += ["", f"### {src}"]
+            for t in random.Random(f"{seed}-{src}").sample(ts, min(CHECK_SAMPLE, len(ts))):
+                text = str(feedback.get(str(t["feedback_id"]), {}).get("feedback", ""))
+                if len(text) > CHECK_CHARS:
+                    text = text[:CHECK_CHARS] + " […]"
+                quoted = "\n".join("> " + x for x in text.splitlines() or [""])
+                lines += [
+                    "",
+                    f"**{t['feedback_id']}** (task {t['task_id']}): {t['bugs']} bug(s), {', '.join(t['categories']) or 'no tag'}",
+                    "",
+                    quoted,
+                    "",
+                    "```text",
+                    str(t.get("tags_text", "")).strip(),
+                    "```",
+                ]
+    return "\n".join(lines) + "\n"

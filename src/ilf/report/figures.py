@@ -205,17 +205,24 @@ def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: st
 
 
 def plot_bugs_vs_pass(rows: list[dict], path: Path, title: str) -> Path:
-    """Figure 5: bugs the feedback addresses against π_Refine's mean pass rate, 95% CI bars, with
-    the number of feedback texts per point."""
+    """Figure 5: bugs the feedback addresses against π_Refine's mean pass rate, one line per
+    feedback source, 95% CI bars, with the number of feedback texts per point."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    xs = [r["bugs"] for r in rows]
-    ys = [100 * r["value"] for r in rows]
-    err = [[100 * (r["value"] - r["lo"]) for r in rows], [100 * (r["hi"] - r["value"]) for r in rows]]
-    ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3)
-    for x, y, r in zip(xs, ys, rows):
-        ax.annotate(f"n={r['feedback']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
-    ax.set_xticks(xs, [("5+" if x == 5 else str(x)) for x in xs])
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    sources = list(dict.fromkeys(r.get("source", "") for r in rows))
+    for i, src in enumerate(sources):
+        rs = [r for r in rows if r.get("source", "") == src]
+        off = 0.08 * (i - (len(sources) - 1) / 2)  # side by side, so the CI bars do not overlap
+        xs = [r["bugs"] + off for r in rs]
+        ys = [100 * r["value"] for r in rs]
+        err = [[100 * (r["value"] - r["lo"]) for r in rs], [100 * (r["hi"] - r["value"]) for r in rs]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=src or None)
+        for x, y, r in zip(xs, ys, rs):
+            ax.annotate(f"n={r['feedback']}", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ticks = sorted({r["bugs"] for r in rows})
+    ax.set_xticks(ticks, [("5+" if x == 5 else str(x)) for x in ticks])
+    if len(sources) > 1:
+        ax.legend(fontsize=8, title="feedback", title_fontsize=8)
     ax.set_xlabel("bugs addressed in the feedback")
     ax.set_ylabel("π_Refine pass rate (%)")
     ax.set_ylim(bottom=0)
