@@ -69,8 +69,8 @@ fi
 # Table 3: π_Refine fine-tuned on the 44 MBPP_Refine triples ([refine_finetune]'s defaults), on
 # the paper's tasks (the authors' 128 MBPP_Train annotations, human feedback as in the paper); the
 # few-shot π_Refine beside it is results/table2-authors' (same feedback, same x0). π_θ's own
-# failures with trace feedback are left out for compute: the replication's validation already found
-# the fine-tuned π_Refine repairing 0 of 24 tasks there (src/ilf/configs/cpu.toml).
+# failures with trace feedback are left out for compute: choosing the replication's π_Refine already
+# found a fine-tuned one repairing 0 of 24 tasks there (docs/results.md, "Choosing π_Refine").
 if want table3; then
   step "table3"
   [ -f $D/refiner/config.json ] || $ILF finetune --data surge --split refine --kind refine --output $D/refiner \
