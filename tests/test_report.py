@@ -735,6 +735,42 @@ def test_results_files_labelled_as_seeds_get_means_and_paired_deltas(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_common_tasks_scores_every_file_on_the_tasks_they_share(tmp_path):
+    """`ilf report A B --common-tasks`: feedback sources on the same x0. A has tasks 1-4 (one never
+    passes), B tasks 3-6; both rows are scored on 3-4 only, the regenerate command says so, and
+    files sharing no task are one error line with nothing written."""
+
+    def write(name, rates):
+        recs = [{"task_id": t, "sample_id": j, "passed": j < 10 * r, "status": "x"} for t, r in rates.items() for j in range(10)]
+        write_jsonl(tmp_path / name, recs)
+        return str(tmp_path / name)
+
+    a = write("a_results.jsonl", {1: 1.0, 2: 1.0, 3: 0.2, 4: 0.0})
+    b = write("b_results.jsonl", {3: 0.6, 4: 0.4, 5: 1.0, 6: 1.0})
+    cmd = [sys.executable, "-m", "ilf.cli", "report", a, b, "--output", str(tmp_path / "rep")]
+    r = subprocess.run(cmd + ["--common-tasks"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    assert [row["num_tasks"] for row in rows] == [2, 2]
+    assert [row["metrics"]["pass@1"]["value"] for row in rows] == pytest.approx([0.1, 0.5])
+    assert rows[1]["delta"]["num_common_tasks"] == 2 and rows[1]["delta"]["metrics"]["pass@1"]["value"] == pytest.approx(0.4)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "b_results.jsonl --common-tasks`" in md and "only the 2 tasks all files share" in md
+    # Without the flag each file keeps all its tasks (A: 4 tasks, pass@1 0.55).
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
+    assert [row["num_tasks"] for row in rows] == [4, 4] and rows[0]["metrics"]["pass@1"]["value"] == pytest.approx(0.55)
+
+    c = write("c_results.jsonl", {9: 1.0})
+    bad = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "report", a, c, "--common-tasks", "--output", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "share no task" in bad.stderr
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize(
     "zero_rate,ilf_rate,expected",
     [

@@ -287,6 +287,9 @@ def report(
         help="With several results files: a name per file, comma-separated (default: the file names). "
         "'<method>@s<i>' marks FINETUNE seed i of a method: the report adds each method's mean over seeds.",
     ),
+    common_tasks: bool = typer.Option(
+        False, "--common-tasks", help="With several results files: score each on only the tasks all of them have."
+    ),
 ):
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
     from ilf import report as rep
@@ -296,6 +299,8 @@ def report(
         raise IlfError("ilf report: --x goes with several results files")
     if labels is not None and len(files) < 2:
         raise IlfError("ilf report: --labels goes with several results files")
+    if common_tasks and len(files) < 2:
+        raise IlfError("ilf report: --common-tasks goes with several results files")
     if files and len(files) < len(run_dirs):
         raise IlfError("ilf report: give run directories or results files, not both")
     if len(run_dirs) == 1 and output is None:
@@ -311,6 +316,7 @@ def report(
             x=parse_x(x),
             x_label=x_label,
             labels=None if labels is None else [v.strip() for v in labels.split(",")],
+            common_tasks=common_tasks,
         )
     else:
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)

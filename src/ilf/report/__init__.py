@@ -147,6 +147,7 @@ def compare_results(
     x: Optional[Sequence[float | None]] = None,
     x_label: str = "x",
     labels: Optional[Sequence[str]] = None,
+    common_tasks: bool = False,
 ) -> Path:
     """report.md (+ report.json, pass@k curves) of several `ilf evaluate` results files, each
     against the first, paired over common tasks (before/after ILF, few-shot vs fine-tuned π_Refine,
@@ -157,10 +158,22 @@ def compare_results(
 
     labels: a name per file (default: the file names). Names '<method>@s<i>' mark FINETUNE seed i of
     a method ('<method>' alone is seed 0): each method with several seeds then gets the seed table
-    of a run's report (mean over seeds, paired with the first file and with 'ilf')."""
+    of a run's report (mean over seeds, paired with the first file and with 'ilf').
+
+    common_tasks: score every file on only the tasks all of them have (e.g. feedback sources on the
+    same x0), so each row's pass rates, not only the paired Δ, are over the same tasks."""
     if x is not None and (len(x) != len(results) or all(v is None for v in x)):
         raise IlfError(f"ilf report: --x needs one value per results file ({len(results)}), at least one a number")
-    analyses = [analyze_results(r, resamples, seed) for r in results]
+    common = None
+    if common_tasks:
+        from ilf.jsonl import stored
+        from ilf.report.analysis import _count_passes
+
+        sets = [set(_count_passes(stored(Path(r)))) for r in results]
+        common = set.intersection(*sets)
+        if not common:
+            raise IlfError("ilf report --common-tasks: the results files share no task")
+    analyses = [analyze_results(r, resamples, seed, tasks=common) for r in results]
     names = [Path(r).name.removesuffix(".gz").removesuffix(".jsonl") for r in results]
     given = labels is not None
     if given:
@@ -207,5 +220,6 @@ def compare_results(
             x_label if x is not None else None,
             seeds=seeds,
             labelled=given,
+            common_tasks=len(common) if common is not None else None,
         ),
     )

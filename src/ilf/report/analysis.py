@@ -549,9 +549,11 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
 # One results file of `ilf evaluate` (the paper's Table 1: a model's pass rates, per MBPP split)
 
 
-def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> dict:
+def analyze_results(
+    path: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None, tasks: Optional[set[str]] = None
+) -> dict:
     """Pass rates of one results file, over all its tasks and per MBPP split, with the tasks that
-    have no passing sample (the pool ILF learns from)."""
+    have no passing sample (the pool ILF learns from). `tasks`: only these task ids (as text)."""
     from ilf.tasks import SPLITS
 
     path = stored(Path(path))
@@ -562,12 +564,16 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
     if resamples < 1:
         raise IlfError(f"--bootstrap must be >= 1, got {resamples}")
     counts = _sorted_counts(_count_passes(path))
+    if tasks is not None:
+        counts = {t: nc for t, nc in counts.items() if t in tasks}
     if not counts:
-        raise IlfError(f"{path}: no results")
+        raise IlfError(f"{path}: no results" + (" on the tasks asked for" if tasks is not None else ""))
     first: dict = {}
     statuses: dict[str, int] = {}
     tokens: list[int] = []  # what _mean_tokens computes, read in this same pass over the file
     for _, rec in read_jsonl(path, allow_torn_tail=True):
+        if tasks is not None and tid_text(rec["task_id"]) not in tasks:
+            continue
         first = first or rec
         statuses[str(rec.get("status"))] = statuses.get(str(rec.get("status")), 0) + 1
         if isinstance(rec.get("num_tokens"), int):
@@ -605,6 +611,7 @@ def analyze_results(path: str | os.PathLike, resamples: Optional[int] = None, se
         "splits": rows,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
         "per_task": {t: {"n": n, "c": c} for t, (n, c) in counts.items()},
+        "restricted": tasks is not None,
     }
 
 

@@ -476,13 +476,17 @@ def render_results_comparison(
     x_label: str | None = None,
     seeds: list[dict] | None = None,
     labelled: bool = False,
+    common_tasks: int | None = None,
 ) -> str:
     """report.md of several results files side by side, each against the first (paired); with
     x_label, each row's "x" (None: a reference line) is a column and the pass@1-against-x figure;
-    with seeds (seed_groups of the labels), the per-method seed table."""
+    with seeds (seed_groups of the labels), the per-method seed table; with common_tasks (a count),
+    every row was scored on only the tasks all files share."""
     cmd = "ilf report " + " ".join(r["results"] for r in rows)
     if labelled:
         cmd += " --labels " + ",".join(labels)
+    if common_tasks is not None:
+        cmd += " --common-tasks"
     if x_label:
         xs = ",".join("-" if r.get("x") is None else f"{r['x']:g}" for r in rows)
         cmd += f' --x {xs} --x-label "{x_label}"'
@@ -491,6 +495,7 @@ def render_results_comparison(
         f"Scores are means over tasks, in %; brackets: {int(100 * bootstrap['confidence'])}% percentile bootstrap CI over tasks "
         f"({bootstrap['resamples']} resamples, seed {bootstrap['seed']}); Δ is each file minus the first, paired over the tasks both "
         "have; pass@k uses the unbiased estimator of Chen et al. (2021)."
+        + (f" Every row is scored on only the {common_tasks} tasks all files share (`--common-tasks`)." if common_tasks else "")
     )
     L.append("")
     ks = [f"pass@{k}" for k in TABLE_KS]
