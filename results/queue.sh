@@ -16,7 +16,7 @@ OUT=runs/paper
 LLM=qwen2.5-coder-1.5b-instruct
 AUTHORS=$(.venv/bin/python -c "from ilf.data import locate; print(locate('authors'))")
 mkdir -p "$OUT"
-STEPS=(validation table2-llm table3 bugs figure4 humaneval table1 rounds)
+STEPS=(validation table2-llm table3 bugs sources figure4 humaneval table1 rounds)
 for s in "$@"; do [[ " ${STEPS[*]} " == *" $s "* ]] || { echo "queue.sh: unknown step '$s' (steps: ${STEPS[*]})" >&2; exit 2; }; done
 want() { [ $# -gt 0 ] && { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }; }
 ONLY="$*"
@@ -90,6 +90,21 @@ if want bugs; then
   $ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl \
     --refinements results/table2-authors/run/r1/refinements.jsonl.gz --refinements results/table2-llm/raw/x1_results.jsonl.gz \
     --refinements $CPU/r1/refinements.jsonl --output $D/report
+fi
+
+# Feedback sources on the same x0 (beyond the paper): the 100 unsolved MBPP_Train x0 that have both
+# trace feedback (the replication's round 1) and the 1.5B's (its llm-1shot baseline). Rows: few-shot
+# π_Refine with each feedback (10 each), the 1.5B writing feedback and repair itself (1 draw, 1-shot
+# and 2-shot), and the control with no feedback at all: π_θ sampled 10 more times (seed 1; its x0
+# came from seed 0) on the same tasks.
+if want sources; then
+  step "sources"
+  IDS=$(.venv/bin/python -c "import json; print(','.join(str(json.loads(l)['task_id']) for l in open('$CPU/baselines/llm-1shot/feedback.jsonl')))")
+  $ILF sample --tasks "$IDS" --n 10 --temperature 0.8 --seed 1 --output $D/resample.jsonl
+  evaluate $D/resample.jsonl
+  $ILF report $CPU/r1/refinements.jsonl results/table2-llm/raw/x1_results.jsonl.gz $CPU/baselines/llm-1shot/feedback.jsonl \
+    $CPU/baselines/llm-2shot/feedback.jsonl $D/resample_results.jsonl --labels trace,llm,llm-1shot-1.5b,llm-2shot-1.5b,no-feedback \
+    --common-tasks --output $D/report
 fi
 
 # Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline trains on the
