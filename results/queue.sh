@@ -94,17 +94,17 @@ fi
 
 # Feedback sources on the same x0 (beyond the paper): the 100 unsolved MBPP_Train x0 that have both
 # trace feedback (the replication's round 1) and the 1.5B's (its llm-1shot baseline). Rows: few-shot
-# π_Refine with each feedback (10 each), the 1.5B writing feedback and repair itself (1 draw, 1-shot
-# and 2-shot), and the control with no feedback at all: π_θ sampled 10 more times (seed 1; its x0
-# came from seed 0) on the same tasks.
+# the control with no feedback at all (π_θ sampled 10 more times on the same tasks, seed 1; its x0
+# came from seed 0), few-shot π_Refine with each feedback (10 each), and the 1.5B writing feedback
+# and repair itself (1 draw, 1-shot and 2-shot); each row paired with the control.
 if want sources; then
   step "sources"
   IDS=$(.venv/bin/python -c "import json; print(','.join(str(json.loads(l)['task_id']) for l in open('$CPU/baselines/llm-1shot/feedback.jsonl')))")
   $ILF sample --tasks "$IDS" --n 10 --temperature 0.8 --seed 1 --output $D/resample.jsonl
   evaluate $D/resample.jsonl
-  $ILF report $CPU/r1/refinements.jsonl results/table2-llm/raw/x1_results.jsonl.gz $CPU/baselines/llm-1shot/feedback.jsonl \
-    $CPU/baselines/llm-2shot/feedback.jsonl $D/resample_results.jsonl --labels trace,llm,llm-1shot-1.5b,llm-2shot-1.5b,no-feedback \
-    --common-tasks --output $D/report
+  $ILF report $D/resample_results.jsonl $CPU/r1/refinements.jsonl results/table2-llm/raw/x1_results.jsonl.gz \
+    $CPU/baselines/llm-1shot/feedback.jsonl $CPU/baselines/llm-2shot/feedback.jsonl \
+    --labels no-feedback,trace,llm,llm-1shot-1.5b,llm-2shot-1.5b --common-tasks --output $D/report
 fi
 
 # Figure 4: training-set size with LLM feedback. The replication's llm-1shot baseline trains on the
