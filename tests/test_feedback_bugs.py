@@ -10,7 +10,7 @@ import sys
 import pytest
 import tiny_models
 
-from ilf.feedback.bugs import RUBRIC_VERSION, bugs_vs_pass_rate, category_shares, parse_tags, rubric_prompt
+from ilf.feedback.bugs import RUBRIC_VERSION, bugs_vs_pass_rate, category_shares, parse_tags, reparse, rubric_prompt
 from ilf.jsonl import load_jsonl
 
 ILF = [sys.executable, "-m", "ilf.cli"]
@@ -22,10 +22,21 @@ def _run(args, cwd):
 
 def test_parse_tags_counts_bugs_not_verdicts():
     t = parse_tags("- Logic error: wrong loop bound\n- formatting: returns a list\n* regex: bad pattern\nsome prose\n- Unrelated")
-    assert t == {"categories": ["logic", "formatting", "regex", "unrelated"], "bugs": 3}
-    assert parse_tags("- no feedback needed") == {"categories": ["no feedback needed"], "bugs": 0}
-    assert parse_tags("- misc: ???\n- algebra") == {"categories": ["other", "algebra"], "bugs": 1}
-    assert parse_tags("- logic: x\n" * 50)["bugs"] == 10  # a looping model is cut
+    assert t == {"categories": ["logic", "formatting", "regex", "unrelated"], "bugs": 3, "echoed": 0}
+    assert parse_tags("- no feedback needed") == {"categories": ["no feedback needed"], "bugs": 0, "echoed": 0}
+    assert parse_tags("- misc: ???\n- algebra") == {"categories": ["other", "algebra"], "bugs": 1, "echoed": 0}
+    assert parse_tags("- logic: x\n" * 50)["bugs"] == 1  # a looping model's repeats count once
+    assert parse_tags("".join(f"- logic: bug {i}\n" for i in range(50)))["bugs"] == 10  # and it is cut
+    # A rubric example's line copied into the answer is about the example, not this program.
+    t = parse_tags("- regex: wrong pattern\n- Recursion: no base case for n = 1")
+    assert t == {"categories": ["regex"], "bugs": 1, "echoed": 1}
+
+
+def test_feedback_stats_reparses_tags_from_the_models_lines():
+    stale = {"feedback_id": "a", "categories": ["recursion"], "bugs": 1, "tags_text": "- recursion: no base case for n = 1"}
+    assert reparse(stale) == {**stale, "categories": [], "bugs": 0, "echoed": 1}
+    by_hand = {"feedback_id": "b", "categories": ["logic"], "bugs": 1}  # a person's tag: kept as written
+    assert reparse(by_hand) == by_hand
 
 
 def test_rubric_prompt_ends_where_the_model_lists_bugs():
@@ -89,13 +100,13 @@ def test_feedback_bugs_tags_every_feedback_resumes_and_feeds_feedback_stats(tmp_
     assert [t["feedback_id"] for t in tags] == [r["feedback_id"] for r in fb]
     for t in tags:  # whatever the tiny model wrote, the record is its parse
         assert t["rubric"] == RUBRIC_VERSION and t["source"] == "trace"
-        assert {k: t[k] for k in ("categories", "bugs")} == parse_tags(t["tags_text"])
+        assert {k: t[k] for k in ("categories", "bugs", "echoed")} == parse_tags(t["tags_text"])
     before = (tmp_path / "tags.jsonl").read_bytes()
     assert _run(args, tmp_path).returncode == 0
     assert (tmp_path / "tags.jsonl").read_bytes() == before  # resumed: nothing tagged twice
 
     # Hand-set tags (the tiny model's are gibberish) and refinement results give Table 5 and Figure 5.
-    hand = [dict(t, categories=["logic"] * (i + 1), bugs=i + 1) for i, t in enumerate(tags)]
+    hand = [dict(t, tags_text="".join(f"- logic: bug {j}\n" for j in range(i + 1))) for i, t in enumerate(tags)]
     (tmp_path / "tags.jsonl").write_text("".join(json.dumps(t) + "\n" for t in hand))
     res = [{"feedback_id": f"trace-{t}", "passed": p} for t, p in ((601, True), (601, True), (602, True), (602, False), (603, False))]
     (tmp_path / "x1_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in res))

@@ -101,17 +101,41 @@ def _category(label: str) -> str:
     return "other"
 
 
+def _norm(line: str) -> str:
+    return " ".join(line.lstrip("-* ").lower().split())
+
+
+# A small model sometimes copies an example's bug line into its answer ("- recursion: no base case
+# for n = 1" under a regex task): such a line is about the example, not this program, so it is dropped.
+EXAMPLE_LINES = frozenset(
+    _norm(x) for *_, tags in EXAMPLES for x in tags.splitlines() if _category(_norm(x).split(":")[0]) in BUG_CATEGORIES
+)
+
+
 def parse_tags(text: str) -> dict[str, Any]:
     """The model's BUGS lines -> categories (one per line, in order) and the number of bugs
-    (lines whose category is a bug: not "no feedback needed", "unrelated" or unparseable)."""
-    cats = []
+    (lines whose category is a bug: not "no feedback needed", "unrelated" or unparseable).
+    A line repeated word for word counts once (a looping model), and a line copied from one of the
+    rubric's examples is dropped and counted in `echoed`."""
+    cats, seen, echoed = [], set(), 0
     for line in text.splitlines()[:MAX_LINES]:
         line = line.strip()
-        if not line.startswith(("-", "*")):
+        if not line.startswith(("-", "*")) or _norm(line) in seen:
+            continue
+        seen.add(_norm(line))
+        if _norm(line) in EXAMPLE_LINES:
+            echoed += 1
             continue
         label = line.lstrip("-* ").split(":", 1)[0]
         cats.append(_category(label))
-    return {"categories": cats, "bugs": sum(c in BUG_CATEGORIES for c in cats)}
+    return {"categories": cats, "bugs": sum(c in BUG_CATEGORIES for c in cats), "echoed": echoed}
+
+
+def reparse(tag: Mapping[str, Any]) -> dict[str, Any]:
+    """A tag record with its categories and bugs derived from the model's own lines (`tags_text`)
+    by the current parse_tags, so a parsing fix needs no re-tagging; records without tags_text (tags
+    written by a person) are kept as they are."""
+    return {**tag, **parse_tags(tag["tags_text"])} if isinstance(tag.get("tags_text"), str) else dict(tag)
 
 
 def tag_feedback(
@@ -188,6 +212,7 @@ def category_shares(tags: Sequence[Mapping[str, Any]], *, resamples: int = 2000,
             "bugs_lo": ci["lo"],
             "bugs_hi": ci["hi"],
             "shares": {c: sum(c in t["categories"] for t in ts) / n for c in CATEGORIES + ("other",)},
+            "share_echoed": sum(bool(t.get("echoed")) for t in ts) / n,
         }
     return out
 

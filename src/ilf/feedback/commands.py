@@ -231,10 +231,10 @@ def feedback_stats(
         raise IlfError("--figure needs --refinements (π_Refine's refinement results, with feedback_id and passed)")
     tags: list = []
     if bugs:
-        from ilf.feedback.bugs import bugs_vs_pass_rate, category_shares
+        from ilf.feedback.bugs import bugs_vs_pass_rate, category_shares, reparse
 
         ids = {str(r.get("feedback_id")) for r in recs}
-        tags = [t for t in load_jsonl(bugs) if str(t["feedback_id"]) in ids]
+        tags = [reparse(t) for t in load_jsonl(bugs) if str(t["feedback_id"]) in ids]
         if not tags:
             raise IlfError(f"{bugs}: no tags for the feedback of {', '.join(files)} (tag them with `ilf feedback-bugs`)")
         out["bugs"] = category_shares(tags)

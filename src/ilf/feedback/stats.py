@@ -162,7 +162,9 @@ def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, M
             "",
             f"Tags: rubric {RUBRIC_VERSION} of `ilf.feedback.bugs`, applied greedily by {', '.join(models)} (`ilf feedback-bugs`).",
             "Rows: the share of feedback (%) with at least one bug of the category; a feedback can count in several.",
-            "Bugs per feedback: mean with a 95% bootstrap CI over feedback texts.",
+            "Bugs per feedback: mean with a 95% bootstrap CI over feedback texts. Categories and counts are parsed from the",
+            "model's own lines (`tags_text`): a line repeated word for word counts once, and a line copied from one of the",
+            "rubric's examples is dropped (last row: the share of feedback where that happened).",
             "",
             "| | " + " | ".join(f"{s} (n = {bugs[s]['n']})" for s in srcs) + " |",
             "|---|" + "---|" * len(srcs),
@@ -172,6 +174,7 @@ def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, M
         ]
         for c in CATEGORIES + ("other",):
             lines.append(f"| {c} | " + " | ".join(_pct(bugs[s]["shares"][c]) for s in srcs) + " |")
+        lines.append("| *a rubric example's line copied (dropped)* | " + " | ".join(_pct(bugs[s].get("share_echoed")) for s in srcs) + " |")
     rows = out.get("bugs_vs_pass_rate")
     if rows:
         lines += [
@@ -208,7 +211,8 @@ def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, M
                 quoted = "\n".join("> " + x for x in text.splitlines() or [""])
                 lines += [
                     "",
-                    f"**{t['feedback_id']}** (task {t['task_id']}): {t['bugs']} bug(s), {', '.join(t['categories']) or 'no tag'}",
+                    f"**{t['feedback_id']}** (task {t['task_id']}): {t['bugs']} bug(s), {', '.join(t['categories']) or 'no tag'}"
+                    + (f"; {t['echoed']} line(s) copied from a rubric example, dropped" if t.get("echoed") else ""),
                     "",
                     quoted,
                     "",
