@@ -245,4 +245,7 @@ def test_cli_humanevalplus_uses_plus_inputs(tmp_path):
     assert json.loads(plus.stdout)["num_passed"] == 1
     res = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert res[1]["status"] == "failed"
+    # Each result names the tests that judged it, so a report of these files says HumanEval+.
+    assert {r["dataset"] for r in res} == {"humanevalplus"}
+    assert {json.loads(x)["dataset"] for x in (tmp_path / "b.jsonl").read_text().splitlines()} == {"humaneval"}
     assert res[1]["error"] == "AssertionError: assert truncate_number(999.99999) == 0.9999900000000252 (got 0.0)"

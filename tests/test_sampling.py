@@ -70,7 +70,7 @@ def test_records_and_programs(engine, tasks, tmp_path):
     for r, t in zip(recs, [t for t in tasks for _ in range(3)]):
         assert FIELDS <= set(r)
         assert r["prompt"] == t.prompt and r["program"].startswith(t.prompt)
-        assert r["engine"] == "transformers" and r["seed"] == 3 and r["temperature"] == 0.8
+        assert r["engine"] == "transformers" and r["seed"] == 3 and r["temperature"] == 0.8 and r["dataset"] == "mbpp"
         assert 1 <= r["num_tokens"] <= 10
 
 

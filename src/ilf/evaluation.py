@@ -324,7 +324,8 @@ def evaluate_file(
     refuse_overwrite(out_path, samples, tasks_file, *local_copies(data_dir))
     check_writable(out_path)  # before the time-limit calibration and the judging, not after
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
-    records = load_samples(samples, tasks, dataset)
+    # A results record names the tests that judged it (humaneval samples judged on humanevalplus say so).
+    records = [{**r, "dataset": dataset} for r in load_samples(samples, tasks, dataset)]
     oracles = None
     if dataset == "humanevalplus":  # judged on evalplus's inputs and the canonical solution's outputs
         wanted = {normalize_task_id(r["task_id"], dataset) for r in records}

@@ -69,6 +69,7 @@ def make_records(task: Task, completions, params: SamplingParams, model: str, en
             {
                 "task_id": task.task_id,
                 "sample_id": i,
+                "dataset": task.dataset,
                 "model": model,
                 "engine": engine,
                 "prompt": task.prompt,
