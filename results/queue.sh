@@ -81,13 +81,23 @@ if want table3; then
     --labels few-shot,fine-tuned --output $D/report
 fi
 
-# Figure 5, Tables 5-6: the 1.5B tags every feedback with the bugs it addresses; Figure 5 pairs each
+# Figure 5, Tables 5-6: the 1.5B tags every feedback with the bugs it addresses: the authors' 195, the
+# 1.5B's 100 (the llm-1shot baseline) and the traces of the same 100 x0 (of the replication's 306: the
+# tagger takes 2-3 min per 16 traces on a 2-core CPU; the paper tagged 50 per source). Figure 5 pairs each
 # source's feedback with the few-shot π_Refine's 10 refinements per feedback: the authors' (MBPP_Train,
-# results/table2-authors), the 1.5B's (results/table2-llm) and the traces (the replication's round 1).
+# results/table2-authors), the 1.5B's (results/table2-llm) and the traces' (the replication's round 1).
 if want bugs; then
   step "bugs"
-  $ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --output $D/tags.jsonl
-  $ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl --bugs $D/tags.jsonl \
+  .venv/bin/python - $CPU/baselines/llm-1shot/feedback.jsonl $CPU/r1/feedback.jsonl $D/trace_same_x0.jsonl <<'PY'
+import json, sys
+llm, trace, out = sys.argv[1:]
+ids = {json.loads(line)["task_id"] for line in open(llm)}
+with open(out + ".tmp", "w") as f:
+    f.writelines(line for line in open(trace) if json.loads(line)["task_id"] in ids)
+__import__("os").replace(out + ".tmp", out)
+PY
+  $ILF feedback-bugs "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $D/trace_same_x0.jsonl --output $D/tags.jsonl
+  $ILF feedback-stats "$AUTHORS" $CPU/baselines/llm-1shot/feedback.jsonl $D/trace_same_x0.jsonl --bugs $D/tags.jsonl \
     --refinements results/table2-authors/run/r1/refinements.jsonl.gz --refinements results/table2-llm/raw/x1_results.jsonl.gz \
     --refinements $CPU/r1/refinements.jsonl --output $D/report
 fi
@@ -128,6 +138,7 @@ if want figure4; then
   ln -sf "$PWD/$CPU/eval/llm-1shot/results.jsonl" $D/k${ALL}_results.jsonl
   FILES=$(for K in $KS $ALL; do echo -n " $D/k${K}_results.jsonl"; done)
   $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $FILES --x "-,-,$(echo $KS $ALL | tr ' ' ,)" \
+    --labels "zero-shot,ilf,$(for K in $KS $ALL; do echo -n k$K,; done | sed 's/,$//')" \
     --x-label "training tasks with LLM feedback" --output $D/report
 fi
 
