@@ -252,14 +252,14 @@ def feedback_stats(
         import shlex
 
         from ilf.feedback.stats import render_report
-        from ilf.report import _write_text
+        from ilf.jsonl import atomic_open, write_json
 
         args = ["ilf", "feedback-stats", *files] + (["--bugs", bugs] if bugs else [])
         args += [x for f in refinements for x in ("--refinements", f)] + ["--output", output]
         by_id = {str(r.get("feedback_id")): r for r in recs}
-        Path(output).mkdir(parents=True, exist_ok=True)
-        _write_text(Path(output) / "stats.json", json.dumps(out, indent=2) + "\n")
-        _write_text(Path(output) / "report.md", render_report(out, shlex.join(args), by_id, tags))
+        write_json(Path(output) / "stats.json", out)
+        with atomic_open(Path(output) / "report.md") as f:
+            f.write(render_report(out, shlex.join(args), by_id, tags))
     if as_json:
         print(json.dumps(out if bugs else out["sources"], indent=2))
         return
