@@ -143,15 +143,19 @@ if want figure4; then
 fi
 
 # HumanEval(+) before and after ILF (does the gain transfer, or does the model forget?): zero-shot
-# and the three ILF seeds of the replication, 10 samples per task at T = 0.8.
+# and the three ILF seeds of the replication, 10 samples per task at T = 0.8, each judged on
+# HumanEval's tests and on HumanEval+'s (ilf evaluate resumes: a finished file is re-read, not re-run).
 if want humaneval; then
   step "humaneval"
   for m in zero-shot ilf ilf@s1 ilf@s2; do
     case $m in zero-shot) model=qwen2.5-coder-0.5b-instruct ;; ilf) model=$CPU/r1/model ;; *) model=$CPU/r1/model@${m#ilf@} ;; esac
     $ILF sample --dataset humaneval --model "$model" --n 10 --temperature 0.8 --max-new-tokens 512 --output $D/$m.jsonl
-    evaluate $D/$m.jsonl --dataset humanevalplus
+    for ds in humaneval humanevalplus; do $ILF evaluate $D/$m.jsonl --dataset $ds --output $D/${m}_$ds.jsonl; done
   done
-  $ILF report $D/zero-shot_results.jsonl $D/ilf_results.jsonl $D/ilf@s1_results.jsonl $D/ilf@s2_results.jsonl --output $D/report
+  for ds in humaneval humanevalplus; do
+    $ILF report $D/zero-shot_$ds.jsonl $D/ilf_$ds.jsonl $D/ilf@s1_$ds.jsonl $D/ilf@s2_$ds.jsonl \
+      --labels zero-shot,ilf,ilf@s1,ilf@s2 --output $D/report-$ds
+  done
 fi
 
 # Table 1: zero-shot π_θ on all of MBPP, 10 samples per task at T = 0.8 (the paper: 30).
