@@ -141,14 +141,9 @@ def sample_refinements(
     finished = len(feedback) - len(todo)
     if on_progress:
         on_progress(finished, len(feedback))
-    sampled = {
-        **(protocol or {}),
-        "seed": params.seed,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "max_new_tokens": params.max_new_tokens,
-    }
+    from ilf.sampling import params_fields
+
+    sampled = {**(protocol or {}), **params_fields(params)}
     if todo and not hasattr(engine, "generate"):
         engine = engine()  # a loader: the model loads only when something is left to sample
     with Appender(output) as out:

@@ -34,16 +34,19 @@ def _task_key(task_id: Any) -> str:
     return str(task_id)
 
 
-def _settings(model: str, engine: str, params: SamplingParams) -> dict[str, Any]:
+def params_fields(params: SamplingParams) -> dict[str, Any]:
+    """The sampling parameters a record carries (samples and π_Refine's refinements alike)."""
     return {
-        "model": model,
-        "engine": engine,
         "seed": params.seed,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "top_k": params.top_k,
         "max_new_tokens": params.max_new_tokens,
     }
+
+
+def _settings(model: str, engine: str, params: SamplingParams) -> dict[str, Any]:
+    return {"model": model, "engine": engine, **params_fields(params)}
 
 
 def _load_existing(output: Path, settings: dict[str, Any], n: int) -> dict[str, list[dict]]:

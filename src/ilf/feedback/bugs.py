@@ -120,10 +120,11 @@ def parse_tags(text: str) -> dict[str, Any]:
     cats, seen, echoed = [], set(), 0
     for line in text.splitlines()[:MAX_LINES]:
         line = line.strip()
-        if not line.startswith(("-", "*")) or _norm(line) in seen:
+        key = _norm(line)
+        if not line.startswith(("-", "*")) or key in seen:
             continue
-        seen.add(_norm(line))
-        if _norm(line) in EXAMPLE_LINES:
+        seen.add(key)
+        if key in EXAMPLE_LINES:
             echoed += 1
             continue
         label = line.lstrip("-* ").split(":", 1)[0]
@@ -208,7 +209,7 @@ def category_shares(tags: Sequence[Mapping[str, Any]], *, resamples: int = 2000,
         ci = estimate(np.array([t["bugs"] for t in ts], dtype=float), resamples, seed)
         out[src] = {
             "n": n,
-            "bugs_mean": sum(t["bugs"] for t in ts) / n,
+            "bugs_mean": ci["value"],
             "bugs_lo": ci["lo"],
             "bugs_hi": ci["hi"],
             "shares": {c: sum(c in t["categories"] for t in ts) / n for c in CATEGORIES + ("other",)},

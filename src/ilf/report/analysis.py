@@ -611,7 +611,6 @@ def analyze_results(
         "splits": rows,
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": CONFIDENCE},
         "per_task": {t: {"n": n, "c": c} for t, (n, c) in counts.items()},
-        "restricted": tasks is not None,
     }
 
 
