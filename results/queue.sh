@@ -34,7 +34,10 @@ meta["segments"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmt
 meta["seconds"] = sum(s["seconds"] for s in meta["segments"])
 json.dump(meta, open(path, "w"), indent=2)
 PY
+  D=
 }
+# A killed or failed queue still records the interrupted step's segment.
+trap segment EXIT
 step() {
   segment
   echo "[queue $(date -u +%H:%M:%S)] $*"

@@ -103,6 +103,8 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
                 va="bottom",
                 fontsize=7,
                 color="white" if y > 8 else "black",
+                # a solid box in the bar's colour keeps the number readable over a seed's hatch
+                bbox=dict(boxstyle="square,pad=0.1", facecolor=color, edgecolor="none") if y > 8 else None,
             )
     ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
     ax.set_ylabel("% of tasks (mean over tasks)")
