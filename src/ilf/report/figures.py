@@ -58,6 +58,7 @@ def _styles(labels: list[str]) -> list[tuple[Any, int]]:
 
 SEED_HATCHES = ("", "//", "..", "xx")
 SEED_LINESTYLES = ("-", "--", ":", "-.")
+LEGEND_INSIDE_MAX = 6  # more curves than this: the legend goes beside the axes
 
 
 def metric_label(name: str) -> str:
@@ -135,7 +136,10 @@ def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Pat
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    if len(rows) > LEGEND_INSIDE_MAX:  # a long legend inside the axes hides the curves
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8, frameon=False)
     return _save(fig, path)
 
 
