@@ -168,15 +168,17 @@ if want table1; then
   evaluate $D/samples.jsonl
   $ILF report $D/samples_results.jsonl --output $D/report
 fi
-# ILF rounds 2 and 3 (x0 from the previous round's π_θ*), in a copy of the replication whose round 1
-# and zero-shot EVAL are reused (stage fingerprints hash contents, not paths). It runs the
-# replication's code (the worktree of results/cpu/README.md, in ../repl), which made round 1;
-# only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final round's 3 seeds.
+# ILF rounds 2 and 3 (x0 from the previous round's π_θ*), in a copy of the replication whose round 1,
+# ILF sweep and zero-shot EVAL are reused (stage fingerprints hash contents, not paths). It runs the
+# replication's code (the worktree of results/cpu/README.md, in ../repl), which made round 1, with
+# results/rounds/rounds.patch: later rounds skip the shuffled-feedback control and reuse round 1's
+# swept setting. Only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final round's 3 seeds.
 if want rounds; then
   step "rounds"
+  grep -q 'r == 1:  # Table 2' ../repl/src/ilf/pipeline.py || { echo "queue.sh rounds: ../repl lacks results/rounds/rounds.patch (git -C ../repl am \"$PWD/results/rounds/rounds.patch\")" >&2; exit 2; }
   R=runs/rounds
   if [ ! -f $R/manifest.json ]; then
-    mkdir -p $R/eval && cp -a $CPU/r1 $CPU/manifest.json $R/ && cp -a $CPU/eval/zero-shot $R/eval/
+    mkdir -p $R/eval $R/sweep && cp -a $CPU/r1 $CPU/manifest.json $R/ && cp -a $CPU/eval/zero-shot $R/eval/ && cp -a $CPU/sweep/ilf $R/sweep/
   fi
   PYTHONPATH=../repl/src $ILF run cpu run_dir=$R rounds=3 'eval.methods=["zero-shot","ilf"]'
 fi
