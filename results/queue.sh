@@ -3,8 +3,9 @@
 # time, each with ilf's own commands. Every step resumes or is skipped when its output exists, so
 # the script can be killed and started again (also in another session, after unpacking runs/cpu).
 #
-#   nohup bash results/queue.sh > runs/queue.log 2>&1 &              # every step, in order
-#   nohup bash results/queue.sh table2-llm bugs > runs/queue.log 2>&1 &   # only the steps named
+#   setsid nohup bash results/queue.sh > runs/queue.log 2>&1 &              # every step, in order
+#   setsid nohup bash results/queue.sh table2-llm bugs > runs/queue.log 2>&1 &   # only the steps named
+#   kill -- -"$(pgrep -f 'bash results/queue.sh' | head -1)"    # stop it and its running ilf command (setsid: its own group)
 #
 # Outputs go to runs/paper/<experiment>/; each experiment's report is written with `ilf report` or
 # `ilf feedback-stats` and then published under results/<experiment>/ with its README.
