@@ -3,7 +3,7 @@
 set -u
 rm -rf /tmp/bare && mkdir -p /tmp/bare/cache
 cd /tmp/bare
-( cd /work/shared/data && exec python3 -m http.server 8765 --bind 127.0.0.1 ) > /tmp/demo12/http.log 2>&1 &
+( cd /work/shared/data && exec python3 -m http.server 8765 --bind 127.0.0.1 ) > /tmp/bare/http.log 2>&1 &
 HTTP=$!
 git clone -q /work/main ilf && cd ilf
 git log --oneline -1
