@@ -9,5 +9,5 @@ from ilf.tasks import default_data_dir
 def data_dir() -> Path:
     d = default_data_dir()
     if d is None or not (d / "mbpp.jsonl").exists():
-        pytest.fail("MBPP data not found: set ILF_DATA_DIR or place shared/data beside the project")
+        pytest.fail("MBPP data not found: run `ilf data fetch`, set ILF_DATA_DIR, or place shared/data beside the project")
     return d

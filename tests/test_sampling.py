@@ -159,12 +159,13 @@ def test_cli_bad_input_is_one_line(tmp_path, data_dir):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_the_sampling_speed_of_this_machine_is_remembered_for_the_next_plan(tmp_path, monkeypatch):
+def test_the_sampling_speed_of_this_machine_is_remembered_for_the_next_plan(tmp_path, monkeypatch, data_dir):
     from ilf.config import load_config
     from ilf.pipeline import Run
     from ilf.sampling import known_speed, record_speed
 
     monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ILF_DATA_DIR", str(data_dir))  # the empty cache holds no data (a bare folder's is there)
     cfg = load_config(None, ["run_dir=" + str(tmp_path / "run"), "model.engine=openvino"])
     assert "not known on this machine yet" in Run(cfg).plan()
     record_speed("openvino/f16", cfg.model.base, 10, 1.0)  # too few programs to count

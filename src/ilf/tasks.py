@@ -67,10 +67,18 @@ def project_root() -> Path:
 
 
 def default_data_dir() -> Path | None:
-    """$ILF_DATA_DIR, else `shared/data` beside the project (or beside the current directory)."""
-    from ilf.data import shared_data_dir, user_data_dir
+    """The directory holding the data files, in ilf.data.locate's order without downloading:
+    $ILF_DATA_DIR, else `shared/data` beside the project, else the cache that `ilf data fetch` fills
+    (on a user's machine, where nothing is beside the project, the data is only there)."""
+    from ilf.data import FILES, cache_data_dir, shared_data_dir, user_data_dir
 
-    return user_data_dir() or shared_data_dir()
+    user = user_data_dir()
+    if user is not None:
+        return user
+    for d in (shared_data_dir(), cache_data_dir()):
+        if d is not None and (d / FILES["mbpp"].name).exists():
+            return d
+    return None
 
 
 def resolve_data_file(dataset: str, data_dir: str | os.PathLike | None) -> Path:
