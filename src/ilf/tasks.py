@@ -67,18 +67,15 @@ def project_root() -> Path:
 
 
 def default_data_dir() -> Path | None:
-    """The directory holding the data files, in ilf.data.locate's order without downloading:
+    """The directory holding the data files, found as ilf.data.locate finds them without downloading:
     $ILF_DATA_DIR, else `shared/data` beside the project, else the cache that `ilf data fetch` fills
     (on a user's machine, where nothing is beside the project, the data is only there)."""
-    from ilf.data import FILES, cache_data_dir, shared_data_dir, user_data_dir
+    from ilf.data import locate, user_data_dir
 
-    user = user_data_dir()
-    if user is not None:
-        return user
-    for d in (shared_data_dir(), cache_data_dir()):
-        if d is not None and (d / FILES["mbpp"].name).exists():
-            return d
-    return None
+    try:
+        return locate("mbpp", fetch=False).parent
+    except IlfError:
+        return user_data_dir()
 
 
 def resolve_data_file(dataset: str, data_dir: str | os.PathLike | None) -> Path:
