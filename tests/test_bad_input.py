@@ -94,6 +94,19 @@ def test_outputs_honour_the_umask(tmp_path):
     code = "import os; os.umask(0o022); from ilf.jsonl import write_jsonl; write_jsonl('o.jsonl', [{'a': 1}])"
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     assert (tmp_path / "o.jsonl").stat().st_mode & 0o777 == 0o644
+    # A report's Markdown and PNG too: they are written to a temp file (0600) and renamed.
+    rec = {"task_id": 11, "sample_id": 0, "passed": True, "status": "passed", "model": "m", "temperature": 0.8}
+    (tmp_path / "r.jsonl").write_text(json.dumps(rec) + "\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "report", "r.jsonl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert r.returncode == 0, r.stderr
+    modes = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "r_report").iterdir()}
+    assert modes == {"report.md": 0o644, "report.json": 0o644, "pass_at_k_curve.png": 0o644}
 
 
 @pytest.mark.skipif(not os.access("/sys/fs/cgroup/pids", os.W_OK), reason="cgroups not writable here")

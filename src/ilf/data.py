@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ilf.errors import IlfError
+from ilf.jsonl import honour_umask
 
 DATA_DIR_ENV = "ILF_DATA_DIR"
 BASE_URL_ENV = "ILF_DATA_BASE_URL"  # a mirror serving the files by name: BASE/<name>
@@ -205,7 +206,7 @@ def download(key: str, dest_dir: Path | None = None, base_url: str | None = None
                 f"with {f.sha256[:12]}…; refusing {f.name}"
             )
         final = dest_dir / f.name
-        os.chmod(tmp, 0o644)
+        honour_umask(tmp)
         os.replace(tmp, final)
         return final
     finally:

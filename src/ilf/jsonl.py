@@ -28,6 +28,12 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def honour_umask(file: int | str | os.PathLike) -> None:
+    """Give a file made by tempfile.mkstemp (always 0600) the mode a plain open() would: 0666 minus
+    the umask. Every write-then-rename output calls it, so reports and data are readable by others."""
+    os.chmod(file, 0o666 & ~_UMASK)
+
+
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes (decompressed for .gz), or one clear error naming the file."""
     if path.is_dir():
@@ -182,7 +188,7 @@ def atomic_open(path: str | os.PathLike, encoding: str = "utf-8", newline: str |
         with os.fdopen(fd, "w", encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
-            os.chmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600: honour the umask instead
+            honour_umask(f.fileno())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

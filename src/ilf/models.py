@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from ilf.errors import IlfError
+from ilf.jsonl import honour_umask
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
@@ -208,6 +209,7 @@ def assemble_bundled(bm: BundledModel) -> Path:
                     f"bundled model {bm.name}: sha256 of the joined parts is {digest}, expected {bm.sha256}; "
                     f"reinstall the packages: {bm.pip_install()}"
                 )
+            honour_umask(tmp)
             os.replace(tmp, final)
             (final.parent / f"{bm.name}.sha256").write_text(digest + "\n")
         except BaseException:

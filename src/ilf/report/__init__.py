@@ -18,12 +18,11 @@ training-data source's completions under the base model (completion tokens only)
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ilf.errors import IlfError
-from ilf.jsonl import write_json
+from ilf.jsonl import atomic_open, write_json
 from ilf.report.analysis import analyze_results, analyze_run, base_method, compare_results_analyses, compress_ids, seed_groups
 from ilf.report.figures import plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
 from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
@@ -50,14 +49,8 @@ __all__ = [
 
 
 def _write_text(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(text)
     return path
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ilf.jsonl import honour_umask
 from ilf.report.analysis import TABLE_KS, base_method, order_sources
 
 FIGURE_DPI = 130
@@ -32,6 +33,7 @@ def _save(fig, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=FIGURE_DPI, bbox_inches="tight")
+        honour_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
