@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict, UserList, UserString, deque
 from decimal import Decimal
 from fractions import Fraction
 
@@ -369,3 +369,37 @@ def test_verdicts_hold_no_memory_addresses():
     task = Task(1, "", "", "f", [], "", "assert f() == [0, 1, 2]\n", "def f(): return [0, 1, 2]")
     w = judge.check(program, task)
     assert w.status == "failed" and "<generator object" in w.error and "0x" not in w.error
+
+
+def test_stdlib_containers_compare_as_the_in_process_test_would():
+    """Values whose equality Python defines by content (a ChainMap or UserDict equals a dict, a
+    keys view equals a set) pass the split judge as they pass the test run in-process; found by
+    judging 9,740 model programs both ways (a ChainMap solution of MBPP 87 failed only split)."""
+    merged = "import collections as ct\ndef f(a, b):\n    return ct.ChainMap(a, b)\n"
+    tests = "assert f({'R': 1, 'B': 2}, {'B': 3, 'G': 4}) == {'R': 1, 'B': 2, 'G': 4}\n"
+    task = Task(1, "", "", "f", [], "", tests, "def f(a, b): return {**b, **a}")
+    assert judge.plan(task, 6).judge == "split"
+    for program, expected in [
+        (merged, True),
+        ("import collections\ndef f(a, b):\n    return collections.UserDict({**b, **a})\n", True),
+        ("def f(a, b):\n    return ct.ChainMap(b, a)\nimport collections as ct\n", False),  # B would be 3
+    ]:
+        assert judge.check(program, task).passed is expected, program
+        assert sandbox.check(program, tests).passed is expected, program
+    keys = Task(1, "", "", "f", [], "", "assert f() == {1, 2}\nassert f() != [1, 2]\n", "def f(): return {1, 2}")
+    assert judge.check("def f():\n    return {1: 'a', 2: 'b'}.keys()\n", keys).passed
+    assert plain.decode(plain.encode(UserList([1, 2]))) == [1, 2] and plain.decode(plain.encode(UserString("ab"))) == "ab"
+
+
+def test_string_hashing_is_the_same_in_every_sandbox():
+    """PYTHONHASHSEED is fixed in the sandbox: a program whose answer depends on set order
+    (`list(set(words))`) gets the same verdict on every run, not a different one per worker."""
+    import subprocess
+    import sys
+
+    want = subprocess.run(
+        [sys.executable, "-c", "print(hash('ilf'))"], env={"PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for _ in range(2):
+        with Sandbox(timeout=3.0, workers=1) as s:
+            assert s.run("def f():\n    return hash('ilf')\n", f"assert f() == {want}\n").passed

@@ -72,8 +72,16 @@ def encode(x, _depth: int = 0):
             return {"ctr": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
         if name == "defaultdict":  # compares as a dict
             return {"d": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
+        if name in ("ChainMap", "UserDict"):  # Mapping.__eq__: compares as dict(x.items())
+            return {"d": [[encode(k, d), encode(v, d)] for k, v in dict(x.items()).items()]}
+        if name == "UserList":  # compares as its list
+            return encode(list(x.data), _depth)
+        if name == "UserString":
+            return encode(str(x.data), _depth)
         if name == "deque":
             return {"dq": [encode(v, d) for v in x]}
+    if t is type({}.keys()):  # a keys view is set-like: equal to a set of its keys, not to a list
+        return {"s": [encode(v, d) for v in x]}
     if mod == "fractions" and name == "Fraction":
         return {"fr": [hex(x.numerator), hex(x.denominator)]}
     if mod == "decimal" and name == "Decimal":

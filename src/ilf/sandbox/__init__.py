@@ -82,10 +82,18 @@ _SCRUBBED_ENV = {
     "LC_ALL": "C.UTF-8",
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONIOENCODING": "utf-8",
+    # One string-hash seed for every program: a program whose answer depends on set or dict order
+    # (`list(set(words))`) gets the same verdict on every run of `ilf evaluate`, not a coin flip.
+    "PYTHONHASHSEED": "0",
     "OMP_NUM_THREADS": "1",  # keeps numeric libraries under MAX_PROCESSES
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
+
+# -I without its -E: the environment is ours (_SCRUBBED_ENV, which sets PYTHONHASHSEED), the user's
+# site-packages and the current directory stay off sys.path (-P exists from Python 3.11; with -c
+# and cwd "/" an older Python only adds "/").
+_PYTHON_FLAGS = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]
 
 _probe_lock = threading.Lock()
 _probe_result: tuple[bool, str] | None = None
@@ -332,7 +340,7 @@ class _WorkerHandle:
             env=_SCRUBBED_ENV,
         )
         src = str(WORKER_FILE.parents[2])  # ilf's source root: the worker imports ilf.plain
-        cmd = prefix + [sys.executable, "-I", "-c", WORKER_BOOT, src, str(WORKER_FILE), json.dumps(cfg)]
+        cmd = prefix + [sys.executable, *_PYTHON_FLAGS, "-c", WORKER_BOOT, src, str(WORKER_FILE), json.dumps(cfg)]
         self.cgroups = _make_cgroups(f"ilf-sandbox-{os.getpid()}-{id(self)}")
         if self.cgroups:  # enter the cgroups first, so that everything the worker starts is in them
             enter = "".join(f'echo $$ > "{d}/cgroup.procs" && ' for d in self.cgroups)
