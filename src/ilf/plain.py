@@ -31,6 +31,9 @@ LARGE_VALUE_BYTES = 1 << 20
 outputs of hundreds of kB on each of hundreds of inputs."""
 
 
+_KEYS_VIEW = type({}.keys())
+
+
 def _type_name(x) -> str:
     t = type(x)
     mod = getattr(t, "__module__", "") or ""
@@ -70,9 +73,7 @@ def encode(x, _depth: int = 0):
             return {"od": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
         if name == "Counter":
             return {"ctr": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
-        if name == "defaultdict":  # compares as a dict
-            return {"d": [[encode(k, d), encode(v, d)] for k, v in x.items()]}
-        if name in ("ChainMap", "UserDict"):  # Mapping.__eq__: compares as dict(x.items())
+        if name in ("defaultdict", "ChainMap", "UserDict"):  # compare as dict(x.items())
             return {"d": [[encode(k, d), encode(v, d)] for k, v in dict(x.items()).items()]}
         if name == "UserList":  # compares as its list
             return encode(list(x.data), _depth)
@@ -80,7 +81,7 @@ def encode(x, _depth: int = 0):
             return encode(str(x.data), _depth)
         if name == "deque":
             return {"dq": [encode(v, d) for v in x]}
-    if t is type({}.keys()):  # a keys view is set-like: equal to a set of its keys, not to a list
+    if t is _KEYS_VIEW:  # a keys view is set-like: equal to a set of its keys, not to a list
         return {"s": [encode(v, d) for v in x]}
     if mod == "fractions" and name == "Fraction":
         return {"fr": [hex(x.numerator), hex(x.denominator)]}
