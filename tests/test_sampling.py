@@ -174,3 +174,16 @@ def test_the_sampling_speed_of_this_machine_is_remembered_for_the_next_plan(tmp_
     assert known_speed("openvino/f16", cfg.model.base) == 2.0
     line = next(x for x in Run(cfg).plan().splitlines() if "time:" in x)
     assert "programs/min this machine sampled before" in line and "120 programs/min" in line, line
+
+
+def test_the_plan_counts_every_model_it_evaluates(tmp_path, monkeypatch, data_dir):
+    from ilf.config import load_config
+    from ilf.pipeline import Run
+
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ILF_DATA_DIR", str(data_dir))
+    args = ["run_dir=" + str(tmp_path / "run"), "model.engine=openvino", 'eval.methods=["zero-shot","ilf"]', "train_seeds=3"]
+    # zero-shot, ILF's final π_θ* with 3 seeds, and the π_θ* of rounds 1 and 2 (ilf-r1, ilf-r2)
+    plan = Run(load_config(None, [*args, "rounds=3"])).plan()
+    assert "evaluation: 6 models" in plan, plan
+    assert "evaluation: 4 models" in Run(load_config(None, [*args, "rounds=1"])).plan()

@@ -250,6 +250,8 @@ class Run:
         trained = [m for m in cfg.eval.methods if m != "zero-shot"]
         n_eval_tasks = len(self.tasks(cfg.eval.tasks))
         models = (1 if "zero-shot" in cfg.eval.methods else 0) + len(trained) * cfg.train_seeds
+        if "ilf" in cfg.eval.methods:  # evaluate_methods also samples each earlier round's π_θ* (ilf-r1, ...)
+            models += cfg.rounds - 1
         lines = [f"plan ({cfg.name}, {cfg.model.base}, engine {self.engine_label()}):"]
         if cfg.feedback.source == "authors":
             lines.append(f"  feedback: the paper authors' human annotations on {cfg.feedback.tasks} (CodeGen-6B's x0)")
