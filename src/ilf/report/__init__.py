@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 from ilf.errors import IlfError
 from ilf.jsonl import atomic_open, write_json
 from ilf.report.analysis import analyze_results, analyze_run, base_method, compare_results_analyses, compress_ids, seed_groups
-from ilf.report.figures import plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
+from ilf.report.figures import plot_ilf_rounds, plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
 from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
 from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
@@ -65,6 +65,9 @@ def _figures(runs: list[tuple[str, dict]], out: Path, suffix: str) -> dict[str, 
     ref = [(label if compare else "", [r for r in a["refine"] if "metrics" in r]) for label, a in runs]
     if any(rs for _, rs in ref):
         figs["refine_rounds"] = plot_refine_rounds(ref, out / "refine_rounds.png", f"π_Refine pass rate per round{suffix}").name
+    rounds = [(label if compare else "", a.get("rounds", [])) for label, a in runs]
+    if any(rs for _, rs in rounds):
+        figs["ilf_rounds"] = plot_ilf_rounds(rounds, out / "ilf_rounds.png", f"π_θ* after each ILF round{suffix}").name
     ppl = [(label if compare else "", {s: v for s, v in a["_perplexity_values"].items() if v}) for label, a in runs]
     if any(vals for _, vals in ppl):
         figs["perplexity"] = plot_perplexity(ppl, out / "perplexity.png", f"Training data perplexity under the base model{suffix}").name

@@ -500,6 +500,43 @@ def _untrained_methods(run_dir: Path) -> list[dict]:
     ]
 
 
+def ilf_rounds(methods: list[dict], seeds: list[dict], refine: list[dict]) -> list[dict]:
+    """π_θ* after each ILF round (beyond the paper's one round): round 0 is zero-shot π_θ, round k < last
+    is `ilf-r<k>`, the last round is `ilf` (its FINETUNE seeds averaged). Beside each model's pass@1 on
+    the evaluation tasks: the pass rate of the x0 the next round sampled from it on the feedback tasks,
+    and |R| of the round that made it. Empty unless an earlier round was evaluated."""
+    by = {m["method"]: m for m in methods}
+    earlier = sorted(int(name[5:]) for name in by if re.fullmatch(r"ilf-r\d+", name))
+    ref = {r["round"]: r for r in refine}
+    if not earlier or "ilf" not in by or not ref:
+        return []
+    group = next((g for g in seeds if g["method"] == "ilf" and "mean" in g), None)
+    rows = []
+    for k, name in [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier], (max(ref), "ilf")]:
+        m = by.get(name)
+        if m is None:
+            continue
+        row: dict[str, Any] = {"round": k, "method": name, "pass@1": m["metrics"].get("pass@1"), "seeds": [m["method"]]}
+        row["delta_vs_zero_shot"] = (m.get("delta_vs_zero-shot") or {}).get("metrics", {}).get("pass@1")
+        row["mean_tokens"] = m.get("mean_tokens")
+        if name == "ilf" and group:
+            row.update(
+                {
+                    "pass@1": group["mean"],
+                    "delta_vs_zero_shot": group.get("minus_zero_shot"),
+                    "seeds": group["seeds"],
+                    "pass@1_per_seed": group["pass@1"],
+                }
+            )
+            toks = [by[s].get("mean_tokens") for s in group["seeds"]]
+            row["mean_tokens"] = statistics.fmean(toks) if all(t is not None for t in toks) else None
+        row["train_pairs"] = ref.get(k, {}).get("train_pairs") if k else None
+        nxt = ref.get(k + 1, {})
+        row["next_x0_pass_rate"], row["next_x0_tasks"] = nxt.get("x0_pass_rate"), nxt.get("x0_tasks")
+        rows.append(row)
+    return rows
+
+
 def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> dict:
     """Every number of the report for one run directory, as a JSON-able dict (report.json)."""
     run_dir = Path(run_dir)
@@ -526,6 +563,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
     seeds = seed_groups(methods, resamples, seed)
     untrained = _untrained_methods(run_dir)
     ppl_rows, ppl_values = _perplexity_stats(run_dir)
+    refine = _analyze_refine(run_dir, resamples, seed)
     return {
         "run": run_dir.resolve().name,
         "run_dir": str(run_dir),
@@ -537,7 +575,8 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "train_seeds": seeds,
         "unfinished_methods": unfinished,
         "untrained_methods": untrained,
-        "refine": _analyze_refine(run_dir, resamples, seed),
+        "refine": refine,
+        "rounds": ilf_rounds(methods, seeds, refine),
         "sweep": _sweep_tables(run_dir),
         "feedback": _feedback_stats(run_dir),
         "perplexity": ppl_rows,

@@ -264,3 +264,38 @@ def plot_metric_vs_x(rows: list[tuple[str, dict, float | None]], path: Path, tit
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def plot_ilf_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: str) -> Path:
+    """π_θ* after each ILF round (round 0 = zero-shot): pass@1 on the evaluation tasks with 95% CI bars
+    (the last round's seed mean; its seeds as dots), and the pass rate of the x0 the next round sampled
+    from that model on the feedback tasks (no CI: the x0 sample is a stage's input, not an evaluation)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.get_cmap("tab10")
+    for i, (label, rounds) in enumerate(rows):
+        prefix = f"{label}: " if label else ""
+        pts = [r for r in rounds if r.get("pass@1")]
+        xs = [r["round"] for r in pts]
+        ys = [100 * r["pass@1"]["value"] for r in pts]
+        err = [
+            [100 * (r["pass@1"]["value"] - r["pass@1"]["lo"]) for r in pts],
+            [100 * (r["pass@1"]["hi"] - r["pass@1"]["value"]) for r in pts],
+        ]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, color=colors(2 * i % 10), label=f"{prefix}pass@1, evaluation tasks")
+        for r in pts:
+            seeds = [100 * v for v in r.get("pass@1_per_seed") or [] if v is not None]
+            ax.scatter([r["round"] + 0.08] * len(seeds), seeds, s=12, color=colors(2 * i % 10), alpha=0.6, zorder=3)
+        nxt = [(r["round"], 100 * r["next_x0_pass_rate"]) for r in rounds if r.get("next_x0_pass_rate") is not None]
+        if nxt:
+            label_x0 = f"{prefix}x0 pass rate, feedback tasks (next round)"
+            ax.plot(*zip(*nxt), marker="s", ls="--", color=colors((2 * i + 1) % 10), label=label_x0)
+    all_rounds = sorted({r["round"] for _, rs in rows for r in rs})
+    ax.set_xticks(all_rounds, ["π_θ" if k == 0 else f"after round {k}" for k in all_rounds])
+    ax.set_xlabel("model")
+    ax.set_ylabel("% of samples passing")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)

@@ -215,6 +215,38 @@ def _refine_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
     return _table(header, rows)
 
 
+def _rounds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
+    header = (["run"] if with_run else []) + [
+        "round",
+        "model",
+        "|R| of the round",
+        "pass@1 [95% CI]",
+        "pass@1 per seed",
+        "Δ vs zero-shot",
+        "tokens per sample",
+        "next round's x0 pass rate",
+    ]
+    rows = []
+    for label, a in runs:
+        for r in a.get("rounds", []):
+            per = r.get("pass@1_per_seed")
+            tok = r.get("mean_tokens")
+            rows.append(
+                ([label] if with_run else [])
+                + [
+                    r["round"],
+                    ", ".join(r["seeds"]),
+                    "–" if r["train_pairs"] is None else r["train_pairs"],
+                    pct(r.get("pass@1")),
+                    ", ".join(f"{100 * v:.1f}" for v in per if v is not None) if per else "–",
+                    pct(r["delta_vs_zero_shot"], signed=True) if r.get("delta_vs_zero_shot") else "–",
+                    "–" if tok is None else f"{tok:.1f}",
+                    _pct1(r.get("next_x0_pass_rate")) or "–",
+                ]
+            )
+    return _table(header, rows)
+
+
 def _pct1(v: Optional[float]) -> Optional[str]:
     return None if v is None else f"{100 * v:.1f}"
 
@@ -266,6 +298,19 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
             "",
         ]
         L += _seeds_table(runs, compare) + [""]
+    if any(a.get("rounds") for _, a in runs):
+        L += [
+            "### ILF rounds (beyond the paper)",
+            "",
+            "π_θ* of each round becomes the next round's π_θ. Round 0 is zero-shot π_θ; the last round's row "
+            "averages its FINETUNE seeds. Δ pairs with zero-shot per task. The next round's x0 pass rate is "
+            "the share of passing samples that the next round drew from this model on its feedback tasks "
+            "(training tasks, which include earlier rounds' R): how well the model does where it was trained.",
+            "",
+        ]
+        L += _rounds_table(runs, compare) + [""]
+        if "ilf_rounds" in figures:
+            L += [f"![π_θ* after each ILF round]({figures['ilf_rounds']})", ""]
     for label, a in runs:
         if a["unfinished_methods"]:
             L += [f"Not finished{' in ' + label if compare else ''} (no results.jsonl): {', '.join(a['unfinished_methods'])}.", ""]
