@@ -499,32 +499,42 @@ def test_training_seeds_are_grouped_with_means_and_paired_ilf_deltas(tmp_path):
 
 def test_ilf_rounds_show_each_rounds_model_beside_the_next_rounds_x0(tmp_path):
     """rounds = 3: zero-shot is round 0, ilf-r1 and ilf-r2 the earlier rounds' π_θ*, ilf (with its seeds)
-    the last; each row carries |R| of its round and the pass rate of the x0 the next round drew from it."""
+    the last; each row carries |R| of its round and the pass rate of the x0 the next round drew from it,
+    overall and on the tasks the model was trained on."""
     run = make_run(tmp_path, feedback=False, perplexity=False, zero_rate=0.4, ilf_rate=0.2)
     tasks = range(11, 31)
     for method, rate in (("ilf@s1", 0.1), ("ilf-r1", 0.3), ("ilf-r2", 0.5)):
         outcomes = {t: [i < round(rate * 10) for i in range(10)] for t in tasks}
         write_jsonl(run / "eval" / method / "results.jsonl", _results(method, outcomes, method))
-    for r, passing, pairs in ((1, 3, 4), (2, 2, 3), (3, 1, 2)):  # x0 of round r: 5 tasks x 4 samples
+    # x0 of round r (5 tasks x 4 samples): passing samples per task; R_r trains on the listed tasks
+    x0_passing = {1: {311: 3}, 2: {311: 4, 312: 4}, 3: {312: 2, 313: 1}}
+    r_tasks = {1: [312, 313], 2: [314], 3: [315]}
+    for r in (1, 2, 3):
         rd = run / f"r{r}"
-        x0 = [{"task_id": 311 + t, "sample_id": i, "passed": t * 4 + i < passing} for t in range(5) for i in range(4)]
+        x0 = [{"task_id": t, "sample_id": i, "passed": i < x0_passing[r].get(t, 0)} for t in range(311, 316) for i in range(4)]
         write_jsonl(rd / "results.jsonl", x0)
         if r > 1:
             write_jsonl(rd / "refinements.jsonl", load_jsonl(run / "r1" / "refinements.jsonl"))
-        write_jsonl(rd / "train_pairs.jsonl", [{"task_id": 400 + j, "prompt": "p", "completion": "c"} for j in range(pairs)])
+        write_jsonl(rd / "train_pairs.jsonl", [{"task_id": t, "prompt": "p", "completion": "c"} for t in r_tasks[r]])
     a = report.analyze_run(run)
     rows = a["rounds"]
-    expected = [(0, "zero-shot", None), (1, "ilf-r1", 4), (2, "ilf-r2", 3), (3, "ilf", 2)]
+    expected = [(0, "zero-shot", None), (1, "ilf-r1", 2), (2, "ilf-r2", 1), (3, "ilf", 1)]
     assert [(r["round"], r["method"], r["train_pairs"]) for r in rows] == expected
-    assert [r["next_x0_pass_rate"] for r in rows] == [pytest.approx(3 / 20), pytest.approx(2 / 20), pytest.approx(1 / 20), None]
-    assert rows[1]["pass@1"]["value"] == pytest.approx(0.3) and rows[1]["delta_vs_zero_shot"]["value"] == pytest.approx(0.3 - 0.4, abs=0.02)
+    assert [r["next_x0_pass_rate"] for r in rows] == [pytest.approx(3 / 20), pytest.approx(8 / 20), pytest.approx(3 / 20), None]
+    # on R_1's tasks the x0 of ilf-r1 pass 4 of 8 (1 of 2 tasks); ilf-r2's on R_1 + R_2: 3 of 12 (2 of 3)
+    on_r = [r.get("next_x0_on_R") for r in rows]
+    assert on_r[0] is None and on_r[3] is None
+    assert on_r[1] == {"tasks": 2, "solved": 1, "pass_rate": pytest.approx(0.5)}
+    assert on_r[2] == {"tasks": 3, "solved": 2, "pass_rate": pytest.approx(0.25)}
+    assert rows[1]["pass@1"]["value"] == pytest.approx(0.3)
+    assert rows[1]["delta_vs_zero_shot"]["value"] == pytest.approx(0.3 - 0.4, abs=0.02)
     last = rows[3]
     assert last["seeds"] == ["ilf", "ilf@s1"] and last["pass@1"]["value"] == pytest.approx(
         np.mean([_method({"runs": [a]}, "ilf")["metrics"]["pass@1"]["value"], 0.1])
     )
     path = report.write_report(run)
     text = path.read_text()
-    assert "### ILF rounds" in text and "| 2 | ilf-r2 | 3 |" in text
+    assert "### ILF rounds" in text and "| 2 | ilf-r2 | 1 |" in text and "| 25.0 (2 / 3) |" in text
     assert (path.parent / "ilf_rounds.png").read_bytes().startswith(PNG_MAGIC)
     # one round: no rounds section
     single = make_run(tmp_path, "one", feedback=False, perplexity=False)

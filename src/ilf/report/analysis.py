@@ -500,17 +500,24 @@ def _untrained_methods(run_dir: Path) -> list[dict]:
     ]
 
 
-def ilf_rounds(methods: list[dict], seeds: list[dict], refine: list[dict]) -> list[dict]:
+def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: list[dict]) -> list[dict]:
     """π_θ* after each ILF round (beyond the paper's one round): round 0 is zero-shot π_θ, round k < last
     is `ilf-r<k>`, the last round is `ilf` (its FINETUNE seeds averaged). Beside each model's pass@1 on
-    the evaluation tasks: the pass rate of the x0 the next round sampled from it on the feedback tasks,
-    and |R| of the round that made it. Empty unless an earlier round was evaluated."""
+    the evaluation tasks: |R| of the round that made it, and the x0 the next round sampled from it on the
+    feedback tasks: their pass rate, and on the tasks of R_1..R_k alone (what it was trained on: R is
+    drawn from tasks no x0 solved, so there the x0 before training passed 0). Empty unless an earlier
+    round was evaluated."""
     by = {m["method"]: m for m in methods}
     earlier = sorted(int(name[5:]) for name in by if re.fullmatch(r"ilf-r\d+", name))
     ref = {r["round"]: r for r in refine}
     if not earlier or "ilf" not in by or not ref:
         return []
     group = next((g for g in seeds if g["method"] == "ilf" and "mean" in g), None)
+    train_tasks = {
+        j: {tid_text(r.get("task_id")) for _, r in read_jsonl(run_dir / f"r{j}" / "train_pairs.jsonl")}
+        for j in ref
+        if stored(run_dir / f"r{j}" / "train_pairs.jsonl").is_file()
+    }
     rows = []
     for k, name in [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier], (max(ref), "ilf")]:
         m = by.get(name)
@@ -533,6 +540,16 @@ def ilf_rounds(methods: list[dict], seeds: list[dict], refine: list[dict]) -> li
         row["train_pairs"] = ref.get(k, {}).get("train_pairs") if k else None
         nxt = ref.get(k + 1, {})
         row["next_x0_pass_rate"], row["next_x0_tasks"] = nxt.get("x0_pass_rate"), nxt.get("x0_tasks")
+        trained_on = {t for j in range(1, k + 1) for t in train_tasks.get(j, ())}
+        x0 = run_dir / f"r{k + 1}" / "results.jsonl"
+        if trained_on and stored(x0).is_file():
+            counts = _count_passes(x0)
+            on = [counts[t] for t in sorted(trained_on) if t in counts]
+            row["next_x0_on_R"] = {
+                "tasks": len(on),
+                "solved": sum(1 for _, c in on if c),
+                "pass_rate": sum(c for _, c in on) / max(1, sum(n for n, _ in on)),
+            }
         rows.append(row)
     return rows
 
@@ -576,7 +593,7 @@ def analyze_run(run_dir: str | os.PathLike, resamples: Optional[int] = None, see
         "unfinished_methods": unfinished,
         "untrained_methods": untrained,
         "refine": refine,
-        "rounds": ilf_rounds(methods, seeds, refine),
+        "rounds": ilf_rounds(run_dir, methods, seeds, refine),
         "sweep": _sweep_tables(run_dir),
         "feedback": _feedback_stats(run_dir),
         "perplexity": ppl_rows,

@@ -225,6 +225,7 @@ def _rounds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
         "Δ vs zero-shot",
         "tokens per sample",
         "next round's x0 pass rate",
+        "… on R_1..R_k's tasks (solved / tasks)",
     ]
     rows = []
     for label, a in runs:
@@ -242,6 +243,7 @@ def _rounds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
                     pct(r["delta_vs_zero_shot"], signed=True) if r.get("delta_vs_zero_shot") else "–",
                     "–" if tok is None else f"{tok:.1f}",
                     _pct1(r.get("next_x0_pass_rate")) or "–",
+                    f"{_pct1(on['pass_rate'])} ({on['solved']} / {on['tasks']})" if (on := r.get("next_x0_on_R")) else "–",
                 ]
             )
     return _table(header, rows)
@@ -305,7 +307,8 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
             "π_θ* of each round becomes the next round's π_θ. Round 0 is zero-shot π_θ; the last round's row "
             "averages its FINETUNE seeds. Δ pairs with zero-shot per task. The next round's x0 pass rate is "
             "the share of passing samples that the next round drew from this model on its feedback tasks "
-            "(training tasks, which include earlier rounds' R): how well the model does where it was trained.",
+            "(training tasks), and on the tasks of the R it was trained on (R_1..R_k), where every x0 failed before "
+            "training: does the model solve what it was trained on, and what does it lose elsewhere?",
             "",
         ]
         L += _rounds_table(runs, compare) + [""]
