@@ -393,3 +393,38 @@ def test_paper_config_validates():
     assert cfg.feedback.tasks == "train" and cfg.eval.tasks == "test" and cfg.refine.examples_tasks == "refine"
     assert cfg.finetune.learning_rate == 5e-6 and cfg.finetune.batch_size == 32 and cfg.finetune.epochs == 2
     assert set(cfg.eval.methods) == {"zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot"}
+
+
+@pytest.mark.parametrize("empty_round", [None, 3])
+def test_rounds_evaluate_each_pi_theta_star_once_with_stubbed_rounds(tmp_path, monkeypatch, data_dir, empty_round):
+    """The order of Algorithm 1's rounds, with each round's sampling/refining/training stubbed (a real
+    round 2 needs π_Refine to repair a trained model's failures, which no tiny model does): round r-1's
+    π_θ* is evaluated as ilf-r<r-1> once round r trains; the last round that trains is ILF's final
+    model, with its FINETUNE seeds, even when a later round's R is empty; no model is evaluated twice."""
+    from ilf.pipeline import Run
+
+    monkeypatch.setenv("ILF_DATA_DIR", str(data_dir))
+    cfg = load_config(None, ["run_dir=" + str(tmp_path / "run"), "rounds=3", "train_seeds=2", 'eval.methods=["zero-shot","ilf"]'])
+    run = Run(cfg)
+    calls: list[tuple] = []
+
+    def ilf_round(r, model):
+        calls.append(("round", r, model))
+        if r == empty_round:
+            run._more_seeds = None
+            return model, []
+        run._more_seeds = lambda: calls.append(("seeds", r))
+        return f"r{r}/model", [{"task_id": r}]
+
+    monkeypatch.setattr(run, "ilf_round", ilf_round)
+    monkeypatch.setattr(run, "eval_method", lambda method, model: calls.append(("eval", method, model)))
+    monkeypatch.setattr(run, "report_stage", lambda: None)
+    monkeypatch.setattr(run, "perplexity_stage", lambda: None)
+    run.run()
+    last = 2 if empty_round == 3 else 3
+    evals = [c[1:] for c in calls if c[0] == "eval"]
+    assert ("seeds", last) in calls and sum(c[0] == "seeds" for c in calls) == 1
+    assert calls.index(("eval", "ilf-r1", "r1/model")) < calls.index(("round", 3, "r2/model"))
+    assert ("ilf", f"r{last}/model") in evals and ("ilf@s1", f"r{last}/model@s1") in evals
+    assert len({m for _, m in evals}) == len(evals), evals  # no model twice
+    assert {m for m, _ in evals} == {"zero-shot", "ilf", "ilf@s1", "ilf-r1"} | ({"ilf-r2"} if last == 3 else set())

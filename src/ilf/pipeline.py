@@ -231,12 +231,19 @@ class Run:
         cfg = self.cfg
         model = cfg.model.base
         console.print(self.plan())
-        trained_rounds = 0
+        trained_rounds, more_seeds = 0, None
         for r in range(1, cfg.rounds + 1):
-            model, pairs = self.ilf_round(r, model)
+            previous, (model, pairs) = model, self.ilf_round(r, model)
             if not pairs:  # nothing to learn from: π_θ* would be π_θ, and later rounds repeat this one
+                model = previous
                 break
-            trained_rounds = r
+            trained_rounds, more_seeds = r, self._more_seeds
+            if r > 1 and "ilf" in cfg.eval.methods:
+                # The previous round's π_θ* is not the final one (this round trained): evaluated now, so that
+                # a run stopped in a later round already shows it.
+                self.eval_method(f"ilf-r{r - 1}", previous)
+        if more_seeds is not None:  # training randomness: the final π_θ* again with other FINETUNE seeds
+            more_seeds()
         self.close_engine()
         self.evaluate_methods(final_model=model if trained_rounds else None, rounds=trained_rounds)
         if cfg.report.perplexity:
@@ -314,6 +321,7 @@ class Run:
 
     def ilf_round(self, r: int, model: str) -> tuple[str, list[dict]]:
         cfg, rd = self.cfg, self.dir / f"r{r}"
+        self._more_seeds: Callable[[], None] | None = None  # set when this round trains π_θ*
         rd.mkdir(exist_ok=True)
         fb_path = rd / "feedback.jsonl"
 
@@ -392,9 +400,12 @@ class Run:
         out_model = rd / "model"
         tc = self.sweep_stage("ilf" if r == 1 else f"ilf-r{r}", model, pairs_path)
         self.finetune_stage(f"r{r}/finetune", model, pairs_path, out_model, tc)
-        if r == cfg.rounds:  # training randomness: the final π_θ* again with other FINETUNE seeds
+
+        def more_seeds():  # run() trains them for the last round that trained (a later round's R may be empty)
             for i in range(1, cfg.train_seeds):
                 self.finetune_stage(f"r{r}/finetune@s{i}", model, pairs_path, seed_dir(out_model, i), tc, seed_offset=i)
+
+        self._more_seeds = more_seeds
         return str(out_model), pairs
 
     def sweep_stage(self, method: str, base: str, pairs_path: Path) -> FinetuneConfig:

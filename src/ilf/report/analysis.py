@@ -519,7 +519,8 @@ def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: li
         if stored(run_dir / f"r{j}" / "train_pairs.jsonl").is_file()
     }
     rows = []
-    for k, name in [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier], (max(ref), "ilf")]:
+    last = max((j for j, r in ref.items() if r.get("train_pairs")), default=max(ref))  # a later round's R may be empty
+    for k, name in [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier if k < last], (last, "ilf")]:
         m = by.get(name)
         if m is None:
             continue
