@@ -536,6 +536,12 @@ def test_ilf_rounds_show_each_rounds_model_beside_the_next_rounds_x0(tmp_path):
     text = path.read_text()
     assert "### ILF rounds" in text and "| 2 | ilf-r2 | 1 |" in text and "| 25.0 (2 / 3) |" in text
     assert (path.parent / "ilf_rounds.png").read_bytes().startswith(PNG_MAGIC)
+    # stopped in round 3 before ILF's final model was evaluated: the earlier rounds' rows are shown
+    import shutil
+
+    for m in ("ilf", "ilf@s1"):
+        shutil.rmtree(run / "eval" / m)
+    assert [r["method"] for r in report.analyze_run(run)["rounds"]] == ["zero-shot", "ilf-r1", "ilf-r2"]
     # one round: no rounds section
     single = make_run(tmp_path, "one", feedback=False, perplexity=False)
     assert report.analyze_run(single)["rounds"] == [] and "### ILF rounds" not in report.write_report(single).read_text()

@@ -510,7 +510,7 @@ def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: li
     by = {m["method"]: m for m in methods}
     earlier = sorted(int(name[5:]) for name in by if re.fullmatch(r"ilf-r\d+", name))
     ref = {r["round"]: r for r in refine}
-    if not earlier or "ilf" not in by or not ref:
+    if not earlier or not ref:  # the last round's row is left out while its evaluation is unfinished
         return []
     group = next((g for g in seeds if g["method"] == "ilf" and "mean" in g), None)
     train_tasks = {
@@ -520,7 +520,8 @@ def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: li
     }
     rows = []
     last = max((j for j, r in ref.items() if r.get("train_pairs")), default=max(ref))  # a later round's R may be empty
-    for k, name in [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier if k < last], (last, "ilf")]:
+    models = [(0, "zero-shot"), *[(k, f"ilf-r{k}") for k in earlier if k < last or "ilf" not in by], (last, "ilf")]
+    for k, name in models:
         m = by.get(name)
         if m is None:
             continue
