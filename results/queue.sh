@@ -173,7 +173,9 @@ fi
 # ILF sweep and zero-shot EVAL are reused (stage fingerprints hash contents, not paths). It runs the
 # replication's code (the worktree of results/cpu/README.md, in ../repl), which made round 1, with
 # results/rounds/rounds.patch: later rounds skip the shuffled-feedback control and reuse round 1's
-# swept setting. Only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final round's 3 seeds.
+# swept setting; and results/rounds/eval-order.patch (added in session 17, order only): round k's π_θ* is
+# evaluated as soon as it is trained. Only zero-shot and ILF are evaluated: ilf-r1, ilf-r2 and the final
+# round's 3 seeds.
 if want rounds; then
   step "rounds"
   grep -q 'r == 1:  # Table 2' ../repl/src/ilf/pipeline.py || { echo "queue.sh rounds: ../repl lacks results/rounds/rounds.patch (git -C ../repl am \"$PWD/results/rounds/rounds.patch\")" >&2; exit 2; }
