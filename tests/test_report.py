@@ -526,6 +526,9 @@ def test_ilf_rounds_show_each_rounds_model_beside_the_next_rounds_x0(tmp_path):
     assert on_r[0] is None and on_r[3] is None
     assert on_r[1] == {"tasks": 2, "solved": 1, "pass_rate": pytest.approx(0.5)}
     assert on_r[2] == {"tasks": 3, "solved": 2, "pass_rate": pytest.approx(0.25)}
+    # the other tasks: ilf-r1's x0 pass 4 of 12 (311: 4 of 4); ilf-r2's 0 of 8 (311, 315)
+    assert rows[1]["next_x0_off_R"] == {"tasks": 3, "solved": 1, "pass_rate": pytest.approx(4 / 12)}
+    assert rows[2]["next_x0_off_R"] == {"tasks": 2, "solved": 0, "pass_rate": 0.0}
     assert rows[1]["pass@1"]["value"] == pytest.approx(0.3)
     assert rows[1]["delta_vs_zero_shot"]["value"] == pytest.approx(0.3 - 0.4, abs=0.02)
     last = rows[3]

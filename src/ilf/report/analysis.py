@@ -504,9 +504,9 @@ def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: li
     """π_θ* after each ILF round (beyond the paper's one round): round 0 is zero-shot π_θ, round k < last
     is `ilf-r<k>`, the last round is `ilf` (its FINETUNE seeds averaged). Beside each model's pass@1 on
     the evaluation tasks: |R| of the round that made it, and the x0 the next round sampled from it on the
-    feedback tasks: their pass rate, and on the tasks of R_1..R_k alone (what it was trained on: R is
-    drawn from tasks no x0 solved, so there the x0 before training passed 0). Empty unless an earlier
-    round was evaluated."""
+    feedback tasks: their pass rate, on the tasks of R_1..R_k alone (what it was trained on: R is drawn
+    from tasks no x0 solved, so there the x0 before training passed 0) and on the other tasks. Empty
+    unless an earlier round was evaluated."""
     by = {m["method"]: m for m in methods}
     earlier = sorted(int(name[5:]) for name in by if re.fullmatch(r"ilf-r\d+", name))
     ref = {r["round"]: r for r in refine}
@@ -547,11 +547,13 @@ def ilf_rounds(run_dir: Path, methods: list[dict], seeds: list[dict], refine: li
         if trained_on and stored(x0).is_file():
             counts = _count_passes(x0)
             on = [counts[t] for t in sorted(trained_on) if t in counts]
-            row["next_x0_on_R"] = {
-                "tasks": len(on),
-                "solved": sum(1 for _, c in on if c),
-                "pass_rate": sum(c for _, c in on) / max(1, sum(n for n, _ in on)),
-            }
+            off = [nc for t, nc in counts.items() if t not in trained_on]
+            for key, part in (("next_x0_on_R", on), ("next_x0_off_R", off)):
+                row[key] = {
+                    "tasks": len(part),
+                    "solved": sum(1 for _, c in part if c),
+                    "pass_rate": sum(c for _, c in part) / max(1, sum(n for n, _ in part)),
+                }
         rows.append(row)
     return rows
 

@@ -226,6 +226,7 @@ def _rounds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
         "tokens per sample",
         "next round's x0 pass rate",
         "… on R_1..R_k's tasks (solved / tasks)",
+        "… on the other tasks",
     ]
     rows = []
     for label, a in runs:
@@ -244,6 +245,7 @@ def _rounds_table(runs: list[tuple[str, dict]], with_run: bool) -> list[str]:
                     "–" if tok is None else f"{tok:.1f}",
                     _pct1(r.get("next_x0_pass_rate")) or "–",
                     f"{_pct1(on['pass_rate'])} ({on['solved']} / {on['tasks']})" if (on := r.get("next_x0_on_R")) else "–",
+                    _pct1(off["pass_rate"]) if (off := r.get("next_x0_off_R")) else "–",
                 ]
             )
     return _table(header, rows)
@@ -307,8 +309,9 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
             "π_θ* of each round becomes the next round's π_θ. Round 0 is zero-shot π_θ; the last round's row "
             "averages its FINETUNE seeds. Δ pairs with zero-shot per task. The next round's x0 pass rate is "
             "the share of passing samples that the next round drew from this model on its feedback tasks "
-            "(training tasks), and on the tasks of the R it was trained on (R_1..R_k), where every x0 failed before "
-            "training: does the model solve what it was trained on, and what does it lose elsewhere?",
+            "(training tasks), on the tasks of the R it was trained on (R_1..R_k), where every x0 failed before "
+            "training, and on the other training tasks: does the model solve what it was trained on, and what "
+            "does it gain or lose elsewhere?",
             "",
         ]
         L += _rounds_table(runs, compare) + [""]
