@@ -395,6 +395,57 @@ def test_paper_config_validates():
     assert set(cfg.eval.methods) == {"zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot"}
 
 
+def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_path, monkeypatch, data_dir):
+    """Round k fine-tunes round k-1's π_θ*. Models are not kept with a run, and a model retrained on
+    another CPU differs in its bytes (float32 vs bf16 autocast): round k's FINETUNE, and so every sample of
+    its model, must still count as done. Real tiny trainings; the "other CPU" is a perturbed weight."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ilf.jsonl import write_jsonl
+    from ilf.pipeline import Run
+
+    monkeypatch.setenv("ILF_DATA_DIR", str(data_dir))
+    base = tiny_models.build_tiny_model(tmp_path / "base")
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [{"task_id": i, "prompt": f"def f{i}():\n", "completion": f"    return {i}\n"} for i in range(2)])
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", "finetune.epochs=1", "finetune.batch_size=1",
+                             "finetune.per_device_batch_size=1", "finetune.max_length=64", "finetune.bf16=false"])
+    r1, r2 = run_dir / "r1" / "model", run_dir / "r2" / "model"
+
+    def rounds(run: Run) -> dict:
+        run.finetune_stage("r1/finetune", str(base), pairs, r1, cfg.finetune)
+        run.finetune_stage("r2/finetune", str(r1), pairs, r2, cfg.finetune)
+        return json.loads((run_dir / "manifest.json").read_text())["stages"]
+
+    first = rounds(Run(cfg))
+    assert r2.is_dir() and first["r2/finetune"]["params"]["trained_by"] == first["r1/finetune"]["fingerprint"]
+
+    # Round 1's model retrained elsewhere (other bytes), round 2's not on disk.
+    model = AutoModelForCausalLM.from_pretrained(r1, dtype=torch.float32)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    model.save_pretrained(r1)
+    shutil.rmtree(r2)
+    run = Run(cfg)
+    assert rounds(run)["r2/finetune"] == first["r2/finetune"] and not r2.exists()  # done; retrained only if needed
+    run.materialize(str(r2))
+    again = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert r2.is_dir() and again["r2/finetune"]["fingerprint"] == first["r2/finetune"]["fingerprint"]
+
+    # Round 1 trained with another setting: another base, so round 2 trains again.
+    cfg2 = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", "finetune.epochs=1", "finetune.batch_size=1",
+                              "finetune.per_device_batch_size=1", "finetune.max_length=64", "finetune.bf16=false",
+                              "finetune.learning_rate=2e-5"])
+    run = Run(cfg2)
+    run.finetune_stage("r1/finetune", str(base), pairs, r1, cfg2.finetune)
+    run.finetune_stage("r2/finetune", str(r1), pairs, r2, cfg2.finetune)
+    third = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert third["r2/finetune"]["fingerprint"] != first["r2/finetune"]["fingerprint"]
+    assert third["r2/finetune"]["started_at"] != again["r2/finetune"]["started_at"]
+
+
 @pytest.mark.parametrize("empty_round", [None, 3])
 def test_rounds_evaluate_each_pi_theta_star_once_with_stubbed_rounds(tmp_path, monkeypatch, data_dir, empty_round):
     """The order of Algorithm 1's rounds, with each round's sampling/refining/training stubbed (a real
