@@ -410,8 +410,14 @@ def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_
     pairs = tmp_path / "pairs.jsonl"
     write_jsonl(pairs, [{"task_id": i, "prompt": f"def f{i}():\n", "completion": f"    return {i}\n"} for i in range(2)])
     run_dir = tmp_path / "run"
-    cfg = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", "finetune.epochs=1", "finetune.batch_size=1",
-                             "finetune.per_device_batch_size=1", "finetune.max_length=64", "finetune.bf16=false"])
+    tiny_ft = [
+        "finetune.epochs=1",
+        "finetune.batch_size=1",
+        "finetune.per_device_batch_size=1",
+        "finetune.max_length=64",
+        "finetune.bf16=false",
+    ]
+    cfg = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", *tiny_ft])
     r1, r2 = run_dir / "r1" / "model", run_dir / "r2" / "model"
 
     def rounds(run: Run) -> dict:
@@ -435,9 +441,7 @@ def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_
     assert r2.is_dir() and again["r2/finetune"]["fingerprint"] == first["r2/finetune"]["fingerprint"]
 
     # Round 1 trained with another setting: another base, so round 2 trains again.
-    cfg2 = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", "finetune.epochs=1", "finetune.batch_size=1",
-                              "finetune.per_device_batch_size=1", "finetune.max_length=64", "finetune.bf16=false",
-                              "finetune.learning_rate=2e-5"])
+    cfg2 = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", *tiny_ft, "finetune.learning_rate=2e-5"])
     run = Run(cfg2)
     run.finetune_stage("r1/finetune", str(base), pairs, r1, cfg2.finetune)
     run.finetune_stage("r2/finetune", str(r1), pairs, r2, cfg2.finetune)
