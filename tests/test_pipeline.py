@@ -420,10 +420,13 @@ def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_
     cfg = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", *tiny_ft])
     r1, r2 = run_dir / "r1" / "model", run_dir / "r2" / "model"
 
-    def rounds(run: Run) -> dict:
-        run.finetune_stage("r1/finetune", str(base), pairs, r1, cfg.finetune)
-        run.finetune_stage("r2/finetune", str(r1), pairs, r2, cfg.finetune)
+    def stages() -> dict:
         return json.loads((run_dir / "manifest.json").read_text())["stages"]
+
+    def rounds(run: Run) -> dict:
+        run.finetune_stage("r1/finetune", str(base), pairs, r1, run.cfg.finetune)
+        run.finetune_stage("r2/finetune", str(r1), pairs, r2, run.cfg.finetune)
+        return stages()
 
     first = rounds(Run(cfg))
     assert r2.is_dir() and first["r2/finetune"]["params"]["trained_by"] == first["r1/finetune"]["fingerprint"]
@@ -437,15 +440,12 @@ def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_
     run = Run(cfg)
     assert rounds(run)["r2/finetune"] == first["r2/finetune"] and not r2.exists()  # done; retrained only if needed
     run.materialize(str(r2))
-    again = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    again = stages()
     assert r2.is_dir() and again["r2/finetune"]["fingerprint"] == first["r2/finetune"]["fingerprint"]
 
     # Round 1 trained with another setting: another base, so round 2 trains again.
     cfg2 = load_config(None, ["run_dir=" + str(run_dir), f"model.base={base}", *tiny_ft, "finetune.learning_rate=2e-5"])
-    run = Run(cfg2)
-    run.finetune_stage("r1/finetune", str(base), pairs, r1, cfg2.finetune)
-    run.finetune_stage("r2/finetune", str(r1), pairs, r2, cfg2.finetune)
-    third = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    third = rounds(Run(cfg2))
     assert third["r2/finetune"]["fingerprint"] != first["r2/finetune"]["fingerprint"]
     assert third["r2/finetune"]["started_at"] != again["r2/finetune"]["started_at"]
 
