@@ -104,16 +104,16 @@ def test_authors_annotations_originals_fail_refinements_pass():
     assert all(r["status"] in ("failed", "error") and r["error"] for r in orig)
     refs = evaluate([{"task_id": r["task_id"], "program": r["unedited_annotator_completion"]} for r in rows], tasks, progress=False)
     # Against MBPP's own asserts one refinement fails: task 163 computes 400.0000000000001 where the
-    # assert wants exactly 400.00000000000006. The authors' `test` (pytest.approx) passes it.
+    # assert wants exactly 400.00000000000006. The authors' rule (pytest.approx, compare="approx")
+    # passes it, as their `test` field does; their own `test` needs pytest, which the sandbox does
+    # not show a program.
     failing = {r["task_id"]: r["error"] for r in refs if not r["passed"]}
     assert list(failing) == [163]
     assert "(got 400.0000000000001)" in failing[163]
     row163 = next(r for r in rows if r["task_id"] == 163)
-    authors_test = row163["test"] + f"\n\ncheck({tasks[163].entry_point})\n"
-    from ilf.sandbox import check
-
-    assert check(row163["unedited_annotator_completion"], authors_test).passed
-    assert not check(row163["original_model_completion"], authors_test).passed
+    assert "approx(400.00000000000006)" in row163["test"]
+    both = [{"task_id": 163, "program": row163[k]} for k in ("unedited_annotator_completion", "original_model_completion")]
+    assert [r["passed"] for r in evaluate(both, tasks, progress=False, compare="approx")] == [True, False]
 
 
 # --------------------------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
     tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     timeout: float = typer.Option(EvalConfig.timeout, help=EvalConfig.__dataclass_fields__["timeout"].metadata["help"]),
+    compare: str = typer.Option(EvalConfig.compare, help=EvalConfig.__dataclass_fields__["compare"].metadata["help"]),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
     k: List[int] = typer.Option([1, 10, 100], help="k for pass@k (reported when every task has >= k samples)."),
@@ -157,7 +158,7 @@ def evaluate(
     """EVAL: run each program against its task's unit tests in the sandbox; report pass@k."""
     from ilf.evaluation import evaluate_file
 
-    build_settings(EvalConfig, {"timeout": timeout})
+    build_settings(EvalConfig, {"timeout": timeout, "compare": compare})
     evaluate_file(
         samples,
         dataset=dataset,
@@ -168,6 +169,7 @@ def evaluate(
         output=output,
         ks=k,
         as_json=as_json,
+        compare=compare,
     )
 
 

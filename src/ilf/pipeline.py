@@ -436,6 +436,7 @@ class Run:
                 engine_name=self.engine_label(),
                 seed=cfg.seed,
                 timeout=cfg.eval.timeout or None,
+                compare=cfg.eval.compare,
                 console=console,
             )
 
@@ -502,9 +503,12 @@ class Run:
         def body():
             self.close_engine()  # EVAL wants both cores
             recs = load_jsonl(samples)
-            evaluate(recs, self.tasks(), timeout=self.cfg.eval.timeout or None, output=out, progress=True)
+            evaluate(recs, self.tasks(), timeout=self.cfg.eval.timeout or None, output=out, progress=True, compare=self.cfg.eval.compare)
 
-        self.stage(name, body, params={"timeout": self.cfg.eval.timeout}, inputs=[samples], outputs=[out])
+        params = {"timeout": self.cfg.eval.timeout}
+        if self.cfg.eval.compare != "exact":  # only when set: earlier runs keep their EVAL stages
+            params["compare"] = self.cfg.eval.compare
+        self.stage(name, body, params=params, inputs=[samples], outputs=[out])
 
     def collect_feedback(self, r: int, rd: Path, model: str) -> list[dict[str, Any]]:
         cfg = self.cfg.feedback
@@ -848,7 +852,7 @@ class Run:
             for x in recs
             if x.get("refinement")
         ]
-        results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True)
+        results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True, compare=self.cfg.eval.compare)
         return ilf_pairs(results, self.tasks(), seed=cfg.seed, source=method)
 
     # -- perplexity and report ------------------------------------------------------------------

@@ -56,6 +56,7 @@ def sweep(
     engine_name: str,
     seed: int = 0,
     timeout: float | None = None,
+    compare: str = "exact",
     keep_best: bool = False,
     console=None,
 ) -> dict[str, Any]:
@@ -123,7 +124,9 @@ def sweep(
         finally:
             for e in loaded:
                 e.close()
-        res = evaluate(load_jsonl(sdir / "samples.jsonl"), val_tasks, timeout=timeout, output=sdir / "results.jsonl", progress=True)
+        res = evaluate(
+            load_jsonl(sdir / "samples.jsonl"), val_tasks, timeout=timeout, output=sdir / "results.jsonl", progress=True, compare=compare
+        )
         meta = json.loads((sdir / "model" / "ilf_finetune.json").read_text(encoding="utf-8"))
         rows[name] = {
             "setting": name,

