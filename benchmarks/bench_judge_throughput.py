@@ -5,8 +5,8 @@ ILF annotations, each on its MBPP asserts). Timed, alternating, each twice, pool
 
 - ilf.judge.judge_many (the default path: split judge, seccomp, per-job CPU accounting);
 - Sandbox.run_many on (program, test) pairs (the in-process judge, same sandbox);
-- the same in-process run by another ilf source tree (`--baseline-src`, e.g. a `git worktree` of
-  an earlier commit), in a subprocess.
+- the split judge and the in-process path of another ilf source tree (`--baseline-src`, e.g. a
+  `git worktree` of an earlier commit), in a subprocess (its split judge only if it has one).
 
     python benchmarks/bench_judge_throughput.py --baseline-src /path/to/old/ilf/src [--out FILE]
 """
@@ -30,11 +30,17 @@ import json, sys, time
 from ilf import sandbox
 from ilf.tasks import load_tasks
 tasks = load_tasks("mbpp")
-jobs = [(p, tasks[t].test) for t, p in json.load(open(sys.argv[1]))]
+progs = json.load(open(sys.argv[1]))
 t0 = time.perf_counter()
-with sandbox.Sandbox(workers=0) as sb:
-    got = dict(sb.run_many(jobs))
-print(json.dumps({"seconds": time.perf_counter() - t0, "passed": sum(got[i].passed for i in range(len(jobs)))}))
+if sys.argv[2] == "split":
+    from ilf import judge
+    plans = {t.task_id: judge.plan(t, sandbox.DEFAULT_TIMEOUT) for t in tasks}
+    with sandbox.Sandbox(workers=0) as sb:
+        got = dict(judge.judge_many(sb, [(p, plans[t]) for t, p in progs]))
+else:
+    with sandbox.Sandbox(workers=0) as sb:
+        got = dict(sb.run_many([(p, tasks[t].test) for t, p in progs]))
+print(json.dumps({"seconds": time.perf_counter() - t0, "passed": sum(got[i].passed for i in range(len(progs)))}))
 """
 
 
@@ -68,20 +74,28 @@ def main() -> None:
             got = dict(sb.run_many([(p, tasks[t].test) for t, p in progs]))
         return time.perf_counter() - t0, sum(got[i].passed for i in range(len(progs)))
 
-    def baseline():
+    def baseline(path: str):
         env = dict(os.environ, PYTHONPATH=str(args.baseline_src))
-        r = subprocess.run([sys.executable, "-c", BASELINE, str(job_file)], env=env, capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-c", BASELINE, str(job_file), path]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         d = json.loads(r.stdout.strip().splitlines()[-1])
         return d["seconds"], d["passed"]
 
-    runs: dict[str, list] = {"split judge": [], "in-process (this ilf)": [], f"in-process ({args.baseline_src})": []}
+    fns = {
+        "split judge (this ilf)": split,
+        "in-process (this ilf)": inprocess,
+        f"in-process ({args.baseline_src})": lambda: baseline("inprocess"),
+    }
+    if (args.baseline_src / "ilf" / "judge.py").exists():
+        fns[f"split judge ({args.baseline_src})"] = lambda: baseline("split")
+    runs: dict[str, list] = {name: [] for name in fns}
     for _ in range(2):
-        for name, fn in zip(runs, (split, inprocess, baseline)):
+        for name, fn in fns.items():
             el, passed = fn()
             runs[name].append((el, passed))
             print(f"{name:50s} {el:6.2f} s  {len(progs) / el:7.1f} programs/s  passed {passed}")
     best = {k: min(e for e, _ in v) for k, v in runs.items()}
-    base = best[f"in-process ({args.baseline_src})"]
+    base = best.get(f"split judge ({args.baseline_src})", best[f"in-process ({args.baseline_src})"])
     for k, v in best.items():
         print(f"best {k:45s} {v:6.2f} s  ({v / base:.2f}x the baseline's time)")
     args.out.write_text(json.dumps({"cpu": model, "programs": len(progs), "runs": runs, "best_seconds": best}, indent=1) + "\n")

@@ -2,20 +2,22 @@
 ilf/sandbox/worker.py is what runs inside the jail; this module is the ilf side that starts,
 feeds and watches the workers.
 
-EVAL's execution half: the ONLY module in ilf that runs untrusted (model-written) code.
-
 Design (see docs/sandbox.md for the threat model):
 
-    ilf process ──pipe──► worker (python, inside `bwrap`: new pid/net/ipc/uts namespaces,
-                          read-only host, hidden home dirs, private /tmp, scrubbed env)
-                            └─ fork() per program ─► child: own session, rlimits, unprivileged
-                                                      uid, private work dir, runs program + tests
+    ilf process ──pipe──► worker (the base Python without site-packages, inside `bwrap`: new
+                          pid/net/ipc/uts namespaces, the standard library and ilf.plain only,
+                          private /tmp, scrubbed env)
+                            └─ fork() per job ─► runner: reads the job, supervises, answers
+                                 └─ fork() ─► child: own session, rlimits, seccomp, unprivileged
+                                              uid, private work dir, runs program + calls/tests
 
-One long-lived worker per core pre-imports the common stdlib modules once and forks a fresh child
-per program, so isolation costs a fork, not a container start. The child reports its verdict over
-a private pipe, prefixed with a per-run random nonce, only after the last test statement ran:
-anything else (early exit, os._exit, SystemExit, a dead parent, junk on the channel, fake markers
-on stdout) is not a pass. After every program the worker SIGKILLs whatever the child left behind.
+One long-lived worker per core pre-imports the common stdlib modules once and never reads a job;
+for each job it forks a fresh runner, which forks the child that runs the program. A program thus
+starts in a process that never held another job, and isolation costs two forks, not a container
+start. On the split path (ilf.judge) the child sends back only returned values, and ilf derives
+every verdict itself; on the in-process path the child reports over a private pipe, prefixed with
+a per-run nonce, only after the last test statement ran. After every program whatever it left
+behind is SIGKILLed before the next job starts.
 
 Where bubblewrap or user namespaces are unavailable the worker runs unconfined with rlimits (and,
 as root, an unprivileged uid), and a warning says so once per process.

@@ -1,9 +1,10 @@
 """The sandbox worker: the code that runs inside the jail, where untrusted programs run.
 
-Standard library only, and none of `threading`, `queue` or `subprocess` (their at-fork hooks make
-every fork costlier; tests/test_sandbox.py checks a fresh interpreter that loads this file has
-none of them). The ilf side (ilf.sandbox) starts it by path with `python -I`, so importing it never
-imports the ilf side; ilf.sandbox imports its constants and protocol from here.
+The standard library and ilf.plain (the values' codec) only, and none of `threading`, `queue` or
+`subprocess` (their at-fork hooks make every fork costlier; tests/test_sandbox.py checks a fresh
+interpreter that loads this file has none of them). The ilf side (ilf.sandbox) starts it by path
+with the base interpreter and no site module, so importing it never imports the ilf side;
+ilf.sandbox imports its constants and protocol from here.
 
 The design (namespaces, one fork per program, the verdict channel) is in ilf.sandbox's docstring
 and docs/sandbox.md.
@@ -969,7 +970,7 @@ def _parse_report(data: bytes, nonce: str) -> dict | None:
         return None
     try:
         payload = json.loads(text[len(nonce) :])
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(payload, dict) or payload.get("status") not in STATUSES:
         return None
