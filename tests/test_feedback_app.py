@@ -3,6 +3,7 @@ authentication and CSRF, XSS, the keep rules, and 20 concurrent annotators x 50 
 
 import html as htmllib
 import json
+import re
 import threading
 import uuid
 
@@ -120,6 +121,10 @@ def test_keep_rules_refuse_failing_or_far_refinements(store):
         far = PROMPT + "    total = 0\n    for x in (a, b):\n        total = total + x\n    return total\n"
         status, html, _ = c.post("/submit", data=submit_form(page, sample, "Loop.", far))
         assert status == 422 and "changes too much" in html
+        # in an annotator's words: how much was changed, what is allowed, what to do
+        text = " ".join(html.split())
+        assert re.search(r"about \d+ characters added, removed or replaced in an original of \d+ characters \(\d+% of it\)", text), text
+        assert "less than 50% of the original" in text and "reload this task" in text
         assert store.feedback_records() == []
         # The same with the rules relaxed (configurable).
     with running_app(store, AnnotateConfig(max_edit_distance=10.0)) as base:

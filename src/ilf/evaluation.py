@@ -307,6 +307,8 @@ def load_samples(path: str | os.PathLike, tasks: TaskSet | dict, dataset: str) -
                 raise IlfError(f"{path}:{line}: field '{bad}' must be str, got {type(rec[bad]).__name__}")
             raise IlfError(f"{path}:{line}: missing field 'program' or 'completion'")
         out.append(rec)
+    if not out:
+        raise IlfError(f"{path}: no sample records (an empty file)")
     return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -59,6 +60,20 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+def too_much_changed(distance: float, limit: float, original_chars: int) -> str:
+    """The refusal an annotator reads when a refinement rewrites too much: how much was changed,
+    what is allowed, and what to do (the paper's rule: edit distance below 0.5 of the original)."""
+    n = max(1, original_chars)
+    edits = round(distance * n)
+    return (
+        f"The refinement changes too much of the original program: about {edits} characters added, removed or "
+        f"replaced in an original of {original_chars} characters ({distance:.0%} of it). A refinement may change "
+        f"less than {limit:.0%} of the original (fewer than {max(1, math.ceil(limit * n))} characters here), so that "
+        "it stays a repair of this program rather than a new one. Keep the original's lines and change only the "
+        "ones that are wrong; to start again from the original, reload this task."
+    )
 
 
 @dataclass
@@ -426,12 +441,11 @@ def create_app(store: FeedbackStore, config: AnnotateConfig | None = None) -> Fa
         distance = None
         if not errors:
             sample = found[1]
-            distance = normalized_edit_distance(normalize_newlines(sample.program), refinement, normalize_newlines(task.get("prompt")))
+            original, prompt = normalize_newlines(sample.program), normalize_newlines(task.get("prompt"))
+            distance = normalized_edit_distance(original, refinement, prompt)
+            code_before = original[len(prompt) :] if prompt and original.startswith(prompt) and refinement.startswith(prompt) else original
             if distance >= config.max_edit_distance:
-                errors.append(
-                    f"The refinement changes too much: edit distance {distance:.2f} must be below "
-                    f"{config.max_edit_distance:.2f}. Fix the program with smaller edits."
-                )
+                errors.append(too_much_changed(distance, config.max_edit_distance, len(code_before)))
             else:
                 from starlette.concurrency import run_in_threadpool
 
