@@ -171,3 +171,12 @@ def test_human_eval_spellings_are_accepted(tmp_path):
     assert top.returncode == 0 and "Usage" in top.stdout
     sub = _run(["evaluate", "-h"], tmp_path)
     assert sub.returncode == 0 and "--compare" in sub.stdout
+
+
+def test_an_engine_ilf_does_not_have_is_refused_before_anything_runs(tmp_path):
+    line = _one_error_line(_run(["run", "--dry-run", "model.engine=cuda"], tmp_path))
+    assert "model.engine" in line and "openvino" in line and "'cuda'" in line
+    line = _one_error_line(_run(["sample", "--engine", "cuda", "--tasks", "11", "--n", "1", "--output", "x.jsonl"], tmp_path))
+    assert "--engine" in line
+    assert os.listdir(tmp_path) == []
+    assert _run(["run", "--dry-run", "model.engine=ov", "feedback.llm_engine=transformers"], tmp_path).returncode == 0

@@ -17,6 +17,7 @@ from typing import Any
 import tomllib
 
 from ilf.errors import IlfError
+from ilf.generation import ALIASES, ENGINES
 from ilf.generation.base import Sampling
 from ilf.generation.weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 from ilf.settings import SettingError, check, override, setting
@@ -46,10 +47,16 @@ def _tasks_spec(name: str, spec: str) -> None:
         raise SettingError(name, str(e)) from None
 
 
+ENGINE_CHOICES = ("auto", *ENGINES, *ALIASES)
+"""What a run's engine settings accept: an engine of ilf.generation, an alias, or auto."""
+
+
 @dataclass
 class ModelConfig:
     base: str = setting("qwen2.5-coder-0.5b-instruct", "π_θ: bundled name, Hugging Face model dir, .gguf file or hub id.")
-    engine: str = setting("auto", "Sampling engine: transformers | openvino | vllm | openai | auto (the fastest here).")
+    engine: str = setting(
+        "auto", "Sampling engine: transformers | openvino | vllm | openai | auto (the fastest here).", choices=ENGINE_CHOICES
+    )
     # A fine-tuning update survives f16 matrices; q8_0 re-quantization moves block scales by more than
     # a small update (benchmarks/bench_finetuned_precision.py). Every model of a run is sampled at one
     # precision, so methods compare.
@@ -78,7 +85,7 @@ class FeedbackConfig:
     only_unsolved: bool = setting(True, "Feedback only on tasks where π_θ got no sample right (the paper).")
     human_db: str = setting("", "source = human: SQLite store of `ilf annotate` (default RUN_DIR/feedback.db).")
     llm_model: str = setting("", "LLM feedback writer: a model spec, or an OpenAI-compatible model name (default: model.base).")
-    llm_engine: str = setting("", "The LLM's sampling engine (default: model.engine).")
+    llm_engine: str = setting("", "The LLM's sampling engine (default: model.engine).", choices=("", *ENGINE_CHOICES))
     llm_shots: int = setting(1, "Human examples of other tasks in the LLM's feedback prompt (paper: 1 or 2).", ge=0)
     llm_reference: bool = setting(
         False,
