@@ -61,3 +61,33 @@ def test_feedback_and_annotations_export_refuse_to_overwrite_their_input(tmp_pat
     assert len(before) > 0
     _one_error_line(_run(["annotations", "export", str(db), "--db", str(db)], tmp_path))
     assert db.read_bytes() == before
+
+
+def _commands(group, prefix=()):
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        path = (*prefix, name)
+        yield path, cmd
+        if hasattr(cmd, "list_commands"):  # a group (typer may use its own copy of click's classes)
+            yield from _commands(cmd, path)
+
+
+def test_every_command_shows_an_example_and_takes_dash_h():
+    """A user learns a command from its help: each one has an example, and -h works everywhere."""
+    import typer.main
+
+    from ilf.cli import app
+
+    root = typer.main.get_command(app)
+    paths = list(_commands(root))
+    assert len(paths) >= 15
+    for path, cmd in paths:
+        assert "Example" in (cmd.help or ""), f"ilf {' '.join(path)}: no example in its help"
+    run_help = dict(paths)[("run",)].help
+    assert all(name in run_help for name in ("demo", "cpu", "paper", "table2-authors"))
+    for path in (("evaluate",), ("annotations", "export"), ("data", "fetch")):
+        p = subprocess.run([sys.executable, "-m", "ilf.cli", *path, "-h"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "Usage" in p.stdout, (path, p.stderr)

@@ -175,7 +175,9 @@ def evaluate(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
 ):
-    """EVAL: run each program against its task's unit tests in the sandbox; report pass@k."""
+    """EVAL: run each program against its task's unit tests in the sandbox; report pass@k.
+
+    Example: ilf evaluate samples.jsonl --dataset humaneval --k 1,10"""
     from ilf.evaluation import evaluate_file
 
     build_settings(EvalConfig, {"timeout": timeout, "compare": compare})
@@ -210,6 +212,11 @@ def run(
     """Run ILF end to end (sample, EVAL, feedback, refine, FINETUNE, evaluate, report).
 
     Any config key can be overridden: `ilf run eval.n=10 --refine.n 8`.
+
+    Built-in configs: demo (the default: on-policy, CPU, minutes), cpu (the CPU-scale replication),
+    paper (the paper's GPU setup), table2-authors.
+
+    Examples: ilf run; ilf run cpu; ilf run paper eval.n=10; ilf run my.toml --dry-run
     """
     from ilf.config import load_config, to_toml
     from ilf.pipeline import run_pipeline
@@ -316,7 +323,9 @@ def report(
         False, "--common-tasks", help="With several results files: score each on only the tasks all of them have."
     ),
 ):
-    """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories."""
+    """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories.
+
+    Examples: ilf report runs/demo; ilf report a_results.jsonl b_results.jsonl"""
     from ilf import report as rep
 
     files = [p for p in run_dirs if not p.is_dir()]
@@ -381,6 +390,7 @@ def finetune(
 
     Any --sweep-learning-rates / --sweep-batch-sizes / --sweep-epochs runs the paper's sweep (Appendix
     A.1) first: one fine-tuning per setting, sampled on --sweep-tasks; OUTPUT is the best one.
+    Example: ilf finetune --data pairs.jsonl --output models/ilf
     """
     from ilf.finetune import finetune_command
 
@@ -450,7 +460,9 @@ def annotate(
     lease_minutes: float = typer.Option(30.0, help="A served task stays reserved for its annotator this long."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Only load the samples and print tokens."),
 ):
-    """Collect human feedback with the paper's protocol in a web app (docs/feedback.md)."""
+    """Collect human feedback with the paper's protocol in a web app (docs/feedback.md).
+
+    Example: ilf annotate runs/demo --port 8080"""
     from ilf.feedback import commands
     from ilf.feedback.app import AnnotateConfig
 
@@ -494,7 +506,9 @@ def feedback_cmd(
     seed: int = typer.Option(0, help="Seed for the choice of samples and examples, and for sampling."),
     fb: dict = None,
 ):
-    """Generate LLM or execution-trace feedback for the failing programs of a results file."""
+    """Generate LLM or execution-trace feedback for the failing programs of a results file.
+
+    Example: ilf feedback samples_results.jsonl --source trace"""
     from ilf.feedback import commands
 
     fc = build_settings(FeedbackConfig, fb)
@@ -542,6 +556,7 @@ def refine_cmd(
     π_Refine (--mode finetune --model DIR, trained with `ilf finetune --data surge --kind refine`).
     --shuffled-n K also writes Table 2's control to OUTPUT_shuffled.jsonl (each x0 with another
     task's feedback). Then `ilf evaluate OUTPUT` and `ilf report OUTPUT_results.jsonl`.
+    Example: ilf refine runs/demo/r1/feedback.jsonl --output refinements.jsonl
     """
     from ilf.refine import refine_command
 
@@ -576,7 +591,9 @@ def feedback_stats_cmd(
     ),
 ):
     """Words per feedback, share with code lines, refinement edit distance, per source (Table 6 analog);
-    with --bugs, the bugs each feedback addresses (Table 5) and with --refinements, Figure 5."""
+    with --bugs, the bugs each feedback addresses (Table 5) and with --refinements, Figure 5.
+
+    Example: ilf feedback-stats runs/demo/r1/feedback.jsonl"""
     from ilf.feedback import commands
 
     commands.feedback_stats(files, as_json, bugs=bugs, refinements=refinements, figure=figure, output=output)
@@ -595,7 +612,9 @@ def feedback_bugs_cmd(
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
 ):
     """Tag each feedback with the bugs it addresses and their kinds (the paper's Table 5 categories),
-    by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes."""
+    by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes.
+
+    Example: ilf feedback-bugs runs/demo/r1/feedback.jsonl --output bugs.jsonl"""
     from ilf.feedback import commands
 
     commands.feedback_bugs(
@@ -603,7 +622,11 @@ def feedback_bugs_cmd(
     )
 
 
-annotations_app = typer.Typer(help="Import/export annotation files into/from a feedback store.", no_args_is_help=True)
+annotations_app = typer.Typer(
+    help="Import/export annotation files into/from a feedback store. "
+    "Examples: ilf annotations import surge_annotations.jsonl; ilf annotations export feedback.jsonl",
+    no_args_is_help=True,
+)
 app.add_typer(annotations_app, name="annotations")
 
 
@@ -613,7 +636,9 @@ def annotations_import_cmd(
     file: str = typer.Argument(..., help="The authors' surge_annotations.jsonl, or a feedback JSONL of ilf."),
     db: str = typer.Option("feedback.db", help="SQLite store to import into."),
 ):
-    """Import annotations into a store (records already present are skipped)."""
+    """Import annotations into a store (records already present are skipped).
+
+    Example: ilf annotations import surge_annotations.jsonl --db feedback.db"""
     from ilf.feedback import commands
 
     commands.annotations_import(file, db)
@@ -628,7 +653,9 @@ def annotations_export_cmd(
     source: List[str] = typer.Option([], help="Only these sources (human, llm, trace, authors); repeatable."),
     include_skips: bool = typer.Option(False, help="ilf format: also write 'none is easy to fix' skips."),
 ):
-    """Export a store's feedback records (format ilf) or its imported authors' rows (format authors)."""
+    """Export a store's feedback records (format ilf) or its imported authors' rows (format authors).
+
+    Example: ilf annotations export feedback.jsonl --db feedback.db"""
     from ilf.feedback import commands
 
     commands.annotations_export(db, output, format, source, include_skips)
@@ -645,7 +672,9 @@ def export_cmd(
     output: Path = typer.Option(..., help="Directory for the exports (outside the run directory)."),
     model_cards: bool = typer.Option(True, help="Also write README.md model cards into the run's fine-tuned models."),
 ):
-    """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards."""
+    """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards.
+
+    Example: ilf export runs/demo --output exports/demo"""
     from ilf.export import export_run
 
     counts = export_run(run_dir, output, model_cards=model_cards)
@@ -659,7 +688,8 @@ def export_cmd(
 
 
 data_app = typer.Typer(
-    help="The data files ilf reads (MBPP, the authors' annotations, HumanEval(+)): state, fetch.", invoke_without_command=True
+    help="The data files ilf reads (MBPP, the authors' annotations, HumanEval(+)): state, fetch. Examples: ilf data; ilf data fetch",
+    invoke_without_command=True,
 )
 app.add_typer(data_app, name="data")
 
@@ -671,7 +701,9 @@ def data_status_cmd(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="ILF_DATA_DIR", help="Directory holding the files."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
-    """Where each data file was found and whether its sha256 matches the pinned one."""
+    """Where each data file was found and whether its sha256 matches the pinned one.
+
+    Examples: ilf data; ilf data --data-dir ../shared/data --json"""
     if data_dir and not Path(data_dir).is_dir():
         raise IlfError(f"--data-dir {data_dir}: no such directory")
     if ctx.invoked_subcommand:
@@ -702,7 +734,9 @@ def data_fetch_cmd(
         None, envvar="ILF_DATA_BASE_URL", help="A mirror serving the files by name (default: each file's pinned upstream URL)."
     ),
 ):
-    """Download every data file missing from the cache (sha256-checked, written atomically)."""
+    """Download every data file missing from the cache (sha256-checked, written atomically).
+
+    Example: ilf data fetch"""
     from ilf.data import fetch_all
 
     failed = 0
@@ -734,7 +768,9 @@ def serve(
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: fraction of GPU memory to use."),
     max_model_len: Optional[int] = typer.Option(None, help="vllm: context length (lower it to fit the KV cache)."),
 ):
-    """Serve a model on an OpenAI-compatible /v1/completions endpoint (use it with --engine openai)."""
+    """Serve a model on an OpenAI-compatible /v1/completions endpoint (use it with --engine openai).
+
+    Example: ilf serve --port 8000, then ilf sample --engine openai --base-url http://127.0.0.1:8000/v1 --split test --output s.jsonl"""
     from ilf.generation import default_engine, get_engine
     from ilf.serve import serve as run_server
 
@@ -767,7 +803,9 @@ def serve(
 def sample(
     model: str = typer.Option(ModelConfig.base, help="Bundled name, HF model dir, .gguf file or hub id."),
     dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
-    split: Optional[str] = typer.Option(None, help="MBPP split: test (11-110) | refine | train | prompt | all."),
+    split: Optional[str] = typer.Option(
+        None, help="MBPP split: test (11-110) | refine | train | prompt | all. Without --split or --tasks: every task of the dataset."
+    ),
     tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
     seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
     engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | openai | auto (the fastest here)."),
@@ -782,7 +820,10 @@ def sample(
     sampling: dict = None,
     _ilf_ctx: typer.Context = None,
 ):
-    """Sample n programs per task from a model; writes records `ilf evaluate` reads."""
+    """Sample n programs per task from a model; writes records `ilf evaluate` reads.
+
+    Without --split or --tasks it samples every task of the dataset (all 974 of MBPP, --n 30 each
+    by default). Example: ilf sample --split test --n 10 --output samples.jsonl"""
     from ilf.generation import SamplingParams, default_engine, get_engine
     from ilf.sampling import sample as run_sample
     from ilf.tasks import load_tasks
