@@ -91,3 +91,13 @@ def test_every_command_shows_an_example_and_takes_dash_h():
     for path in (("evaluate",), ("annotations", "export"), ("data", "fetch")):
         p = subprocess.run([sys.executable, "-m", "ilf.cli", *path, "-h"], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and "Usage" in p.stdout, (path, p.stderr)
+
+
+def test_the_annotation_app_and_the_model_server_do_not_share_a_default_port():
+    import typer.main
+
+    from ilf.cli import app
+
+    cmds = dict(_commands(typer.main.get_command(app)))
+    port = {name: next(p.default for p in cmds[(name,)].params if p.name == "port") for name in ("annotate", "serve")}
+    assert port["serve"] == 8000 and port["annotate"] != port["serve"], port

@@ -445,7 +445,7 @@ def annotate(
     source: Optional[str] = typer.Argument(None, help="Run directory (its newest rK/results.jsonl) or a results JSONL of `ilf evaluate`."),
     db: Optional[str] = typer.Option(None, help="SQLite store (default: RUN_DIR/feedback.db, or feedback.db beside the results)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let colleagues connect)."),
-    port: int = typer.Option(8000, help="Port."),
+    port: int = typer.Option(8080, help="Port (8080: `ilf serve` and vLLM take 8000)."),
     add_annotator: List[str] = typer.Option([], help="Create an annotator (repeatable); prints their token and login URL."),
     dataset: Optional[str] = typer.Option(None, help="Dataset of the results (default: the run's, else mbpp)."),
     data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
@@ -462,7 +462,7 @@ def annotate(
 ):
     """Collect human feedback with the paper's protocol in a web app (docs/feedback.md).
 
-    Example: ilf annotate runs/demo --port 8080"""
+    Example: ilf annotate runs/demo --host 0.0.0.0"""
     from ilf.feedback import commands
     from ilf.feedback.app import AnnotateConfig
 

@@ -534,7 +534,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def serve(store: FeedbackStore, config: AnnotateConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(store: FeedbackStore, config: AnnotateConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
