@@ -152,3 +152,20 @@ def test_finetune_config_file_is_read_by_the_run_config_loader(tmp_path, text, e
     r = CliRunner().invoke(app, ["finetune", "--data", "surge", "--output", str(tmp_path / "ft"), "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 2 and expected in " ".join(r.output.split()), r.output
     assert not (tmp_path / "ft").exists()
+
+
+def test_the_config_reference_lists_every_key_as_the_dataclasses_define_it():
+    """docs/config.md is generated (scripts/config_reference.py); it must not drift from the code."""
+    from pathlib import Path
+
+    from ilf.config import RunConfig, config_reference
+    from ilf.settings import settings_fields
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text(encoding="utf-8")
+    assert doc == config_reference(), "docs/config.md is stale: run python scripts/config_reference.py"
+    run = RunConfig()
+    for section in ("model", "sample", "feedback", "refine", "finetune", "sweep", "eval", "report"):
+        assert f"## [{section}]" in doc
+        for f in settings_fields(getattr(run, section)):
+            assert f"| `{f.name}` |" in doc, (section, f.name)
+    assert "| `llm_max_x0` |" in doc  # a run-only key, once only in a config comment

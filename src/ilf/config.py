@@ -515,3 +515,55 @@ def to_toml(cfg: RunConfig) -> str:
             lines.append(f"\n[{k}]")
             lines.extend(f"{kk} = {val(vv)}" for kk, vv in v.items())
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The config reference (docs/config.md is this function's output; a test keeps them equal)
+
+
+def config_reference() -> str:
+    """Every key of a run config, section by section, with its default, constraints and help."""
+    from ilf.settings import _describe, settings_fields
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, str):
+            return f'`"{value}"`'
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        return f"`{value!r}`" if not isinstance(value, list) else "`[" + ", ".join(fmt(v).strip("`") for v in value) + "]`"
+
+    def rows(cls: type) -> list[str]:
+        out = ["| key | default | allowed | what it sets |", "|---|---|---|---|"]
+        obj = cls()
+        for f in settings_fields(cls):
+            md = f.metadata
+            allowed = []
+            if md.get("choices") is not None:
+                allowed.append(" \\| ".join(f"`{c}`" if c != "" else '`""`' for c in md["choices"]))
+            if _describe(dict(md)):
+                allowed.append(_describe(dict(md)))
+            tp = typing.get_type_hints(cls)[f.name]
+            kind = getattr(tp, "__name__", str(tp)).replace("typing.", "")
+            help_ = md["help"].replace("|", "\\|") + ("" if md.get("cli", True) else " (run config only: no step-command flag)")
+            out.append(f"| `{f.name}` | {fmt(getattr(obj, f.name))} | {kind}{'; ' + '; '.join(allowed) if allowed else ''} | {help_} |")
+        return out
+
+    lines = [
+        "# Run config reference",
+        "",
+        "Every key `ilf run` reads, from a TOML file (`ilf run my.toml`), a built-in config (`ilf run cpu`) or",
+        "the command line (`ilf run eval.n=10`). A step command takes the same setting as a flag",
+        "(`ilf sample --top-p`, `ilf finetune --learning-rate`), with the same default and checks. Generated",
+        "from the config dataclasses in `ilf/config.py` by `python scripts/config_reference.py`; a test",
+        "keeps this file equal to them.",
+        "",
+        "## Top level",
+        "",
+        *rows(RunConfig),
+    ]
+    for f in dataclasses.fields(RunConfig):
+        if f.name in {g.name for g in settings_fields(RunConfig)}:
+            continue
+        cls = type(getattr(RunConfig(), f.name))
+        lines += ["", f"## [{f.name}]", "", *rows(cls)]
+    return "\n".join(lines) + "\n"
