@@ -160,3 +160,23 @@ def test_export_refuses_an_output_inside_the_run(tmp_path, data_dir):
     run = make_run(tmp_path, data_dir)
     with pytest.raises(IlfError, match="outside the run directory"):
         export_run(run, run / "exports")
+
+
+def test_export_writes_all_or_nothing_and_takes_a_data_dir(tmp_path, data_dir):
+    from ilf.errors import IlfError
+    from ilf.export import export_run
+
+    run = make_run(tmp_path, data_dir)
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    cfg = run / "config.toml"
+    cfg.write_text(cfg.read_text().replace(f'data_dir = "{data_dir}"', f'data_dir = "{empty}"'))
+    out = tmp_path / "exports"
+    with pytest.raises(IlfError):
+        export_run(run, out, model_cards=False)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    counts = export_run(run, out, model_cards=False, data_dir=data_dir)
+    assert counts["dpo"] == len(TASKS) and (out / "sft" / "ilf-r1.jsonl").is_file() and (out / "dpo").is_dir()
+    tree = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    again = export_run(run, out, model_cards=False, data_dir=data_dir)  # into the same directory: replaced
+    assert again == counts and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == tree

@@ -671,13 +671,16 @@ def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory of `ilf run`."),
     output: Path = typer.Option(..., help="Directory for the exports (outside the run directory)."),
     model_cards: bool = typer.Option(True, help="Also write README.md model cards into the run's fine-tuned models."),
+    data_dir: Optional[Path] = typer.Option(
+        None, envvar="ILF_DATA_DIR", help="Directory holding the data files (default: the run's data_dir, else ilf's usual places)."
+    ),
 ):
     """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards.
 
     Example: ilf export runs/demo --output exports/demo"""
     from ilf.export import export_run
 
-    counts = export_run(run_dir, output, model_cards=model_cards)
+    counts = export_run(run_dir, output, model_cards=model_cards, data_dir=data_dir)
     for k, v in counts.items():
         err.print(f"{k}: {v} record(s)" if k != "model_cards" else f"model cards: {v}")
     err.print(f"-> {output}")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ def training_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(dpo, chat) records from every round's passing refinements and their x0 and feedback."""
+def refinement_records(run_dir: Path, data_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """(dpo, chat) records from every round's passing refinements and their x0 and feedback.
+    The tasks come from `data_dir`, else the run's own data_dir, else ilf's usual places."""
     from ilf.tasks import load_tasks
 
     dpo, chat = [], []
@@ -54,7 +56,8 @@ def refinement_records(run_dir: Path) -> tuple[list[dict], list[dict]]:
         feedback = {f["feedback_id"]: f for f in load_jsonl(fb_path)}
         passing = [r for r in load_jsonl(stored(rd / "refinements.jsonl")) if r.get("passed") is True]
         if tasks is None and passing:
-            tasks = load_tasks("mbpp", data_dir=(cfg.data_dir if cfg else "") or None, task_ids=sorted({r["task_id"] for r in passing}))
+            where = data_dir or (cfg.data_dir if cfg else "") or None
+            tasks = load_tasks("mbpp", data_dir=where, task_ids=sorted({r["task_id"] for r in passing}))
         for r in passing:
             f = feedback.get(r["feedback_id"])
             task = tasks.get(r["task_id"]) if tasks else None
@@ -142,21 +145,42 @@ def _report(run_dir: Path) -> dict | None:
     return runs[0] if runs else None
 
 
-def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True) -> dict[str, int]:
-    """Write every export of RUN_DIR under OUTPUT; returns counts per export."""
+def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True, data_dir: str | Path | None = None) -> dict[str, int]:
+    """Write every export of RUN_DIR under OUTPUT; returns counts per export. All or nothing: every
+    record is read (and every task found) before anything is written, the exports are built in a
+    temporary sibling of OUTPUT and moved into it only when all are done."""
+    import shutil
+    import tempfile
+
     run_dir, output = Path(run_dir), Path(output)
     if not (run_dir / "manifest.json").is_file():
         raise IlfError(f"{run_dir}: not a run directory (no manifest.json)")
     if output.resolve() == run_dir.resolve() or run_dir.resolve() in output.resolve().parents:
         raise IlfError(f"{output}: choose an output outside the run directory")
+    if output.exists() and not output.is_dir():
+        raise IlfError(f"{output}: exists and is not a directory")
+    sets = training_sets(run_dir)
+    dpo, chat = refinement_records(run_dir, data_dir)  # may need the data: fails before any write
+    output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    for name, recs in training_sets(run_dir).items():
-        _save(recs, output / "sft" / name)
-        counts[f"sft/{name}"] = len(recs)
-    dpo, chat = refinement_records(run_dir)
-    _save(dpo, output / "dpo")
-    _save(chat, output / "chat")
-    counts["dpo"], counts["chat"] = len(dpo), len(chat)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        for name, recs in sets.items():
+            _save(recs, tmp / "sft" / name)
+            counts[f"sft/{name}"] = len(recs)
+        _save(dpo, tmp / "dpo")
+        _save(chat, tmp / "chat")
+        counts["dpo"], counts["chat"] = len(dpo), len(chat)
+        output.mkdir(exist_ok=True)
+        for item in sorted(tmp.iterdir()):  # replaces what an earlier export of the same names left
+            dest = output / item.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            elif dest.exists() or dest.is_symlink():
+                dest.unlink()
+            os.replace(item, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if model_cards:
         report, config = _report(run_dir), read_run_config(run_dir)
         for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
