@@ -466,3 +466,20 @@ def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
     bad.write_text('{"prompt": 3, "completion": "x"}\n')
     r = CliRunner().invoke(app, ["finetune", "--data", str(bad), "--model", str(tiny), "--output", str(tmp_path / "o")])
     assert r.exit_code == 2 and "bad.jsonl:1: field 'prompt' must be str" in r.output
+
+
+def test_a_logger_that_is_unknown_or_not_installed_is_one_line_before_training():
+    import importlib.util
+
+    import pytest
+
+    from ilf.errors import IlfError
+    from ilf.finetune import LOGGERS, _check_loggers
+
+    _check_loggers(["tensorboard"])  # installed with ilf
+    with pytest.raises(IlfError, match="not one of"):
+        _check_loggers(["mlflowx"])
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(IlfError, match=r"pip install 'ilf\[wandb\]'"):
+            _check_loggers(["wandb"])
+    assert set(LOGGERS) == {"tensorboard", "wandb"}

@@ -156,7 +156,10 @@ class FinetuneConfig:
     threads: int = setting(0, "torch intra-op threads (0 = all cores).", ge=0)
     seed: int = setting(0, "Training seed; the pipeline's FINETUNE seed i of train_seeds is seed + i.")
     logging_steps: int = setting(1, "Optimizer steps between logged losses.", ge=1)
-    report_to: str = setting("tensorboard", "Trainer logging integration (OUTPUT/runs), or none.")
+    report_to: str = setting(
+        "tensorboard",
+        "Trainer logging: tensorboard (installed; OUTPUT/runs), wandb (pip install 'ilf[wandb]'), both comma-separated, or none.",
+    )
     save_steps: int = setting(0, "Optimizer steps between checkpoints (0 = each epoch, -1 = never).", ge=-1)
     save_total_limit: int = setting(1, "Checkpoints kept (a full-FT checkpoint holds the weights and AdamW state).", ge=1)
     keep_checkpoints: bool = setting(False, "Keep OUTPUT/checkpoints once the final model is saved.")

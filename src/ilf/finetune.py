@@ -344,6 +344,23 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Optional[Path]:
 
 
 # Fields that do not change what is trained: a run may resume or be skipped across changes of these.
+
+# The Trainer's logging integrations ilf documents, and the module each needs.
+LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _check_loggers(report_to: list[str]) -> None:
+    """One line before any training for a logger that is unknown or not installed (transformers
+    would fail later, or log nowhere)."""
+    import importlib.util
+
+    for name in report_to:
+        if name not in LOGGERS:
+            raise IlfError(f"finetune.report_to: {name!r} is not one of {', '.join(LOGGERS)} or none")
+        if importlib.util.find_spec(LOGGERS[name]) is None:
+            raise IlfError(f"finetune.report_to = {name!r} needs the {LOGGERS[name]} package: pip install 'ilf[{name}]'")
+
+
 _NON_IDENTITY_FIELDS = {"threads", "logging_steps", "report_to", "save_steps", "save_total_limit", "keep_checkpoints", "resume"}
 
 
@@ -512,6 +529,7 @@ def finetune(
     else:
         save_kw = {"save_strategy": "steps", "save_steps": cfg.save_steps}
     report_to = [] if cfg.report_to in ("none", "") else [r.strip() for r in cfg.report_to.split(",")]
+    _check_loggers(report_to)
     eval_kw: dict[str, Any] = {"eval_strategy": "no"}
     if eval_dataset is not None:
         eval_kw = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if cfg.eval_steps > 0 else {"eval_strategy": "epoch"}
