@@ -263,13 +263,9 @@ READ_MQ = """
 
 
 def test_6_posix_message_queues_carry_nothing_to_the_next_program(tmp_path, mbpp):
-    samples = [
-        {"task_id": 2, "sample_id": 0, "program": textwrap.dedent(LEAVE_MQ) + RIGHT},
-        {"task_id": 2, "sample_id": 1, "program": textwrap.dedent(READ_MQ)},
-        {"task_id": 2, "sample_id": 2, "program": RIGHT},
-    ]
-    res = evaluate(samples, mbpp, timeout=3, workers=1, output=tmp_path / "r.jsonl", progress=False, calibrate=False)
-    assert res[0]["passed"] and res[2]["passed"] and res[1]["status"] == "failed", res
+    """The correct program before it leaves MBPP 2's three answers in a queue, in order."""
+    r = judged_beside_a_neighbour(tmp_path, mbpp, READ_MQ, right=textwrap.dedent(LEAVE_MQ) + RIGHT)
+    assert r["status"] == "failed", r
 
 
 def test_6_a_program_cannot_make_namespaces_of_its_own(tmp_path, mbpp):
@@ -374,9 +370,11 @@ SHAPES = {  # test, a program Python passes, a program Python fails
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_8_the_judge_keeps_pythons_meaning_of_every_assert_shape(name):
+def test_8_the_judge_keeps_pythons_meaning_of_every_assert_shape(tmp_path, name):
     test, right, wrong = SHAPES[name]
     task = semantics_task(test)
+    r = judged_beside_a_neighbour(tmp_path, [task], wrong, right=right, task_id=task.task_id)
+    assert r["status"] in ("failed", "error"), r
     with sandbox.Sandbox(workers=1) as sb:
         for program, want in ((right, True), (wrong, False), (right, True)):
             exec_ok = _python_says(program, test)
