@@ -180,3 +180,14 @@ def test_an_engine_ilf_does_not_have_is_refused_before_anything_runs(tmp_path):
     assert "--engine" in line
     assert os.listdir(tmp_path) == []
     assert _run(["run", "--dry-run", "model.engine=ov", "feedback.llm_engine=transformers"], tmp_path).returncode == 0
+
+
+def test_auto_is_an_engine_everywhere_the_settings_offer_it(tmp_path):
+    """ "auto" is ModelConfig.engine's default; ilf serve and ilf finetune refused it."""
+    from ilf.generation import ALIASES, default_engine, engine_class, resolve_engine
+
+    assert resolve_engine("auto") == resolve_engine(None) == resolve_engine("") == default_engine()
+    assert all(resolve_engine(a) == e for a, e in ALIASES.items())
+    assert engine_class("auto") is engine_class(default_engine())
+    line = _one_error_line(_run(["serve", "--engine", "auto", "--model", str(tmp_path / "no-model")], tmp_path))
+    assert "no-model" in line and "unknown engine" not in line

@@ -774,12 +774,12 @@ def serve(
     """Serve a model on an OpenAI-compatible /v1/completions endpoint (use it with --engine openai).
 
     Example: ilf serve --port 8000, then ilf sample --engine openai --base-url http://127.0.0.1:8000/v1 --split test --output s.jsonl"""
-    from ilf.generation import default_engine, get_engine
+    from ilf.generation import get_engine, resolve_engine
     from ilf.serve import serve as run_server
 
     if not 1 <= port <= 65535:
         raise IlfError(f"--port must be between 1 and 65535, got {port}")
-    name = engine or default_engine()
+    name = resolve_engine(engine)
     if name == "openai":
         raise IlfError("--engine openai would serve another server's model: point clients at that server instead")
     vllm_opts = dict(

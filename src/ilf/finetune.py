@@ -823,13 +823,13 @@ def finetune_command(
         pairs = Path(data)
     if sweep_cfg is None or not sweep_cfg.enabled():
         return finetune(pairs, model, output, cfg, overwrite=overwrite, eval_pairs=eval_data)
-    from ilf.generation import default_engine, get_engine
+    from ilf.generation import get_engine, resolve_engine
     from ilf.generation.weights import engine_label
     from ilf.sweep import sweep
     from ilf.tasks import load_tasks
 
     _refuse_foreign_output(Path(output), overwrite)
-    name = engine or default_engine()
+    name = resolve_engine(engine)
     opts = {"weights": weights} if name == "openvino" else {}
     val = load_tasks(val_dataset, data_dir=data_dir, task_ids=sweep_cfg.tasks)
     best = sweep(

@@ -47,8 +47,16 @@ def default_engine() -> str:
     return "transformers"
 
 
-def engine_class(name: str) -> type[Engine]:
-    key = ALIASES.get(name, name)
+def resolve_engine(name: str | None) -> str:
+    """An engine setting as the engine's name: "auto" (ModelConfig.engine's default), "" or None is
+    default_engine(); an alias is its engine."""
+    if not name or name == "auto":
+        return default_engine()
+    return ALIASES.get(name, name)
+
+
+def engine_class(name: str | None) -> type[Engine]:
+    key = resolve_engine(name)
     if key not in ENGINES:
         raise IlfError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
     mod_name, cls_name = ENGINES[key].split(":")
@@ -64,7 +72,8 @@ def engine_class(name: str) -> type[Engine]:
 def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
     """Load `model_spec` in engine `name` (None = default_engine()). A model the engine cannot
     load (a broken config.json, missing weights) is one IlfError naming it."""
-    cls = engine_class(name or default_engine())
+    name = resolve_engine(name)
+    cls = engine_class(name)
     try:
         return cls(model_spec, **kw)
     except IlfError:
@@ -72,8 +81,7 @@ def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
     except (ValueError, KeyError, OSError, TypeError) as e:
         msg = (str(e).strip().splitlines() or [""])[0][:300]
         raise IlfError(
-            f"{getattr(model_spec, 'spec', model_spec)}: the {name or default_engine()} engine cannot load this model "
-            f"({type(e).__name__}: {msg})"
+            f"{getattr(model_spec, 'spec', model_spec)}: the {name} engine cannot load this model ({type(e).__name__}: {msg})"
         ) from None
 
 
@@ -86,4 +94,5 @@ __all__ = [
     "engine_class",
     "get_engine",
     "prompt_seed",
+    "resolve_engine",
 ]
