@@ -839,3 +839,42 @@ def test_report_states_whether_ilf_helped_from_the_same_estimates(tmp_path, zero
     rep = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
     d = rep["runs"][0]["train_seeds"][0]["minus_zero_shot"]
     assert f"- ILF − zero-shot: {100 * d['value']:+.1f}" in md
+
+
+def test_figures_stay_readable_with_fifteen_methods(tmp_path):
+    """15 methods (results/cpu): one panel per metric with a line per method instead of 15-bar
+    groups 2,900 px wide; pass@10 and 1+ correct, equal at n = 10, drawn once; no CI bands blur
+    the pass@k curves."""
+    from PIL import Image
+
+    from ilf.report import figures
+
+    def e(v):
+        return {"value": v, "lo": v - 0.05, "hi": v + 0.05}
+
+    curve = [{"k": k, "value": 0.3 + 0.02 * k, "lo": 0.25, "hi": 0.4} for k in range(1, 11)]
+    metrics = {"pass@1": e(0.3), "pass@10": e(0.6), "one_plus_correct": e(0.6)}
+    rows = [(f"method-{i}", {"metrics": dict(metrics), "pass_curve": curve}) for i in range(15)]
+    metrics, labels = figures._metrics(rows)
+    assert metrics == ["pass@1", "pass@10"] and labels["pass@10"] == "pass@10 = 1+ correct"
+    w, h = Image.open(figures.plot_pass_at_k(rows, tmp_path / "bars.png", "t")).size
+    assert w < 1400 and h > 15 * 20, (w, h)  # a line per method, not a bar per method side by side
+    few = rows[:2]
+    assert Image.open(figures.plot_pass_at_k(few, tmp_path / "few.png", "t")).size[0] < 1400
+    rows[0][1]["metrics"]["one_plus_correct"] = e(0.7)  # n differs: both are drawn
+    assert figures._metrics(rows)[0] == ["pass@1", "pass@10", "one_plus_correct"]
+    figures.plot_pass_curve(rows, tmp_path / "curve.png", "t")
+
+
+def test_a_packed_run_is_named_by_its_experiment(tmp_path):
+    import shutil
+
+    from ilf.report import write_report
+
+    src = Path(__file__).resolve().parents[1] / "results" / "rounds" / "run"
+    if not src.is_dir():
+        pytest.skip("results/rounds/run not packed here")
+    run = tmp_path / "rounds" / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("report"))
+    md = write_report(run, resamples=50, output=tmp_path / "out")
+    assert md.read_text().startswith("# ILF report: rounds/run") and (tmp_path / "out" / "refine_rounds.png").is_file()

@@ -337,8 +337,8 @@ def report(
         raise IlfError("ilf report: --common-tasks goes with several results files")
     if files and len(files) < len(run_dirs):
         raise IlfError("ilf report: give run directories or results files, not both")
-    if len(run_dirs) == 1 and output is None:
-        path = rep.write_report(run_dirs[0], resamples=bootstrap, seed=seed)
+    if len(run_dirs) == 1 and not files:
+        path = rep.write_report(run_dirs[0], resamples=bootstrap, seed=seed, output=output)
     elif files and len(files) == 1:
         path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed)
     elif files:

@@ -85,14 +85,19 @@ def _write(runs: list[tuple[str, dict]], out: Path, title: str, suffix: str) -> 
     return _write_text(out / "report.md", render_markdown(runs, figs, title))
 
 
-def write_report(run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None) -> Path:
-    """Write RUN_DIR/report/report.md (+ report.json, figures); return the report.md path. A results
-    file of `ilf evaluate` instead of a run directory: its pass rates per split, beside it."""
+def write_report(
+    run_dir: str | os.PathLike, resamples: Optional[int] = None, seed: Optional[int] = None, output: str | os.PathLike | None = None
+) -> Path:
+    """Write RUN_DIR/report/report.md (+ report.json, figures), or into `output`; return the
+    report.md path. A results file of `ilf evaluate` instead of a run directory: its pass rates
+    per split, beside it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() and (run_dir.is_file() or Path(str(run_dir) + ".gz").is_file()):
-        return write_results_report(run_dir, resamples=resamples, seed=seed)
+        return write_results_report(run_dir, output, resamples=resamples, seed=seed)
     a = analyze_run(run_dir, resamples, seed)
-    return _write([(a["run"], a)], run_dir / "report", f"ILF report: {a['run']}", f" ({a['run']})")
+    # a packed run lives in <experiment>/run: name it by its experiment
+    name = a["run"] if a["run"] != "run" else f"{run_dir.resolve().parent.name}/run"
+    return _write([(a["run"], a)], Path(output) if output else run_dir / "report", f"ILF report: {name}", f" ({name})")
 
 
 def compare_runs(

@@ -67,10 +67,33 @@ def metric_label(name: str) -> str:
     return "1+ correct" if name == "one_plus_correct" else name
 
 
-def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
-    """Grouped bars: one group per metric, one bar per (label, method analysis), 95% CI error bars."""
-    plt = _plt()
+MAX_GROUPED_BARS = 6
+"""More methods than this: pass rates are drawn as one panel per metric, a dot and its CI per method
+on its own line, instead of groups of bars too thin to read."""
+
+
+def _metrics(rows: list[tuple[str, dict]]) -> tuple[list[str], dict[str, str]]:
+    """The metrics to draw and their labels: pass@n and "1+ correct" are the same number when every
+    task has n samples; then one of them, labelled as both."""
     metrics = [m for m in [f"pass@{k}" for k in TABLE_KS] + ["one_plus_correct"] if any(m in a["metrics"] for _, a in rows)]
+    labels = {m: metric_label(m) for m in metrics}
+    if "one_plus_correct" in metrics:
+        for m in metrics[:-1]:
+            same = all(a["metrics"].get(m) is not None and a["metrics"].get(m) == a["metrics"].get("one_plus_correct") for _, a in rows)
+            if same:
+                metrics.remove("one_plus_correct")
+                labels[m] = f"{m} = 1+ correct"
+                break
+    return metrics, labels
+
+
+def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per (label, method analysis), 95% CI error bars;
+    with more than MAX_GROUPED_BARS methods, one panel per metric with a line per method."""
+    plt = _plt()
+    metrics, mlabels = _metrics(rows)
+    if len(rows) > MAX_GROUPED_BARS:
+        return _plot_pass_dots(rows, metrics, mlabels, path, title)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + 0.55 * len(rows) * len(metrics)), 4.2))
     width = 0.8 / max(1, len(rows))
     styles = _styles([label for label, _ in rows])
@@ -109,7 +132,7 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
                 # a solid box in the bar's colour keeps the number readable over a seed's hatch
                 bbox=dict(boxstyle="square,pad=0.1", facecolor=color, edgecolor="none") if y > 8 else None,
             )
-    ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
+    ax.set_xticks(range(len(metrics)), [mlabels[m] for m in metrics])
     ax.set_ylabel("% of tasks (mean over tasks)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
@@ -118,8 +141,38 @@ def plot_pass_at_k(rows: list[tuple[str, dict]], path: Path, title: str) -> Path
     return _save(fig, path)
 
 
+def _plot_pass_dots(rows: list[tuple[str, dict]], metrics: list[str], mlabels: dict[str, str], path: Path, title: str) -> Path:
+    """Many methods: a panel per metric, a line per method (the first at the top), its value as a
+    dot with the 95% CI as a bar, and the value written beside it."""
+    plt = _plt()
+    n = len(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 + 2.6 * len(metrics), 1.2 + 0.32 * n), sharey=True, squeeze=False)
+    styles = _styles([label for label, _ in rows])
+    for ax, m in zip(axes[0], metrics):
+        for i, (_label, a) in enumerate(rows):
+            if m not in a["metrics"]:
+                continue
+            e, (color, _) = a["metrics"][m], styles[i]
+            v = 100 * e["value"]
+            ax.errorbar([v], [i], xerr=[[v - 100 * e["lo"]], [100 * e["hi"] - v]], fmt="o", ms=4, capsize=2, color=color)
+            ax.annotate(f"{v:.1f}", (100 * e["hi"], i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_title(mlabels[m], fontsize=10)
+        ax.set_xlim(0, 100)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("% of tasks (95% CI)")
+    axes[0, 0].set_yticks(range(n), [label for label, _ in rows], fontsize=8)
+    axes[0, 0].invert_yaxis()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+BAND_MAX = 4
+"""pass@k curves with more methods than this are drawn without their CI bands (the bands overlap
+into one blur); the CIs are in the report's table."""
+
+
 def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Path:
-    """pass@k against k (1..n) per method, shaded 95% CI."""
+    """pass@k against k (1..n) per method, shaded 95% CI (up to BAND_MAX methods)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     styles = _styles([label for label, _ in rows])
@@ -131,9 +184,9 @@ def plot_pass_curve(rows: list[tuple[str, dict]], path: Path, title: str) -> Pat
         ks = [p["k"] for p in curve]
         ls = SEED_LINESTYLES[seed % len(SEED_LINESTYLES)]
         ax.plot(ks, [100 * p["value"] for p in curve], marker="o", ms=3, label=label, color=color, linestyle=ls)
-        if seed == 0:  # one band per method: the seeds' bands overlap into a blur
+        if seed == 0 and len(rows) <= BAND_MAX:  # one band per method: the seeds' bands overlap into a blur
             ax.fill_between(ks, [100 * p["lo"] for p in curve], [100 * p["hi"] for p in curve], alpha=0.15, color=color)
-    ax.set_xlabel("k (samples allowed per task)")
+    ax.set_xlabel("k (samples allowed per task)" + ("" if len(rows) <= BAND_MAX else "; 95% CIs in the report's table"))
     ax.set_ylabel("pass@k (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
@@ -198,6 +251,8 @@ def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: st
             err = [[100 * (p[1]["value"] - p[1]["lo"]) for p in pts], [100 * (p[1]["hi"] - p[1]["value"]) for p in pts]]
             name = f"{label}: {metric_label(metric)}" if label else metric_label(metric)
             ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=4, label=name, color=colors(ci % 10))
+            for x, y in zip(xs, ys):
+                ax.annotate(f"{y:.1f}", (x, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
             ci += 1
     rounds_all = sorted({r["round"] for _, rs in rows for r in rs})
     ax.set_xticks(rounds_all, [f"round {r}" for r in rounds_all])
@@ -205,7 +260,11 @@ def plot_refine_rounds(rows: list[tuple[str, list[dict]]], path: Path, title: st
         ax.set_xlim(rounds_all[0] - 1, rounds_all[0] + 1)
     ax.set_xlabel("ILF round")
     ax.set_ylabel("% of (x0, feedback) pairs")
-    ax.set_ylim(0, 100)
+    # the axis fits the data (π_Refine's rates are often a few %): a 0-100 axis flattens them
+    his = [100 * r["metrics"][m]["hi"] for _, rs in rows for r in rs for m in ("pass@1", "one_plus_correct") if m in r.get("metrics", {})]
+    top = max(his, default=0)
+    ax.set_ylim(0, min(100, max(5.0, 1.25 * top)))
+
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
