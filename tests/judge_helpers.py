@@ -1,11 +1,18 @@
-"""Judging an attack beside a correct neighbour, shared by the judge's attack and review tests."""
+"""Shared by the sandbox and judge tests: whether bubblewrap works here, and judging an attack
+beside a correct neighbour."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 
+import pytest
+
+from ilf import sandbox
 from ilf.evaluation import evaluate
+
+BWRAP = sandbox.probe_bwrap()[0]
+needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap unavailable here")
 
 RIGHT = "def similar_elements(a, b):\n    return tuple(set(a) & set(b))\n"  # MBPP task 2, correct
 

@@ -14,14 +14,13 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
+from judge_helpers import BWRAP, needs_bwrap
 
 from ilf import judge, plain, sandbox
 from ilf.evaluation import evaluate
 from ilf.sandbox import Sandbox
 from ilf.tasks import Task, load_tasks, task_from_record
 
-BWRAP = sandbox.probe_bwrap()[0]
-needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap unavailable here")
 WRONG = "def similar_elements(a, b):\n    return ()\n"  # MBPP task 2, wrong
 
 

@@ -13,15 +13,12 @@ import textwrap
 import time
 
 import pytest
-from judge_helpers import RIGHT, judged_beside_a_neighbour
+from judge_helpers import RIGHT, judged_beside_a_neighbour, needs_bwrap
 
 from ilf import judge, plain, sandbox
 from ilf.config import load_config
 from ilf.evaluation import evaluate
 from ilf.tasks import Task, load_tasks
-
-BWRAP = sandbox.probe_bwrap()[0]
-needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap unavailable here")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,11 @@ The table in docs/sandbox.md lists each attack with its outcome; the names here 
 from __future__ import annotations
 
 import pytest
-from judge_helpers import judged_beside_a_neighbour
+from judge_helpers import BWRAP, judged_beside_a_neighbour
 
-from ilf import sandbox
 from ilf.tasks import load_tasks
 
 ROOT = __import__("os").geteuid() == 0
-BWRAP = sandbox.probe_bwrap()[0]
 
 # name -> (program, the verdicts it may get)
 ATTACKS: dict[str, tuple[str, tuple[str, ...]]] = {

