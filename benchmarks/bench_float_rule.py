@@ -15,17 +15,11 @@ import argparse
 import time
 from collections import Counter
 
-from ilf import judge, machine, sandbox
+from bench_judge_agreement import judge_all  # the same way of judging a list of programs
+
+from ilf import judge, machine
 from ilf.jsonl import read_jsonl, write_json
 from ilf.tasks import load_tasks
-
-
-def judge_all(items: list[tuple[str, judge.Plan]]) -> list:
-    out: dict = {}
-    with sandbox.Sandbox() as sb:
-        for i, v in judge.judge_many(sb, items):
-            out[i] = v
-    return [out[i] for i in range(len(items))]
 
 
 def main() -> None:
