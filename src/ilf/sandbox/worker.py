@@ -24,6 +24,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from ilf.plain import MAX_DEPTH as PLAIN_MAX_DEPTH
+
 # ---------------------------------------------------------------------------------------------
 # Limits. Each applies to one program run (the child and everything it spawns).
 
@@ -666,7 +668,7 @@ class Worker:
         if calls:
             compiled, err = self._compile_calls(job)
         else:
-            compiled, err = self._compile_test(job["test"])
+            compiled, err = _compile_test(job["test"])
         if err is not None:
             return dict(err, duration=0.0, output="")
         workdir = os.path.join(self.tmp_root, f"job-{os.urandom(8).hex()}")
@@ -697,10 +699,6 @@ class Worker:
         finally:
             os.close(out_r)
             os.close(rep_r)
-            self.workdir = workdir  # removed by the worker once every process of the job is dead
-
-    def _compile_test(self, test: str):
-        return _compile_test(test)
 
     def _compile_calls(self, job: dict):
         """-> ((setup code, calls with compiled expressions), None) or (None, error payload)."""
@@ -1025,7 +1023,7 @@ MAX_FRAME_BYTES = 4 << 20
 """Longest result frame: an honest child sends a value whose encoding exceeds 1 MiB
 (ilf.plain.LARGE_VALUE_BYTES) as its digest; a string's escapes can make its frame a few times
 its length."""
-MAX_FRAME_DEPTH = 2 * 100 + 8
+MAX_FRAME_DEPTH = 2 * PLAIN_MAX_DEPTH + 8
 """JSON nesting of one result frame: a plain value (ilf.plain.MAX_DEPTH levels, two JSON levels
 each) in its frame. Deeper is junk on the channel, and could not cross to ilf."""
 
