@@ -165,6 +165,12 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     assert sorted(p["task_id"] for p in pairs) == sorted(passing_tasks)  # one per task, only passing ones
     summary = json.loads((run_dir / "r1" / "refine_summary.json").read_text())
     assert summary["num_feedback"] == 3 and 0 < summary["pass@1"] <= 1
+    # The decisive control: π_θ sampled again on the feedback's tasks with π_Refine's budget, compared.
+    ctl = load_jsonl(run_dir / "r1" / "control_results.jsonl")
+    assert sorted({r["task_id"] for r in ctl}) == FEEDBACK_TASKS and len(ctl) == 2 * len(FEEDBACK_TASKS)
+    assert {r["model"] for r in ctl} == {str(tiny_model)} and "r1/eval-control" in manifest["stages"]
+    assert summary["control"]["tasks"] == 3 and summary["control"]["samples_per_task"] == 2
+    assert "π_Refine vs π_θ sampled again" in proc.stderr
     # Table 2's control: every x0 refined once more with another task's feedback; none of it enters R.
     control = load_jsonl(run_dir / "r1" / "refinements_shuffled.jsonl")
     by_fid = {f["feedback_id"]: f for f in fb}

@@ -42,7 +42,8 @@ def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp
     fb = tmp_path / "feedback.jsonl"
     fb.write_text("".join(json.dumps(r) + "\n" for r in _feedback()))
     args = ["refine", str(fb), "--output", "x1.jsonl", "--engine", "transformers", "--model", str(tiny), "--n", "2",
-            "--shuffled-n", "1", "--max-new-tokens", "12", "--shots", "1", "--data-dir", str(data_dir)]  # fmt: skip
+            "--shuffled-n", "1", "--max-new-tokens", "12", "--shots", "1", "--data-dir", str(data_dir),
+            "--policy", str(tiny)]  # fmt: skip
     proc = _run(args, tmp_path)
     assert proc.returncode == 0, proc.stderr
     recs = load_jsonl(tmp_path / "x1.jsonl")

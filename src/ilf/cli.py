@@ -322,6 +322,9 @@ def report(
     common_tasks: bool = typer.Option(
         False, "--common-tasks", help="With several results files: score each on only the tasks all of them have."
     ),
+    control: Optional[Path] = typer.Option(
+        None, help="With one results file of π_Refine: the results of π_θ sampled again (`ilf refine`'s OUTPUT_control)."
+    ),
 ):
     """Tables (pass@k with 95% bootstrap CIs, π_Refine pass rates, feedback) and figures from run directories.
 
@@ -335,12 +338,14 @@ def report(
         raise IlfError("ilf report: --labels goes with several results files")
     if common_tasks and len(files) < 2:
         raise IlfError("ilf report: --common-tasks goes with several results files")
+    if control is not None and len(files) != 1:
+        raise IlfError("ilf report: --control goes with one results file (π_Refine's)")
     if files and len(files) < len(run_dirs):
         raise IlfError("ilf report: give run directories or results files, not both")
     if len(run_dirs) == 1 and not files:
         path = rep.write_report(run_dirs[0], resamples=bootstrap, seed=seed, output=output)
     elif files and len(files) == 1:
-        path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed)
+        path = rep.write_results_report(files[0], output, resamples=bootstrap, seed=seed, control=control)
     elif files:
         path = rep.compare_results(
             files,
@@ -354,6 +359,11 @@ def report(
         )
     else:
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
+    if control is not None:
+        from ilf.jsonl import read_json
+        from ilf.refine import describe_comparison
+
+        err.print(describe_comparison(read_json(path.with_name("report.json"))["control"]), highlight=False)
     err.print(f"[bold green]report[/]: [bold]{path}[/]")
     print(path)
 
@@ -548,6 +558,7 @@ def refine_cmd(
     tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
     tasks: Optional[str] = typer.Option(None, help="Only the feedback on these tasks: MBPP split or id ranges (e.g. train, 311-400)."),
     seed: int = typer.Option(0, help="Seed for the few-shot examples' choice, the shuffled control and sampling."),
+    policy: Optional[str] = typer.Option(None, help="--control: π_θ, the model sampled again (default: the bundled model)."),
     rf: dict = None,
 ):
     """x1 ~ π_Refine(t, x0, f): sample refinements of failing programs given their feedback.
@@ -555,8 +566,10 @@ def refine_cmd(
     Few-shot (--mode fewshot: --shots human triples of MBPP_Refine in front) or a fine-tuned
     π_Refine (--mode finetune --model DIR, trained with `ilf finetune --data surge --kind refine`).
     --shuffled-n K also writes Table 2's control to OUTPUT_shuffled.jsonl (each x0 with another
-    task's feedback). Then `ilf evaluate OUTPUT` and `ilf report OUTPUT_results.jsonl`.
-    Example: ilf refine runs/demo/r1/feedback.jsonl --output refinements.jsonl
+    task's feedback). --control (the default) also samples π_θ again on the same tasks with the
+    same budget into OUTPUT_control.jsonl: the cheapest thing a user could do instead. Then
+    `ilf evaluate` both and `ilf report OUTPUT_results.jsonl --control OUTPUT_control_results.jsonl`.
+    Example: ilf refine runs/demo/r1/feedback.jsonl --output refinements.jsonl --interface regenerate
     """
     from ilf.refine import refine_command
 
@@ -572,6 +585,7 @@ def refine_cmd(
         tasks_file=tasks_file,
         only_tasks=tasks,
         seed=seed,
+        policy=policy,
         console=err,
     )
 

@@ -24,6 +24,7 @@ from ilf.settings import SettingError, check, override, setting
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
+REFINE_INTERFACES = ("paper", "chat", "regenerate")  # ilf.refine.build_prompt
 METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft")
 TRAINED_METHODS = tuple(m for m in METHODS if m != "zero-shot")
 
@@ -72,7 +73,9 @@ class ModelConfig:
 class SampleConfig(Sampling):
     """x0 ~ π_θ on the tasks that get feedback (not used with feedback.source = authors)."""
 
-    n: int = override(Sampling, "n", 30, "Samples per task (the paper: 30).")
+    n: int = override(
+        Sampling, "n", 30, "Samples per task; also the unsolved pool's n (only_unsolved: no right sample among them; the paper: 30)."
+    )
 
 
 @dataclass
@@ -122,6 +125,15 @@ class RefineConfig(Sampling):
     )
     # Table 2's control: if π_Refine repairs as often with unrelated feedback, it is not using the feedback.
     shuffled_n: int = setting(0, "Refinements per x0 sampled with ANOTHER task's feedback (0 = no control).", ge=0)
+    interface: str = setting(
+        "paper",
+        "paper: OLD CODE / FEEDBACK / REFINEMENT text | chat: the model's chat template, x0 and f in the user turn | "
+        "regenerate: chat template, the task and f as a reviewer's advice, x0 not shown.",
+        choices=REFINE_INTERFACES,
+    )
+    refuse_copies: bool = setting(False, "A refinement identical to x0 (same syntax tree) is refused, counted, and drawn again.")
+    # The decisive control: are the repairs programs π_θ would not have written by sampling again?
+    control: bool = setting(True, "Also sample π_θ again on the same tasks with the same budget, no x0 or feedback, and compare.")
 
     def __post_init__(self):
         super().__post_init__()

@@ -60,7 +60,7 @@ def ilf_pairs(
     by_task: dict[Any, list[dict]] = defaultdict(list)
     passing_tasks, n_dropped = set(), 0
     for r in results:
-        if not r.get("passed"):
+        if not r.get("passed") or r.get("refused"):
             continue
         passing_tasks.add(r["task_id"])
         if r.get("edit_distance") is not None and r["edit_distance"] > max_edit_distance:

@@ -64,6 +64,16 @@ def feedback_params(fc: FeedbackConfig, method: str = "") -> dict:
     return d
 
 
+def refine_key(rc) -> dict:
+    """[refine] as the refine stages' fingerprint: without `control` (it has its own stage) and
+    without later settings left at their defaults, so runs made before them still resume."""
+    key = {k: v for k, v in asdict(rc).items() if k != "control"}
+    for name, default in (("interface", "paper"), ("refuse_copies", False)):
+        if key.get(name) == default:
+            key.pop(name)
+    return key
+
+
 def code_version() -> str:
     try:
         rev = subprocess.run(
@@ -346,7 +356,7 @@ class Run:
         self.stage(
             f"r{r}/refine",
             lambda: self.refine_samples(feedback, refiner, raw),
-            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
+            params={"refine": refine_key(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
             inputs=[fb_path],
             outputs=[raw],
         )
@@ -354,6 +364,9 @@ class Run:
         self.eval_stage(f"r{r}/eval-refine", raw, refined)
         if cfg.refine.shuffled_n:
             self.shuffled_control(r, rd, feedback, refiner)
+        control = rd / "control_results.jsonl"
+        if cfg.refine.control:
+            self.resample_control(r, rd, feedback, model)
         pairs_path = rd / "train_pairs.jsonl"
 
         def select():
@@ -369,14 +382,19 @@ class Run:
             pairs = ilf_pairs(results, self.tasks(), seed=cfg.seed + r, max_edit_distance=cfg.refine.max_edit_distance, dropped=dropped)
             summary = refine_summary(results, cfg.refine.n)
             summary.update(max_edit_distance=cfg.refine.max_edit_distance, **dropped, train_pairs=len(pairs))
+            if cfg.refine.control:
+                from ilf.refine import control_comparison
+
+                summary["control"] = control_comparison(results, load_jsonl(control), cfg.report.bootstrap or None, 0)
             write_json(rd / "refine_summary.json", summary)
             write_jsonl(pairs_path, pairs)
 
         self.stage(
             f"r{r}/select",
             select,
-            params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed, "measure": "bounded"},
-            inputs=[refined],
+            params={"max_edit_distance": cfg.refine.max_edit_distance, "seed": cfg.seed, "measure": "bounded"}
+            | ({"control": True} if cfg.refine.control else {}),
+            inputs=[refined] + ([control] if cfg.refine.control else []),
             outputs=[pairs_path, rd / "refine_summary.json"],
         )
         pairs = load_jsonl(pairs_path)
@@ -385,6 +403,10 @@ class Run:
             f"π_Refine: {summary.get('num_feedback', 0)} (x0, f) pairs, pass@1 {summary.get('pass@1', 0):.3f}, "
             f"1+ correct {summary.get('one_plus_correct', 0):.3f}; R has {len(pairs)} programs"
         )
+        if "control" in summary:
+            from ilf.refine import describe_comparison
+
+            console.print(describe_comparison(summary["control"]), highlight=False)
         if not pairs:
             console.print(
                 f"[yellow]R is empty[/]: π_Refine repaired none of the {summary.get('num_feedback', 0)} (x0, f) pairs of "
@@ -592,11 +614,36 @@ class Run:
         self.stage(
             f"r{r}/refine-shuffled",
             lambda: self.refine_samples(shuffled, refiner, raw, n=cfg.refine.shuffled_n),
-            params={"refine": asdict(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
+            params={"refine": refine_key(cfg.refine), "refiner": refiner, "seed": cfg.seed, "engine": self.engine_label()},
             inputs=[rd / "feedback.jsonl"],
             outputs=[raw],
         )
         self.eval_stage(f"r{r}/eval-refine-shuffled", raw, rd / "refinements_shuffled.jsonl")
+
+    def resample_control(self, r: int, rd: Path, feedback: list[dict], model: str) -> None:
+        """The decisive control: π_θ sampled again on the feedback's tasks with π_Refine's budget,
+        no x0, no feedback (ilf.refine.resample_control); compared with R's source in r<N>/select."""
+        from ilf.refine import refine_params, resample_control
+
+        cfg = self.cfg
+        raw = rd / "control_samples.jsonl"
+        params = refine_params(cfg.refine, cfg.seed + r)
+        self.stage(
+            f"r{r}/control",
+            lambda: resample_control(
+                feedback, self.tasks(), lambda: self.engine(model), params, raw, model_name=str(model), engine_name=self.engine_label()
+            ),
+            params={
+                "n": cfg.refine.n,
+                "model": str(model),
+                "seed": params.seed,
+                "engine": self.engine_label(),
+                **self._model_key(model)[0],
+            },
+            inputs=[rd / "feedback.jsonl"],
+            outputs=[raw],
+        )
+        self.eval_stage(f"r{r}/eval-control", raw, rd / "control_results.jsonl")
 
     def refine_samples(self, feedback: list[dict], refiner: str, out: Path, n: int | None = None) -> None:
         from ilf.refine import refine
@@ -614,6 +661,7 @@ class Run:
             n=n,
             console=console,
             protocol={"model": str(refiner), "engine": self.engine_label(), "dataset": "mbpp"},
+            refiner=refiner,
         )
 
     def finetune_stage(self, name: str, base: str, pairs: Path, out: Path, tc: FinetuneConfig, seed_offset: int = 0) -> None:

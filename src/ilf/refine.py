@@ -14,10 +14,21 @@ The input is the paper's format (`ilf.tasks.refinement_prompt`):
 used either few-shot (k human triples of OTHER tasks in front) or with a model fine-tuned on such
 triples (`refine.mode = finetune`). n refinements are sampled per (x0, f), each is EVALed, and one
 passing refinement per task is picked at random (seeded) into the training set R, as the paper does.
+
+Two more interfaces use the model's chat template (`refine.interface`): `chat` shows x0 and f in the
+user turn; `regenerate` shows the task and f as a reviewer's advice and not x0, so the model has no
+copy to anchor to and the program it writes stays its own. In both the assistant turn starts with
+the task prompt, so a refinement continues `task.prompt` exactly as π_θ's samples do.
+
+The control every π_Refine result is read against (`resample_control`, `control_comparison`): π_θ
+sampled again on the same tasks with the same number of samples, no x0 and no feedback. A repair
+is ILF's signal only where resampling would not have found a passing program.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -53,6 +64,61 @@ def body_after_prompt(program: str, prompt: str) -> str:
     if head and i >= 0:
         return program[i + len(head) :].lstrip("\n")
     return program
+
+
+def _syntax(program: str) -> str:
+    try:
+        return ast.dump(ast.parse(normalize_newlines(program)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return " ".join(normalize_newlines(program).split())
+
+
+def same_program(x0: str, x1: str) -> bool:
+    """x1 is x0 again: the same syntax tree (comments, blank lines and spacing do not count)."""
+    return _syntax(x0) == _syntax(x1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts: the paper's text format, or the model's chat template
+
+CHAT_REPAIR = (
+    "This Python function fails its tests:\n\n```python\n{old_code}\n```\n\nFeedback on it:\n{feedback}\n\nWrite the corrected function."
+)
+CHAT_REGENERATE = (
+    "Write this Python function:\n\n```python\n{prompt}```\n\nA reviewer who saw an earlier, wrong attempt at it advises:\n{feedback}"
+)
+# The assistant turn starts with the task prompt, so the model continues it as π_θ does.
+ASSISTANT_START = "```python\n{prompt}"
+
+
+def chat_formatter(model: Any) -> Callable[[str, str], str]:
+    """(user text, assistant start) -> the prompt string in `model`'s chat template."""
+    from transformers import AutoTokenizer
+
+    from ilf.models import resolve_model
+
+    resolved = resolve_model(model)
+    tok = AutoTokenizer.from_pretrained(str(resolved.hf_dir))
+    if not getattr(tok, "chat_template", None):
+        raise IlfError(f"{resolved.name}: refine.interface chat/regenerate needs a model with a chat template; use interface = paper")
+
+    def fmt(user: str, start: str) -> str:
+        text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        return text + start
+
+    return fmt
+
+
+def interface_prompt(fb: dict[str, Any], task: Task, interface: str, chat: Callable[[str, str], str]) -> str:
+    """The chat or regenerate prompt of one (x0, f)."""
+    feedback = normalize_newlines(fb["feedback"]).strip()
+    if interface == "chat":
+        user = CHAT_REPAIR.format(old_code=normalize_newlines(fb["program"]).rstrip(), feedback=feedback)
+    elif interface == "regenerate":
+        user = CHAT_REGENERATE.format(prompt=task.prompt, feedback=feedback)
+    else:
+        raise IlfError(f"refine.interface {interface!r}: expected chat or regenerate here")
+    return chat(user, ASSISTANT_START.format(prompt=task.prompt))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +166,13 @@ def shuffled_feedback(feedback: Sequence[dict[str, Any]], seed: int = 0) -> list
 # Sampling refinements (resumable per feedback record)
 
 
+MAX_REDRAWS = 3  # with refuse_copies: extra draws per (x0, f) before it keeps fewer than n refinements
+
+
+def _redraw_seed(seed: int, attempt: int) -> int:
+    return seed + 1_000_003 * attempt
+
+
 def sample_refinements(
     feedback: Sequence[dict[str, Any]],
     tasks: TaskSet,
@@ -111,7 +184,10 @@ def sample_refinements(
     example_tasks: TaskSet | dict | None = None,
     shots: int = 0,
     seed: int = 0,
-    chunk: int = 16,  # prompts per engine call; records are written per prompt as each finishes
+    interface: str = "paper",
+    chat: Callable[[], Callable[[str, str], str]] | None = None,
+    refuse_copies: bool = False,
+    chunk: int = 16,  # prompts per engine call; records are written per (x0, f) as each finishes
     on_progress: Callable[[int, int], None] | None = None,
     protocol: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
@@ -119,64 +195,113 @@ def sample_refinements(
 
     Records already in `output` (same feedback_id) are kept, so a killed run resumes.
     Returns refinement records: task_id, feedback_id, sample_id, completion, refinement (the whole
-    program EVAL runs), num_tokens, finish_reason, the sampling parameters (temperature, top_p,
-    top_k, max_new_tokens, seed) and `protocol` (e.g. model, engine, refine_mode, shots), so a
-    report names how π_Refine was sampled as it does for `ilf sample`'s records.
+    program EVAL runs), num_tokens, finish_reason, copy_of_x0 (same syntax tree as x0), refused
+    (a copy drawn again under refuse_copies: not one of the n), the sampling parameters
+    (temperature, top_p, top_k, max_new_tokens, seed) and `protocol` (e.g. model, engine,
+    refine_mode, shots, interface), so a report names how π_Refine was sampled.
+    `chat` loads the chat-template formatter (`chat_formatter`) for interface chat/regenerate.
     """
     from ilf.extraction import extract_program
+    from ilf.jsonl import write_jsonl
+    from ilf.sampling import params_fields
 
     output = Path(output)
     done: dict[str, list[dict]] = defaultdict(list)
     if output.exists():
         for rec in load_jsonl(output, allow_torn_tail=True):
             done[rec["feedback_id"]].append(rec)
-    # A feedback record counts as done only with all n refinements written.
-    todo = [fb for fb in feedback if len(done.get(fb["feedback_id"], [])) < params.n]
+    # A feedback record is done once its whole group is written (n, plus refused copies).
+    complete = lambda rs: rs and len(rs) >= rs[0].get("group_size", params.n)  # noqa: E731
+    todo = [fb for fb in feedback if not complete(done.get(fb["feedback_id"]))]
     partial = {fb["feedback_id"] for fb in todo if fb["feedback_id"] in done}
     if partial:  # drop partially written groups (a kill between lines): rewrite them whole
-        keep = [r for fid, rs in done.items() if fid not in partial for r in rs]
-        from ilf.jsonl import write_jsonl
-
-        write_jsonl(output, keep)
+        write_jsonl(output, [r for fid, rs in done.items() if fid not in partial for r in rs])
     finished = len(feedback) - len(todo)
     if on_progress:
         on_progress(finished, len(feedback))
-    from ilf.sampling import params_fields
-
     sampled = {**(protocol or {}), **params_fields(params)}
     if todo and not hasattr(engine, "generate"):
         engine = engine()  # a loader: the model loads only when something is left to sample
+    fmt = None
+    if todo and interface != "paper":
+        if chat is None:
+            raise IlfError(f"refine.interface {interface}: no chat template given")
+        fmt = chat()  # a loader: the tokenizer loads only when something is left to sample
+
+    def prompt_of(fb: dict[str, Any]) -> str:
+        task = tasks[fb["task_id"]]
+        if interface == "paper":
+            return build_prompt(fb, task, examples, example_tasks or tasks, shots, seed)
+        return interface_prompt(fb, task, interface, fmt)
+
+    def record(fb: dict[str, Any], c, j: int, refused: bool, copy: bool, program: str) -> dict[str, Any]:
+        task = tasks[fb["task_id"]]
+        return {
+            "task_id": fb["task_id"],
+            "feedback_id": fb["feedback_id"],
+            "x0_sample_id": fb.get("sample_id"),
+            "sample_id": j,
+            "completion": c.text,
+            "refinement": program,
+            "program": program,
+            "num_tokens": c.num_tokens,
+            "finish_reason": c.finish_reason,
+            "edit_distance": edit_distance(fb["program"], program, task.prompt),
+            "copy_of_x0": copy,
+            "refused": refused,
+            **sampled,
+        }
+
     with Appender(output) as out:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
-            prompts = [build_prompt(fb, tasks[fb["task_id"]], examples, example_tasks or tasks, shots, seed) for fb in batch]
+            prompts = [prompt_of(fb) for fb in batch]
+            drawn: list[list[tuple[Any, str, bool]]] = [[] for _ in batch]  # (completion, program, copy)
 
-            def written(i: int, completions, batch=batch) -> None:
-                fb = batch[i]
-                task = tasks[fb["task_id"]]
-                for j, c in enumerate(completions):
+            def take(i: int, completions, batch=batch, drawn=drawn) -> None:
+                task = tasks[batch[i]["task_id"]]
+                for c in completions:
                     program = extract_program(task, c.text)
-                    out.write(
-                        {
-                            "task_id": fb["task_id"],
-                            "feedback_id": fb["feedback_id"],
-                            "x0_sample_id": fb.get("sample_id"),
-                            "sample_id": j,
-                            "completion": c.text,
-                            "refinement": program,
-                            "program": program,
-                            "num_tokens": c.num_tokens,
-                            "finish_reason": c.finish_reason,
-                            "edit_distance": edit_distance(fb["program"], program, task.prompt),
-                            **sampled,
-                        }
-                    )
+                    drawn[i].append((c, program, same_program(batch[i]["program"], program)))
+
+            def flush(i: int, batch=batch, drawn=drawn) -> None:
+                fb, group = batch[i], drawn[i]
+                kept = 0
+                recs = []
+                for j, (c, program, copy) in enumerate(group):
+                    refused = refuse_copies and (copy or kept >= params.n)
+                    kept += not refused
+                    recs.append(record(fb, c, j, refused, copy, program))
+                for r in recs:
+                    r["group_size"] = len(recs)
+                    out.write(r)
                 nonlocal finished
                 finished += 1
                 if on_progress:
                     on_progress(finished, len(feedback))
 
-            engine.generate(prompts, params, progress=written)
+            def first(i: int, completions, batch=batch) -> None:
+                take(i, completions)
+                if not refuse_copies:
+                    flush(i)
+
+            engine.generate(prompts, params, progress=first)
+            if not refuse_copies:
+                continue
+            for attempt in range(1, MAX_REDRAWS + 1):
+                kept = [sum(not copy for _, _, copy in g) for g in drawn]
+                need = {i: params.n - k for i, k in enumerate(kept) if k < params.n}
+                if not need:
+                    break
+                for k in sorted(set(need.values())):
+                    idx = [i for i, v in need.items() if v == k]
+                    outs = engine.generate(
+                        [prompts[i] for i in idx], dataclasses.replace(params, n=k, seed=_redraw_seed(params.seed, attempt))
+                    )
+                    for i, completions in zip(idx, outs):
+                        take(i, completions)
+            for i in range(len(batch)):
+                flush(i)
     order = {fb["feedback_id"]: i for i, fb in enumerate(feedback)}
     recs = [r for r in load_jsonl(output) if r["feedback_id"] in order]
     recs.sort(key=lambda r: (order[r["feedback_id"]], r["sample_id"]))
@@ -216,16 +341,18 @@ def refine(
     n: int | None = None,
     console=None,
     protocol: dict[str, Any] | None = None,
+    refiner: Any = None,
 ) -> list[dict[str, Any]]:
     """x1 ~ π_Refine(t, x0, f) for every feedback record, with a progress bar: the one implementation
-    behind `ilf refine` and the pipeline's refine stages. Few-shot (cfg.mode = fewshot) puts cfg.shots
-    of `examples` (human triples of other tasks) in front; a fine-tuned π_Refine gets the bare prompt.
+    behind `ilf refine` and the pipeline's refine stages. Few-shot (cfg.mode = fewshot, interface
+    paper) puts cfg.shots of `examples` (human triples of other tasks) in front; a fine-tuned
+    π_Refine gets the bare prompt; interface chat/regenerate uses `refiner`'s chat template.
     `engine` is an engine or a loader called only if something is left to sample (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ilf.progress import LogProgress
 
-    fewshot = cfg.mode == "fewshot" and cfg.shots > 0
+    fewshot = cfg.mode == "fewshot" and cfg.shots > 0 and cfg.interface == "paper"
     with LogProgress(
         TextColumn("π_Refine"),
         BarColumn(),
@@ -246,8 +373,16 @@ def refine(
             example_tasks=example_tasks or tasks,
             shots=cfg.shots if fewshot else 0,
             seed=seed,
+            interface=cfg.interface,
+            chat=lambda: chat_formatter(refiner),
+            refuse_copies=cfg.refuse_copies,
             on_progress=lambda done, total: bar.update(t, completed=done, total=total),
-            protocol={**(protocol or {}), "refine_mode": cfg.mode, "shots": cfg.shots if fewshot else 0},
+            protocol={
+                **(protocol or {}),
+                "refine_mode": cfg.mode,
+                "shots": cfg.shots if fewshot else 0,
+                **({"interface": cfg.interface} if cfg.interface != "paper" else {}),
+            },
         )
 
 
@@ -256,17 +391,25 @@ def refine(
 
 
 def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
-    """π_Refine's pass rates (the paper's Table 3 analog) over (x0, f) pairs."""
+    """π_Refine's pass rates (the paper's Table 3 analog) over (x0, f) pairs. Refinements refused
+    as copies of x0 are not among them; `copies_of_x0` counts every copy, refused or kept."""
     from ilf.evaluation import estimate_pass_at_k
 
     groups: dict[str, list[bool]] = defaultdict(list)
     task_of: dict[str, Any] = {}
+    copies = refused = 0
     for r in results:
+        copies += bool(r.get("copy_of_x0"))
+        if r.get("refused"):
+            refused += 1
+            continue
         groups[r["feedback_id"]].append(bool(r.get("passed")))
         task_of[r["feedback_id"]] = r["task_id"]
     ns = [len(v) for v in groups.values()]
     cs = [sum(v) for v in groups.values()]
-    out: dict[str, Any] = {"num_feedback": len(groups), "n": n}
+    out: dict[str, Any] = {"num_feedback": len(groups), "n": n, "copies_of_x0": copies, "copies_refused": refused}
+    if results:
+        out["copy_share"] = copies / len(results)
     if groups:
         for k in sorted({1, 5, 10, n}):
             if k <= min(ns):
@@ -275,6 +418,90 @@ def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
         out["num_tasks_solved"] = len({task_of[f] for f, v in groups.items() if any(v)})
     out["per_feedback"] = {fid: {"task_id": task_of[fid], "n": len(v), "c": sum(v)} for fid, v in groups.items()}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The control: π_θ sampled again with the same budget, no x0, no feedback
+
+CONTROL_SEED_SALT = 7919  # the control's sampling seed is seed + this: draws independent of x0's
+
+
+def control_budget(feedback: Sequence[dict[str, Any]], n: int) -> dict[Any, int]:
+    """Samples of π_θ per task that match π_Refine's: n per (x0, f) of the task."""
+    budget: dict[Any, int] = defaultdict(int)
+    for fb in feedback:
+        budget[fb["task_id"]] += n
+    return dict(budget)
+
+
+def resample_control(feedback: Sequence[dict[str, Any]], tasks: TaskSet, engine, params, output: str | Path, **kw) -> list[dict]:
+    """π_θ sampled again on the feedback's tasks with π_Refine's budget (the largest per task;
+    `control_comparison` takes each task's own), the task prompt alone, a seed of its own."""
+    from ilf.sampling import sample
+
+    budget = control_budget(feedback, params.n)
+    todo = [tasks[t] for t in budget]
+    n = max(budget.values(), default=params.n)
+    return sample(todo, engine, dataclasses.replace(params, n=n, seed=params.seed + CONTROL_SEED_SALT, stop=[]), output, **kw)
+
+
+def control_comparison(
+    refined: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], resamples: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """π_Refine against π_θ sampled again, task by task with the same number of samples (the
+    control's first samples of each task). pass@1 and tasks solved for both; `beyond`: tasks the
+    refinements solved and resampling did not (ILF's whole signal); paired bootstrap CIs over tasks."""
+    import numpy as np
+
+    from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, bootstrap_indices
+
+    ref: dict[Any, list[bool]] = defaultdict(list)
+    for r in refined:
+        if not r.get("refused"):
+            ref[r["task_id"]].append(bool(r.get("passed")))
+    ctl: dict[Any, list[tuple[int, bool]]] = defaultdict(list)
+    for r in control:
+        ctl[r["task_id"]].append((int(r.get("sample_id", 0)), bool(r.get("passed"))))
+    ids = [t for t in ref if ref[t] and t in ctl]
+    if not ids:
+        return {"tasks": 0}
+    a = np.array([sum(ref[t]) / len(ref[t]) for t in ids])
+    ctl_used = {t: [p for _, p in sorted(ctl[t])[: len(ref[t])]] for t in ids}
+    b = np.array([sum(v) / len(v) for v in (ctl_used[t] for t in ids)])
+    sa, sb = a > 0, b > 0
+    idx = bootstrap_indices(len(ids), resamples or BOOTSTRAP_RESAMPLES, seed)
+    beyond = (sa & ~sb).astype(float)
+    lo, hi = bootstrap_ci(a - b, indices=idx)
+    blo, bhi = bootstrap_ci(beyond, indices=idx)
+    return {
+        "tasks": len(ids),
+        "samples_per_task": int(np.median([len(ref[t]) for t in ids])),
+        "pass@1": float(a.mean()),
+        "control_pass@1": float(b.mean()),
+        "delta_pass@1": float((a - b).mean()),
+        "delta_pass@1_ci": [lo, hi],
+        "solved": int(sa.sum()),
+        "control_solved": int(sb.sum()),
+        "beyond": int((sa & ~sb).sum()),
+        "beyond_ci": [blo * len(ids), bhi * len(ids)],
+        "missed": int((sb & ~sa).sum()),
+        "beyond_tasks": [t for t, x, y in zip(ids, sa, sb) if x and not y],
+    }
+
+
+def describe_comparison(c: dict[str, Any]) -> str:
+    """One line a reader of an ILF result asks for first."""
+    if not c.get("tasks"):
+        return "control: no task with both refinements and control samples"
+    lo, hi = c["delta_pass@1_ci"]
+    blo, bhi = c["beyond_ci"]
+    return (
+        f"π_Refine vs π_θ sampled again ({c['tasks']} tasks, {c['samples_per_task']} samples each): pass@1 "
+        f"{100 * c['pass@1']:.1f} vs {100 * c['control_pass@1']:.1f} "
+        f"(Δ {100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]); "
+        f"tasks solved {c['solved']} vs {c['control_solved']}; solved only by π_Refine {c['beyond']} [{blo:.0f}, {bhi:.0f}], "
+        f"only by resampling {c['missed']}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +532,20 @@ def read_feedback(path: str | Path, tasks: TaskSet) -> list[dict[str, Any]]:
         out.append(rec)
     if not out:
         raise IlfError(f"{path}: no feedback records")
-    return out
+    from ilf.feedback.llm import without_leaks
+
+    kept, dropped = without_leaks(out)
+    if dropped:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"{path}: {sum(dropped.values())} of {len(out)} feedback records dropped by the leak guard "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(dropped.items()))}): written with the reference shown, they hold its code",
+            highlight=False,
+        )
+        if not kept:
+            raise IlfError(f"{path}: every feedback record leaks the reference")
+    return kept
 
 
 def refine_command(
@@ -320,10 +560,13 @@ def refine_command(
     tasks_file: str | Path | None = None,
     only_tasks: str | None = None,
     seed: int = 0,
+    policy: str | None = None,
     console=None,
 ) -> dict[str, Path]:
-    """`ilf refine`: cfg.n refinements per feedback record into OUTPUT, and with cfg.shuffled_n the
-    Table 2 control (each x0 with another task's feedback) into OUTPUT's `_shuffled` sibling."""
+    """`ilf refine`: cfg.n refinements per feedback record into OUTPUT; with cfg.shuffled_n the
+    Table 2 control (each x0 with another task's feedback) into OUTPUT's `_shuffled` sibling; with
+    cfg.control π_θ (`policy`, default the bundled model) sampled again with the same budget into
+    OUTPUT's `_control` sibling."""
     from ilf.feedback.annotations import load_human_triples
     from ilf.generation import default_engine, get_engine
     from ilf.jsonl import refuse_overwrite
@@ -343,9 +586,10 @@ def refine_command(
         if not feedback:
             raise IlfError(f"{feedback_path}: no feedback on tasks {only_tasks}")
     output = Path(output)
-    shuffled_out = output.with_name(output.name.removesuffix(".jsonl") + "_shuffled.jsonl")
-    refuse_overwrite(output, feedback_path)
-    refuse_overwrite(shuffled_out, feedback_path)
+    sibling = lambda tag: output.with_name(output.name.removesuffix(".jsonl") + f"_{tag}.jsonl")  # noqa: E731
+    shuffled_out, control_out = sibling("shuffled"), sibling("control")
+    for path in (output, shuffled_out, control_out):
+        refuse_overwrite(path, feedback_path)
     examples, example_tasks = [], None
     if cfg.mode == "fewshot" and cfg.shots:
         wanted = parse_ranges(cfg.examples_tasks)
@@ -357,12 +601,15 @@ def refine_command(
     from ilf.generation.weights import engine_label
 
     protocol = {"model": model.name, "engine": engine_label(name, weights), "dataset": dataset}
-    eng: list = []
+    eng: dict = {}
 
-    def engine():  # loaded once, and only if something is left to sample
-        if not eng:
-            eng.append(get_engine(name, model, **kw))
-        return eng[0]
+    def engine(which=model):  # loaded once, and only if something is left to sample; one at a time
+        if which.hf_dir not in eng:
+            for e in eng.values():
+                e.close()
+            eng.clear()
+            eng[which.hf_dir] = get_engine(name, which, **kw)
+        return eng[which.hf_dir]
 
     def run(records, out, n=None):
         return refine(
@@ -377,6 +624,7 @@ def refine_command(
             n=n,
             console=console,
             protocol=protocol,
+            refiner=model,
         )
 
     written = {"refinements": output}
@@ -388,11 +636,30 @@ def refine_command(
             written["shuffled"] = shuffled_out
         elif cfg.shuffled_n and console:
             console.print("[yellow]warning[/]: the shuffled-feedback control needs feedback on 2+ tasks; skipped")
+        if cfg.control:
+            pi = resolve_model(policy or None)
+            resample_control(
+                feedback,
+                tasks,
+                lambda: engine(pi),
+                refine_params(cfg, seed),
+                control_out,
+                model_name=pi.name,
+                engine_name=protocol["engine"],
+            )
+            written["control"] = control_out
     finally:
-        for e in eng:
+        for e in eng.values():
             e.close()
     if console:
         console.print(f"{len(recs)} refinements of {len(feedback)} (x0, f) pairs -> {output}", highlight=False)
+        if cfg.control:
+            console.print(
+                f"π_θ ({pi.name}) sampled again with the same budget -> {control_out}; compare after EVAL with "
+                f"`ilf evaluate` on both and `ilf report {output.name.removesuffix('.jsonl')}_results.jsonl "
+                f"--control {control_out.name.removesuffix('.jsonl')}_results.jsonl`",
+                highlight=False,
+            )
     return written
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ilf.errors import IlfError
@@ -52,6 +53,42 @@ REFINEMENT_MAX_TOKENS = 384
 # Few-shot examples longer than this (program + feedback + refinement, characters) are not used:
 # they would crowd a small model's context.
 MAX_EXAMPLE_CHARS = 2500
+
+
+# The leak guard for feedback written with the reference shown: feedback that holds code, or a run
+# of LEAK_NGRAM tokens of the reference, would hand π_Refine the answer instead of advice.
+LEAK_NGRAM = 8
+_CODE = re.compile(
+    r"```|^\s*(def|class|import|from|return|for|while|if)\b.*[:(]|\bdef \w+\s*\(|\blambda\b[^:]*:"
+    r"|\b\w+(\[[^\]]*\])?\s*(=|\+=|-=)\s*[\w(\[{'\"]",
+    re.M,
+)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def feedback_leak(feedback: str, reference: str | None) -> str | None:
+    """'code' if the feedback holds code, 'reference' if it quotes LEAK_NGRAM tokens of the
+    reference in a row, else None."""
+    if _CODE.search(feedback or ""):
+        return "code"
+    if reference:
+        ref = _TOKEN.findall(reference)
+        grams = {tuple(ref[i : i + LEAK_NGRAM]) for i in range(len(ref) - LEAK_NGRAM + 1)}
+        fb = _TOKEN.findall(feedback or "")
+        if any(tuple(fb[i : i + LEAK_NGRAM]) in grams for i in range(len(fb) - LEAK_NGRAM + 1)):
+            return "reference"
+    return None
+
+
+def without_leaks(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """The feedback records to refine, and the leaked ones dropped, counted by reason."""
+    kept, dropped = [], {}
+    for r in records:
+        if r.get("leak"):
+            dropped[r["leak"]] = dropped.get(r["leak"], 0) + 1
+        else:
+            kept.append(r)
+    return kept, dropped
 
 
 def _tests_text(task: Any) -> str:
@@ -294,6 +331,7 @@ def generate_llm_feedback(
                 "k_shot": k_shot,
                 "draw": j,
                 "reference_shown": reference,
+                "leak": feedback_leak(feedbacks[e], getattr(task, "gold", None)) if reference else None,
                 "example_ids": [e.get("feedback_id", e["task_id"]) for e in chosen[id(r)]],
             }
         )

@@ -123,12 +123,26 @@ def compare_runs(
 
 
 def write_results_report(
-    results: str | os.PathLike, output_dir: str | os.PathLike | None = None, resamples: Optional[int] = None, seed: Optional[int] = None
+    results: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    resamples: Optional[int] = None,
+    seed: Optional[int] = None,
+    control: str | os.PathLike | None = None,
 ) -> Path:
     """report.md (+ report.json, pass@k curve) of one `ilf evaluate` results file, in
-    OUTPUT_DIR (default: <results name>_report beside it); returns the report.md path."""
+    OUTPUT_DIR (default: <results name>_report beside it); returns the report.md path.
+    control: for π_Refine's results, the results of π_θ sampled again (`ilf refine --control`):
+    the report then compares the two task by task with the same budget."""
     results = Path(results)
     a = analyze_results(results, resamples, seed)
+    if control is not None:
+        from ilf.jsonl import load_jsonl, stored
+        from ilf.refine import control_comparison
+
+        refined = load_jsonl(stored(results))
+        if not any("feedback_id" in r for r in refined):
+            raise IlfError(f"{results}: --control compares π_Refine's results (records with feedback_id); these are not")
+        a["control"] = control_comparison(refined, load_jsonl(stored(control)), resamples, seed or 0)
     name = results.name.removesuffix(".gz").removesuffix(".jsonl")
     out = Path(output_dir) if output_dir else results.with_name(f"{name}_report")
     out.mkdir(parents=True, exist_ok=True)

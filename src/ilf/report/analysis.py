@@ -58,6 +58,8 @@ def _count_passes(path: Path, group: Sequence[str] = ("task_id",)) -> dict[str, 
     """{group key: [n, c]} from a results-like JSONL (fields in `group` + boolean `passed`)."""
     counts: dict[str, list[int]] = {}
     for line, rec in read_jsonl(path, allow_torn_tail=True):
+        if rec.get("refused"):  # a copy of x0 drawn again (refine.refuse_copies): not one of the n
+            continue
         parts = [tid_text(require(rec, f, (str, int), path, line)) for f in group]
         passed = require(rec, "passed", bool, path, line)
         key = "/".join(parts) if len(parts) > 1 else parts[0]
@@ -300,6 +302,9 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
             row["x0_samples"] = sum(n for n, _ in c0.values())
             row["x0_tasks"] = len(c0)
             row["x0_pass_rate"] = sum(c for _, c in c0.values()) / max(1, row["x0_samples"])
+            from ilf.report.stats import unsolved_pool
+
+            row["unsolved_pool"] = unsolved_pool(list(c0.values()), sorted({1, 2, 5, 10, 20, 30, min(n for n, _ in c0.values())}))
         row["feedback"] = _count_lines(rdir / "feedback.jsonl")
         row["train_pairs"] = _count_lines(rdir / "train_pairs.jsonl")
         if row["train_pairs"] is not None:
@@ -334,6 +339,12 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
         shuffled = rdir / "refinements_shuffled.jsonl"
         if stored(shuffled).is_file():
             row["shuffled"] = _shuffled_control(counts, shuffled, resamples, seed)
+        control = rdir / "control_results.jsonl"
+        if stored(control).is_file():
+            from ilf.jsonl import load_jsonl
+            from ilf.refine import control_comparison
+
+            row["control"] = control_comparison(load_jsonl(stored(refs)), load_jsonl(stored(control)), resamples, seed)
         rounds.append(row)
     return rounds
 

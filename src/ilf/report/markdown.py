@@ -338,6 +338,19 @@ def render_markdown(runs: list[tuple[str, dict]], figures: dict[str, str], title
             "",
         ]
         L += _refine_table(runs, compare) + [""]
+        for label, r in ((label, r) for label, a in runs for r in a["refine"] if r.get("unsolved_pool")):
+            pool = r["unsolved_pool"]
+            L += [
+                f"Round {r['round']}{f' ({label})' if compare else ''}: tasks with no passing x0 among k samples "
+                f"(the paper's pool uses k = 30; sample.n sets it): "
+                + ", ".join(f"k = {k}: {v:.1f}" for k, v in sorted(pool.items(), key=lambda kv: int(kv[0])))
+                + f" of {r['x0_tasks']} tasks.",
+                "",
+            ]
+        for label, r in ((label, r) for label, a in runs for r in a["refine"] if r.get("control")):
+            section = control_section(r["control"])
+            section[0] = f"### Round {r['round']}{f' ({label})' if compare else ''}: π_Refine against π_θ sampled again"
+            L += section
         if "refine_rounds" in figures:
             L += [f"![π_Refine pass rates per round]({figures['refine_rounds']})", ""]
         shuf = [(label, r) for label, a in runs for r in a["refine"] if r.get("shuffled")]
@@ -513,9 +526,40 @@ def render_results(a: dict, figures: dict[str, str], title: str) -> str:
     L += _table(header, rows) + [""]
     L.append("Statuses of all programs: " + ", ".join(f"{k} {v}" for k, v in sorted(a["statuses"].items())) + ".")
     L.append("")
+    if "control" in a:
+        L += control_section(a["control"])
     if "pass_curve" in figures:
         L += [f"![pass@k as a function of k]({figures['pass_curve']})", ""]
     return "\n".join(L) + "\n"
+
+
+def control_section(c: dict) -> list[str]:
+    """π_Refine against π_θ sampled again with the same budget (ilf.refine.control_comparison)."""
+    from ilf.refine import describe_comparison
+
+    L = ["## π_Refine against π_θ sampled again", ""]
+    if not c.get("tasks"):
+        return L + [describe_comparison(c), ""]
+    lo, hi = c["delta_pass@1_ci"]
+    blo, bhi = c["beyond_ci"]
+    header = ["", "pass@1", "tasks solved", "solved only here"]
+    rows = [
+        ["π_Refine (x0 + feedback)", f"{100 * c['pass@1']:.1f}", c["solved"], f"{c['beyond']} [{blo:.0f}, {bhi:.0f}]"],
+        ["π_θ sampled again (no x0, no feedback)", f"{100 * c['control_pass@1']:.1f}", c["control_solved"], c["missed"]],
+        [
+            "Δ (paired over tasks)",
+            f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+            c["solved"] - c["control_solved"],
+            "",
+        ],
+    ]
+    L += _table(header, rows) + [""]
+    L.append(
+        f"{c['tasks']} tasks, {c['samples_per_task']} samples per task on both sides (the control's first samples of each "
+        "task, as many as the refinements). The tasks solved only by π_Refine are what ILF can learn that resampling "
+        "would not give it; brackets are 95% bootstrap CIs over tasks."
+    )
+    return L + [""]
 
 
 def render_results_comparison(

@@ -70,3 +70,13 @@ def estimate(values: np.ndarray, resamples: int, seed: int, indices: Optional[np
         return {"value": math.nan, "lo": math.nan, "hi": math.nan}
     lo, hi = bootstrap_ci(values, resamples, seed, indices=indices)
     return {"value": float(np.mean(values)), "lo": lo, "hi": hi}
+
+
+def unsolved_pool(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[int, float]:
+    """Expected number of tasks with no passing program among k samples, for each k <= the fewest
+    samples of a task (the unbiased estimator behind pass@k): how the paper's "unsolved" pool
+    shrinks as π_θ is sampled more."""
+    if not counts:
+        return {}
+    ns, cs = [n for n, _ in counts], [c for _, c in counts]
+    return {k: float(len(ns) - per_task_pass_at_k(ns, cs, k).sum()) for k in ks if k <= min(ns)}
