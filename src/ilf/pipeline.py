@@ -554,10 +554,10 @@ class Run:
 
             return trace_feedback_records(failing, tasks, id_prefix=f"trace-r{r}")
         if cfg.source == "llm":
-            from ilf.feedback.llm import write_llm_feedback
+            from ilf.feedback.llm import without_leaks, write_llm_feedback
 
             llm = cfg.llm_model or model
-            return write_llm_feedback(
+            written = write_llm_feedback(
                 failing,
                 tasks,
                 lambda: self.engine(llm, cfg.llm_engine or None),
@@ -568,6 +568,13 @@ class Run:
                 seed=self.cfg.seed,
                 model_name=str(llm),
             )
+            kept, dropped = without_leaks(written)
+            if dropped:
+                console.print(
+                    f"leak guard: {sum(dropped.values())} of {len(written)} feedback texts dropped "
+                    f"({', '.join(f'{v} {k}' for k, v in sorted(dropped.items()))}; all kept in {rd / 'feedback_llm.jsonl'})"
+                )
+            return kept
         # human: annotations collected with `ilf annotate RUN_DIR`
         from ilf.feedback.store import FeedbackStore
 

@@ -1,0 +1,76 @@
+"""results/refiners: the table of π_Refine × feedback × interface against π_θ sampled again.
+
+Reads the raw files (RAW = results/refiners/raw by default, or a run directory of run.sh) and prints
+the Markdown table of README.md, one row per refiner, each compared with the same control (π_θ
+sampled again on the same tasks with the same budget) by ilf.refine.control_comparison:
+
+    python results/refiners/table.py [RAW]
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from ilf.feedback.llm import without_leaks
+from ilf.jsonl import load_jsonl, stored
+from ilf.refine import control_comparison, refine_summary
+
+HERE = Path(__file__).resolve().parent
+ROWS = [  # (directory, refiner, feedback, interface)
+    ("paper-trace", "0.5B, 2 human shots", "execution trace", "paper"),
+    ("chat-trace-refuse", "0.5B", "execution trace", "chat, copies refused"),
+    ("regenerate-none", "0.5B", "none (\"it fails its tests\")", "regenerate"),
+    ("regenerate-trace", "0.5B", "execution trace", "regenerate"),
+    ("regenerate-ref15", "0.5B", "1.5B shown the reference", "regenerate"),
+    ("chat-ref15-refuse", "0.5B", "1.5B shown the reference", "chat, copies refused"),
+    ("r15-chat-trace-refuse", "1.5B", "execution trace", "chat, copies refused"),
+]
+CONTROL = "regenerate-trace/refinements_control_results.jsonl"
+
+
+def wall_seconds(raw: Path) -> dict[str, int]:
+    """Sampling seconds per row, from run.sh's log ('sampled NAME in S s')."""
+    log = raw / "log.txt"
+    if not stored(log).exists():
+        return {}
+    return {m[1]: int(m[2]) for m in re.finditer(r"sampled (\S+) in (\d+) s", log.read_text())}
+
+
+def main(raw: Path) -> None:
+    control = load_jsonl(stored(raw / CONTROL))
+    seconds = wall_seconds(raw)
+    print(
+        "| π_Refine | feedback | interface | pass@1 | π_θ again pass@1 | Δ pass@1 [95% CI] | tasks solved | "
+        "solved only by π_Refine [95% CI] | only by π_θ again | copies of x0 | leaks dropped | tokens per refinement | "
+        "sampling s per 100 x0 |"
+    )
+    print("|---|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    for name, refiner, feedback, interface in ROWS:
+        path = raw / name / "refinements_results.jsonl"
+        if not stored(path).exists():
+            print(f"| {refiner} | {feedback} | {interface} | not run |" + " |" * 10)
+            continue
+        recs = load_jsonl(stored(path))
+        s = refine_summary(recs, 5)
+        c = control_comparison(recs, control)
+        lo, hi = c["delta_pass@1_ci"]
+        blo, bhi = c["beyond_ci"]
+        fb_name = {"ref15": "feedback_ref15.jsonl"}.get(name.split("-")[1], "")
+        dropped = sum(without_leaks(load_jsonl(stored(raw / fb_name)))[1].values()) if fb_name else 0
+        tokens = statistics.fmean(r["num_tokens"] for r in recs if not r.get("refused"))
+        num_x0 = len({r["feedback_id"] for r in recs})
+        sec = seconds.get(name)
+        per100 = f"{100 * sec / num_x0:.0f}" if sec else "–"
+        print(
+            f"| {refiner} | {feedback} | {interface} | {100 * c['pass@1']:.1f} | {100 * c['control_pass@1']:.1f} | "
+            f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {c['solved']} / {c['tasks']} | "
+            f"**{c['beyond']}** [{blo:.0f}, {bhi:.0f}] | {c['missed']} | {s['copies_of_x0']} ({100 * s.get('copy_share', 0):.0f}%) | "
+            f"{dropped} | {tokens:.0f} | {per100} |"
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw")
