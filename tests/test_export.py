@@ -180,3 +180,121 @@ def test_export_writes_all_or_nothing_and_takes_a_data_dir(tmp_path, data_dir):
     tree = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
     again = export_run(run, out, model_cards=False, data_dir=data_dir)  # into the same directory: replaced
     assert again == counts and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == tree
+
+
+class _StandInHub:
+    """A local stand-in for the Hugging Face Hub's upload API on 127.0.0.1 (no hub is reachable
+    here): repo creation, README validation, preupload (every file 'regular') and NDJSON commits,
+    whose files it writes under `root/<type>s/<repo>/`. Anything else is a 404 it records."""
+
+    def __init__(self, root: Path):
+        import base64
+        import http.server
+        import threading
+
+        self.root, self.requests, self.unknown = root, [], []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _json(self, obj, code=200):
+                body = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                hub.requests.append((path, self.headers.get("Authorization")))
+                parts = path.strip("/").split("/")
+                if path == "/api/repos/create":
+                    req = json.loads(data)
+                    kind = req.get("type", "model")
+                    repo = f"{req.get('organization') or 'me'}/{req['name']}" if "/" not in req["name"] else req["name"]
+                    (hub.root / f"{kind}s" / repo).mkdir(parents=True, exist_ok=True)
+                    hub.private = req.get("private", req.get("visibility") == "private")
+                    return self._json({"url": f"http://{self.headers['Host']}/{repo}"})
+                if path == "/api/validate-yaml":
+                    return self._json({"errors": [], "warnings": []})
+                if len(parts) == 6 and parts[0] == "api" and parts[4] == "preupload":
+                    files = json.loads(data)["files"]
+                    return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                if len(parts) == 6 and parts[0] == "api" and parts[4] == "commit":
+                    dest = hub.root / parts[1] / parts[2] / parts[3]
+                    for line in data.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            f = dest / item["value"]["path"]
+                            f.parent.mkdir(parents=True, exist_ok=True)
+                            f.write_bytes(base64.b64decode(item["value"]["content"]))
+                    return self._json({"commitUrl": f"http://{self.headers['Host']}/{parts[2]}/{parts[3]}/commit/1", "commitOid": "1" * 40})
+                hub.unknown.append(("POST", path))
+                return self._json({"error": "not in the stand-in"}, 404)
+
+            def do_GET(self):
+                hub.unknown.append(("GET", self.path))
+                return self._json({"error": "not in the stand-in"}, 404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_push_to_hub_uploads_the_data_and_each_model_with_its_card_to_a_local_stand_in_hub(tmp_path, data_dir):
+    import datasets
+    from tiny_models import build_qwen_tiny
+
+    run = make_run(tmp_path, data_dir)
+    build_qwen_tiny(run / "r1" / "model")
+    (run / "r1" / "model" / "checkpoints").mkdir()
+    (run / "r1" / "model" / "checkpoints" / "optimizer.pt").write_bytes(b"big")
+    hub = _StandInHub(tmp_path / "hub")
+    env = {**__import__("os").environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_standin", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "ilf.cli", "export", str(run), "--output", str(tmp_path / "out"), "--data-dir", str(data_dir),
+             "--push-to-hub", "me/ilf-t", "--private"],
+            capture_output=True, text=True, timeout=600, env=env,
+        )  # fmt: skip
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not hub.unknown, hub.unknown
+    assert {a for _, a in hub.requests} == {"Bearer hf_standin"} and hub.private is True
+    data = tmp_path / "hub" / "datasets" / "me" / "ilf-t-data"
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*") if p.is_file()) == [
+        "README.md", "chat.jsonl", "dpo.jsonl", "sft/gold.jsonl", "sft/ilf-r1.jsonl"
+    ]  # fmt: skip
+    # The card's configs make each file a named config of `load_dataset`, read here from the pushed files.
+    card = (data / "README.md").read_text()
+    assert "- config_name: ilf-r1\n  data_files: sft/ilf-r1.jsonl" in card and "| dpo | 2 |" in card
+    sft = datasets.load_dataset(str(data), "ilf-r1", split="train")
+    assert sorted(sft["task_id"]) == TASKS and set(sft.column_names) >= {"prompt", "completion"}
+    model = tmp_path / "hub" / "models" / "me" / "ilf-t-ilf-r1"
+    assert (model / "config.json").exists() and (model / "model.safetensors").exists()
+    assert (model / "README.md").read_text().startswith("---\nlibrary_name: transformers")
+    assert not (model / "checkpoints").exists()  # training state stays home
+    assert "pushed me/ilf-t-data" in proc.stderr and "pushed me/ilf-t-ilf-r1" in proc.stderr
+
+
+def test_push_to_hub_without_a_reachable_hub_is_one_line(tmp_path, data_dir):
+    run = make_run(tmp_path, data_dir)
+    env = {**__import__("os").environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "x", "HF_HUB_ETAG_TIMEOUT": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilf.cli", "export", str(run), "--output", str(tmp_path / "out"), "--data-dir", str(data_dir),
+         "--push-to-hub", "me/ilf-t"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("error: --push-to-hub me/ilf-t:"), proc.stderr
+    args = ["export", str(run), "--output", str(tmp_path / "o2"), "--push-to-hub", "noslash"]
+    proc = subprocess.run([sys.executable, "-m", "ilf.cli", *args], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2 and "expected NAMESPACE/NAME" in proc.stderr and not (tmp_path / "o2").exists()

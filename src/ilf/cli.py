@@ -688,16 +688,29 @@ def export_cmd(
     data_dir: Optional[Path] = typer.Option(
         None, envvar="ILF_DATA_DIR", help="Directory holding the data files (default: the run's data_dir, else ilf's usual places)."
     ),
+    push_to_hub: Optional[str] = typer.Option(
+        None,
+        help="NAMESPACE/NAME: also push the data to the dataset repo NAME-data and each fine-tuned model (with its card) to "
+        "NAME-<method>, through huggingface_hub (token: HF_TOKEN or `hf auth login`; HF_ENDPOINT for another hub).",
+    ),
+    private: bool = typer.Option(False, help="With --push-to-hub: create the repos private."),
+    push_models: bool = typer.Option(True, help="With --push-to-hub: push the fine-tuned models too, not only the data."),
 ):
     """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards.
 
-    Example: ilf export runs/demo --output exports/demo"""
+    Examples: ilf export runs/demo --output exports/demo; ilf export runs/demo --output exports/demo --push-to-hub me/ilf-demo"""
     from ilf.export import export_run
+    from ilf.export import push_to_hub as push
 
-    counts = export_run(run_dir, output, model_cards=model_cards, data_dir=data_dir)
+    if push_to_hub is not None and (push_to_hub.count("/") != 1 or not all(push_to_hub.split("/"))):
+        raise IlfError(f"--push-to-hub {push_to_hub!r}: expected NAMESPACE/NAME")
+    counts = export_run(run_dir, output, model_cards=model_cards or push_to_hub is not None, data_dir=data_dir)
     for k, v in counts.items():
         err.print(f"{k}: {v} record(s)" if k != "model_cards" else f"model cards: {v}")
     err.print(f"-> {output}")
+    if push_to_hub is not None:
+        for repo, url in push(run_dir, output, push_to_hub, private=private, models=push_models).items():
+            err.print(f"pushed {repo}: {url}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,6 +145,23 @@ def _report(run_dir: Path) -> dict | None:
     return runs[0] if runs else None
 
 
+def model_dirs(run_dir: Path) -> list[tuple[Path, str]]:
+    """(directory, method) of every fine-tuned model of a run (`ilf`, `ilf@s1`, `gold`, ...)."""
+    out = []
+    for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
+        if (mdir / "config.json").is_file():
+            seed = mdir.name.partition("@")[2]
+            out.append((mdir, ("ilf" if mdir.parent.name.startswith("r") else mdir.parent.name) + (f"@{seed}" if seed else "")))
+    return out
+
+
+def _repo_suffix(mdir: Path, method: str) -> str:
+    """`ilf-r1`, `ilf-r1-s1`, `gold`, `gold-s1`: unique within a run."""
+    if mdir.parent.name.startswith("r") and mdir.parent.parent.name != "baselines":
+        method = method.replace("ilf", f"ilf-{mdir.parent.name}", 1)
+    return method.replace("@", "-").replace("/", "-")
+
+
 def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True, data_dir: str | Path | None = None) -> dict[str, int]:
     """Write every export of RUN_DIR under OUTPUT; returns counts per export. All or nothing: every
     record is read (and every task found) before anything is written, the exports are built in a
@@ -183,12 +200,72 @@ def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True
         shutil.rmtree(tmp, ignore_errors=True)
     if model_cards:
         report, config = _report(run_dir), read_run_config(run_dir)
-        for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
-            if not (mdir / "config.json").is_file():
-                continue
-            seed = mdir.name.partition("@")[2]
-            method = ("ilf" if mdir.parent.name.startswith("r") else mdir.parent.name) + (f"@{seed}" if seed else "")
+        for mdir, method in model_dirs(run_dir):
             (mdir / "README.md").write_text(model_card(run_dir, mdir, method, report, config), encoding="utf-8")
             counts.setdefault("model_cards", 0)
             counts["model_cards"] += 1
     return counts
+
+
+def dataset_card(run_dir: Path, output: Path, files: list[str]) -> str:
+    """README.md of the exported data on the Hub: one config per file, so `load_dataset(repo, name)` works."""
+    lines = ["---", "tags: [ilf, code, mbpp]", "configs:"]
+    for f in files:
+        name = Path(f).name.removesuffix(".jsonl")
+        lines += [f"- config_name: {name}", f"  data_files: {f}"]
+    lines += [
+        "---",
+        "",
+        f"# {run_dir.name}: ILF training data",
+        "",
+        "Exported by [ilf](https://arxiv.org/abs/2303.16749) (Imitation learning from Language Feedback) with "
+        f"`ilf export {run_dir.name}`. `sft/*`: TRL prompt-completion sets (ILF's R per round and each baseline's); "
+        "`dpo`: prompt/chosen/rejected from π_Refine's passing refinements and their failing x0; `chat`: the exchange as messages.",
+        "",
+        "| config | records |",
+        "|---|---:|",
+    ]
+    lines += [f"| {Path(f).name.removesuffix('.jsonl')} | {sum(1 for _ in open(output / f, encoding='utf-8'))} |" for f in files]
+    return "\n".join(lines) + "\n"
+
+
+def push_to_hub(run_dir: str | Path, output: str | Path, repo_prefix: str, private: bool = False, models: bool = True) -> dict[str, str]:
+    """Push an export to the Hugging Face Hub (or the endpoint in HF_ENDPOINT): the data as the dataset
+    repo `<prefix>-data` (JSONL files + a card with one config per file), and each fine-tuned model of
+    the run, with its model card, as the model repo `<prefix>-<method>` (`-ilf-r1`, `-gold-s1`, ...).
+    Returns repo id -> the commit's URL."""
+    from huggingface_hub import HfApi
+
+    run_dir, output = Path(run_dir), Path(output)
+    if repo_prefix.count("/") != 1 or not all(repo_prefix.split("/")):
+        raise IlfError(f"--push-to-hub {repo_prefix!r}: expected NAMESPACE/NAME (repos NAME-data and NAME-<method> are created)")
+    try:
+        return _push(run_dir, output, repo_prefix, private, models, HfApi())
+    except Exception as e:  # the hub client's errors (HTTP, connection, token) have no common base but Exception
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise IlfError(f"--push-to-hub {repo_prefix}: {type(e).__name__}: {first}") from None
+
+
+def _push(run_dir: Path, output: Path, repo_prefix: str, private: bool, models: bool, api) -> dict[str, str]:
+    pushed: dict[str, str] = {}
+    files = sorted(str(p.relative_to(output)) for p in output.rglob("*.jsonl") if p.stat().st_size > 0)
+    if files:
+        repo = f"{repo_prefix}-data"
+        api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        (output / "README.md").write_text(dataset_card(run_dir, output, files), encoding="utf-8")
+        info = api.upload_folder(
+            repo_id=repo, repo_type="dataset", folder_path=str(output), allow_patterns=[*files, "README.md"], commit_message="ilf export"
+        )
+        pushed[repo] = str(info)
+    if models:
+        for mdir, method in model_dirs(run_dir):
+            repo = f"{repo_prefix}-{_repo_suffix(mdir, method)}"
+            api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo,
+                folder_path=str(mdir),
+                ignore_patterns=["checkpoints/*", "runs/*", "*.tmp*"],
+                commit_message=f"ilf: {method} of run {run_dir.name}",
+            )
+            pushed[repo] = str(info)
+    return pushed

@@ -279,11 +279,14 @@ class Run:
                 f"  x0 ~ π_θ: {n_fb} tasks ({cfg.feedback.tasks}) x {cfg.sample.n} samples, EVAL; "
                 f"{cfg.feedback.source} feedback on one failing x0 of each task {rule}"
             )
+        interface = {"paper": "", "chat": ", chat template", "regenerate": ", regenerating from the task and f (x0 not shown)"}
         pr = (
             f"π_Refine: {cfg.refine.mode}"
-            + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" else "")
+            + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" and cfg.refine.interface == "paper" else "")
+            + interface[cfg.refine.interface]
             + f", {cfg.refine.n} refinements per x0"
             + (f" + {cfg.refine.shuffled_n} with shuffled feedback" if cfg.refine.shuffled_n else "")
+            + (f"; the control: π_θ sampled again, {cfg.refine.n} per x0" if cfg.refine.control else "")
             + "; R = one passing refinement per task"
         )
         lines.append("  " + pr + (f"; {cfg.rounds} rounds" if cfg.rounds > 1 else ""))
@@ -317,7 +320,8 @@ class Run:
         programs = eval_programs
         if cfg.feedback.source != "authors":
             n_fb = len(self.feedback_tasks())
-            programs += n_fb * cfg.sample.n + n_fb * (cfg.refine.n + cfg.refine.shuffled_n)  # π_Refine: at most
+            per_x0 = cfg.refine.n * (2 if cfg.refine.control else 1) + cfg.refine.shuffled_n
+            programs += n_fb * cfg.sample.n + n_fb * per_x0  # π_Refine and its control: at most
         if cfg.sweep.enabled():
             grid = len(sweep_grid(cfg.finetune, cfg.sweep))
             trained = [m for m in cfg.eval.methods if m != "zero-shot"]
