@@ -86,6 +86,29 @@ def test_rft_trains_on_own_passing_samples_for_as_many_tasks_as_R(tmp_path, data
     assert len(rft_pairs(results, tasks, 10)) == 4  # never more tasks than π_θ solved
 
 
+def test_the_complete_proposal_is_R_plus_every_solved_task_and_rft_all_is_its_control(tmp_path, data_dir):
+    """ilf-rft (paper §2's π*: R where π_θ fails, π_θ's own passing programs where it passes) and
+    rft-all (the same passing programs without R): the difference between the two is the feedback's."""
+    run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','ilf-rft','rft-all']")
+    tasks = run.tasks()
+    results = [
+        {"task_id": t, "sample_id": j, "passed": t != 605 and j == 1, "program": tasks[t].prompt + f"    return {j}\n"}
+        for t in (601, 602, 603, 604, 605)
+        for j in range(3)
+    ]
+    (run.dir / "r1").mkdir(parents=True)
+    write_jsonl(run.dir / "r1" / "results.jsonl", results)
+    r = [{"task_id": 605, "prompt": tasks[605].prompt, "completion": "    return 5\n", "source": "ilf"}]
+    write_jsonl(run.dir / "r1" / "train_pairs.jsonl", r)
+    run.finetune_stage = lambda *a, **k: None  # the data is what is tested here, not training
+    run.sweep_stage = lambda *a, **k: None
+    for method in ("ilf-rft", "rft-all", "rft"):
+        run.baseline_model(method)
+    read = lambda m: [json.loads(x) for x in (run.dir / "baselines" / m / "train_pairs.jsonl").read_text().splitlines()]  # noqa: E731
+    assert sorted(p["task_id"] for p in read("rft-all")) == [601, 602, 603, 604]
+    assert read("ilf-rft") == r + read("rft-all") and len(read("rft")) == len(r)
+
+
 def test_human_refinement_baseline_uses_R_task_ids(tmp_path, data_dir):
     run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','human-refinements']")
     annotated = sorted({a["task_id"] for a in _authors(data_dir) if a["task_id"] >= 311})[:2]

@@ -25,7 +25,7 @@ from ilf.settings import SettingError, check, override, setting
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
 REFINE_INTERFACES = ("paper", "chat", "regenerate")  # ilf.refine.build_prompt
-METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft")
+METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft", "ilf-rft", "rft-all")
 TRAINED_METHODS = tuple(m for m in METHODS if m != "zero-shot")
 
 # FINETUNE defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh.

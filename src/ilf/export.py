@@ -151,13 +151,14 @@ def model_dirs(run_dir: Path) -> list[tuple[Path, str]]:
     for mdir in sorted(run_dir.glob("r[0-9]*/model*")) + sorted(run_dir.glob("baselines/*/model*")):
         if (mdir / "config.json").is_file():
             seed = mdir.name.partition("@")[2]
-            out.append((mdir, ("ilf" if mdir.parent.name.startswith("r") else mdir.parent.name) + (f"@{seed}" if seed else "")))
+            baseline = mdir.parent.parent.name == "baselines"  # baselines/rft/ is not a round's directory
+            out.append((mdir, (mdir.parent.name if baseline else "ilf") + (f"@{seed}" if seed else "")))
     return out
 
 
 def _repo_suffix(mdir: Path, method: str) -> str:
     """`ilf-r1`, `ilf-r1-s1`, `gold`, `gold-s1`: unique within a run."""
-    if mdir.parent.name.startswith("r") and mdir.parent.parent.name != "baselines":
+    if mdir.parent.parent.name != "baselines":
         method = method.replace("ilf", f"ilf-{mdir.parent.name}", 1)
     return method.replace("@", "-").replace("/", "-")
 

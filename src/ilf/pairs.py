@@ -112,13 +112,15 @@ def human_refinement_pairs(
     return out
 
 
-def rft_pairs(results: Iterable[dict[str, Any]], tasks: TaskSet, k: int, seed: int = 0) -> list[dict[str, Any]]:
+def rft_pairs(results: Iterable[dict[str, Any]], tasks: TaskSet, k: int | None, seed: int = 0) -> list[dict[str, Any]]:
     """RFT control (not in the paper): one passing x0 ~ π_θ per task, on k tasks π_θ already
-    solves (seeded choice), so it trains on as many tasks as ILF's R without any feedback."""
+    solves (seeded choice), so it trains on as many tasks as ILF's R without any feedback;
+    k None: on every task π_θ solves (π_θ's exact samples of π* where it passes, paper §2)."""
     passing: dict[Any, list[dict]] = {}
     for res in results:
         if res.get("passed"):
             passing.setdefault(res["task_id"], []).append(res)
+    k = len(passing) if k is None else k
     chosen = random.Random(f"{seed}:rft").sample(sorted(passing), min(k, len(passing)))
     out = []
     for tid in sorted(chosen):

@@ -811,13 +811,19 @@ class Run:
             elif method == "human-refinements":  # the annotators' own refinements, on R's tasks that have one
                 ann = sorted(self.authors_annotations(), key=lambda a: a["task_id"])
                 recs = build.human_refinement_pairs(ann, tasks, task_ids=r_tasks)
-            elif method == "rft":  # rejection sampling: π_θ's own passing x0, for as many tasks as R has
+            elif method in ("rft", "rft-all", "ilf-rft"):
+                # rft: π_θ's own passing x0 on as many tasks as R has. The complete proposal of paper §2
+                # (π*(x|t) ∝ π_θ(x|t)·1[x passes]): ilf-rft = R plus π_θ's passing x0 on every task it
+                # solves (exact samples of π* there); rft-all, the same without R, is its control.
                 path = self.dir / "r1" / "results.jsonl"
                 if not path.exists():  # feedback.source = authors: π_θ's x0 were never sampled
-                    console.print("[yellow]warning[/]: rft needs π_θ's own samples (feedback.source != authors); skipped")
+                    console.print(f"[yellow]warning[/]: {method} needs π_θ's own samples (feedback.source != authors); skipped")
                     recs = []
                 else:
-                    recs = build.rft_pairs(load_jsonl(path), tasks, len(r_tasks), seed=cfg.seed)
+                    k = len(r_tasks) if method == "rft" else None
+                    recs = build.rft_pairs(load_jsonl(path), tasks, k, seed=cfg.seed)
+                    if method == "ilf-rft":
+                        recs = r1 + recs
             else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)
