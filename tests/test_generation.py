@@ -95,6 +95,17 @@ def test_registry():
         get_engine("nope", "x")
 
 
+def test_one_opener_takes_every_setting_and_gives_each_engine_its_own(tiny, tmp_path, monkeypatch):
+    """Callers pass ModelConfig's weights (and a base URL) whatever the engine: only openvino gets
+    weights, only openai base_url; "auto" is the default engine."""
+    monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
+    with get_engine("transformers", str(tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
+        assert eng.name == "transformers"
+    with get_engine("auto", str(tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
+        assert eng.name == default_engine() == "openvino"
+    assert [p.name for p in (tmp_path / "cache" / "engines").rglob("*.gguf")] == ["model-q8_0.gguf"]  # it got the weights
+
+
 def test_openvino_refuses_a_model_it_cannot_convert(tmp_path, monkeypatch):
     from tiny_models import build_tiny_model
 

@@ -854,7 +854,7 @@ def sample(
 
     Without --split or --tasks it samples every task of the dataset (all 974 of MBPP, --n 30 each
     by default). Example: ilf sample --split test --n 10 --output samples.jsonl"""
-    from ilf.generation import SamplingParams, default_engine, get_engine
+    from ilf.generation import SamplingParams, get_engine, resolve_engine
     from ilf.sampling import sample as run_sample
     from ilf.tasks import load_tasks
 
@@ -867,8 +867,7 @@ def sample(
         raise IlfError("no tasks selected (check --split / --tasks)")
     from ilf.generation.weights import engine_label
 
-    name = default_engine() if mc.engine in ("", "auto") else mc.engine
-    kw = {"base_url": base_url} if name == "openai" else {"weights": mc.weights} if name == "openvino" else {}
+    name = resolve_engine(mc.engine)
     if name == "openai":  # --model not given: the server's own model
         given = _ilf_ctx.get_parameter_source("model").name != "DEFAULT"
         model = model if given else None
@@ -881,7 +880,12 @@ def sample(
     params = SamplingParams(**sc.sampling(), seed=seed)
     t0 = time.perf_counter()
     recs = run_sample(
-        ts, lambda: get_engine(name, model, **kw), params, output, model_name=model_name, engine_name=engine_label(name, mc.weights)
+        ts,
+        lambda: get_engine(name, model, weights=mc.weights, base_url=base_url),
+        params,
+        output,
+        model_name=model_name,
+        engine_name=engine_label(name, mc.weights),
     )
     err.print(f"{len(recs)} samples for {len(ts)} tasks -> {output} ({time.perf_counter() - t0:.0f} s)", highlight=False)
 

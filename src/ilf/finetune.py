@@ -830,7 +830,6 @@ def finetune_command(
 
     _refuse_foreign_output(Path(output), overwrite)
     name = resolve_engine(engine)
-    opts = {"weights": weights} if name == "openvino" else {}
     val = load_tasks(val_dataset, data_dir=data_dir, task_ids=sweep_cfg.tasks)
     best = sweep(
         pairs,
@@ -839,7 +838,7 @@ def finetune_command(
         val,
         cfg,
         sweep_cfg,
-        engine=lambda m: get_engine(name, m, **opts),
+        engine=lambda m: get_engine(name, m, weights=weights),
         engine_name=engine_label(name, weights),
         seed=cfg.seed,
         keep_best=True,

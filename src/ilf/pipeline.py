@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -204,10 +205,9 @@ class Run:
         return load_human_triples(self._authors_path())
 
     def engine_name(self, engine: str | None = None) -> str:
-        from ilf.generation import default_engine
+        from ilf.generation import resolve_engine
 
-        name = engine or self.cfg.model.engine
-        return default_engine() if name in ("", "auto") else name
+        return resolve_engine(engine or self.cfg.model.engine)
 
     def engine(self, model: str, engine: str | None = None):
         """One loaded model at a time (memory, and the cores both want): switching closes the previous one."""
@@ -219,8 +219,7 @@ class Run:
             self.close_engine()
             self.materialize(model)
             console.print(f"loading [bold]{model}[/] with the [bold]{self.engine_label(engine)}[/] engine")
-            opts = {"weights": self.cfg.model.weights} if name == "openvino" else {}
-            self._engine = get_engine(name, str(model), **opts)
+            self._engine = get_engine(name, str(model), weights=self.cfg.model.weights)
             self._engine_key = key
         return self._engine
 
@@ -441,12 +440,11 @@ class Run:
         from ilf.sweep import best_config, sweep
 
         cfg, sw = self.cfg, self.cfg.sweep
-        if not sw.enabled() or method.split("-r")[0] not in (sw.methods or TRAINED_METHODS):
+        if not sw.enabled() or re.sub(r"-r\d+$", "", method) not in (sw.methods or TRAINED_METHODS):
             return cfg.finetune
         sd = self.dir / "sweep" / method
         val = self.tasks(sw.tasks)
         name = self.engine_name()
-        opts = {"weights": cfg.model.weights} if name == "openvino" else {}
 
         def body():
             self.close_engine()  # one model in memory at a time
@@ -458,7 +456,7 @@ class Run:
                 val,
                 cfg.finetune,
                 sw,
-                engine=lambda m: get_engine(name, m, **opts),
+                engine=lambda m: get_engine(name, m, weights=cfg.model.weights),
                 engine_name=self.engine_label(),
                 seed=cfg.seed,
                 timeout=cfg.eval.timeout or None,

@@ -568,7 +568,7 @@ def refine_command(
     cfg.control π_θ (`policy`, default the bundled model) sampled again with the same budget into
     OUTPUT's `_control` sibling."""
     from ilf.feedback.annotations import load_human_triples
-    from ilf.generation import default_engine, get_engine
+    from ilf.generation import get_engine, resolve_engine
     from ilf.jsonl import refuse_overwrite
     from ilf.models import resolve_model
     from ilf.tasks import load_tasks, parse_ranges
@@ -595,9 +595,8 @@ def refine_command(
         wanted = parse_ranges(cfg.examples_tasks)
         examples = [a for a in load_human_triples(_authors_file(data_dir)) if a["task_id"] in wanted]
         example_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=sorted({a["task_id"] for a in examples}))
-    name = default_engine() if engine in ("", "auto") else engine
+    name = resolve_engine(engine)
     model = resolve_model(cfg.model or None)  # converts once (with a message) before the engine loads
-    kw = {"weights": weights} if name == "openvino" else {}
     from ilf.generation.weights import engine_label
 
     protocol = {"model": model.name, "engine": engine_label(name, weights), "dataset": dataset}
@@ -608,7 +607,7 @@ def refine_command(
             for e in eng.values():
                 e.close()
             eng.clear()
-            eng[which.hf_dir] = get_engine(name, which, **kw)
+            eng[which.hf_dir] = get_engine(name, which, weights=weights)
         return eng[which.hf_dir]
 
     def run(records, out, n=None):

@@ -170,16 +170,13 @@ def feedback(
             tasks_for_prompts: Any = merged
         else:
             tasks_for_prompts = tasks.tasks
-        kw = {"base_url": base_url} if base_url else {}
-        if weights:
-            kw["weights"] = weights
         from ilf.feedback.llm import write_llm_feedback
 
         # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
         from ilf.progress import LogProgress
 
         with (
-            get_engine(engine, model, **kw) as eng,
+            get_engine(engine, model, weights=weights, base_url=base_url) as eng,
             LogProgress(TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar,
         ):
             t = bar.add_task("llm feedback (x0)", total=len(failing))
@@ -311,7 +308,7 @@ def feedback_bugs(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from ilf.feedback.bugs import tag_feedback
-    from ilf.generation import default_engine, get_engine
+    from ilf.generation import get_engine
     from ilf.jsonl import refuse_overwrite
     from ilf.models import resolve_model
     from ilf.progress import LogProgress
@@ -327,13 +324,11 @@ def feedback_bugs(
             seen[r["feedback_id"]] = f
             recs.append(r)
     refuse_overwrite(output, *files)
-    name = default_engine() if engine in (None, "", "auto") else engine
     resolved = resolve_model(model)
-    kw = {"weights": weights} if name == "openvino" and weights else {}
     eng: list = []
 
     def load():
-        eng.append(get_engine(name, resolved, **kw))
+        eng.append(get_engine(engine, resolved, weights=weights))
         return eng[0]
 
     try:

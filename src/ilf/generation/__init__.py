@@ -69,10 +69,19 @@ def engine_class(name: str | None) -> type[Engine]:
     return getattr(mod, cls_name)
 
 
-def get_engine(name: str | None, model_spec: Any = None, **kw: Any) -> Engine:
-    """Load `model_spec` in engine `name` (None = default_engine()). A model the engine cannot
+# Options only some engines take: every caller passes them, the engine that uses them gets them.
+ENGINE_ONLY = {"weights": "openvino", "base_url": "openai"}
+
+
+def get_engine(name: str | None, model_spec: Any = None, *, weights: str | None = None, base_url: str | None = None, **kw: Any) -> Engine:
+    """The one way ilf opens an engine: load `model_spec` in engine `name` ("auto", "" or None =
+    default_engine()). `weights` (ModelConfig.weights) reaches the openvino engine and `base_url`
+    the openai engine only, so callers pass their settings as they are. A model the engine cannot
     load (a broken config.json, missing weights) is one IlfError naming it."""
     name = resolve_engine(name)
+    for key, value in (("weights", weights), ("base_url", base_url)):
+        if value and ENGINE_ONLY[key] == name:
+            kw[key] = value
     cls = engine_class(name)
     try:
         return cls(model_spec, **kw)
