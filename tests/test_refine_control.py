@@ -164,3 +164,19 @@ def test_refine_drops_leaked_feedback_and_says_how_many(tmp_path, data_dir):
     kept = read_feedback(path, tasks)
     assert [r["feedback_id"] for r in kept] == ["b"]
     assert without_leaks([dict(_fb(601, "a"), leak="code"), dict(_fb(601, "c"), leak="reference")])[1] == {"code": 1, "reference": 1}
+
+
+def test_regenerate_prompts_show_the_task_and_the_advice_never_x0(qwen_tiny, data_dir):
+    from ilf.refine import chat_formatter, interface_prompt
+    from ilf.tasks import load_tasks
+
+    task = load_tasks("mbpp", data_dir=data_dir, task_ids=[601])[601]
+    fmt = chat_formatter(str(qwen_tiny))
+    fb = _fb(601, "a", program=task.prompt + "    return 'SECRET_X0'\n", feedback="It returns a string.")
+    regen = interface_prompt(fb, task, "regenerate", fmt)
+    assert "SECRET_X0" not in regen and "It returns a string." in regen and regen.endswith("```python\n" + task.prompt)
+    chat = interface_prompt(fb, task, "chat", fmt)
+    assert "SECRET_X0" in chat and "It returns a string." in chat and chat.endswith("```python\n" + task.prompt)
+    # No feedback at all: π_θ through its chat template with the task alone (the interface's own control).
+    alone = interface_prompt(dict(fb, feedback=""), task, "regenerate", fmt)
+    assert "reviewer" not in alone and "SECRET_X0" not in alone and task.prompt in alone

@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 ROWS = [  # (directory, refiner, feedback, interface)
     ("paper-trace", "0.5B, 2 human shots", "execution trace", "paper"),
     ("chat-trace-refuse", "0.5B", "execution trace", "chat, copies refused"),
-    ("regenerate-none", "0.5B", "none (\"it fails its tests\")", "regenerate"),
+    ("chat-resample", "0.5B", "– (the task alone: π_θ through its chat template)", "regenerate"),
+    ("regenerate-none", "0.5B", 'none ("The program fails its tests.")', "regenerate"),
     ("regenerate-trace", "0.5B", "execution trace", "regenerate"),
     ("regenerate-ref15", "0.5B", "1.5B shown the reference", "regenerate"),
     ("chat-ref15-refuse", "0.5B", "1.5B shown the reference", "chat, copies refused"),
@@ -58,7 +59,7 @@ def main(raw: Path) -> None:
         c = control_comparison(recs, control)
         lo, hi = c["delta_pass@1_ci"]
         blo, bhi = c["beyond_ci"]
-        fb_name = {"ref15": "feedback_ref15.jsonl"}.get(name.split("-")[1], "")
+        fb_name = "feedback_ref15.jsonl" if "ref15" in name else ""
         dropped = sum(without_leaks(load_jsonl(stored(raw / fb_name)))[1].values()) if fb_name else 0
         tokens = statistics.fmean(r["num_tokens"] for r in recs if not r.get("refused"))
         num_x0 = len({r["feedback_id"] for r in recs})

@@ -114,6 +114,8 @@ def interface_prompt(fb: dict[str, Any], task: Task, interface: str, chat: Calla
     feedback = normalize_newlines(fb["feedback"]).strip()
     if interface == "chat":
         user = CHAT_REPAIR.format(old_code=normalize_newlines(fb["program"]).rstrip(), feedback=feedback)
+    elif interface == "regenerate" and not feedback:  # no feedback: π_θ through its chat template (a control)
+        user = CHAT_REGENERATE.split("\n\nA reviewer")[0].format(prompt=task.prompt)
     elif interface == "regenerate":
         user = CHAT_REGENERATE.format(prompt=task.prompt, feedback=feedback)
     else:
