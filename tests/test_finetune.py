@@ -141,6 +141,38 @@ def test_max_pairs_trains_on_a_seeded_subset(tiny, tmp_path):
     assert chosen[0] == chosen[1] and len(set(chosen)) > 1
 
 
+def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(tiny, tmp_path):
+    """finetune.replay: a share of the training set from π_θ's passing samples on tasks the pairs do not
+    train on (one per task, seeded), and the model's metadata compares the targets' length with π_θ's."""
+    pairs = [{"prompt": p, "completion": c, "task_id": i} for i, (p, c) in enumerate(MEMO[:2])]
+    results = [
+        {
+            "task_id": t,
+            "sample_id": j,
+            "prompt": f"def f{t}():\n",
+            "program": f"def f{t}():\n    return {j}\n",
+            "passed": j == 1,
+            "num_tokens": 6,
+        }
+        for t in (0, 7, 8, 9)  # task 0 is one the pairs train on: never replayed
+        for j in range(2)
+    ]
+    src = write_jsonl(tmp_path / "x0_results.jsonl", results)
+    cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, threads=1, report_to="none", replay=0.5, replay_from=str(src))
+    out = finetune(pairs, tiny, tmp_path / "out", cfg)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["data"]["num_pairs"] == 4 and meta["data"]["replay"]["pairs"] == 2 and meta["data"]["replay"]["model_tokens_mean"] == 6
+    assert meta["data"]["target_tokens_mean"] > 0
+    from ilf.finetune import load_pairs, replay_pairs
+
+    extra, _ = replay_pairs(src, load_pairs(pairs), 0.5, 0)
+    assert len(extra) == 2 and {p.task_id for p in extra} <= {7, 8, 9} and all(p.completion == "    return 1\n" for p in extra)
+    assert extra == replay_pairs(src, load_pairs(pairs), 0.5, 0)[0]  # seeded
+    assert len(replay_pairs(src, load_pairs(pairs), 0.9, 0)[0]) == 3  # never more than π_θ solved
+    with pytest.raises(IlfError, match="replay needs finetune.replay_from"):
+        finetune(pairs, tiny, tmp_path / "out2", FinetuneConfig(replay=0.5, report_to="none"))
+
+
 def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
     cfg = FinetuneConfig(

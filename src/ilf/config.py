@@ -182,6 +182,11 @@ class FinetuneConfig:
     # Training-set size ablations (the paper's Figure 4) from one pairs file.
     max_pairs: int = setting(0, "Train on a random subset of this many pairs, chosen with seed (0 = all).", ge=0)
     eval_steps: int = setting(0, "With held-out pairs: optimizer steps between evaluations (0 = each epoch).", ge=0)
+    # Replay: targets π_θ itself wrote, so a few short repairs do not teach a new length or style.
+    replay: float = setting(
+        0.0, "Share of the training set made of π_θ's own passing programs on other tasks (from replay_from).", ge=0, le=0.9
+    )
+    replay_from: str = setting("", "Results JSONL of π_θ's samples that replay draws from (the pipeline: the round's x0).")
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str):

@@ -361,12 +361,55 @@ def _check_loggers(report_to: list[str]) -> None:
             raise IlfError(f"finetune.report_to = {name!r} needs the {LOGGERS[name]} package: pip install 'ilf[{name}]'")
 
 
-_NON_IDENTITY_FIELDS = {"threads", "logging_steps", "report_to", "save_steps", "save_total_limit", "keep_checkpoints", "resume"}
+# replay_from: a path; what replay drew from is in the data fingerprint.
+_NON_IDENTITY_FIELDS = {
+    "threads",
+    "logging_steps",
+    "report_to",
+    "save_steps",
+    "save_total_limit",
+    "keep_checkpoints",
+    "resume",
+    "replay_from",
+}
 
 
 def _identity(cfg: FinetuneConfig, data_fp: str, base: str) -> dict[str, Any]:
     c = {k: v for k, v in asdict(cfg).items() if k not in _NON_IDENTITY_FIELDS}
+    if not cfg.replay:  # models trained before replay existed keep their identity
+        c.pop("replay", None)
     return {"base_model": base, "data_fingerprint": data_fp, "config": c}
+
+
+def replay_pairs(results: str | os.PathLike, pairs: Sequence[Pair], share: float, seed: int) -> tuple[list[Pair], dict[str, Any]]:
+    """Replay: π_θ's own passing programs (one per task, seeded) on tasks `pairs` does not train on,
+    as many as make them `share` of the training set. Returns the pairs and what a report needs:
+    how many, and the mean length of π_θ's samples in `results` (the length the targets should keep)."""
+    import random
+
+    from ilf.refine import body_after_prompt
+
+    path = Path(results)
+    taken = {str(p.task_id) for p in pairs}
+    passing: dict[str, list[dict]] = {}
+    lengths = []
+    for line, rec in read_jsonl(path):
+        if isinstance(rec.get("num_tokens"), int):
+            lengths.append(rec["num_tokens"])
+        if rec.get("passed") is True and str(rec.get("task_id")) not in taken:
+            require(rec, "prompt", str, path, line)
+            require(rec, "program", str, path, line)
+            passing.setdefault(str(rec["task_id"]), []).append(rec)
+    want = round(share / (1 - share) * len(pairs))
+    rng = random.Random(f"{seed}:replay")
+    chosen = rng.sample(sorted(passing), min(want, len(passing)))
+    out = []
+    for tid in chosen:
+        rec = min(passing[tid], key=lambda r: str(r.get("sample_id")))
+        body = body_after_prompt(rec["program"], rec["prompt"])
+        out.append(Pair(prompt=rec["prompt"], completion=body, task_id=rec["task_id"], source=f"replay:{path}"))
+    info = {"from": str(path), "wanted": want, "pairs": len(out), "model_tokens_mean": sum(lengths) / len(lengths) if lengths else None}
+    return out, info
 
 
 def _world_size() -> int:
@@ -451,6 +494,17 @@ def finetune(
 
         keep = sorted(random.Random(f"{cfg.seed}:pairs").sample(range(len(data_list)), cfg.max_pairs))
         data_list = [data_list[i] for i in keep]
+    replay_info: dict[str, Any] = {}
+    if cfg.replay:
+        if not cfg.replay_from:
+            raise IlfError("finetune.replay needs finetune.replay_from: a results JSONL of π_θ's samples (`ilf evaluate`)")
+        extra, replay_info = replay_pairs(cfg.replay_from, data_list, cfg.replay, cfg.seed)
+        if len(extra) < replay_info["wanted"]:
+            console.print(
+                f"[yellow]replay[/]: {cfg.replay_from} has passing programs on {len(extra)} other tasks, "
+                f"fewer than the {replay_info['wanted']} that make {cfg.replay:.0%} of the training set"
+            )
+        data_list = data_list + extra
     data_fp = fingerprint(data_list)
     eval_list = load_pairs(eval_pairs) if eval_pairs is not None else []
     ident = _identity(cfg, data_fp, str(model))
@@ -676,6 +730,9 @@ def finetune(
             "skipped": [asdict(s) for s in skipped],
             "truncated": trunc_counts,
             "target_tokens_per_epoch": tokens_per_epoch,
+            # Targets' length against the model's own (replay keeps them close): mean completion tokens.
+            "target_tokens_mean": round(tokens_per_epoch / max(len(encoded), 1), 1),
+            **({"replay": replay_info} if replay_info else {}),
         },
         "eos_token_ids": eos_ids,
         "training_eos_token_id": train_eos,

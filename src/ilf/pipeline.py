@@ -678,6 +678,11 @@ class Run:
         from ilf.finetune import finetune_in_child
 
         tc = replace(tc, seed=tc.seed + seed_offset)
+        replay_inputs = []
+        if tc.replay and not tc.replay_from:  # replay draws from the x0 of the round that trains (π_θ's own)
+            m = re.match(r"r(\d+)/", name)
+            tc = replace(tc, replay_from=str(self.dir / f"r{m.group(1) if m else 1}" / "results.jsonl"))
+            replay_inputs = [Path(tc.replay_from)]
 
         def body():
             self.close_engine()
@@ -685,7 +690,8 @@ class Run:
             finetune_in_child(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         key, base_inputs = self._model_key(base)
-        params, inputs = {"base": base, "train": asdict(tc)} | key, [pairs, *base_inputs]
+        train = {k: v for k, v in asdict(tc).items() if tc.replay or k not in ("replay", "replay_from")}  # older runs resume
+        params, inputs = {"base": base, "train": train} | key, [pairs, *base_inputs, *replay_inputs]
         fp, entry, where = self.fingerprint(params, inputs), self.manifest["stages"].get(name, {}), str(Path(out).resolve())
         self._trained[where] = fp
         if entry.get("status") == "done" and entry.get("fingerprint") == fp and not Path(out).exists():
