@@ -147,8 +147,12 @@ def test_control_comparison_matches_the_budget_per_task():
         ("Use result = a + b instead.", None, "code"),
         ("Replace it with ```python\nx\n```", None, "code"),
         ("Call sorted(lst, key=lambda t: t[1]) on the list.", None, "code"),
-        ("Compare adjacent items: for i in range(len(arr) - 1) : if arr[i] > arr[i + 1]",
-         "def f(arr):\n    for i in range(len(arr) - 1):\n        if arr[i] > arr[i + 1]:\n            return False", "reference"),
+        ("Change the return statement to return (math.pi * r**2 * h)/3.", None, "code"),
+        ("It prints instead of returning: change print(num) to return num.", None, "code"),
+        ("A well-known two-pointer scan finds the pair; it needs 1-4 passes.", None, None),
+        ("It uses the XOR operator (^) where it needs AND (&).", None, None),
+        ("Return the sentence: the quick brown fox jumps over the lazy dog, as it is.",
+         "def f():\n    return 'the quick brown fox jumps over the lazy dog'", "reference"),
     ],
 )  # fmt: skip
 def test_the_leak_guard_finds_code_and_quoted_reference(feedback, reference, leak):
@@ -160,7 +164,9 @@ def test_refine_drops_leaked_feedback_and_says_how_many(tmp_path, data_dir):
     from ilf.tasks import load_tasks
 
     tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=[601, 602])
-    path = _write(tmp_path / "fb.jsonl", [dict(_fb(601, "a"), leak="code"), _fb(602, "b")])
+    # A file written by an earlier guard (leak None) is judged again by the current one.
+    stale = dict(_fb(602, "c", feedback="Use x = y + 1 there."), reference_shown=True, leak=None)
+    path = _write(tmp_path / "fb.jsonl", [dict(_fb(601, "a"), leak="code"), _fb(602, "b"), stale])
     kept = read_feedback(path, tasks)
     assert [r["feedback_id"] for r in kept] == ["b"]
     assert without_leaks([dict(_fb(601, "a"), leak="code"), dict(_fb(601, "c"), leak="reference")])[1] == {"code": 1, "reference": 1}

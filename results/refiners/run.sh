@@ -50,8 +50,6 @@ C=$R/regenerate-trace/refinements_control
 [ -s "${C}_results.jsonl" ] || ilf evaluate "$C.jsonl" 2>&1 | tail -n 1
 refine paper-trace feedback_trace.jsonl --interface paper --shots 2 --no-control
 refine regenerate-none feedback_none.jsonl --interface regenerate --no-control
-[ -s "$R/feedback_ref15.jsonl" ] || { log "start feedback_ref15"; t0=$SECONDS; ilf feedback "$R/pool_results.jsonl" --source llm --llm-model qwen2.5-coder-1.5b-instruct --llm-reference --llm-shots 1 --output "$R/feedback_ref15.jsonl" 2>&1 | tail -n 2; log "sampled feedback_ref15 in $((SECONDS - t0)) s"; }
-refine regenerate-ref15 feedback_ref15.jsonl --interface regenerate --no-control
 # π_θ through its chat template with the task alone (no x0, no feedback, no "try again"): is it the
 # interface or the feedback that regeneration gains from?
 [ -s "$R/feedback_empty.jsonl" ] || python - "$R" <<'PY'
@@ -61,6 +59,8 @@ R = sys.argv[1]
 write_jsonl(f"{R}/feedback_empty.jsonl", [dict(r, feedback="", feedback_id=r["feedback_id"].replace("trace", "empty"), source="none") for r in load_jsonl(f"{R}/feedback_trace.jsonl")])
 PY
 refine chat-resample feedback_empty.jsonl --interface regenerate --no-control
+[ -s "$R/feedback_ref15.jsonl" ] || { log "start feedback_ref15"; t0=$SECONDS; ilf feedback "$R/pool_results.jsonl" --source llm --llm-model qwen2.5-coder-1.5b-instruct --llm-reference --llm-shots 1 --output "$R/feedback_ref15.jsonl" 2>&1 | tail -n 2; log "sampled feedback_ref15 in $((SECONDS - t0)) s"; }
+refine regenerate-ref15 feedback_ref15.jsonl --interface regenerate --no-control
 refine chat-trace-refuse feedback_trace.jsonl --interface chat --refuse-copies --no-control
 refine chat-ref15-refuse feedback_ref15.jsonl --interface chat --refuse-copies --no-control
 refine r15-chat-trace-refuse feedback_trace.jsonl --interface chat --refuse-copies --model qwen2.5-coder-1.5b-instruct --no-control

@@ -570,7 +570,7 @@ class Run:
                 seed=self.cfg.seed,
                 model_name=str(llm),
             )
-            kept, dropped = without_leaks(written)
+            kept, dropped = without_leaks(written, tasks)
             if dropped:
                 console.print(
                     f"leak guard: {sum(dropped.values())} of {len(written)} feedback texts dropped "

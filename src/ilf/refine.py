@@ -536,7 +536,7 @@ def read_feedback(path: str | Path, tasks: TaskSet) -> list[dict[str, Any]]:
         raise IlfError(f"{path}: no feedback records")
     from ilf.feedback.llm import without_leaks
 
-    kept, dropped = without_leaks(out)
+    kept, dropped = without_leaks(out, tasks)
     if dropped:
         from rich.console import Console
 

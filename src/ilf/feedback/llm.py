@@ -56,11 +56,19 @@ MAX_EXAMPLE_CHARS = 2500
 
 
 # The leak guard for feedback written with the reference shown: feedback that holds code, or a run
-# of LEAK_NGRAM tokens of the reference, would hand π_Refine the answer instead of advice.
+# of LEAK_NGRAM tokens of the reference, would hand π_Refine the answer instead of advice. Code is
+# what English feedback does not contain: a fence, a statement, a call or an index right after a
+# name, an assignment, or an operator between operands ("r**2 * h", "n % 2 == 0").
 LEAK_NGRAM = 8
 _CODE = re.compile(
-    r"```|^\s*(def|class|import|from|return|for|while|if)\b.*[:(]|\bdef \w+\s*\(|\blambda\b[^:]*:"
-    r"|\b\w+(\[[^\]]*\])?\s*(=|\+=|-=)\s*[\w(\[{'\"]",
+    r"```"
+    r"|^\s*(def|class|import|from|return|for|while|if|elif|else)\b.*[:(=]"
+    r"|\bdef \w+\s*\(|\blambda\b[^:]*:"
+    r"|\b[A-Za-z_][\w.]*\([^()]*\)"
+    r"|\b[A-Za-z_]\w*\[[^\]]+\]"
+    r"|\b\w+\s*(=|\+=|-=|\*=)\s*[\w(\[{'\"]"
+    r"|[\w)\]]\s*(\*\*|==|!=|<=|>=|//|%)\s*[\w(\[]"
+    r"|[\w)\]] (\*|/|\+|-) [\w(\[]",  # spaced, so hyphenated words are prose
     re.M,
 )
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -69,23 +77,31 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 def feedback_leak(feedback: str, reference: str | None) -> str | None:
     """'code' if the feedback holds code, 'reference' if it quotes LEAK_NGRAM tokens of the
     reference in a row, else None."""
-    if _CODE.search(feedback or ""):
+    text = feedback or ""
+    if _CODE.search(text):
         return "code"
     if reference:
         ref = _TOKEN.findall(reference)
         grams = {tuple(ref[i : i + LEAK_NGRAM]) for i in range(len(ref) - LEAK_NGRAM + 1)}
-        fb = _TOKEN.findall(feedback or "")
+        fb = _TOKEN.findall(text)
         if any(tuple(fb[i : i + LEAK_NGRAM]) in grams for i in range(len(fb) - LEAK_NGRAM + 1)):
             return "reference"
     return None
 
 
-def without_leaks(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
-    """The feedback records to refine, and the leaked ones dropped, counted by reason."""
+def without_leaks(records: Sequence[Mapping[str, Any]], tasks: Any = None) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """The feedback records to refine, and the leaked ones dropped, counted by reason. Records
+    written with the reference shown are checked again with this guard when `tasks` (for the
+    references) is given, so a file written by an earlier guard is judged by the current one."""
+    lookup = (tasks.get if hasattr(tasks, "get") else dict(tasks).get) if tasks is not None else None
     kept, dropped = [], {}
     for r in records:
-        if r.get("leak"):
-            dropped[r["leak"]] = dropped.get(r["leak"], 0) + 1
+        leak = r.get("leak")
+        if lookup is not None and r.get("reference_shown"):
+            task = lookup(r["task_id"])
+            leak = feedback_leak(r.get("feedback") or "", getattr(task, "gold", None))
+        if leak:
+            dropped[leak] = dropped.get(leak, 0) + 1
         else:
             kept.append(r)
     return kept, dropped
