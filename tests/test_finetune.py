@@ -173,6 +173,39 @@ def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(tiny, tmp_pat
         finetune(pairs, tiny, tmp_path / "out2", FinetuneConfig(replay=0.5, report_to="none"))
 
 
+def _logp(model_dir: Path, prompt: str, completion: str) -> float:
+    """log π(completion | prompt) under the saved model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    p, c = tok(prompt, add_special_tokens=False)["input_ids"], tok(completion, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c])).logits[0, len(p) - 1 : -1].log_softmax(-1)
+    return float(logits[torch.arange(len(c)), torch.tensor(c)].sum())
+
+
+def test_dpo_prefers_the_passing_program_to_the_failing_one(tiny, tmp_path):
+    """objective dpo (TRL DPOTrainer with an SFT term): after training, the chosen body is likelier
+    relative to the rejected one than under the base model; a pairs file of the wrong kind is one line."""
+    prefs = [{"prompt": p, "chosen": c, "rejected": "    return None\n", "task_id": i} for i, (p, c) in enumerate(MEMO)]
+    data = write_jsonl(tmp_path / "dpo.jsonl", prefs)
+    margin = lambda m: sum(_logp(m, r["prompt"], r["chosen"]) - _logp(m, r["prompt"], r["rejected"]) for r in prefs)  # noqa: E731
+    cfg = FinetuneConfig(objective="dpo", learning_rate=1e-3, batch_size=4, epochs=10, threads=1, report_to="none", dpo_beta=0.1)
+    out = finetune(data, tiny, tmp_path / "out", cfg)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["config"]["objective"] == "dpo" and meta["data"]["num_trained"] == 4
+    assert margin(out) > margin(tiny) + 1.0
+    # The identity of an SFT run does not name the DPO settings (models trained before them still resume).
+    assert "objective" not in FinetuneConfig().keyed() and "objective" in cfg.keyed()
+    with pytest.raises(IlfError, match="dpo.jsonl:1: objective sft trains on prompt/completion pairs"):
+        finetune(data, tiny, tmp_path / "out2", FinetuneConfig(report_to="none"))
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": p, "completion": c} for p, c in MEMO])
+    with pytest.raises(IlfError, match="objective dpo trains on preference pairs"):
+        finetune(sft, tiny, tmp_path / "out3", cfg)
+
+
 def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
     cfg = FinetuneConfig(

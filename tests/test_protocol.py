@@ -109,6 +109,41 @@ def test_the_complete_proposal_is_R_plus_every_solved_task_and_rft_all_is_its_co
     assert read("ilf-rft") == r + read("rft-all") and len(read("rft")) == len(r)
 
 
+def test_dpo_methods_prefer_R_over_its_x0_and_pi_thetas_passing_over_its_failing(tmp_path, data_dir):
+    """ilf-dpo: each program of R over the failing x0 it repaired; rft-dpo (its control without feedback):
+    per task with both, a passing sample of π_θ over a failing one. Both train with objective dpo."""
+    run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','ilf-dpo','rft-dpo']")
+    tasks = run.tasks()
+    p = {t: tasks[t].prompt for t in (601, 602, 605)}
+    results = [
+        {"task_id": t, "sample_id": j, "passed": ok, "program": p[t] + f"    return {j}\n"}
+        for t, oks in ((601, (True, False)), (602, (True, True)), (605, (False, False)))
+        for j, ok in enumerate(oks)
+    ]
+    rd = run.dir / "r1"
+    rd.mkdir(parents=True)
+    write_jsonl(rd / "results.jsonl", results)
+    write_jsonl(rd / "feedback.jsonl", [{"task_id": 605, "feedback_id": "f605", "program": p[605] + "    return 0\n", "feedback": "f"}])
+    write_jsonl(rd / "refinements.jsonl", [
+        {"task_id": 605, "feedback_id": "f605", "sample_id": 0, "refinement": p[605] + "    return 9\n", "passed": True},
+        {"task_id": 605, "feedback_id": "f605", "sample_id": 1, "refinement": p[605] + "    return 8\n", "passed": False},
+    ])  # fmt: skip
+    write_jsonl(
+        rd / "train_pairs.jsonl",
+        [{"task_id": 605, "prompt": p[605], "completion": "    return 9\n", "feedback_id": "f605", "sample_id": 0}],
+    )
+    trained = []
+    run.finetune_stage = lambda name, base, pairs, out, tc, seed_offset=0: trained.append((name, tc.objective))
+    for method in ("ilf-dpo", "rft-dpo"):
+        run.baseline_model(method)
+    read = lambda m: [json.loads(x) for x in (run.dir / "baselines" / m / "train_pairs.jsonl").read_text().splitlines()]  # noqa: E731
+    (ilf,) = read("ilf-dpo")
+    assert (ilf["task_id"], ilf["chosen"], ilf["rejected"], ilf["prompt"]) == (605, "    return 9\n", "    return 0\n", p[605])
+    (own,) = read("rft-dpo")  # 602 has no failing sample, 605 no passing one
+    assert (own["task_id"], own["chosen"], own["rejected"]) == (601, "    return 0\n", "    return 1\n")
+    assert {o for _, o in trained} == {"dpo"}
+
+
 def test_human_refinement_baseline_uses_R_task_ids(tmp_path, data_dir):
     run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','human-refinements']")
     annotated = sorted({a["task_id"] for a in _authors(data_dir) if a["task_id"] >= 311})[:2]

@@ -25,7 +25,7 @@ from ilf.settings import SettingError, check, override, setting
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
 REFINE_INTERFACES = ("paper", "chat", "regenerate")  # ilf.refine.build_prompt
-METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft", "ilf-rft", "rft-all")
+METHODS = ("zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft", "ilf-rft", "rft-all", "ilf-dpo", "rft-dpo")
 TRAINED_METHODS = tuple(m for m in METHODS if m != "zero-shot")
 
 # FINETUNE defaults from the paper (Chen et al. 2023, Appendix A.1) and the authors' ilf_pipeline.sh.
@@ -182,11 +182,29 @@ class FinetuneConfig:
     # Training-set size ablations (the paper's Figure 4) from one pairs file.
     max_pairs: int = setting(0, "Train on a random subset of this many pairs, chosen with seed (0 = all).", ge=0)
     eval_steps: int = setting(0, "With held-out pairs: optimizer steps between evaluations (0 = each epoch).", ge=0)
+    # DPO from feedback (beyond the paper): prefer the passing x1 to the failing x0 of the same task.
+    objective: str = setting(
+        "sft", "sft: learn the completions | dpo: prefer 'chosen' to 'rejected' (TRL DPOTrainer), plus an SFT term.", choices=("sft", "dpo")
+    )
+    dpo_beta: float = setting(0.1, "objective dpo: β, how far the policy may move from the base model.", gt=0)
+    dpo_sft_weight: float = setting(1.0, "objective dpo: weight of the SFT loss on 'chosen' (RPO), so outputs do not shrink.", ge=0)
     # Replay: targets π_θ itself wrote, so a few short repairs do not teach a new length or style.
     replay: float = setting(
         0.0, "Share of the training set made of π_θ's own passing programs on other tasks (from replay_from).", ge=0, le=0.9
     )
     replay_from: str = setting("", "Results JSONL of π_θ's samples that replay draws from (the pipeline: the round's x0).")
+
+    def keyed(self) -> dict[str, Any]:
+        """The settings as a run's fingerprint and a model's identity: without the settings added after
+        runs were published (replay, DPO) while they are off, so those runs still resume."""
+        d = dataclasses.asdict(self)
+        if not self.replay:
+            d.pop("replay")
+            d.pop("replay_from")
+        if self.objective == "sft":
+            for k in ("objective", "dpo_beta", "dpo_sft_weight"):
+                d.pop(k)
+        return d
 
     def __post_init__(self):
         if isinstance(self.lora_target_modules, str):

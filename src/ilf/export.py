@@ -5,6 +5,7 @@
 - `DIR/sft/<set>/` (+ `<set>.jsonl`): every training set of the run (ILF's R per round, and each
   baseline's: gold, human-refinements, rft, llm-*) as a Hugging Face `datasets` dataset in TRL's
   prompt-completion format: `{"prompt", "completion", "task_id", "source"}`.
+- `DIR/preferences/<set>/` (+ `<set>.jsonl`): what the run's DPO methods (ilf-dpo, rft-dpo) trained on.
 - `DIR/dpo/` (+ `dpo.jsonl`): preference pairs from π_Refine's EVAL: `{"prompt": task prompt,
   "chosen": a passing refinement's body, "rejected": the failing x0's body, "task_id", "feedback"}`,
   one per passing refinement (TRL's DPOTrainer reads prompt/chosen/rejected).
@@ -37,7 +38,18 @@ def training_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return {
         k: [{"prompt": r["prompt"], "completion": r["completion"], "task_id": r.get("task_id"), "source": r.get("source", k)} for r in v]
         for k, v in sets.items()
+        if not any("chosen" in r for r in v)  # ilf-dpo / rft-dpo train on preferences: exported by preference_sets
     }
+
+
+def preference_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Name -> TRL prompt/chosen/rejected records of the run's DPO methods (baselines/ilf-dpo, rft-dpo)."""
+    sets = {}
+    for p in sorted(run_dir.glob("baselines/*/train_pairs.jsonl*")):
+        recs = load_jsonl(stored(p.with_name("train_pairs.jsonl")))
+        if recs and all("chosen" in r for r in recs):
+            sets[p.parent.name] = [{k: r.get(k) for k in ("prompt", "chosen", "rejected", "task_id", "source")} for r in recs]
+    return sets
 
 
 def refinement_records(run_dir: Path, data_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
@@ -178,6 +190,7 @@ def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True
     if output.exists() and not output.is_dir():
         raise IlfError(f"{output}: exists and is not a directory")
     sets = training_sets(run_dir)
+    prefs = preference_sets(run_dir)
     dpo, chat = refinement_records(run_dir, data_dir)  # may need the data: fails before any write
     output.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -186,6 +199,9 @@ def export_run(run_dir: str | Path, output: str | Path, model_cards: bool = True
         for name, recs in sets.items():
             _save(recs, tmp / "sft" / name)
             counts[f"sft/{name}"] = len(recs)
+        for name, recs in prefs.items():
+            _save(recs, tmp / "preferences" / name)
+            counts[f"preferences/{name}"] = len(recs)
         _save(dpo, tmp / "dpo")
         _save(chat, tmp / "chat")
         counts["dpo"], counts["chat"] = len(dpo), len(chat)

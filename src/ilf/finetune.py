@@ -54,10 +54,11 @@ REFINE_SPLIT = "\n\nFEEDBACK:\n"  # see ilf.tasks.REFINE_TEMPLATE
 @dataclass
 class Pair:
     prompt: str
-    completion: str
+    completion: str  # the target; with objective dpo, the preferred ("chosen") completion
     task_id: Any = None
     kind: Optional[str] = None  # e.g. "refine" (π_Refine) or "program" (π_θ)
     source: str = ""  # file:line, for reports
+    rejected: Optional[str] = None  # objective dpo: the dispreferred completion
 
 
 def load_pairs(data: str | os.PathLike | Iterable[dict] | Iterable[Pair]) -> list[Pair]:
@@ -78,6 +79,10 @@ def load_pairs(data: str | os.PathLike | Iterable[dict] | Iterable[Pair]) -> lis
 
 def _pair_from_record(rec: dict, path: Any, line: int) -> Pair:
     prompt = require(rec, "prompt", str, path, line)
+    if "chosen" in rec or "rejected" in rec:  # a preference pair (TRL's prompt/chosen/rejected)
+        chosen = require(rec, "chosen", str, path, line)
+        rejected = require(rec, "rejected", str, path, line)
+        return Pair(prompt=prompt, completion=chosen, task_id=rec.get("task_id"), source=f"{path}:{line}", rejected=rejected)
     completion = require(rec, "completion", str, path, line)
     kind = rec.get("kind")
     if kind is not None and not isinstance(kind, str):
@@ -89,7 +94,8 @@ def fingerprint(pairs: Sequence[Pair]) -> str:
     """sha256 of the training text, order included (a different order is a different run)."""
     h = hashlib.sha256()
     for p in pairs:
-        h.update(json.dumps([p.prompt, p.completion], ensure_ascii=False).encode("utf-8"))
+        text = [p.prompt, p.completion] + ([p.rejected] if p.rejected is not None else [])
+        h.update(json.dumps(text, ensure_ascii=False).encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
 
@@ -375,10 +381,14 @@ _NON_IDENTITY_FIELDS = {
 
 
 def _identity(cfg: FinetuneConfig, data_fp: str, base: str) -> dict[str, Any]:
-    c = {k: v for k, v in asdict(cfg).items() if k not in _NON_IDENTITY_FIELDS}
-    if not cfg.replay:  # models trained before replay existed keep their identity
-        c.pop("replay", None)
+    c = {k: v for k, v in cfg.keyed().items() if k not in _NON_IDENTITY_FIELDS}
     return {"base_model": base, "data_fingerprint": data_fp, "config": c}
+
+
+def _dpo_encoded(pair: Pair, tokenizer) -> Encoded:
+    """A preference pair's counts for the model's metadata (the trainer tokenizes it itself)."""
+    prompt, target = _ids(tokenizer, pair.prompt), _ids(tokenizer, pair.completion)
+    return Encoded(input_ids=prompt + target, completion_mask=[0] * len(prompt) + [1] * len(target), num_target_tokens=len(target))
 
 
 def replay_pairs(results: str | os.PathLike, pairs: Sequence[Pair], share: float, seed: int) -> tuple[list[Pair], dict[str, Any]]:
@@ -494,6 +504,13 @@ def finetune(
 
         keep = sorted(random.Random(f"{cfg.seed}:pairs").sample(range(len(data_list)), cfg.max_pairs))
         data_list = [data_list[i] for i in keep]
+    dpo = cfg.objective == "dpo"
+    missing = next((p for p in data_list if (p.rejected is None) == dpo), None)
+    if missing is not None:
+        want = "preference pairs (prompt, chosen, rejected)" if dpo else "prompt/completion pairs"
+        raise IlfError(f"{missing.source or 'pairs'}: objective {cfg.objective} trains on {want}")
+    if dpo and cfg.replay:
+        raise IlfError("finetune.replay goes with objective sft (replay adds completions, not preferences)")
     replay_info: dict[str, Any] = {}
     if cfg.replay:
         if not cfg.replay_from:
@@ -549,7 +566,11 @@ def finetune(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(train_eos)
 
-    encoded, skipped, trunc_counts = encode_pairs(data_list, tokenizer, cfg.max_length, train_eos)
+    if dpo:  # TRL's DPOTrainer tokenizes prompt/chosen/rejected itself (max_length keeps the start)
+        encoded = [_dpo_encoded(p, tokenizer) for p in data_list]
+        skipped, trunc_counts = [], {"old_code": 0, "prompt_start": 0}
+    else:
+        encoded, skipped, trunc_counts = encode_pairs(data_list, tokenizer, cfg.max_length, train_eos)
     for s in skipped:
         console.print(f"[yellow]skipped[/] {s.source or f'pair {s.index}'} (task {s.task_id}): {s.reason}", highlight=False)
     if trunc_counts["old_code"] or trunc_counts["prompt_start"]:
@@ -561,13 +582,19 @@ def finetune(
         raise IlfError(f"no trainable pair left: all {len(data_list)} were skipped (see the reasons above)")
 
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     def to_dataset(examples: list[Encoded]) -> Dataset:
         return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]})
 
-    dataset = to_dataset(encoded)
+    if dpo:
+        columns = {"prompt": [p.prompt for p in data_list], "chosen": [p.completion for p in data_list]}
+        dataset = Dataset.from_dict(columns | {"rejected": [p.rejected for p in data_list]})
+    else:
+        dataset = to_dataset(encoded)
     eval_dataset = None
+    if eval_list and dpo:
+        raise IlfError("held-out pairs (eval_pairs) go with objective sft")
     if eval_list:
         eval_encoded, eval_skipped, _ = encode_pairs(eval_list, tokenizer, cfg.max_length, train_eos)
         for s in eval_skipped:
@@ -587,7 +614,15 @@ def finetune(
     eval_kw: dict[str, Any] = {"eval_strategy": "no"}
     if eval_dataset is not None:
         eval_kw = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if cfg.eval_steps > 0 else {"eval_strategy": "epoch"}
-    args = SFTConfig(
+    if dpo:  # DPO + an SFT term on the chosen program (RPO), which keeps outputs from shrinking
+        objective_kw: dict[str, Any] = {
+            "beta": cfg.dpo_beta,
+            "loss_type": ["sigmoid", "sft"] if cfg.dpo_sft_weight else ["sigmoid"],
+            "loss_weights": [1.0, cfg.dpo_sft_weight] if cfg.dpo_sft_weight else [1.0],
+        }
+    else:
+        objective_kw = {"completion_only_loss": True}
+    args = (DPOConfig if dpo else SFTConfig)(
         output_dir=str(ckpt_dir),
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -607,7 +642,6 @@ def finetune(
         report_to=report_to,
         save_total_limit=cfg.save_total_limit,
         max_length=cfg.max_length,
-        completion_only_loss=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
         # Several CPU processes (torchrun on a machine without GPUs) talk over gloo.
@@ -616,6 +650,7 @@ def finetune(
         disable_tqdm=True,
         **save_kw,
         **eval_kw,
+        **objective_kw,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
     )
     peft_config = None
@@ -632,7 +667,7 @@ def finetune(
     old_tb = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "runs")  # outlives the deleted checkpoints
     try:
-        trainer = SFTTrainer(
+        trainer = (DPOTrainer if dpo else SFTTrainer)(
             model=hf_model,
             args=args,
             train_dataset=dataset,

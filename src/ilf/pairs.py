@@ -149,3 +149,50 @@ def annotation_pairs(
     if not pairs:
         raise IlfError(f"{src}: no annotation in split {split!r}")
     return pairs
+
+
+def preference_pair(task: Task, chosen: str, rejected: str, source: str, **extra: Any) -> dict[str, Any]:
+    """TRL's prompt/chosen/rejected from two whole programs of `task` (bodies after the task prompt)."""
+    from ilf.refine import body_after_prompt
+
+    return {
+        "task_id": task.task_id,
+        "prompt": task.prompt,
+        "chosen": body_after_prompt(chosen, task.prompt),
+        "rejected": body_after_prompt(rejected, task.prompt),
+        "source": source,
+        **extra,
+    }
+
+
+def refinement_preferences(
+    refinements: Iterable[dict[str, Any]], feedback: Iterable[dict[str, Any]], tasks: TaskSet, r: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """DPO from feedback: for each program of R, the repair it holds over the failing x0 it repaired."""
+    x0 = {f["feedback_id"]: f["program"] for f in feedback}
+    by_key = {(str(x["feedback_id"]), str(x["sample_id"])): x for x in refinements}
+    out = []
+    for p in r:
+        ref = by_key.get((str(p.get("feedback_id")), str(p.get("sample_id"))))
+        if ref is None or ref["feedback_id"] not in x0:
+            continue
+        task = tasks[p["task_id"]]
+        out.append(preference_pair(task, ref["refinement"], x0[ref["feedback_id"]], "ilf-dpo", feedback_id=ref["feedback_id"]))
+    return out
+
+
+def sample_preferences(results: Iterable[dict[str, Any]], tasks: TaskSet, seed: int = 0) -> list[dict[str, Any]]:
+    """The DPO control without feedback: per task with both, one of π_θ's passing samples over one of its
+    failing samples (seeded), so the model learns from its own contrast alone."""
+    passing: dict[Any, list[dict]] = {}
+    failing: dict[Any, list[dict]] = {}
+    for res in results:
+        (passing if res.get("passed") else failing).setdefault(res["task_id"], []).append(res)
+    out = []
+    for tid in sorted(set(passing) & set(failing), key=lambda t: (str(type(t)), t)):
+        rng = random.Random(f"{seed}:prefer:{tid}")
+        good = rng.choice(sorted(passing[tid], key=lambda x: str(x["sample_id"])))
+        bad = rng.choice(sorted(failing[tid], key=lambda x: str(x["sample_id"])))
+        ids = [good["sample_id"], bad["sample_id"]]
+        out.append(preference_pair(tasks[tid], good["program"], bad["program"], "rft-dpo", sample_ids=ids))
+    return out

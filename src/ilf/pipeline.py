@@ -440,8 +440,9 @@ class Run:
         from ilf.sweep import best_config, sweep
 
         cfg, sw = self.cfg, self.cfg.sweep
+        train = replace(cfg.finetune, objective="dpo") if method.endswith("-dpo") else cfg.finetune
         if not sw.enabled() or re.sub(r"-r\d+$", "", method) not in (sw.methods or TRAINED_METHODS):
-            return cfg.finetune
+            return train
         sd = self.dir / "sweep" / method
         val = self.tasks(sw.tasks)
         name = self.engine_name()
@@ -454,7 +455,7 @@ class Run:
                 base,
                 sd,
                 val,
-                cfg.finetune,
+                train,
                 sw,
                 engine=lambda m: get_engine(name, m, weights=cfg.model.weights),
                 engine_name=self.engine_label(),
@@ -467,11 +468,11 @@ class Run:
         self.stage(
             f"sweep/{method}",
             body,
-            params={"base": base, "finetune": asdict(cfg.finetune), "sweep": asdict(sw), "engine": self.engine_label(), "seed": cfg.seed},
+            params={"base": base, "finetune": train.keyed(), "sweep": asdict(sw), "engine": self.engine_label(), "seed": cfg.seed},
             inputs=[pairs_path],
             outputs=[sd / "best.json"],
         )
-        return best_config(cfg.finetune, json.loads((sd / "best.json").read_text(encoding="utf-8")))
+        return best_config(train, json.loads((sd / "best.json").read_text(encoding="utf-8")))
 
     # -- stage bodies ---------------------------------------------------------------------------
 
@@ -690,7 +691,7 @@ class Run:
             finetune_in_child(load_jsonl(pairs), base, out, tc, overwrite=True)
 
         key, base_inputs = self._model_key(base)
-        train = {k: v for k, v in asdict(tc).items() if tc.replay or k not in ("replay", "replay_from")}  # older runs resume
+        train = tc.keyed()  # older runs resume
         params, inputs = {"base": base, "train": train} | key, [pairs, *base_inputs, *replay_inputs]
         fp, entry, where = self.fingerprint(params, inputs), self.manifest["stages"].get(name, {}), str(Path(out).resolve())
         self._trained[where] = fp
@@ -828,6 +829,12 @@ class Run:
                     recs = build.rft_pairs(load_jsonl(path), tasks, k, seed=cfg.seed)
                     if method == "ilf-rft":
                         recs = r1 + recs
+            elif method == "ilf-dpo":  # DPO from feedback: R's chosen repair over its failing x0 (objective dpo)
+                rd = self.dir / "r1"
+                recs = build.refinement_preferences(load_jsonl(rd / "refinements.jsonl"), load_jsonl(rd / "feedback.jsonl"), tasks, r1)
+            elif method == "rft-dpo":  # its control: π_θ's own passing over its own failing sample of a task
+                path = self.dir / "r1" / "results.jsonl"
+                recs = build.sample_preferences(load_jsonl(path), tasks, seed=cfg.seed) if path.exists() else []
             else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
                 recs = self.llm_refinement_pairs(method, bd)
             write_jsonl(pairs_path, recs)

@@ -83,7 +83,7 @@ def sweep(
     ident = {
         "base": base,
         "pairs": hashlib.sha256(Path(pairs).read_bytes()).hexdigest(),
-        "finetune": asdict(train),
+        "finetune": train.keyed(),
         "sweep": asdict(sw),
         "val_tasks": sorted(val_ids),
         "engine": engine_name,

@@ -23,7 +23,7 @@ from ilf.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, bo
 TABLE_KS = (1, 10)
 
 # Rows in the paper's order (Table 4): baselines first, ILF last; unknown methods alphabetically between.
-METHOD_ORDER = ("zero-shot", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft", "rft-all", "ilf-rft")
+METHOD_ORDER = ("zero-shot", "gold", "human-refinements", "llm-1shot", "llm-2shot", "rft", "rft-all", "ilf-rft", "rft-dpo", "ilf-dpo")
 
 # ---------------------------------------------------------------------------------------------
 # Reading artifacts (one clear error line per malformed record)
