@@ -878,3 +878,20 @@ def test_a_packed_run_is_named_by_its_experiment(tmp_path):
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("report"))
     md = write_report(run, resamples=50, output=tmp_path / "out")
     assert md.read_text().startswith("# ILF report: rounds/run") and (tmp_path / "out" / "refine_rounds.png").is_file()
+
+
+def test_the_detectable_difference_is_detected_four_times_in_five():
+    """detectable_difference: a true paired effect of that size is found (two-sided 5%) with 80% power."""
+    import numpy as np
+
+    from ilf.report.stats import detectable_difference
+
+    rng = np.random.default_rng(0)
+    sd, n = 0.3, 100
+    effect = 2.8016 * sd / np.sqrt(n)  # (z_0.975 + z_0.8) standard errors
+    found = 0
+    for _ in range(2000):
+        d = rng.normal(effect, sd, n)
+        found += abs(d.mean()) / (d.std(ddof=1) / np.sqrt(n)) > 1.96
+    assert 0.76 < found / 2000 < 0.84
+    assert abs(detectable_difference(rng.normal(0, sd, 10_000)) * np.sqrt(10_000) / np.sqrt(n) - effect) < 0.01

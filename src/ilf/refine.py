@@ -455,7 +455,7 @@ def control_comparison(
     refinements solved and resampling did not (ILF's whole signal); paired bootstrap CIs over tasks."""
     import numpy as np
 
-    from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, bootstrap_indices
+    from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, bootstrap_indices, detectable_difference
 
     ref: dict[Any, list[bool]] = defaultdict(list)
     for r in refined:
@@ -482,6 +482,7 @@ def control_comparison(
         "control_pass@1": float(b.mean()),
         "delta_pass@1": float((a - b).mean()),
         "delta_pass@1_ci": [lo, hi],
+        "delta_pass@1_detectable": detectable_difference(a - b),
         "solved": int(sa.sum()),
         "control_solved": int(sb.sum()),
         "beyond": int((sa & ~sb).sum()),

@@ -17,7 +17,15 @@ import numpy as np
 from ilf.config import RunConfig, read_run_config
 from ilf.errors import IlfError
 from ilf.jsonl import read_json, read_jsonl, require, stored
-from ilf.report.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, bootstrap_indices, estimate, per_task_values
+from ilf.report.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    bootstrap_indices,
+    detectable_difference,
+    estimate,
+    per_task_values,
+)
 
 # pass@k columns of the Table 4 analog (each shown only when every task has >= k samples).
 TABLE_KS = (1, 10)
@@ -205,7 +213,7 @@ def paired_delta(a: dict, b: dict, metrics, resamples: int, seed: int) -> dict |
     for name in metrics:
         x = per_task_values({t: (a[t]["n"], a[t]["c"]) for t in common}, name)
         y = per_task_values({t: (b[t]["n"], b[t]["c"]) for t in common}, name)
-        deltas[name] = estimate(x - y, resamples, seed, indices=idx)
+        deltas[name] = estimate(x - y, resamples, seed, indices=idx) | {"detectable": detectable_difference(x - y)}
     return {"num_common_tasks": len(common), "metrics": deltas}
 
 
@@ -265,15 +273,15 @@ def seed_groups(methods: list[dict], resamples: int, seed: int, baseline: str = 
         if zero:
             t0 = common(ms, zero)
             if t0:
-                row["minus_zero_shot"] = estimate(
-                    per_task_mean(ms, t0) - per_task_mean(zero, t0), resamples, seed, indices=bootstrap_indices(len(t0), resamples, seed)
-                )
+                diff = per_task_mean(ms, t0) - per_task_mean(zero, t0)
+                row["minus_zero_shot"] = estimate(diff, resamples, seed, indices=bootstrap_indices(len(t0), resamples, seed))
+                row["minus_zero_shot"]["detectable"] = detectable_difference(diff)
         if ilf and name != "ilf":
             t1 = common(ms, ilf)
             if t1:
-                row["ilf_minus"] = estimate(
-                    per_task_mean(ilf, t1) - per_task_mean(ms, t1), resamples, seed, indices=bootstrap_indices(len(t1), resamples, seed)
-                )
+                diff = per_task_mean(ilf, t1) - per_task_mean(ms, t1)
+                row["ilf_minus"] = estimate(diff, resamples, seed, indices=bootstrap_indices(len(t1), resamples, seed))
+                row["ilf_minus"]["detectable"] = detectable_difference(diff)
                 by_seed = {m["method"].split("@")[1] if "@" in m["method"] else "s0": m for m in ms}
                 row["ilf_minus_per_seed"] = {}
                 for im in ilf:

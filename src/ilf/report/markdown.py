@@ -120,6 +120,14 @@ def _verdict_lines(a: dict) -> list[str]:
     L = ["## Does ILF help in this run?", ""]
     L += [f"ILF ({seeds}), paired over the evaluation tasks, pass@1 in points:", ""]
     L += [f"- ILF − {name}: {pct(e, signed=True)}: {_direction(e)}." for name, e in comparisons]
+    mde = [(name, e["detectable"]) for name, e in comparisons if e.get("detectable") == e.get("detectable") and e.get("detectable")]
+    if mde:
+        L += [
+            "",
+            "The smallest difference this design detects (80% power, two-sided 5%, paired over tasks): "
+            + ", ".join(f"ILF − {name} ±{100 * d:.1f}" for name, d in mde)
+            + " points; a smaller true effect would likely read as noise here.",
+        ]
     wins = [name for name, e in comparisons if e["lo"] > 0]
     if len(wins) == len(comparisons) and any(name == "gold" for name, _ in comparisons):
         verdict = "**The paper's claim holds in this run**: ILF is above zero-shot and above every baseline evaluated here."
@@ -557,7 +565,12 @@ def control_section(c: dict) -> list[str]:
     L.append(
         f"{c['tasks']} tasks, {c['samples_per_task']} samples per task on both sides (the control's first samples of each "
         "task, as many as the refinements). The tasks solved only by π_Refine are what ILF can learn that resampling "
-        "would not give it; brackets are 95% bootstrap CIs over tasks."
+        "would not give it; brackets are 95% bootstrap CIs over tasks"
+        + (
+            f"; the smallest Δ pass@1 this design detects (80% power) is ±{100 * c['delta_pass@1_detectable']:.1f} points."
+            if c.get("delta_pass@1_detectable") == c.get("delta_pass@1_detectable") and c.get("delta_pass@1_detectable")
+            else "."
+        )
     )
     return L + [""]
 

@@ -80,3 +80,17 @@ def unsolved_pool(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[
         return {}
     ns, cs = [n for n, _ in counts], [c for _, c in counts]
     return {k: float(len(ns) - per_task_pass_at_k(ns, cs, k).sum()) for k in ks if k <= min(ns)}
+
+
+# Power: a paired mean difference is detected (two-sided 5% test) with 80% power when it exceeds
+# (z_0.975 + z_0.80) standard errors.
+POWER_Z = 1.959964 + 0.841621
+
+
+def detectable_difference(differences: Sequence[float] | np.ndarray) -> float:
+    """The smallest mean difference a paired design with these per-task differences detects with 80%
+    power (their spread, not their mean, sets it): (z_0.975 + z_0.8) x SD / sqrt(tasks)."""
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2:
+        return math.nan
+    return float(POWER_Z * d.std(ddof=1) / math.sqrt(d.size))
