@@ -53,6 +53,10 @@ def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp
     assert {(r["model"], r["engine"], r["refine_mode"], r["shots"], r["max_new_tokens"]) for r in recs} == {
         (tiny.name, "transformers", "fewshot", 1, 12)
     }
+    # The control through the paper's door: π_θ (--policy) on the task prompt alone, as many samples per task.
+    control = load_jsonl(tmp_path / "x1_control.jsonl")
+    assert sorted((r["task_id"], r["sample_id"]) for r in control) == sorted((t, j) for t in TASKS for j in range(2))
+    assert all("returns None" not in r["prompt"] and r["prompt"].rstrip().endswith(":") for r in control)
     shuffled = load_jsonl(tmp_path / "x1_shuffled.jsonl")
     assert len(shuffled) == 3 and all(r["feedback_id"].endswith("~shuffled") for r in shuffled)
 

@@ -59,8 +59,10 @@ def test_regenerate_shows_the_task_and_feedback_and_the_control_matches_the_budg
     from ilf.tasks import load_tasks
 
     tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=[601, 602, 603])
-    # π_θ alone: the task prompt, no x0, no feedback, a seed of its own.
-    assert all(r["prompt"] == tasks[r["task_id"]].prompt and "None" not in r["prompt"] for r in control)
+    # π_θ alone, through the door π_Refine used (its chat template, the task alone), no x0, no feedback,
+    # a seed of its own.
+    assert {r["control"] for r in control} == {"chat template, the task alone"} and {r["interface"] for r in control} == {"regenerate"}
+    assert all(r["program"].startswith(tasks[r["task_id"]].prompt) for r in control)
     assert {r["seed"] for r in control} == {3 + 7919} and {r["model"] for r in control} == {qwen_tiny.name}
 
     for f in ("x1.jsonl", "x1_control.jsonl"):
@@ -73,7 +75,9 @@ def test_regenerate_shows_the_task_and_feedback_and_the_control_matches_the_budg
     assert "## π_Refine against π_θ sampled again" in (tmp_path / "rep" / "report.md").read_text()
 
     # --control with samples that are not π_Refine's is one line.
-    proc = _run(["report", "x1_control_results.jsonl", "--control", "x1_control_results.jsonl"], tmp_path)
+    plain = [{k: v for k, v in r.items() if k != "feedback_id"} for r in load_jsonl(tmp_path / "x1_control_results.jsonl")]
+    _write(tmp_path / "plain_results.jsonl", plain)
+    proc = _run(["report", "plain_results.jsonl", "--control", "x1_control_results.jsonl"], tmp_path)
     assert proc.returncode == 2 and "are not" in proc.stderr.strip().splitlines()[-1]
 
 

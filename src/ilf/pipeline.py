@@ -633,7 +633,7 @@ class Run:
     def resample_control(self, r: int, rd: Path, feedback: list[dict], model: str) -> None:
         """The decisive control: π_θ sampled again on the feedback's tasks with π_Refine's budget,
         no x0, no feedback (ilf.refine.resample_control); compared with R's source in r<N>/select."""
-        from ilf.refine import refine_params, resample_control
+        from ilf.refine import chat_formatter, refine_params, resample_control
 
         cfg = self.cfg
         raw = rd / "control_samples.jsonl"
@@ -641,7 +641,15 @@ class Run:
         self.stage(
             f"r{r}/control",
             lambda: resample_control(
-                feedback, self.tasks(), lambda: self.engine(model), params, raw, model_name=str(model), engine_name=self.engine_label()
+                feedback,
+                self.tasks(),
+                lambda: self.engine(model),
+                params,
+                raw,
+                interface=cfg.refine.interface,
+                chat=lambda: chat_formatter(model),
+                model_name=str(model),
+                engine_name=self.engine_label(),
             ),
             params={
                 "n": cfg.refine.n,
@@ -649,7 +657,8 @@ class Run:
                 "seed": params.seed,
                 "engine": self.engine_label(),
                 **self._model_key(model)[0],
-            },
+            }
+            | ({"interface": "chat"} if cfg.refine.interface != "paper" else {}),
             inputs=[rd / "feedback.jsonl"],
             outputs=[raw],
         )

@@ -436,15 +436,34 @@ def control_budget(feedback: Sequence[dict[str, Any]], n: int) -> dict[Any, int]
     return dict(budget)
 
 
-def resample_control(feedback: Sequence[dict[str, Any]], tasks: TaskSet, engine, params, output: str | Path, **kw) -> list[dict]:
+def resample_control(
+    feedback: Sequence[dict[str, Any]],
+    tasks: TaskSet,
+    engine,
+    params,
+    output: str | Path,
+    *,
+    interface: str = "paper",
+    chat: Callable[[], Callable[[str, str], str]] | None = None,
+    model_name: str | None = None,
+    engine_name: str | None = None,
+) -> list[dict]:
     """π_θ sampled again on the feedback's tasks with π_Refine's budget (the largest per task;
-    `control_comparison` takes each task's own), the task prompt alone, a seed of its own."""
-    from ilf.sampling import sample
-
+    `control_comparison` takes each task's own), no x0, no feedback, a seed of its own. Through the
+    same door π_Refine used: the task prompt for interface paper, the chat template with the task
+    alone for chat/regenerate (sampling π_θ through its chat template alone already solves tasks the
+    task prompt does not, and that must not count as the feedback's doing)."""
     budget = control_budget(feedback, params.n)
-    todo = [tasks[t] for t in budget]
     n = max(budget.values(), default=params.n)
-    return sample(todo, engine, dataclasses.replace(params, n=n, seed=params.seed + CONTROL_SEED_SALT, stop=[]), output, **kw)
+    params = dataclasses.replace(params, n=n, seed=params.seed + CONTROL_SEED_SALT)
+    if interface == "paper":
+        from ilf.sampling import sample
+
+        todo = [tasks[t] for t in budget]
+        return sample(todo, engine, dataclasses.replace(params, stop=[]), output, model_name=model_name, engine_name=engine_name)
+    alone = [{"task_id": t, "feedback_id": f"control-{t}", "program": "", "feedback": ""} for t in budget]
+    protocol = {"model": model_name, "engine": engine_name, "interface": "regenerate", "control": "chat template, the task alone"}
+    return sample_refinements(alone, tasks, engine, params, output, interface="regenerate", chat=chat, protocol=protocol)
 
 
 def control_comparison(
@@ -473,8 +492,10 @@ def control_comparison(
     sa, sb = a > 0, b > 0
     idx = bootstrap_indices(len(ids), resamples or BOOTSTRAP_RESAMPLES, seed)
     beyond = (sa & ~sb).astype(float)
+    net = sa.astype(float) - sb.astype(float)
     lo, hi = bootstrap_ci(a - b, indices=idx)
     blo, bhi = bootstrap_ci(beyond, indices=idx)
+    nlo, nhi = bootstrap_ci(net, indices=idx)
     return {
         "tasks": len(ids),
         "samples_per_task": int(np.median([len(ref[t]) for t in ids])),
@@ -488,6 +509,9 @@ def control_comparison(
         "beyond": int((sa & ~sb).sum()),
         "beyond_ci": [blo * len(ids), bhi * len(ids)],
         "missed": int((sb & ~sa).sum()),
+        # beyond - missed: when both sides rarely pass, chance alone puts tasks on each side
+        "net_solved": int(net.sum()),
+        "net_solved_ci": [nlo * len(ids), nhi * len(ids)],
         "beyond_tasks": [t for t, x, y in zip(ids, sa, sb) if x and not y],
     }
 
@@ -502,8 +526,8 @@ def describe_comparison(c: dict[str, Any]) -> str:
         f"π_Refine vs π_θ sampled again ({c['tasks']} tasks, {c['samples_per_task']} samples each): pass@1 "
         f"{100 * c['pass@1']:.1f} vs {100 * c['control_pass@1']:.1f} "
         f"(Δ {100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]); "
-        f"tasks solved {c['solved']} vs {c['control_solved']}; solved only by π_Refine {c['beyond']} [{blo:.0f}, {bhi:.0f}], "
-        f"only by resampling {c['missed']}"
+        f"tasks solved {c['solved']} vs {c['control_solved']} (net {c['net_solved']:+d} [{c['net_solved_ci'][0]:+.0f}, "
+        f"{c['net_solved_ci'][1]:+.0f}]); solved only by π_Refine {c['beyond']} [{blo:.0f}, {bhi:.0f}], only by resampling {c['missed']}"
     )
 
 
@@ -646,6 +670,8 @@ def refine_command(
                 lambda: engine(pi),
                 refine_params(cfg, seed),
                 control_out,
+                interface=cfg.interface,
+                chat=lambda: chat_formatter(pi),
                 model_name=pi.name,
                 engine_name=protocol["engine"],
             )

@@ -557,15 +557,18 @@ def control_section(c: dict) -> list[str]:
         [
             "Δ (paired over tasks)",
             f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
-            c["solved"] - c["control_solved"],
+            f"{c['solved'] - c['control_solved']:+d}"
+            + (f" [{c['net_solved_ci'][0]:+.0f}, {c['net_solved_ci'][1]:+.0f}]" if "net_solved_ci" in c else ""),
             "",
         ],
     ]
     L += _table(header, rows) + [""]
     L.append(
         f"{c['tasks']} tasks, {c['samples_per_task']} samples per task on both sides (the control's first samples of each "
-        "task, as many as the refinements). The tasks solved only by π_Refine are what ILF can learn that resampling "
-        "would not give it; brackets are 95% bootstrap CIs over tasks"
+        "task, as many as the refinements; through the chat template with the task alone when π_Refine used the chat "
+        "template). The tasks solved only by π_Refine are what ILF can learn that resampling would not give it; when both "
+        "sides rarely pass, chance alone puts tasks on each side, so read them against the tasks solved only by "
+        "resampling (the net Δ of tasks solved). Brackets are 95% bootstrap CIs over tasks"
         + (
             f"; the smallest Δ pass@1 this design detects (80% power) is ±{100 * c['delta_pass@1_detectable']:.1f} points."
             if c.get("delta_pass@1_detectable") == c.get("delta_pass@1_detectable") and c.get("delta_pass@1_detectable")
