@@ -142,6 +142,10 @@ def test_control_comparison_matches_the_budget_per_task():
     assert c["pass@1"] == pytest.approx((0.5 + 0 + 1) / 3) and c["control_pass@1"] == pytest.approx((0 + 0.5 + 0.5) / 3)
     lo, hi = c["delta_pass@1_ci"]
     assert lo <= c["delta_pass@1"] <= hi
+    assert c["net_solved"] == c["solved"] - c["control_solved"] == 0
+    # A task whose feedback was dropped (no refinements) counts as unsolved by π_Refine, not as absent.
+    c4 = control_comparison(refined, control + [_res(4, 0, True), _res(4, 1, False)], resamples=200, tasks=[1, 2, 3, 4])
+    assert (c4["tasks"], c4["tasks_without_refinements"], c4["control_solved"], c4["missed"]) == (4, 1, 3, 2)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ def wall_seconds(raw: Path) -> dict[str, int]:
 
 def main(raw: Path) -> None:
     control = load_jsonl(stored(raw / CONTROL))
+    pool = [r["task_id"] for r in load_jsonl(stored(raw / "feedback_trace.jsonl"))]
     seconds = wall_seconds(raw)
     print(
         "| π_Refine | feedback | interface | pass@1 | π_θ again pass@1 | Δ pass@1 [95% CI] | tasks solved | "
@@ -56,7 +57,7 @@ def main(raw: Path) -> None:
             continue
         recs = load_jsonl(stored(path))
         s = refine_summary(recs, 5)
-        c = control_comparison(recs, control)
+        c = control_comparison(recs, control, tasks=pool)  # tasks whose feedback leaked count as unsolved
         lo, hi = c["delta_pass@1_ci"]
         blo, bhi = c["beyond_ci"]
         fb_name = "feedback_ref15.jsonl" if "ref15" in name else ""

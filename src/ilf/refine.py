@@ -467,11 +467,17 @@ def resample_control(
 
 
 def control_comparison(
-    refined: Sequence[dict[str, Any]], control: Sequence[dict[str, Any]], resamples: int | None = None, seed: int = 0
+    refined: Sequence[dict[str, Any]],
+    control: Sequence[dict[str, Any]],
+    resamples: int | None = None,
+    seed: int = 0,
+    tasks: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """π_Refine against π_θ sampled again, task by task with the same number of samples (the
     control's first samples of each task). pass@1 and tasks solved for both; `beyond`: tasks the
-    refinements solved and resampling did not (ILF's whole signal); paired bootstrap CIs over tasks."""
+    refinements solved and resampling did not (ILF's whole signal); paired bootstrap CIs over tasks.
+    tasks: every task the comparison is over; one without refinements (its feedback dropped, say)
+    counts as unsolved by π_Refine, against the control's usual number of samples."""
     import numpy as np
 
     from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, bootstrap_indices, detectable_difference
@@ -486,8 +492,11 @@ def control_comparison(
     ids = [t for t in ref if ref[t] and t in ctl]
     if not ids:
         return {"tasks": 0}
-    a = np.array([sum(ref[t]) / len(ref[t]) for t in ids])
-    ctl_used = {t: [p for _, p in sorted(ctl[t])[: len(ref[t])]] for t in ids}
+    usual = int(np.median([len(ref[t]) for t in ids]))
+    unrefined = [t for t in (tasks or []) if t in ctl and not ref.get(t)]
+    ids += unrefined
+    a = np.array([sum(ref[t]) / len(ref[t]) if ref.get(t) else 0.0 for t in ids])
+    ctl_used = {t: [p for _, p in sorted(ctl[t])[: len(ref[t]) if ref.get(t) else usual]] for t in ids}
     b = np.array([sum(v) / len(v) for v in (ctl_used[t] for t in ids)])
     sa, sb = a > 0, b > 0
     idx = bootstrap_indices(len(ids), resamples or BOOTSTRAP_RESAMPLES, seed)
@@ -498,7 +507,8 @@ def control_comparison(
     nlo, nhi = bootstrap_ci(net, indices=idx)
     return {
         "tasks": len(ids),
-        "samples_per_task": int(np.median([len(ref[t]) for t in ids])),
+        "samples_per_task": usual,
+        "tasks_without_refinements": len(unrefined),
         "pass@1": float(a.mean()),
         "control_pass@1": float(b.mean()),
         "delta_pass@1": float((a - b).mean()),
