@@ -17,6 +17,7 @@ from pathlib import Path
 from ilf.feedback.llm import without_leaks
 from ilf.jsonl import load_jsonl, stored
 from ilf.refine import control_comparison, refine_summary
+from ilf.tasks import load_tasks
 
 HERE = Path(__file__).resolve().parent
 ROWS = [  # (directory, refiner, feedback, interface)
@@ -43,6 +44,7 @@ def wall_seconds(raw: Path) -> dict[str, int]:
 def main(raw: Path) -> None:
     control = load_jsonl(stored(raw / CONTROL))
     pool = [r["task_id"] for r in load_jsonl(stored(raw / "feedback_trace.jsonl"))]
+    tasks = load_tasks("mbpp", task_ids=pool)  # the leak guard reads the references
     seconds = wall_seconds(raw)
     print(
         "| π_Refine | feedback | interface | pass@1 | π_θ again pass@1 | Δ pass@1 [95% CI] | tasks solved | "
@@ -61,7 +63,7 @@ def main(raw: Path) -> None:
         lo, hi = c["delta_pass@1_ci"]
         blo, bhi = c["beyond_ci"]
         fb_name = "feedback_ref15.jsonl" if "ref15" in name else ""
-        dropped = sum(without_leaks(load_jsonl(stored(raw / fb_name)))[1].values()) if fb_name else 0
+        dropped = sum(without_leaks(load_jsonl(stored(raw / fb_name)), tasks)[1].values()) if fb_name else 0
         tokens = statistics.fmean(r["num_tokens"] for r in recs if not r.get("refused"))
         num_x0 = len({r["feedback_id"] for r in recs})
         sec = seconds.get(name)
