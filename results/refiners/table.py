@@ -48,14 +48,14 @@ def main(raw: Path) -> None:
     seconds = wall_seconds(raw)
     print(
         "| π_Refine | feedback | interface | pass@1 | π_θ again pass@1 | Δ pass@1 [95% CI] | tasks solved | "
-        "solved only by π_Refine [95% CI] | only by π_θ again | copies of x0 | leaks dropped | tokens per refinement | "
-        "sampling s per 100 x0 |"
+        "solved only by π_Refine [95% CI] | only by π_θ again | net Δ tasks solved [95% CI] | copies of x0 | leaks dropped | "
+        "tokens per refinement | sampling s per 100 x0 |"
     )
-    print("|---|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|")
     for name, refiner, feedback, interface in ROWS:
         path = raw / name / "refinements_results.jsonl"
         if not stored(path).exists():
-            print(f"| {refiner} | {feedback} | {interface} | not run |" + " |" * 10)
+            print(f"| {refiner} | {feedback} | {interface} | not run |" + " |" * 11)
             continue
         recs = load_jsonl(stored(path))
         s = refine_summary(recs, 5)
@@ -71,10 +71,38 @@ def main(raw: Path) -> None:
         print(
             f"| {refiner} | {feedback} | {interface} | {100 * c['pass@1']:.1f} | {100 * c['control_pass@1']:.1f} | "
             f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {c['solved']} / {c['tasks']} | "
-            f"**{c['beyond']}** [{blo:.0f}, {bhi:.0f}] | {c['missed']} | {s['copies_of_x0']} ({100 * s.get('copy_share', 0):.0f}%) | "
+            f"**{c['beyond']}** [{blo:.0f}, {bhi:.0f}] | {c['missed']} | "
+            f"{c['net_solved']:+d} [{c['net_solved_ci'][0]:+.0f}, {c['net_solved_ci'][1]:+.0f}] | "
+            f"{s['copies_of_x0']} ({100 * s.get('copy_share', 0):.0f}%) | "
             f"{dropped} | {tokens:.0f} | {per100} |"
         )
 
 
+def against_chat_control(raw: Path) -> None:
+    """The same rows against the control through the chat door: π_θ through its chat template with
+    the task alone (the chat-resample row), which the interfaces that use the chat template must beat."""
+    base = raw / "chat-resample" / "refinements_results.jsonl"
+    if not stored(base).exists():
+        return
+    control = load_jsonl(stored(base))
+    pool = [r["task_id"] for r in load_jsonl(stored(raw / "feedback_trace.jsonl"))]
+    print()
+    print("| π_Refine | feedback | interface | pass@1 | chat control pass@1 | Δ pass@1 [95% CI] | net Δ tasks solved [95% CI] |")
+    print("|---|---|---|---:|---:|---|---|")
+    for name, refiner, feedback, interface in ROWS:
+        path = raw / name / "refinements_results.jsonl"
+        if name == "chat-resample" or not stored(path).exists():
+            continue
+        c = control_comparison(load_jsonl(stored(path)), control, tasks=pool)
+        lo, hi = c["delta_pass@1_ci"]
+        print(
+            f"| {refiner} | {feedback} | {interface} | {100 * c['pass@1']:.1f} | {100 * c['control_pass@1']:.1f} | "
+            f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+            f"{c['net_solved']:+d} [{c['net_solved_ci'][0]:+.0f}, {c['net_solved_ci'][1]:+.0f}] |"
+        )
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw")
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw"
+    main(where)
+    against_chat_control(where)
