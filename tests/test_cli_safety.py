@@ -4,6 +4,7 @@ refused with one line and exit 2, and the input is left byte for byte as it was.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -91,6 +92,27 @@ def test_every_command_shows_an_example_and_takes_dash_h():
     for path in (("evaluate",), ("annotations", "export"), ("data", "fetch")):
         p = subprocess.run([sys.executable, "-m", "ilf.cli", *path, "-h"], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and "Usage" in p.stdout, (path, p.stderr)
+
+
+def test_help_names_values_as_click_does_and_lists_choices():
+    """TEXT / INTEGER / FLOAT / PATH and [a|b] for values, an argument by its name in capitals, nothing for a
+    switch, in every command's help; typer's own <str>, <int>, <bool> appear nowhere."""
+    import typer.main
+
+    from ilf.cli import app, click_metavars
+
+    root = typer.main.get_command(app)
+    click_metavars(root)
+    seen = set()
+    for path, cmd in _commands(root):
+        for param in cmd.params:
+            assert param.metavar is not None, (path, param.name)
+            assert "<" not in param.metavar, (path, param.name, param.metavar)
+            seen.add(param.metavar)
+    assert {"TEXT", "INTEGER", "FLOAT", "PATH", "", "[fewshot|finetune]", "[paper|chat|regenerate]"} <= seen
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "ilf.cli", "refine", "-h"], capture_output=True, text=True, timeout=120, env=env).stdout
+    assert "FEEDBACK" in out and "[paper|chat|regenerate]" in out and "<str>" not in out and "<bool>" not in out
 
 
 def test_the_annotation_app_and_the_model_server_do_not_share_a_default_port():

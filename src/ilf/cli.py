@@ -112,7 +112,9 @@ def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str
             if typing.get_origin(tp) is list:
                 ann, default = str, ",".join(map(str, default))
             decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
-            opt = typer.Option(default, *decls, help=f.metadata["help"], show_default=True)
+            choices = f.metadata.get("choices")
+            metavar = "[" + "|".join(c for c in choices if c) + "]" if choices else None
+            opt = typer.Option(default, *decls, help=f.metadata["help"], show_default=True, metavar=metavar)
             extra.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
             annotations[pname] = ann
 
@@ -902,14 +904,56 @@ QUIET_LIBRARIES = {
 }
 
 
+def click_metavars(command) -> None:
+    """click's names for values in --help (TEXT, INTEGER, FLOAT, PATH, [a|b]; an argument by its name in
+    capitals), as click and most CLIs of the field print them, where typer prints <str> or {name}."""
+    names = {str: "TEXT", int: "INTEGER", float: "FLOAT"}
+    for param in getattr(command, "params", []):
+        desc = getattr(param, "type_descriptor", None)
+        if getattr(param, "metavar", None) is not None:
+            continue
+        if getattr(param, "is_flag", False) or (desc is not None and desc.annotation is bool):
+            param.metavar = ""  # a switch takes no value
+        elif type(param).__name__ == "TyperArgument":
+            param.metavar = param.name.upper()
+            kind = "PATH" if desc is not None and desc.is_path else names.get(getattr(desc, "annotation", str), "TEXT")
+            param.display_type_rich = lambda ctx, kind=kind: kind  # the type column typer fills from its own names
+        elif desc is None:
+            continue
+        elif desc.is_choice:
+            param.metavar = "[" + "|".join(str(c.value if hasattr(c, "value") else c) for c in desc.choices or ()) + "]"
+        elif desc.is_path:
+            param.metavar = "PATH"
+        elif desc.annotation in names:
+            param.metavar = names[desc.annotation]
+        elif typing.get_origin(desc.annotation) is list:
+            param.metavar = names.get((typing.get_args(desc.annotation) or (str,))[0], "TEXT")
+    if hasattr(command, "get_help_option"):  # -h/--help is made when help is shown: a switch too
+        made = command.get_help_option
+
+        def help_option(ctx, made=made):
+            opt = made(ctx)
+            if opt is not None and getattr(opt, "metavar", None) is None:
+                opt.metavar = ""
+            return opt
+
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        click_metavars(sub)
+
+
 def main() -> None:
     import os
+
+    import typer.main
 
     for k, v in QUIET_LIBRARIES.items():
         os.environ.setdefault(k, v)
     if not sys.stderr.isatty():  # a log file: rich would wrap every line at 80 columns
         os.environ.setdefault("COLUMNS", "200")
-    app()
+    command = typer.main.get_command(app)
+    click_metavars(command)
+    command(prog_name="ilf")
 
 
 if __name__ == "__main__":
