@@ -279,9 +279,11 @@ class Run:
                 f"{cfg.feedback.source} feedback on one failing x0 of each task {rule}"
             )
         interface = {"paper": "", "chat": ", chat template", "regenerate": ", regenerating from the task and f (x0 not shown)"}
+        paper = cfg.refine.interface == "paper"
         pr = (
-            f"π_Refine: {cfg.refine.mode}"
-            + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" and cfg.refine.interface == "paper" else "")
+            "π_Refine: "
+            + (cfg.refine.mode if paper or cfg.refine.mode == "finetune" else "π_θ")
+            + (f" ({cfg.refine.shots} human triples)" if cfg.refine.mode == "fewshot" and paper else "")
             + interface[cfg.refine.interface]
             + f", {cfg.refine.n} refinements per x0"
             + (f" + {cfg.refine.shuffled_n} with shuffled feedback" if cfg.refine.shuffled_n else "")
