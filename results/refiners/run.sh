@@ -9,6 +9,15 @@ mkdir -p "$R"
 N=5
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$R/log.txt"; }
 
+# On a new machine, start from what results/refiners/raw holds (feedback, finished rows, a row's partial
+# refinements), so nothing measured is sampled again.
+RAW=results/refiners/raw
+for f in $(cd "$RAW" && find . -name '*.jsonl.gz'); do
+  dest="$R/${f%.gz}"
+  dest="${dest/refinements.partial.jsonl/refinements.jsonl}"
+  if [ ! -e "$dest" ]; then mkdir -p "$(dirname "$dest")"; gunzip -c "$RAW/$f" > "$dest"; fi
+done
+
 # The pool: the 664 MBPP_Train tasks' 10 samples of results/table1 and the 20 more of results/pool30
 # for the 252 unsolved at 10; tasks with none of 30 right get one failing x0 each (seeded).
 if [ ! -s "$R/pool_results.jsonl" ]; then
