@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -66,6 +67,7 @@ def body_after_prompt(program: str, prompt: str) -> str:
     return program
 
 
+@functools.lru_cache(maxsize=4096)  # x0 is compared with each of its n refinements and redraws
 def _syntax(program: str) -> str:
     try:
         return ast.dump(ast.parse(normalize_newlines(program)))
