@@ -72,5 +72,56 @@ refine chat-resample feedback_empty.jsonl --interface regenerate --no-control
 refine regenerate-ref15 feedback_ref15.jsonl --interface regenerate --no-control
 refine chat-trace-refuse feedback_trace.jsonl --interface chat --refuse-copies --no-control
 refine chat-ref15-refuse feedback_ref15.jsonl --interface chat --refuse-copies --no-control
+# The 1.5B as π_Refine: regeneration with the trace, and its own door with the task alone (is it the
+# feedback or the bigger model that solves tasks?)
+refine r15-regenerate-trace feedback_trace.jsonl --interface regenerate --model qwen2.5-coder-1.5b-instruct --no-control
+# π_Refine fine-tuned on many triples (the paper's π_Refine is trained for the job): on MBPP_Refine's
+# tasks π_θ both fails and solves in results/table1's 10 samples, x0 = a failing sample with its
+# trace, x1 = one of π_θ's passing programs of that task (up to 4 triples per task, seeded), beside
+# the authors' 44 human triples; used in the paper's format, as the paper does.
+F=$R/ft-refiner
+if [ ! -s "$F/train_pairs.jsonl" ]; then
+  mkdir -p "$F"
+  python - "$R" <<'PY'
+import gzip, json, sys
+from ilf.jsonl import write_jsonl
+write_jsonl(f"{sys.argv[1]}/ft-refiner/refine_tasks_results.jsonl", [r for r in map(json.loads, gzip.open("results/table1/raw/samples_results.jsonl.gz", "rt")) if 111 <= int(r["task_id"]) <= 310])
+PY
+  ilf feedback "$F/refine_tasks_results.jsonl" --source trace --per-task 0 --no-only-unsolved --output "$F/refine_tasks_trace.jsonl" 2>&1 | tail -n 1
+  python - "$R" <<'PY'
+import random, sys
+from ilf.jsonl import load_jsonl, write_jsonl
+from ilf.pairs import annotation_pairs, refine_pair
+from ilf.tasks import load_tasks
+F = f"{sys.argv[1]}/ft-refiner"
+results = load_jsonl(f"{F}/refine_tasks_results.jsonl")
+passing = {}
+for r in results:
+    if r["passed"]:
+        passing.setdefault(r["task_id"], []).append(r["program"])
+tasks = load_tasks("mbpp", task_ids=sorted(passing))
+by_task = {}
+for fb in load_jsonl(f"{F}/refine_tasks_trace.jsonl"):
+    if fb["task_id"] in passing:
+        by_task.setdefault(fb["task_id"], []).append(fb)
+pairs = []
+for tid in sorted(by_task):
+    rng = random.Random(f"0:ft-refiner:{tid}")
+    fbs = rng.sample(by_task[tid], min(4, len(by_task[tid])))
+    for i, fb in enumerate(fbs):
+        x1 = passing[tid][i % len(passing[tid])]
+        pairs.append(refine_pair(tasks[tid], fb["program"], fb["feedback"], x1, source="pi_theta"))
+human = annotation_pairs(split="refine", kind="refine")
+write_jsonl(f"{F}/train_pairs.jsonl", pairs + human)
+print(f"{len(pairs)} trace triples on {len(by_task)} MBPP_Refine tasks + {len(human)} human triples")
+PY
+fi
+if [ ! -s "$F/model/config.json" ]; then
+  log "start ft-refiner training"; t0=$SECONDS
+  ilf finetune --data "$F/train_pairs.jsonl" --output "$F/model" --learning-rate 2e-5 --batch-size 8 --epochs 2 --report-to none 2>&1 | tail -n 2
+  log "trained ft-refiner in $((SECONDS - t0)) s"
+fi
+refine ft-refiner-trace feedback_trace.jsonl --mode finetune --model "$F/model" --interface paper --no-control
+refine r15-chat-resample feedback_empty.jsonl --interface regenerate --model qwen2.5-coder-1.5b-instruct --no-control
 refine r15-chat-trace-refuse feedback_trace.jsonl --interface chat --refuse-copies --model qwen2.5-coder-1.5b-instruct --no-control
 log "all done"
