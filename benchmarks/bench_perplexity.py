@@ -22,9 +22,9 @@ import torch
 
 from ilf.jsonl import load_jsonl
 from ilf.models import DEFAULT_MODEL, load_hf_model
-from ilf.refine import body_after_prompt
 from ilf.report import completion_token_ids, compute_perplexities
 from ilf.tasks import load_tasks
+from ilf.text import body_after_prompt
 
 
 def peak_rss_mb() -> float:

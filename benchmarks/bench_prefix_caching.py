@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from ilf import machine
+from ilf.annotations import load_authors
 from ilf.extraction import STOP_SEQUENCES
-from ilf.feedback.annotations import load_authors
 from ilf.feedback.llm import generate_llm_feedback
 from ilf.generation import SamplingParams, get_engine
 from ilf.models import DEFAULT_MODEL

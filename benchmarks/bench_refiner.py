@@ -20,9 +20,9 @@ import json
 import time
 from pathlib import Path
 
+from ilf.annotations import load_authors
 from ilf.evaluation import evaluate
 from ilf.extraction import STOP_SEQUENCES, extract_program
-from ilf.feedback.annotations import load_authors
 from ilf.generation import SamplingParams, get_engine
 from ilf.jsonl import load_jsonl, write_jsonl
 from ilf.refine import refine_summary, sample_refinements, shuffled_feedback

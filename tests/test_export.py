@@ -16,9 +16,9 @@ TASKS = [641, 646]  # MBPP_Train tasks with human refinements in the authors' fi
 
 
 def make_run(root: Path, data_dir: Path) -> Path:
-    from ilf.feedback.annotations import load_authors
-    from ilf.refine import body_after_prompt
+    from ilf.annotations import load_authors
     from ilf.tasks import load_tasks
+    from ilf.text import body_after_prompt
 
     run = root / "run"
     tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=TASKS)

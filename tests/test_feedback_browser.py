@@ -11,7 +11,7 @@ from feedback_helpers import PROMPT, failing, make_task, running_app
 from playwright.sync_api import expect
 
 from ilf.feedback.store import FeedbackStore
-from ilf.feedback.text import normalized_edit_distance
+from ilf.text import normalized_edit_distance
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

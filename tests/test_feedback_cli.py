@@ -81,9 +81,9 @@ def test_annotations_import_export_and_stats(tmp_path, data_dir):
 def test_run_directory_input_uses_the_newest_round(tmp_path, data_dir):
     import pytest
 
+    from ilf.commands.feedback import default_db
     from ilf.errors import IlfError
     from ilf.feedback.app import load_failing
-    from ilf.feedback.commands import default_db
 
     run = tmp_path / "runs" / "demo"
     with pytest.raises(IlfError, match="no such results file or run directory"):

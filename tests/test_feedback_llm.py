@@ -202,7 +202,7 @@ def test_feedback_command_trace_and_llm(tmp_path, data_dir, tiny_engine):
 @pytest.mark.slow
 def test_bundled_model_writes_feedback(data_dir):
     """The bundled Qwen2.5-Coder-0.5B-Instruct writes feedback in words for a real MBPP failure."""
-    from ilf.feedback.annotations import load_authors
+    from ilf.annotations import load_authors
     from ilf.generation import get_engine
     from ilf.tasks import load_tasks
 

@@ -7,12 +7,12 @@ import time
 import pytest
 from feedback_helpers import FIXED, PROMPT, WRONG, failing, make_task
 
+from ilf.annotations import AUTHORS_FIELDS, load_authors, to_authors_row, write_authors
 from ilf.errors import IlfError
-from ilf.feedback.annotations import AUTHORS_FIELDS, load_authors, to_authors_row, write_authors
-from ilf.feedback.stats import feedback_stats, load_feedback_file
 from ilf.feedback.store import AlreadyAnnotated, FeedbackStore
-from ilf.feedback.text import code_lines, levenshtein, normalized_edit_distance, sentences
 from ilf.feedback.trace import trace_feedback, trace_feedback_records
+from ilf.report.feedback import feedback_stats, load_feedback_file
+from ilf.text import code_lines, levenshtein, normalized_edit_distance, sentences
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ ILF = [sys.executable, "-m", "ilf.cli"]
 
 
 def build_refiner_model(out: Path, data_dir: Path) -> Path:
-    from ilf.feedback.annotations import load_authors
+    from ilf.annotations import load_authors
     from ilf.finetune import FinetuneConfig, finetune
     from ilf.pairs import human_refinement_pairs
     from ilf.tasks import load_tasks

@@ -14,7 +14,7 @@ from ilf.jsonl import write_jsonl
 
 
 def _authors(data_dir):
-    from ilf.feedback.annotations import load_authors
+    from ilf.annotations import load_authors
 
     return load_authors(data_dir / "surge_annotations.jsonl")
 
@@ -22,10 +22,9 @@ def _authors(data_dir):
 def test_bounded_edit_distance_keeps_every_passing_human_refinement(data_dir):
     """With refine.max_edit_distance = 1.0 ("no filter") every passing refinement is kept. The authors'
     measure (/ len(old body)) exceeds 1 for some of their own refinements, so it would drop them."""
-    from ilf.feedback.text import normalized_edit_distance
     from ilf.pairs import ilf_pairs
-    from ilf.refine import edit_distance
     from ilf.tasks import load_tasks
+    from ilf.text import edit_distance, normalized_edit_distance
 
     tasks = load_tasks("mbpp", data_dir=data_dir)
     ann = [a for a in _authors(data_dir) if a["task_id"] in tasks.tasks]

@@ -112,7 +112,7 @@ def test_a_finetuned_refiner_must_be_named(tmp_path, data_dir):
 
 def test_the_authors_file_is_feedback_as_it_is_and_tasks_select(tmp_path, data_dir):
     from ilf.data import locate
-    from ilf.refine import read_feedback
+    from ilf.feedback.records import read_feedback
     from ilf.tasks import load_tasks, parse_ranges
 
     recs = read_feedback(locate("authors", data_dir), load_tasks("mbpp", data_dir=data_dir))

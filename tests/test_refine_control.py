@@ -13,7 +13,9 @@ import tiny_models
 
 from ilf.feedback.llm import feedback_leak, without_leaks
 from ilf.jsonl import load_jsonl
-from ilf.refine import MAX_REDRAWS, control_comparison, refine_summary, same_program
+from ilf.refine import MAX_REDRAWS, refine_summary
+from ilf.report.control import control_comparison
+from ilf.text import same_program
 
 ILF = [sys.executable, "-m", "ilf.cli"]
 
@@ -168,7 +170,7 @@ def test_the_leak_guard_finds_code_and_quoted_reference(feedback, reference, lea
 
 
 def test_refine_drops_leaked_feedback_and_says_how_many(tmp_path, data_dir):
-    from ilf.refine import read_feedback
+    from ilf.feedback.records import read_feedback
     from ilf.tasks import load_tasks
 
     tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=[601, 602])

@@ -884,7 +884,7 @@ def test_the_detectable_difference_is_detected_four_times_in_five():
     """detectable_difference: a true paired effect of that size is found (two-sided 5%) with 80% power."""
     import numpy as np
 
-    from ilf.report.stats import detectable_difference
+    from ilf.stats import detectable_difference
 
     rng = np.random.default_rng(0)
     sd, n = 0.3, 100

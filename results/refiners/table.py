@@ -2,7 +2,7 @@
 
 Reads the raw files (RAW = results/refiners/raw by default, or a run directory of run.sh) and prints
 the Markdown table of README.md, one row per refiner, each compared with the same control (π_θ
-sampled again on the same tasks with the same budget) by ilf.refine.control_comparison:
+sampled again on the same tasks with the same budget) by ilf.report.control.control_comparison:
 
     python results/refiners/table.py [RAW]
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ilf.feedback.llm import without_leaks
 from ilf.jsonl import load_jsonl, stored
-from ilf.refine import control_comparison, refine_summary
+from ilf.refine import refine_summary
+from ilf.report.control import control_comparison
 from ilf.tasks import load_tasks
 
 HERE = Path(__file__).resolve().parent

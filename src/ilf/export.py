@@ -25,7 +25,7 @@ from typing import Any
 from ilf.config import RunConfig, read_run_config
 from ilf.errors import IlfError
 from ilf.jsonl import load_jsonl, stored, write_jsonl
-from ilf.refine import body_after_prompt
+from ilf.text import body_after_prompt
 
 
 def training_sets(run_dir: Path) -> dict[str, list[dict[str, Any]]]:

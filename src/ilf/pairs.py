@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ilf.errors import IlfError
-from ilf.refine import body_after_prompt
 from ilf.tasks import Task, TaskSet, normalize_newlines, refinement_prompt
+from ilf.text import body_after_prompt
 
 
 def program_pair(task: Task, program: str, source: str, **extra: Any) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def annotation_pairs(
     """Pairs from the ILF authors' `surge_annotations.jsonl` (`ilf finetune --data surge`).
     split: an MBPP split name or id ranges ("refine" = the 44 MBPP_Refine triples the paper
     trains π_Refine on)."""
-    from ilf.feedback.annotations import default_path, load_authors
+    from ilf.annotations import default_path, load_authors
     from ilf.tasks import load_tasks, parse_ranges
 
     if kind not in ("refine", "program"):
@@ -153,7 +153,7 @@ def annotation_pairs(
 
 def preference_pair(task: Task, chosen: str, rejected: str, source: str, **extra: Any) -> dict[str, Any]:
     """TRL's prompt/chosen/rejected from two whole programs of `task` (bodies after the task prompt)."""
-    from ilf.refine import body_after_prompt
+    from ilf.text import body_after_prompt
 
     return {
         "task_id": task.task_id,

@@ -200,7 +200,7 @@ class Run:
         return self._authors
 
     def _load_authors(self) -> list[dict[str, Any]]:
-        from ilf.feedback.annotations import load_human_triples
+        from ilf.annotations import load_human_triples
 
         return load_human_triples(self._authors_path())
 
@@ -376,7 +376,8 @@ class Run:
 
         def select():
             from ilf.pairs import ilf_pairs
-            from ilf.refine import edit_distance, refine_summary
+            from ilf.refine import refine_summary
+            from ilf.text import edit_distance
 
             results = load_jsonl(refined)
             x0 = {f["feedback_id"]: f["program"] for f in feedback}
@@ -388,7 +389,7 @@ class Run:
             summary = refine_summary(results, cfg.refine.n)
             summary.update(max_edit_distance=cfg.refine.max_edit_distance, **dropped, train_pairs=len(pairs))
             if cfg.refine.control:
-                from ilf.refine import control_comparison
+                from ilf.report.control import control_comparison
 
                 summary["control"] = control_comparison(results, load_jsonl(control), cfg.report.bootstrap or None, 0)
             write_json(rd / "refine_summary.json", summary)
@@ -409,7 +410,7 @@ class Run:
             f"1+ correct {summary.get('one_plus_correct', 0):.3f}; R has {len(pairs)} programs"
         )
         if "control" in summary:
-            from ilf.refine import describe_comparison
+            from ilf.report.control import describe_comparison
 
             console.print(describe_comparison(summary["control"]), highlight=False)
         if not pairs:
@@ -634,8 +635,9 @@ class Run:
 
     def resample_control(self, r: int, rd: Path, feedback: list[dict], model: str) -> None:
         """The decisive control: π_θ sampled again on the feedback's tasks with π_Refine's budget,
-        no x0, no feedback (ilf.refine.resample_control); compared with R's source in r<N>/select."""
-        from ilf.refine import chat_formatter, refine_params, resample_control
+        no x0, no feedback (ilf.control.resample_control); compared with R's source in r<N>/select."""
+        from ilf.control import resample_control
+        from ilf.refine import chat_formatter, refine_params
 
         cfg = self.cfg
         raw = rd / "control_samples.jsonl"
@@ -925,7 +927,7 @@ class Run:
             )
         self.close_engine()
         from ilf.evaluation import evaluate
-        from ilf.refine import edit_distance
+        from ilf.text import edit_distance
 
         samples = [
             {

@@ -20,16 +20,15 @@ user turn; `regenerate` shows the task and f as a reviewer's advice and not x0, 
 copy to anchor to and the program it writes stays its own. In both the assistant turn starts with
 the task prompt, so a refinement continues `task.prompt` exactly as π_θ's samples do.
 
-The control every π_Refine result is read against (`resample_control`, `control_comparison`): π_θ
-sampled again on the same tasks with the same number of samples, no x0 and no feedback. A repair
-is ILF's signal only where resampling would not have found a passing program.
+The control every π_Refine result is read against (`ilf.control.resample_control`, compared by
+`ilf.report.control.control_comparison`): π_θ sampled again on the same tasks with the same number
+of samples, no x0 and no feedback. A repair is ILF's signal only where resampling would not have
+found a passing program.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -37,47 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ilf.errors import IlfError
 from ilf.jsonl import Appender, load_jsonl
-from ilf.tasks import Task, TaskSet, normalize_newlines, refinement_prompt
+from ilf.tasks import Task, TaskSet, refinement_prompt
+from ilf.text import body_after_prompt, edit_distance, normalize_newlines, same_program
 
 if TYPE_CHECKING:
     from ilf.config import RefineConfig
 
 EXAMPLE_SEPARATOR = "\n\n\n"  # between few-shot triples: blank lines end a program for the extractor
-
-
-def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
-    """Bounded edit distance in [0, 1] between x0 and a refinement: Levenshtein(old body, new body) /
-    the longer body, bodies taken after the task prompt (ilf.feedback.text). Not the authors'
-    annotation measure (/ len(old body), unbounded), which would make a 1.0 threshold drop repairs."""
-    from ilf.feedback.text import bounded_edit_distance
-
-    return float(bounded_edit_distance(normalize_newlines(old), normalize_newlines(new), normalize_newlines(prompt) if prompt else None))
-
-
-def body_after_prompt(program: str, prompt: str) -> str:
-    """The part of a whole program that follows the task prompt (what π_θ is trained to write)."""
-    program, prompt = normalize_newlines(program), normalize_newlines(prompt)
-    if program.startswith(prompt):
-        return program[len(prompt) :]
-    # Human refinements sometimes touch the prompt's whitespace: align on the def header instead.
-    head = prompt.rstrip().splitlines()[-1] if prompt.strip() else ""
-    i = program.find(head)
-    if head and i >= 0:
-        return program[i + len(head) :].lstrip("\n")
-    return program
-
-
-@functools.lru_cache(maxsize=4096)  # x0 is compared with each of its n refinements and redraws
-def _syntax(program: str) -> str:
-    try:
-        return ast.dump(ast.parse(normalize_newlines(program)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return " ".join(normalize_newlines(program).split())
-
-
-def same_program(x0: str, x1: str) -> bool:
-    """x1 is x0 again: the same syntax tree (comments, blank lines and spacing do not count)."""
-    return _syntax(x0) == _syntax(x1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,8 +171,8 @@ def sample_refinements(
     `chat` loads the chat-template formatter (`chat_formatter`) for interface chat/regenerate.
     """
     from ilf.extraction import extract_program
+    from ilf.generation.base import params_fields
     from ilf.jsonl import write_jsonl
-    from ilf.sampling import params_fields
 
     output = Path(output)
     done: dict[str, list[dict]] = defaultdict(list)
@@ -397,7 +362,7 @@ def refine(
 def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
     """π_Refine's pass rates (the paper's Table 3 analog) over (x0, f) pairs. Refinements refused
     as copies of x0 are not among them; `copies_of_x0` counts every copy, refused or kept."""
-    from ilf.evaluation import estimate_pass_at_k
+    from ilf.stats import estimate_pass_at_k
 
     groups: dict[str, list[bool]] = defaultdict(list)
     task_of: dict[str, Any] = {}
@@ -422,288 +387,3 @@ def refine_summary(results: Sequence[dict[str, Any]], n: int) -> dict[str, Any]:
         out["num_tasks_solved"] = len({task_of[f] for f, v in groups.items() if any(v)})
     out["per_feedback"] = {fid: {"task_id": task_of[fid], "n": len(v), "c": sum(v)} for fid, v in groups.items()}
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The control: π_θ sampled again with the same budget, no x0, no feedback
-
-CONTROL_SEED_SALT = 7919  # the control's sampling seed is seed + this: draws independent of x0's
-
-
-def control_budget(feedback: Sequence[dict[str, Any]], n: int) -> dict[Any, int]:
-    """Samples of π_θ per task that match π_Refine's: n per (x0, f) of the task."""
-    budget: dict[Any, int] = defaultdict(int)
-    for fb in feedback:
-        budget[fb["task_id"]] += n
-    return dict(budget)
-
-
-def resample_control(
-    feedback: Sequence[dict[str, Any]],
-    tasks: TaskSet,
-    engine,
-    params,
-    output: str | Path,
-    *,
-    interface: str = "paper",
-    chat: Callable[[], Callable[[str, str], str]] | None = None,
-    model_name: str | None = None,
-    engine_name: str | None = None,
-) -> list[dict]:
-    """π_θ sampled again on the feedback's tasks with π_Refine's budget (the largest per task;
-    `control_comparison` takes each task's own), no x0, no feedback, a seed of its own. Through the
-    same door π_Refine used: the task prompt for interface paper, the chat template with the task
-    alone for chat/regenerate (sampling π_θ through its chat template alone already solves tasks the
-    task prompt does not, and that must not count as the feedback's doing)."""
-    budget = control_budget(feedback, params.n)
-    n = max(budget.values(), default=params.n)
-    params = dataclasses.replace(params, n=n, seed=params.seed + CONTROL_SEED_SALT)
-    if interface == "paper":
-        from ilf.sampling import sample
-
-        todo = [tasks[t] for t in budget]
-        return sample(todo, engine, dataclasses.replace(params, stop=[]), output, model_name=model_name, engine_name=engine_name)
-    alone = [{"task_id": t, "feedback_id": f"control-{t}", "program": "", "feedback": ""} for t in budget]
-    protocol = {"model": model_name, "engine": engine_name, "interface": "regenerate", "control": "chat template, the task alone"}
-    return sample_refinements(alone, tasks, engine, params, output, interface="regenerate", chat=chat, protocol=protocol)
-
-
-def control_comparison(
-    refined: Sequence[dict[str, Any]],
-    control: Sequence[dict[str, Any]],
-    resamples: int | None = None,
-    seed: int = 0,
-    tasks: Sequence[Any] | None = None,
-) -> dict[str, Any]:
-    """π_Refine against π_θ sampled again, task by task with the same number of samples (the
-    control's first samples of each task). pass@1 and tasks solved for both; `beyond`: tasks the
-    refinements solved and resampling did not (ILF's whole signal); paired bootstrap CIs over tasks.
-    tasks: every task the comparison is over; one without refinements (its feedback dropped, say)
-    counts as unsolved by π_Refine, against the control's usual number of samples."""
-    import numpy as np
-
-    from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, bootstrap_indices, detectable_difference
-
-    ref: dict[Any, list[bool]] = defaultdict(list)
-    for r in refined:
-        if not r.get("refused"):
-            ref[r["task_id"]].append(bool(r.get("passed")))
-    ctl: dict[Any, list[tuple[int, bool]]] = defaultdict(list)
-    for r in control:
-        ctl[r["task_id"]].append((int(r.get("sample_id", 0)), bool(r.get("passed"))))
-    ids = [t for t in ref if ref[t] and t in ctl]
-    if not ids:
-        return {"tasks": 0}
-    usual = int(np.median([len(ref[t]) for t in ids]))
-    unrefined = [t for t in (tasks or []) if t in ctl and not ref.get(t)]
-    ids += unrefined
-    a = np.array([sum(ref[t]) / len(ref[t]) if ref.get(t) else 0.0 for t in ids])
-    ctl_used = {t: [p for _, p in sorted(ctl[t])[: len(ref[t]) if ref.get(t) else usual]] for t in ids}
-    b = np.array([sum(v) / len(v) for v in (ctl_used[t] for t in ids)])
-    sa, sb = a > 0, b > 0
-    idx = bootstrap_indices(len(ids), resamples or BOOTSTRAP_RESAMPLES, seed)
-    beyond = (sa & ~sb).astype(float)
-    net = sa.astype(float) - sb.astype(float)
-    lo, hi = bootstrap_ci(a - b, indices=idx)
-    blo, bhi = bootstrap_ci(beyond, indices=idx)
-    nlo, nhi = bootstrap_ci(net, indices=idx)
-    return {
-        "tasks": len(ids),
-        "samples_per_task": usual,
-        "tasks_without_refinements": len(unrefined),
-        "pass@1": float(a.mean()),
-        "control_pass@1": float(b.mean()),
-        "delta_pass@1": float((a - b).mean()),
-        "delta_pass@1_ci": [lo, hi],
-        "delta_pass@1_detectable": detectable_difference(a - b),
-        "solved": int(sa.sum()),
-        "control_solved": int(sb.sum()),
-        "beyond": int((sa & ~sb).sum()),
-        "beyond_ci": [blo * len(ids), bhi * len(ids)],
-        "missed": int((sb & ~sa).sum()),
-        # beyond - missed: when both sides rarely pass, chance alone puts tasks on each side
-        "net_solved": int(net.sum()),
-        "net_solved_ci": [nlo * len(ids), nhi * len(ids)],
-        "beyond_tasks": [t for t, x, y in zip(ids, sa, sb) if x and not y],
-    }
-
-
-def describe_comparison(c: dict[str, Any]) -> str:
-    """One line a reader of an ILF result asks for first."""
-    if not c.get("tasks"):
-        return "control: no task with both refinements and control samples"
-    lo, hi = c["delta_pass@1_ci"]
-    blo, bhi = c["beyond_ci"]
-    return (
-        f"π_Refine vs π_θ sampled again ({c['tasks']} tasks, {c['samples_per_task']} samples each): pass@1 "
-        f"{100 * c['pass@1']:.1f} vs {100 * c['control_pass@1']:.1f} "
-        f"(Δ {100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]); "
-        f"tasks solved {c['solved']} vs {c['control_solved']} (net {c['net_solved']:+d} [{c['net_solved_ci'][0]:+.0f}, "
-        f"{c['net_solved_ci'][1]:+.0f}]); solved only by π_Refine {c['beyond']} [{blo:.0f}, {bhi:.0f}], only by resampling {c['missed']}"
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# `ilf refine`
-
-
-def read_feedback(path: str | Path, tasks: TaskSet) -> list[dict[str, Any]]:
-    """Feedback records to refine: an ilf feedback JSONL (`ilf feedback`, a run's r<N>/feedback.jsonl,
-    `ilf annotations export`) or the authors' file. One clear error names the file, line and field."""
-    from ilf.feedback.annotations import from_authors_row
-    from ilf.jsonl import read_jsonl, require
-
-    out, seen = [], {}
-    for line, rec in read_jsonl(path):
-        if "Feedback" in rec and "original_model_completion" in rec:  # the authors' file
-            rec = from_authors_row(rec, path, line)
-            rec["program"], rec["feedback"] = normalize_newlines(rec["program"]), normalize_newlines(rec["feedback"]).strip()
-        require(rec, "task_id", (int, str), path, line)
-        for f in ("feedback_id", "program", "feedback"):
-            require(rec, f, str, path, line)
-        try:
-            tasks[rec["task_id"]]
-        except (KeyError, ValueError, TypeError):
-            raise IlfError(f"{path}:{line}: field 'task_id': unknown task {rec['task_id']!r} for this dataset") from None
-        if rec["feedback_id"] in seen:
-            raise IlfError(f"{path}:{line}: field 'feedback_id': {rec['feedback_id']!r} is also on line {seen[rec['feedback_id']]}")
-        seen[rec["feedback_id"]] = line
-        out.append(rec)
-    if not out:
-        raise IlfError(f"{path}: no feedback records")
-    from ilf.feedback.llm import without_leaks
-
-    kept, dropped = without_leaks(out, tasks)
-    if dropped:
-        from rich.console import Console
-
-        Console(stderr=True).print(
-            f"{path}: {sum(dropped.values())} of {len(out)} feedback records dropped by the leak guard "
-            f"({', '.join(f'{v} {k}' for k, v in sorted(dropped.items()))}): written with the reference shown, they hold its code",
-            highlight=False,
-        )
-        if not kept:
-            raise IlfError(f"{path}: every feedback record leaks the reference")
-    return kept
-
-
-def refine_command(
-    feedback_path: str | Path,
-    output: Path,
-    cfg: "RefineConfig",
-    *,
-    engine: str,
-    weights: str,
-    dataset: str = "mbpp",
-    data_dir: str | Path | None = None,
-    tasks_file: str | Path | None = None,
-    only_tasks: str | None = None,
-    seed: int = 0,
-    policy: str | None = None,
-    console=None,
-) -> dict[str, Path]:
-    """`ilf refine`: cfg.n refinements per feedback record into OUTPUT; with cfg.shuffled_n the
-    Table 2 control (each x0 with another task's feedback) into OUTPUT's `_shuffled` sibling; with
-    cfg.control π_θ (`policy`, default the bundled model) sampled again with the same budget into
-    OUTPUT's `_control` sibling."""
-    from ilf.feedback.annotations import load_human_triples
-    from ilf.generation import get_engine, resolve_engine
-    from ilf.jsonl import refuse_overwrite
-    from ilf.models import resolve_model
-    from ilf.tasks import load_tasks, parse_ranges
-
-    if cfg.mode == "finetune" and not cfg.model:
-        raise IlfError(
-            "--mode finetune needs --model: a π_Refine fine-tuned on human triples, e.g. "
-            "`ilf finetune --data surge --split refine --kind refine --output refiner`"
-        )
-    tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
-    feedback = read_feedback(feedback_path, tasks)
-    if only_tasks:
-        wanted = parse_ranges(only_tasks)
-        feedback = [f for f in feedback if f["task_id"] in wanted]
-        if not feedback:
-            raise IlfError(f"{feedback_path}: no feedback on tasks {only_tasks}")
-    output = Path(output)
-    sibling = lambda tag: output.with_name(output.name.removesuffix(".jsonl") + f"_{tag}.jsonl")  # noqa: E731
-    shuffled_out, control_out = sibling("shuffled"), sibling("control")
-    for path in (output, shuffled_out, control_out):
-        refuse_overwrite(path, feedback_path)
-    examples, example_tasks = [], None
-    if cfg.mode == "fewshot" and cfg.shots:
-        wanted = parse_ranges(cfg.examples_tasks)
-        examples = [a for a in load_human_triples(_authors_file(data_dir)) if a["task_id"] in wanted]
-        example_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids=sorted({a["task_id"] for a in examples}))
-    name = resolve_engine(engine)
-    model = resolve_model(cfg.model or None)  # converts once (with a message) before the engine loads
-    from ilf.generation.weights import engine_label
-
-    protocol = {"model": model.name, "engine": engine_label(name, weights), "dataset": dataset}
-    eng: dict = {}
-
-    def engine(which=model):  # loaded once, and only if something is left to sample; one at a time
-        if which.hf_dir not in eng:
-            for e in eng.values():
-                e.close()
-            eng.clear()
-            eng[which.hf_dir] = get_engine(name, which, weights=weights)
-        return eng[which.hf_dir]
-
-    def run(records, out, n=None):
-        return refine(
-            records,
-            tasks,
-            engine,
-            cfg,
-            out,
-            examples=examples,
-            example_tasks=example_tasks,
-            seed=seed,
-            n=n,
-            console=console,
-            protocol=protocol,
-            refiner=model,
-        )
-
-    written = {"refinements": output}
-    try:
-        recs = run(feedback, output)
-        shuffled = shuffled_feedback(feedback, seed=seed) if cfg.shuffled_n else []
-        if shuffled:
-            run(shuffled, shuffled_out, n=cfg.shuffled_n)
-            written["shuffled"] = shuffled_out
-        elif cfg.shuffled_n and console:
-            console.print("[yellow]warning[/]: the shuffled-feedback control needs feedback on 2+ tasks; skipped")
-        if cfg.control:
-            pi = resolve_model(policy or None)
-            resample_control(
-                feedback,
-                tasks,
-                lambda: engine(pi),
-                refine_params(cfg, seed),
-                control_out,
-                interface=cfg.interface,
-                chat=lambda: chat_formatter(pi),
-                model_name=pi.name,
-                engine_name=protocol["engine"],
-            )
-            written["control"] = control_out
-    finally:
-        for e in eng.values():
-            e.close()
-    if console:
-        console.print(f"{len(recs)} refinements of {len(feedback)} (x0, f) pairs -> {output}", highlight=False)
-        if cfg.control:
-            console.print(
-                f"π_θ ({pi.name}) sampled again with the same budget -> {control_out}; compare after EVAL with "
-                f"`ilf evaluate` on both and `ilf report {output.name.removesuffix('.jsonl')}_results.jsonl "
-                f"--control {control_out.name.removesuffix('.jsonl')}_results.jsonl`",
-                highlight=False,
-            )
-    return written
-
-
-def _authors_file(data_dir):
-    from ilf.data import locate
-
-    return locate("authors", data_dir)

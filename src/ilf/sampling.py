@@ -22,7 +22,7 @@ from typing import Any, Iterable, Optional
 
 from ilf.errors import IlfError
 from ilf.extraction import STOP_SEQUENCES, extract_program
-from ilf.generation.base import Engine, SamplingParams
+from ilf.generation.base import Engine, SamplingParams, params_fields
 from ilf.jsonl import Appender, read_jsonl, write_jsonl
 from ilf.tasks import Task
 
@@ -32,17 +32,6 @@ RESUME_KEYS = ("model", "engine", "seed", "temperature", "top_p", "top_k", "max_
 
 def _task_key(task_id: Any) -> str:
     return str(task_id)
-
-
-def params_fields(params: SamplingParams) -> dict[str, Any]:
-    """The sampling parameters a record carries (samples and π_Refine's refinements alike)."""
-    return {
-        "seed": params.seed,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "max_new_tokens": params.max_new_tokens,
-    }
 
 
 def _settings(model: str, engine: str, params: SamplingParams) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from ilf.errors import IlfError
 from ilf.jsonl import read_jsonl, require
+from ilf.text import normalize_newlines
 
 # The paper's re-split of MBPP by task id (Section 3.1 / Appendix): inclusive ranges.
 SPLITS: dict[str, tuple[int, int]] = {
@@ -155,11 +156,6 @@ def example_line(assert_src: str) -> str:
 def mbpp_prompt(text: str, tests: list[str], code: str, entry_point: str) -> str:
     prefix = signature_prefix(code, entry_point)
     return f'"""\n{text}\n\n>>> Example: {example_line(tests[0])}\n"""\n\n{prefix}\n'
-
-
-def normalize_newlines(s: str | None) -> str:
-    """CRLF and CR line ends -> LF (browsers submit textareas with CRLF; files come from anywhere)."""
-    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
 
 
 _nl = normalize_newlines

@@ -39,9 +39,9 @@ from markupsafe import Markup
 
 from ilf.errors import IlfError
 from ilf.feedback.store import LEASE_SECONDS, AlreadyAnnotated, FeedbackStore, Session
-from ilf.feedback.text import code_lines, normalized_edit_distance, sentences, word_count
 from ilf.jsonl import read_text
 from ilf.tasks import normalize_newlines
+from ilf.text import code_lines, normalized_edit_distance, sentences, word_count
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "ilf_session"

@@ -201,7 +201,7 @@ def category_shares(tags: Sequence[Mapping[str, Any]], *, resamples: int = 2000,
         by_source.setdefault(str(t.get("source") or "unknown"), []).append(t)
     import numpy as np
 
-    from ilf.report.stats import estimate
+    from ilf.stats import estimate
 
     out = {}
     for src, ts in by_source.items():
@@ -212,7 +212,7 @@ def category_shares(tags: Sequence[Mapping[str, Any]], *, resamples: int = 2000,
             "bugs_mean": ci["value"],
             "bugs_lo": ci["lo"],
             "bugs_hi": ci["hi"],
-            "shares": {c: sum(c in t["categories"] for t in ts) / n for c in CATEGORIES + ("other",)},
+            "shares": {c: sum(c in t["categories"] for t in ts) / n for c in CATEGORIES + ("other",)},  # in rubric order
             "share_echoed": sum(bool(t.get("echoed")) for t in ts) / n,
         }
     return out
@@ -226,7 +226,7 @@ def bugs_vs_pass_rate(
     feedback. Feedback with no refinement in the results is left out."""
     import numpy as np
 
-    from ilf.report.stats import estimate
+    from ilf.stats import estimate
 
     per_fb: dict[str, list[bool]] = {}
     for r in refinement_results:

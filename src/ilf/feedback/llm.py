@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ilf.errors import IlfError
 from ilf.feedback.store import now_iso
-from ilf.feedback.text import normalized_edit_distance
 from ilf.tasks import normalize_newlines
+from ilf.text import normalized_edit_distance
 
 INSTRUCTION = (
     "Each example shows a programming task, its tests, a wrong Python program and the error it "
@@ -246,7 +246,7 @@ def generate_llm_feedback(
     if temperature == 0:
         n = 1  # greedy: every draw would be the same text
     if examples is None:
-        from ilf.feedback.annotations import load_authors
+        from ilf.annotations import load_authors
 
         examples = load_authors()
     lookup = tasks.get if hasattr(tasks, "get") else dict(tasks).get

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ilf.settings import check, setting
 
@@ -38,6 +38,17 @@ class SamplingParams(Sampling):
 
     stop: list[str] = field(default_factory=list)
     seed: int = 0
+
+
+def params_fields(params: SamplingParams) -> dict[str, Any]:
+    """The sampling parameters a record carries (samples and π_Refine's refinements alike)."""
+    return {
+        "seed": params.seed,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "max_new_tokens": params.max_new_tokens,
+    }
 
 
 @dataclass

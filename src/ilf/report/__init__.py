@@ -27,7 +27,7 @@ from ilf.report.analysis import analyze_results, analyze_run, base_method, compa
 from ilf.report.figures import plot_ilf_rounds, plot_metric_vs_x, plot_pass_at_k, plot_pass_curve, plot_perplexity, plot_refine_rounds
 from ilf.report.markdown import pct, render_markdown, render_results, render_results_comparison
 from ilf.report.perplexity import completion_token_ids, compute_perplexities
-from ilf.report.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
+from ilf.stats import BOOTSTRAP_RESAMPLES, bootstrap_ci, pass_at_k
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -137,7 +137,7 @@ def write_results_report(
     a = analyze_results(results, resamples, seed)
     if control is not None:
         from ilf.jsonl import load_jsonl, stored
-        from ilf.refine import control_comparison
+        from ilf.report.control import control_comparison
 
         refined = load_jsonl(stored(results))
         if not any("feedback_id" in r for r in refined):

@@ -17,7 +17,7 @@ import numpy as np
 from ilf.config import RunConfig, read_run_config
 from ilf.errors import IlfError
 from ilf.jsonl import read_json, read_jsonl, require, stored
-from ilf.report.stats import (
+from ilf.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CONFIDENCE,
@@ -310,7 +310,7 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
             row["x0_samples"] = sum(n for n, _ in c0.values())
             row["x0_tasks"] = len(c0)
             row["x0_pass_rate"] = sum(c for _, c in c0.values()) / max(1, row["x0_samples"])
-            from ilf.report.stats import unsolved_pool
+            from ilf.stats import unsolved_pool
 
             row["unsolved_pool"] = unsolved_pool(list(c0.values()), sorted({1, 2, 5, 10, 20, 30, min(n for n, _ in c0.values())}))
         row["feedback"] = _count_lines(rdir / "feedback.jsonl")
@@ -350,7 +350,7 @@ def _analyze_refine(run_dir: Path, resamples: int, seed: int) -> list[dict]:
         control = rdir / "control_results.jsonl"
         if stored(control).is_file():
             from ilf.jsonl import load_jsonl
-            from ilf.refine import control_comparison
+            from ilf.report.control import control_comparison
 
             row["control"] = control_comparison(load_jsonl(stored(refs)), load_jsonl(stored(control)), resamples, seed)
         rounds.append(row)
@@ -423,7 +423,7 @@ def _feedback_stats(run_dir: Path) -> list[dict]:
     tasks: dict[str, set] = {}
     for r in recs:
         tasks.setdefault(r["source"], set()).add(tid_text(r.get("task_id")))
-    from ilf.feedback.stats import feedback_stats  # one rule, so `ilf feedback-stats` and the report agree
+    from ilf.report.feedback import feedback_stats  # one rule, so `ilf feedback-stats` and the report agree
 
     out = []
     for source, st in sorted(feedback_stats(recs).items()):
@@ -437,7 +437,7 @@ def _feedback_stats(run_dir: Path) -> list[dict]:
                 "share_with_code": st.share_with_code,
                 "sentences_mean": st.sentences_mean,
                 "edit_distance_mean": st.edit_distance_mean,
-                "code_rule": "feedback with at least one whole line of Python (ilf.feedback.text.code_lines)",
+                "code_rule": "feedback with at least one whole line of Python (ilf.text.code_lines)",
             }
         )
     return out

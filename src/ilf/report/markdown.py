@@ -542,8 +542,8 @@ def render_results(a: dict, figures: dict[str, str], title: str) -> str:
 
 
 def control_section(c: dict) -> list[str]:
-    """π_Refine against π_θ sampled again with the same budget (ilf.refine.control_comparison)."""
-    from ilf.refine import describe_comparison
+    """π_Refine against π_θ sampled again with the same budget (ilf.report.control.control_comparison)."""
+    from ilf.report.control import describe_comparison
 
     L = ["## π_Refine against π_θ sampled again", ""]
     if not c.get("tasks"):

@@ -36,7 +36,7 @@
     }
     return prev[b.length];
   }
-  // Same definition as ilf.feedback.text.normalized_edit_distance: bodies after the task prompt.
+  // Same definition as ilf.text.normalized_edit_distance: bodies after the task prompt.
   function normalizedDistance(oldP, newP) {
     let o = oldP, n = newP;
     if (prompt && o.startsWith(prompt) && n.startsWith(prompt)) { o = o.slice(prompt.length); n = n.slice(prompt.length); }

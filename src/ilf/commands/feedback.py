@@ -157,9 +157,9 @@ def feedback(
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        from ilf.feedback.annotations import default_path, load_authors
-        from ilf.feedback.stats import load_feedback_file
+        from ilf.annotations import default_path, load_authors
         from ilf.generation import get_engine
+        from ilf.report.feedback import load_feedback_file
 
         examples = load_feedback_file(examples_path) if examples_path else load_authors(default_path(data_dir))
         if examples and "authors" in examples[0] and tasks is not None:
@@ -213,9 +213,9 @@ def feedback_stats(
     With `output`, also a directory with report.md, stats.json and (with refinements) figure5.png."""
     import json
 
-    from ilf.feedback.stats import feedback_stats as compute
-    from ilf.feedback.stats import load_feedback_file, stats_json, stats_table
     from ilf.jsonl import load_jsonl
+    from ilf.report.feedback import feedback_stats as compute
+    from ilf.report.feedback import load_feedback_file, stats_json, stats_table
 
     recs = []
     for f in files:
@@ -248,8 +248,8 @@ def feedback_stats(
     if output:
         import shlex
 
-        from ilf.feedback.stats import render_report
         from ilf.jsonl import atomic_open, write_json
+        from ilf.report.feedback import render_report
 
         args = ["ilf", "feedback-stats", *files] + (["--bugs", bugs] if bugs else [])
         args += [x for f in refinements for x in ("--refinements", f)] + ["--output", output]
@@ -308,11 +308,11 @@ def feedback_bugs(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     from ilf.feedback.bugs import tag_feedback
+    from ilf.feedback.records import read_feedback
     from ilf.generation import get_engine
     from ilf.jsonl import refuse_overwrite
     from ilf.models import resolve_model
     from ilf.progress import LogProgress
-    from ilf.refine import read_feedback
     from ilf.tasks import load_tasks
 
     tasks = load_tasks(dataset, data_dir=data_dir, path=tasks_file)
@@ -345,9 +345,9 @@ def feedback_bugs(
 
 
 def annotations_import(file: str, db: str) -> None:
-    from ilf.feedback.annotations import is_authors_file, load_authors
-    from ilf.feedback.stats import load_feedback_file
+    from ilf.annotations import is_authors_file, load_authors
     from ilf.feedback.store import FeedbackStore
+    from ilf.report.feedback import load_feedback_file
 
     recs = load_authors(file) if is_authors_file(file) else load_feedback_file(file)
     n = FeedbackStore(db).add_feedback(recs)
@@ -355,7 +355,7 @@ def annotations_import(file: str, db: str) -> None:
 
 
 def annotations_export(db: str, output: str, fmt: str, sources: Sequence[str], include_skips: bool) -> None:
-    from ilf.feedback.annotations import write_authors
+    from ilf.annotations import write_authors
     from ilf.feedback.store import FeedbackStore
 
     if not Path(db).exists():

@@ -13,8 +13,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-from ilf.feedback.text import code_lines, sentences, word_count
 from ilf.jsonl import read_jsonl, require
+from ilf.text import code_lines, sentences, word_count
 
 
 @dataclass
@@ -61,7 +61,7 @@ def feedback_stats(records: Iterable[Mapping[str, Any]]) -> dict[str, SourceStat
 
 def load_feedback_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     """A feedback JSONL of ilf, or the authors' file (converted on the fly)."""
-    from ilf.feedback.annotations import from_authors_row
+    from ilf.annotations import from_authors_row
 
     out = []
     for line, rec in read_jsonl(path):
@@ -152,15 +152,17 @@ def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, M
         )
     bugs = out.get("bugs")
     if bugs:
-        from ilf.feedback.bugs import CATEGORIES, RUBRIC_VERSION
-
+        # The rubric and its categories come from the tags (ilf.feedback.bugs wrote them), so this
+        # report does not import the feedback step.
+        rubrics = ", ".join(sorted({str(t.get("rubric")) for t in tags}))
+        categories = list(next(iter(bugs.values()))["shares"])
         models = sorted({str(t.get("model")) for t in tags})
         srcs = list(bugs)
         lines += [
             "",
             "## Bugs addressed per feedback (Table 5 analog)",
             "",
-            f"Tags: rubric {RUBRIC_VERSION} of `ilf.feedback.bugs`, applied greedily by {', '.join(models)} (`ilf feedback-bugs`).",
+            f"Tags: rubric {rubrics} of `ilf.feedback.bugs`, applied greedily by {', '.join(models)} (`ilf feedback-bugs`).",
             "Rows: the share of feedback (%) with at least one bug of the category; a feedback can count in several.",
             "Bugs per feedback: mean with a 95% bootstrap CI over feedback texts. Categories and counts are parsed from the",
             "model's own lines (`tags_text`): a line repeated word for word counts once, and a line copied from one of the",
@@ -172,7 +174,7 @@ def render_report(out: Mapping[str, Any], command: str, feedback: Mapping[str, M
             + " | ".join(f"**{bugs[s]['bugs_mean']:.2f}** [{bugs[s]['bugs_lo']:.2f}, {bugs[s]['bugs_hi']:.2f}]" for s in srcs)
             + " |",
         ]
-        for c in CATEGORIES + ("other",):
+        for c in categories:
             lines.append(f"| {c} | " + " | ".join(_pct(bugs[s]["shares"][c]) for s in srcs) + " |")
         lines.append("| *a rubric example's line copied (dropped)* | " + " | ".join(_pct(bugs[s].get("share_echoed")) for s in srcs) + " |")
     rows = out.get("bugs_vs_pass_rate")

@@ -14,9 +14,15 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 from rapidfuzz.distance import Levenshtein
+
+
+def normalize_newlines(s: str | None) -> str:
+    """CRLF and CR line ends -> LF (browsers submit textareas with CRLF; files come from anywhere)."""
+    return (s or "").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -107,3 +113,40 @@ def sentences(text: str) -> list[str]:
 
 def word_count(text: str) -> int:
     return len(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs: the body after the task prompt, the distance between x0 and a refinement, copies of x0
+
+
+def edit_distance(old: str, new: str, prompt: str | None = None) -> float:
+    """Bounded edit distance in [0, 1] between x0 and a refinement: Levenshtein(old body, new body) /
+    the longer body, bodies taken after the task prompt (ilf.text). Not the authors'
+    annotation measure (/ len(old body), unbounded), which would make a 1.0 threshold drop repairs."""
+    return float(bounded_edit_distance(normalize_newlines(old), normalize_newlines(new), normalize_newlines(prompt) if prompt else None))
+
+
+def body_after_prompt(program: str, prompt: str) -> str:
+    """The part of a whole program that follows the task prompt (what π_θ is trained to write)."""
+    program, prompt = normalize_newlines(program), normalize_newlines(prompt)
+    if program.startswith(prompt):
+        return program[len(prompt) :]
+    # Human refinements sometimes touch the prompt's whitespace: align on the def header instead.
+    head = prompt.rstrip().splitlines()[-1] if prompt.strip() else ""
+    i = program.find(head)
+    if head and i >= 0:
+        return program[i + len(head) :].lstrip("\n")
+    return program
+
+
+@functools.lru_cache(maxsize=4096)  # x0 is compared with each of its n refinements and redraws
+def _syntax(program: str) -> str:
+    try:
+        return ast.dump(ast.parse(normalize_newlines(program)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return " ".join(normalize_newlines(program).split())
+
+
+def same_program(x0: str, x1: str) -> bool:
+    """x1 is x0 again: the same syntax tree (comments, blank lines and spacing do not count)."""
+    return _syntax(x0) == _syntax(x1)

