@@ -549,28 +549,25 @@ class Run:
             )
             return self.feedback_annotations()
 
-        from ilf.feedback.llm import choose_failing
+        from ilf.feedback.collect import collect_feedback
+        from ilf.feedback.llm import choose_failing, without_leaks
 
         failing = choose_failing(
             load_jsonl(rd / "results.jsonl"), per_task=1, only_unsolved=cfg.only_unsolved, seed=self.cfg.seed, salt=f"r{r}:"
         )
         tasks = self.tasks()
-        if cfg.source == "trace":
-            from ilf.feedback.trace import trace_feedback_records
-
-            return trace_feedback_records(failing, tasks, id_prefix=f"trace-r{r}")
-        if cfg.source == "llm":
-            from ilf.feedback.llm import without_leaks, write_llm_feedback
-
+        if cfg.source in ("trace", "llm"):
             llm = cfg.llm_model or model
-            written = write_llm_feedback(
+            written = collect_feedback(
+                cfg.source,
                 failing,
                 tasks,
-                lambda: self.engine(llm, cfg.llm_engine or None),
-                rd / "feedback_llm.jsonl",
+                rd / "feedback_llm.jsonl" if cfg.source == "llm" else None,
+                engine=lambda: self.engine(llm, cfg.llm_engine or None),
+                id_prefix=f"trace-r{r}",
                 k_shot=cfg.llm_shots,
                 reference=cfg.llm_reference,
-                examples=self.example_annotations(),
+                examples=self.example_annotations() if cfg.source == "llm" else None,
                 seed=self.cfg.seed,
                 model_name=str(llm),
             )

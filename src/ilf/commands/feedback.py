@@ -121,12 +121,12 @@ def feedback(
     reference: bool = False,
     weights: str | None = None,
 ) -> Path:
+    from ilf.feedback.collect import AUTOMATIC_SOURCES
     from ilf.feedback.llm import choose_failing
-    from ilf.jsonl import write_jsonl
     from ilf.tasks import load_tasks
 
-    if source not in ("llm", "trace"):
-        raise IlfError(f"--source must be llm or trace, got {source!r}")
+    if source not in AUTOMATIC_SOURCES:
+        raise IlfError(f"--source must be {' or '.join(AUTOMATIC_SOURCES)}, got {source!r}")
     from ilf.jsonl import read_jsonl, require
 
     results = []
@@ -150,13 +150,8 @@ def feedback(
     from ilf.jsonl import refuse_overwrite
 
     refuse_overwrite(out, results_path, examples_path, tasks_file)
-    if source == "trace":
-        from ilf.feedback.trace import trace_feedback_records
-
-        recs = trace_feedback_records(failing, tasks)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
+    examples, tasks_for_prompts, eng = None, tasks, None
+    if source == "llm":
         from ilf.annotations import default_path, load_authors
         from ilf.generation import get_engine
         from ilf.report.feedback import load_feedback_file
@@ -165,26 +160,24 @@ def feedback(
         if examples and "authors" in examples[0] and tasks is not None:
             # Examples' tests and errors come from their MBPP tasks.
             ex_tasks = load_tasks("mbpp", data_dir=data_dir, task_ids={e["task_id"] for e in examples})
-            merged = dict(ex_tasks.tasks)
-            merged.update(tasks.tasks)
-            tasks_for_prompts: Any = merged
-        else:
-            tasks_for_prompts = tasks.tasks
-        from ilf.feedback.llm import write_llm_feedback
+            tasks_for_prompts = {**ex_tasks.tasks, **tasks.tasks}
+        eng = get_engine(engine, model, weights=weights, base_url=base_url)
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        # Resumable (OUTPUT.partial, a chunk of x0 at a time); OUTPUT is written atomically at the end.
-        from ilf.progress import LogProgress
+    from ilf.feedback.collect import collect_feedback
+    from ilf.progress import LogProgress
 
-        with (
-            get_engine(engine, model, weights=weights, base_url=base_url) as eng,
-            LogProgress(TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar,
-        ):
+    try:  # a progress bar for the LLM (minutes); the trace is instant
+        with LogProgress(
+            TextColumn("llm feedback"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=eng is None
+        ) as bar:
             t = bar.add_task("llm feedback (x0)", total=len(failing))
-            recs = write_llm_feedback(
+            recs = collect_feedback(
+                source,
                 failing,
                 tasks_for_prompts,
-                eng,
                 out,
+                engine=eng,
                 k_shot=k_shot,
                 with_refinement=with_refinement,
                 examples=examples,
@@ -193,9 +186,9 @@ def feedback(
                 model_name=model or None,
                 progress=lambda done, total: bar.update(t, completed=done, total=total),
             )
-        console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
-        return out
-    write_jsonl(out, recs)
+    finally:
+        if eng is not None:
+            eng.close()
     console.print(f"{len(recs)} {source} feedback record(s) -> {out}")
     return out
 
