@@ -2,7 +2,8 @@
 
 Reads fail with one line naming the file, the line and the field; writes are atomic
 (temp file + rename) so a crash never leaves half a file behind. Appends are used only
-for resumable stages, one complete line at a time, and a torn last line is ignored on read.
+for resumable stages (`Resumable`: one finished group at a time), and a torn last line is
+ignored on read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ilf.errors import IlfError
 
@@ -239,6 +240,11 @@ class Appender:
         self._f.write(dumps(rec) + "\n")
         self._f.flush()
 
+    def write_many(self, recs: Iterable[dict[str, Any]]) -> None:
+        """Several records, one flush: a group lands whole or (killed mid-write) as a torn group."""
+        self._f.write("".join(dumps(r) + "\n" for r in recs))
+        self._f.flush()
+
     def close(self) -> None:
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -248,6 +254,79 @@ class Appender:
         return self
 
     def __exit__(self, *exc):
+        self.close()
+
+
+class Resumable:
+    """The one resumable output of ilf's long stages (sampling, π_Refine, LLM feedback, bug tags):
+    records come in groups (a task's n samples, an x0's refinements, one feedback), each group is
+    appended whole and flushed the moment it is finished, so a kill loses only the groups in flight.
+
+    Opening reads back what `path` holds: `keep(line, rec)` may reject a record (written with other
+    settings; it may also raise a one-line error instead), a torn last line is ignored, and a group
+    that `complete(records)` does not accept (cut short by a kill) is dropped. `done` maps each key
+    to its finished group, in file order. Nothing is written until the first `add`, which first
+    rewrites the file without what was dropped. `finish(keys)` rewrites it atomically in that order.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        key: Callable[[dict[str, Any]], Any],
+        *,
+        keep: Callable[[int, dict[str, Any]], bool] | None = None,
+        complete: Callable[[list[dict[str, Any]]], bool] | None = None,
+    ):
+        self.path = Path(path)
+        self.done: dict[Any, list[dict[str, Any]]] = {}
+        self._dirty = False
+        self._app: Appender | None = None
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        if self.path.exists():
+            for line, rec in read_jsonl(self.path, allow_torn_tail=True):
+                if keep is not None and not keep(line, rec):
+                    self._dirty = True
+                    continue
+                groups.setdefault(key(rec), []).append(rec)
+        for k, group in groups.items():
+            if complete is None or complete(group):
+                self.done[k] = group
+            else:
+                self._dirty = True
+
+    def __contains__(self, k: Any) -> bool:
+        return k in self.done
+
+    def add(self, k: Any, records: Iterable[dict[str, Any]]) -> None:
+        """Append one finished group (all its lines, then one flush)."""
+        records = list(records)
+        if self._app is None:
+            if self._dirty:
+                write_jsonl(self.path, self.records())
+            self._app = Appender(self.path)
+        self._app.write_many(records)
+        self.done[k] = records
+
+    def records(self, keys: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """The finished records, group by group: of `keys` in that order (None: all, file order first)."""
+        return [r for k in (self.done if keys is None else keys) if k in self.done for r in self.done[k]]
+
+    def finish(self, keys: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """Close, and rewrite the file atomically with the groups of `keys` in that order (None: all)."""
+        self.close()
+        recs = self.records(keys)
+        write_jsonl(self.path, recs)
+        return recs
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+
+    def __enter__(self) -> "Resumable":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.close()
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ilf.errors import IlfError
-from ilf.jsonl import Appender, load_jsonl
+from ilf.jsonl import Resumable
 from ilf.tasks import Task, TaskSet, refinement_prompt
 from ilf.text import body_after_prompt, edit_distance, normalize_newlines, same_program
 
@@ -172,19 +172,10 @@ def sample_refinements(
     """
     from ilf.extraction import extract_program
     from ilf.generation.base import params_fields
-    from ilf.jsonl import write_jsonl
 
-    output = Path(output)
-    done: dict[str, list[dict]] = defaultdict(list)
-    if output.exists():
-        for rec in load_jsonl(output, allow_torn_tail=True):
-            done[rec["feedback_id"]].append(rec)
-    # A feedback record is done once its whole group is written (n, plus refused copies).
-    complete = lambda rs: rs and len(rs) >= rs[0].get("group_size", params.n)  # noqa: E731
-    todo = [fb for fb in feedback if not complete(done.get(fb["feedback_id"]))]
-    partial = {fb["feedback_id"] for fb in todo if fb["feedback_id"] in done}
-    if partial:  # drop partially written groups (a kill between lines): rewrite them whole
-        write_jsonl(output, [r for fid, rs in done.items() if fid not in partial for r in rs])
+    # An (x0, f) is done once its whole group is written (n, plus refused copies).
+    out = Resumable(output, lambda r: r["feedback_id"], complete=lambda rs: len(rs) >= rs[0].get("group_size", params.n))
+    todo = [fb for fb in feedback if fb["feedback_id"] not in out]
     finished = len(feedback) - len(todo)
     if on_progress:
         on_progress(finished, len(feedback))
@@ -221,7 +212,7 @@ def sample_refinements(
             **sampled,
         }
 
-    with Appender(output) as out:
+    with out:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             prompts = [prompt_of(fb) for fb in batch]
@@ -243,7 +234,7 @@ def sample_refinements(
                     recs.append(record(fb, c, j, refused, copy, program))
                 for r in recs:
                     r["group_size"] = len(recs)
-                    out.write(r)
+                out.add(fb["feedback_id"], recs)
                 nonlocal finished
                 finished += 1
                 if on_progress:
@@ -271,10 +262,7 @@ def sample_refinements(
                         take(i, completions)
             for i in range(len(batch)):
                 flush(i)
-    order = {fb["feedback_id"]: i for i, fb in enumerate(feedback)}
-    recs = [r for r in load_jsonl(output) if r["feedback_id"] in order]
-    recs.sort(key=lambda r: (order[r["feedback_id"]], r["sample_id"]))
-    return recs
+    return out.records([fb["feedback_id"] for fb in feedback])
 
 
 # The refinement prompt's own headers end a refinement, as well as the extractor's stops.

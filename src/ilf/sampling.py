@@ -15,15 +15,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ilf.errors import IlfError
 from ilf.extraction import STOP_SEQUENCES, extract_program
 from ilf.generation.base import Engine, SamplingParams, params_fields
-from ilf.jsonl import Appender, read_jsonl, write_jsonl
+from ilf.jsonl import Resumable
 from ilf.tasks import Task
 
 # Settings that must match for records already in the output file to be reused.
@@ -38,10 +37,11 @@ def _settings(model: str, engine: str, params: SamplingParams) -> dict[str, Any]
     return {"model": model, "engine": engine, **params_fields(params)}
 
 
-def _load_existing(output: Path, settings: dict[str, Any], n: int) -> dict[str, list[dict]]:
-    """Complete tasks already in `output` (task key -> n records). Mismatched settings are an error."""
-    by_task: dict[str, dict[int, dict]] = defaultdict(dict)
-    for line, rec in read_jsonl(output, allow_torn_tail=True):
+def _check_resumable(output: Path, settings: dict[str, Any]) -> Callable[[int, dict], bool]:
+    """A record already in `output` is reused only if it was sampled with the same settings; one
+    sampled otherwise is an error (mixing two settings in one file would make pass@k meaningless)."""
+
+    def keep(line: int, rec: dict) -> bool:
         for k in RESUME_KEYS:
             if k in rec and rec[k] != settings[k]:
                 raise IlfError(
@@ -50,8 +50,9 @@ def _load_existing(output: Path, settings: dict[str, Any], n: int) -> dict[str, 
                 )
         if "task_id" not in rec or not isinstance(rec.get("sample_id"), int):
             raise IlfError(f"{output}:{line}: not a sample record (needs task_id and integer sample_id)")
-        by_task[_task_key(rec["task_id"])][rec["sample_id"]] = rec
-    return {t: [recs[i] for i in range(n)] for t, recs in by_task.items() if all(i in recs for i in range(n))}
+        return True
+
+    return keep
 
 
 def make_records(task: Task, completions, params: SamplingParams, model: str, engine: str) -> list[dict]:
@@ -69,11 +70,7 @@ def make_records(task: Task, completions, params: SamplingParams, model: str, en
                 "program": extract_program(task, c.text),
                 "num_tokens": c.num_tokens,
                 "finish_reason": c.finish_reason,
-                "seed": params.seed,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "top_k": params.top_k,
-                "max_new_tokens": params.max_new_tokens,
+                **params_fields(params),
             }
         )
     return recs
@@ -121,28 +118,26 @@ def sample(
     model = model_name or _model_name(eng)
     settings = _settings(model, engine_name, params)
 
-    done: dict[str, list[dict]] = {}
-    if resume and output.exists():
-        done = _load_existing(output, settings, params.n)
-    old = list(done)  # complete tasks already in the file, in file order: all are kept
-    todo = [t for t in tasks if _task_key(t.task_id) not in done]
+    n = params.n
+    out = Resumable(
+        output,
+        lambda r: _task_key(r["task_id"]),
+        keep=_check_resumable(output, settings) if resume else (lambda line, rec: False),
+        complete=lambda group: {r["sample_id"] for r in group} >= set(range(n)),
+    )
+    for k, group in out.done.items():  # each task's samples 0..n-1, in order
+        by_id = {r["sample_id"]: r for r in group}
+        out.done[k] = [by_id[i] for i in range(n)]
+    old = list(out.done)  # complete tasks already in the file, in file order: all are kept
+    todo = [t for t in tasks if _task_key(t.task_id) not in out]
 
     if todo:
         if eng is None:
             eng = engine()  # may fail: nothing has been written or removed yet
-        existed = output.exists()
-        # Start the file afresh with only complete tasks (drops a partial task and any torn line).
-        write_jsonl(output, [r for k in old for r in done[k]])
-        try:
-            new = _run(todo, eng, params, output, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
-        except BaseException:
-            if not existed and output.exists() and output.stat().st_size == 0:
-                output.unlink()  # an engine that fails before its first answer leaves no empty file
-            raise
-        done.update(new)
-        added = [k for k in (_task_key(t.task_id) for t in todo) if k in new]
-        write_jsonl(output, [r for k in old + added for r in done[k]])
-    return [r for t in tasks for r in done.get(_task_key(t.task_id), [])]
+        with out:  # nothing is written before the engine's first answer
+            _run(todo, eng, params, out, model, engine_name, progress, len(tasks) - len(todo), len(tasks))
+        out.finish(old + [k for k in (_task_key(t.task_id) for t in todo) if k in out])
+    return out.records([_task_key(t.task_id) for t in tasks])
 
 
 def _model_name(eng: Any) -> str:
@@ -150,38 +145,33 @@ def _model_name(eng: Any) -> str:
     return getattr(resolved, "name", None) or getattr(eng, "model_name", None) or "unknown"
 
 
-def _run(todo, eng, params, output, model, engine_name, show, already, total) -> dict[str, list[dict]]:
-    new: dict[str, list[dict]] = {}
+def _run(todo, eng, params, out: Resumable, model, engine_name, show, already, total) -> None:
+    new = 0
     start = time.perf_counter()
     tokens = 0
     prog = _progress() if show else None
     bar = prog.add_task("sampling (tasks)", total=total, completed=already, programs=0, tps=0.0) if prog else None
 
-    with Appender(output) as app:
-
-        def on_done(i: int, comps) -> None:
-            nonlocal tokens
-            task = todo[i]
-            recs = make_records(task, comps, params, model, engine_name)
-            for r in recs:
-                app.write(r)
-            new[_task_key(task.task_id)] = recs
-            tokens += sum(c.num_tokens for c in comps)
-            if prog is not None:
-                dt = max(time.perf_counter() - start, 1e-9)
-                prog.update(bar, advance=1, programs=len(new) * params.n, tps=tokens / dt)
-
-        prompts = [t.prompt for t in todo]
+    def on_done(i: int, comps) -> None:
+        nonlocal tokens, new
+        task = todo[i]
+        out.add(_task_key(task.task_id), make_records(task, comps, params, model, engine_name))
+        new += 1
+        tokens += sum(c.num_tokens for c in comps)
         if prog is not None:
-            with prog:
-                results = eng.generate(prompts, params, progress=on_done)
-        else:
+            dt = max(time.perf_counter() - start, 1e-9)
+            prog.update(bar, advance=1, programs=new * params.n, tps=tokens / dt)
+
+    prompts = [t.prompt for t in todo]
+    if prog is not None:
+        with prog:
             results = eng.generate(prompts, params, progress=on_done)
-        for i, comps in enumerate(results):  # an engine that did not report every prompt
-            if _task_key(todo[i].task_id) not in new:
-                on_done(i, comps)
-    record_speed(engine_name, model, len(new) * params.n, time.perf_counter() - start)
-    return new
+    else:
+        results = eng.generate(prompts, params, progress=on_done)
+    for i, comps in enumerate(results):  # an engine that did not report every prompt
+        if _task_key(todo[i].task_id) not in out:
+            on_done(i, comps)
+    record_speed(engine_name, model, new * params.n, time.perf_counter() - start)
 
 
 SPEED_FILE = "speed.json"

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ilf.jsonl import Appender, load_jsonl
+from ilf.jsonl import Resumable
 
 # Table 5's categories, in its order; the last two are not bugs.
 BUG_CATEGORIES = (
@@ -153,19 +153,16 @@ def tag_feedback(
     kept (a killed command resumes). `engine` may be a loader, called only if work is left."""
     from ilf.generation.base import SamplingParams
 
-    output = Path(output)
-    done = {}
-    if output.exists():
-        for r in load_jsonl(output, allow_torn_tail=True):
-            if r.get("rubric") == RUBRIC_VERSION and r.get("model") == model_name:
-                done[r["feedback_id"]] = r
-    todo = [r for r in records if r["feedback_id"] not in done]
+    # Keyed by rubric and model too: tags of another rubric or model in OUTPUT stay, unused.
+    out = Resumable(output, lambda t: (t.get("rubric"), t.get("model"), t["feedback_id"]))
+    key = lambda r: (RUBRIC_VERSION, model_name, r["feedback_id"])  # noqa: E731
+    todo = [r for r in records if key(r) not in out]
     if progress:
         progress(len(records) - len(todo), len(records))
     if todo and not hasattr(engine, "generate"):
         engine = engine()
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, stop=STOP, seed=0)
-    with Appender(output) as out:
+    with out:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             prompts = [rubric_prompt(tasks[r["task_id"]].text or tasks[r["task_id"]].prompt, r["program"], r["feedback"]) for r in chunk]
@@ -181,11 +178,10 @@ def tag_feedback(
                     "rubric": RUBRIC_VERSION,
                     "model": model_name,
                 }
-                out.write(rec)
-                done[r["feedback_id"]] = rec
+                out.add(key(r), [rec])
             if progress:
                 progress(len(records) - len(todo) + start + len(chunk), len(records))
-    return [done[r["feedback_id"]] for r in records]
+    return out.records([key(r) for r in records])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -380,11 +380,11 @@ def write_llm_feedback(
     (called only if something is left to do). Returns the records in x0 order."""
     from pathlib import Path
 
-    from ilf.jsonl import Appender, load_jsonl, write_jsonl
+    from ilf.jsonl import Resumable, write_jsonl
 
     out = Path(output)
     partial = out.with_name(out.name + ".partial")
-    have = {r["feedback_id"]: r for r in load_jsonl(partial, allow_torn_tail=True)} if partial.exists() else {}
+    have = Resumable(partial, lambda r: r["feedback_id"])
     draws = 1 if temperature == 0 else n
     targets = [r for r in failing_results if r.get("passed") is not True]
     label = model_name
@@ -404,7 +404,7 @@ def write_llm_feedback(
         progress(len(targets) - len(todo), len(targets))
     if todo and not hasattr(engine, "generate"):
         engine = engine()
-    with Appender(partial) as app:
+    with have:
         for i in range(0, len(todo), LLM_CHUNK):
             chunk = todo[i : i + LLM_CHUNK]
             for rec in generate_llm_feedback(
@@ -421,11 +421,10 @@ def write_llm_feedback(
                 reference=reference,
                 model_name=label,
             ):
-                app.write(rec)
-                have[rec["feedback_id"]] = rec
+                have.add(rec["feedback_id"], [rec])
             if progress:
                 progress(len(targets) - len(todo) + i + len(chunk), len(targets))
-    recs = [have[i] for r in targets for i in ids(r)]
+    recs = have.records([i for r in targets for i in ids(r)])
     write_jsonl(out, recs)
     partial.unlink(missing_ok=True)
     return recs
