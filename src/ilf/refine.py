@@ -272,17 +272,8 @@ REFINE_STOP = ("\nOLD CODE:", "\nFEEDBACK:", "\nREFINEMENT:")
 def refine_params(cfg: "RefineConfig", seed: int, n: int | None = None):
     """π_Refine's sampling parameters: [refine]'s n (or `n`), temperature, top_p, top_k, max_new_tokens."""
     from ilf.extraction import STOP_SEQUENCES
-    from ilf.generation import SamplingParams
 
-    return SamplingParams(
-        n=n or cfg.n,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        top_k=cfg.top_k,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=seed,
-        stop=list(STOP_SEQUENCES) + list(REFINE_STOP),
-    )
+    return cfg.params(seed, n=n, stop=list(STOP_SEQUENCES) + list(REFINE_STOP))
 
 
 def refine(

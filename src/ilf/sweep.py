@@ -69,7 +69,6 @@ def sweep(
 
     from ilf.evaluation import evaluate
     from ilf.finetune import finetune_in_child, load_pairs
-    from ilf.generation import SamplingParams
     from ilf.sampling import sample
 
     console = console or Console(stderr=True)
@@ -97,7 +96,7 @@ def sweep(
         rows = {}
     settings = grid(train, sw)
     order = [setting_name(*s) for s in settings]
-    params = SamplingParams(**sw.sampling(), seed=seed)
+    params = sw.params(seed)
 
     def best_row() -> dict[str, Any]:
         done = [rows[s] for s in order if s in rows]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ilf.errors import IlfError
 from ilf.jsonl import write_jsonl
 
-AUTOMATIC_SOURCES = ("trace", "llm")
+AUTOMATIC_SOURCES = ("llm", "trace")
 
 
 def collect_feedback(

@@ -28,8 +28,12 @@ class Sampling:
         check(self)  # one validation for every caller (commands, config, pipeline, server)
 
     def sampling(self) -> dict:
-        """These settings alone (a subclass's other fields left out), for SamplingParams(**...)."""
+        """These settings alone (a subclass's other fields left out)."""
         return {f.name: getattr(self, f.name) for f in fields(Sampling)}
+
+    def params(self, seed: int = 0, *, n: int | None = None, stop: Sequence[str] = ()) -> "SamplingParams":
+        """The one conversion from a step's config (or a command's flags) to what an engine receives."""
+        return SamplingParams(**{**self.sampling(), **({"n": n} if n else {})}, stop=list(stop), seed=seed)
 
 
 @dataclass
