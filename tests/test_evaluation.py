@@ -84,6 +84,7 @@ def test_program_for_program_or_prompt_plus_completion():
     assert program_for({"task_id": 11, "completion": "    pass\n"}, task) == task.prompt + "    pass\n"
 
 
+@pytest.mark.slow
 @needs_data
 def test_every_mbpp_gold_solution_passes():
     tasks = load_tasks("mbpp")

@@ -7,9 +7,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-import tiny_models
-
 from ilf.feedback.bugs import RUBRIC_VERSION, bugs_vs_pass_rate, category_shares, parse_tags, reparse, rubric_prompt
 from ilf.jsonl import load_jsonl
 
@@ -63,11 +60,6 @@ def test_summaries_per_source_and_by_bug_count():
     results.append({"feedback_id": "c", "passed": True})  # now c has one: a row of its own source
     rows = bugs_vs_pass_rate(tags, results, resamples=200)
     assert [(r["source"], r["bugs"], r["value"]) for r in rows] == [("authors", 1, 1.0), ("authors", 2, 0.25), ("llm", 0, 1.0)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_models.build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def test_feedback_bugs_tags_every_feedback_resumes_and_feeds_feedback_stats(tmp_path, tiny, data_dir):

@@ -57,6 +57,7 @@ def build_tiny_model(out_dir):
 
 @pytest.fixture(scope="module")
 def tiny_engine(tmp_path_factory):
+    """An engine on this module's tiny model: its corpus holds the feedback prompts, and its context is long."""
     from ilf.generation import get_engine
 
     path = build_tiny_model(tmp_path_factory.mktemp("tiny"))

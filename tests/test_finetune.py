@@ -66,15 +66,16 @@ def build_tiny_model(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def trainable_tiny(tmp_path_factory) -> Path:
+    """The tiny model of this module: a byte-level tokenizer, so any target encodes and can be memorised."""
+    return build_tiny_model(tmp_path_factory.mktemp("trainable_tiny") / "model")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny):
+def tokenizer(trainable_tiny):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tiny)
+    return AutoTokenizer.from_pretrained(trainable_tiny)
 
 
 def greedy(model_dir: Path, prompt: str, max_new_tokens: int = 20) -> str:
@@ -92,12 +93,12 @@ def greedy(model_dir: Path, prompt: str, max_new_tokens: int = 20) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
+def test_training_memorises_target_and_output_is_complete(trainable_tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c, "task_id": i, "kind": "program"} for i, (p, c) in enumerate(MEMO)]
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    before = greedy(tiny, MEMO[0][0])
+    before = greedy(trainable_tiny, MEMO[0][0])
     cfg = FinetuneConfig(learning_rate=3e-3, batch_size=4, epochs=40, report_to="tensorboard", threads=1, eval_steps=20)
-    out = finetune(data, tiny, tmp_path / "out", cfg, eval_pairs=pairs[:2])
+    out = finetune(data, trainable_tiny, tmp_path / "out", cfg, eval_pairs=pairs[:2])
 
     meta = json.loads((out / META_FILE).read_text())
     losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
@@ -119,14 +120,14 @@ def test_training_memorises_target_and_output_is_complete(tiny, tmp_path):
 
     # Same data + config again: the finished run is recognised and skipped.
     t = time.time()
-    assert finetune(data, tiny, out, cfg, eval_pairs=pairs[:2]) == out
+    assert finetune(data, trainable_tiny, out, cfg, eval_pairs=pairs[:2]) == out
     assert time.time() - t < 5
     # Other data into the same directory: refused with a clear message.
     with pytest.raises(IlfError, match="another base model, data or config"):
-        finetune(pairs[:2], tiny, out, cfg)
+        finetune(pairs[:2], trainable_tiny, out, cfg)
 
 
-def test_max_pairs_trains_on_a_seeded_subset(tiny, tmp_path):
+def test_max_pairs_trains_on_a_seeded_subset(trainable_tiny, tmp_path):
     """Training-set size ablations (Figure 4): max_pairs keeps a random subset chosen with the seed,
     the same on a rerun, another with another seed; the model's metadata says which."""
     pairs = [{"prompt": p, "completion": c, "task_id": i, "kind": "program"} for i, (p, c) in enumerate(MEMO)]
@@ -134,14 +135,14 @@ def test_max_pairs_trains_on_a_seeded_subset(tiny, tmp_path):
     chosen = []
     for seed in (0, 0, 1, 2, 3):
         cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, threads=1, max_pairs=2, seed=seed, report_to="none")
-        out = finetune(data, tiny, tmp_path / f"out{seed}", cfg, overwrite=True)
+        out = finetune(data, trainable_tiny, tmp_path / f"out{seed}", cfg, overwrite=True)
         meta = json.loads((out / META_FILE).read_text())
         assert meta["data"]["num_pairs"] == 2 and meta["config"]["max_pairs"] == 2
         chosen.append(meta["data"]["fingerprint"])
     assert chosen[0] == chosen[1] and len(set(chosen)) > 1
 
 
-def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(tiny, tmp_path):
+def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(trainable_tiny, tmp_path):
     """finetune.replay: a share of the training set from π_θ's passing samples on tasks the pairs do not
     train on (one per task, seeded), and the model's metadata compares the targets' length with π_θ's."""
     pairs = [{"prompt": p, "completion": c, "task_id": i} for i, (p, c) in enumerate(MEMO[:2])]
@@ -159,7 +160,7 @@ def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(tiny, tmp_pat
     ]
     src = write_jsonl(tmp_path / "x0_results.jsonl", results)
     cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, threads=1, report_to="none", replay=0.5, replay_from=str(src))
-    out = finetune(pairs, tiny, tmp_path / "out", cfg)
+    out = finetune(pairs, trainable_tiny, tmp_path / "out", cfg)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["data"]["num_pairs"] == 4 and meta["data"]["replay"]["pairs"] == 2 and meta["data"]["replay"]["model_tokens_mean"] == 6
     assert meta["data"]["target_tokens_mean"] > 0
@@ -170,7 +171,7 @@ def test_replay_adds_pi_thetas_own_passing_programs_on_other_tasks(tiny, tmp_pat
     assert extra == replay_pairs(src, load_pairs(pairs), 0.5, 0)[0]  # seeded
     assert len(replay_pairs(src, load_pairs(pairs), 0.9, 0)[0]) == 3  # never more than π_θ solved
     with pytest.raises(IlfError, match="replay needs finetune.replay_from"):
-        finetune(pairs, tiny, tmp_path / "out2", FinetuneConfig(replay=0.5, report_to="none"))
+        finetune(pairs, trainable_tiny, tmp_path / "out2", FinetuneConfig(replay=0.5, report_to="none"))
 
 
 def _logp(model_dir: Path, prompt: str, completion: str) -> float:
@@ -186,32 +187,32 @@ def _logp(model_dir: Path, prompt: str, completion: str) -> float:
     return float(logits[torch.arange(len(c)), torch.tensor(c)].sum())
 
 
-def test_dpo_prefers_the_passing_program_to_the_failing_one(tiny, tmp_path):
+def test_dpo_prefers_the_passing_program_to_the_failing_one(trainable_tiny, tmp_path):
     """objective dpo (TRL DPOTrainer with an SFT term): after training, the chosen body is likelier
     relative to the rejected one than under the base model; a pairs file of the wrong kind is one line."""
     prefs = [{"prompt": p, "chosen": c, "rejected": "    return None\n", "task_id": i} for i, (p, c) in enumerate(MEMO)]
     data = write_jsonl(tmp_path / "dpo.jsonl", prefs)
     margin = lambda m: sum(_logp(m, r["prompt"], r["chosen"]) - _logp(m, r["prompt"], r["rejected"]) for r in prefs)  # noqa: E731
     cfg = FinetuneConfig(objective="dpo", learning_rate=1e-3, batch_size=4, epochs=10, threads=1, report_to="none", dpo_beta=0.1)
-    out = finetune(data, tiny, tmp_path / "out", cfg)
+    out = finetune(data, trainable_tiny, tmp_path / "out", cfg)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["objective"] == "dpo" and meta["data"]["num_trained"] == 4
-    assert margin(out) > margin(tiny) + 1.0
+    assert margin(out) > margin(trainable_tiny) + 1.0
     # The identity of an SFT run does not name the DPO settings (models trained before them still resume).
     assert "objective" not in FinetuneConfig().keyed() and "objective" in cfg.keyed()
     with pytest.raises(IlfError, match="dpo.jsonl:1: objective sft trains on prompt/completion pairs"):
-        finetune(data, tiny, tmp_path / "out2", FinetuneConfig(report_to="none"))
+        finetune(data, trainable_tiny, tmp_path / "out2", FinetuneConfig(report_to="none"))
     sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": p, "completion": c} for p, c in MEMO])
     with pytest.raises(IlfError, match="objective dpo trains on preference pairs"):
-        finetune(sft, tiny, tmp_path / "out3", cfg)
+        finetune(sft, trainable_tiny, tmp_path / "out3", cfg)
 
 
-def test_lora_is_merged_into_a_plain_model_dir(tiny, tmp_path):
+def test_lora_is_merged_into_a_plain_model_dir(trainable_tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
     cfg = FinetuneConfig(
         lora=True, lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=1e-2, batch_size=4, epochs=60, report_to="none", threads=1
     )
-    out = finetune(pairs, tiny, tmp_path / "lora", cfg)
+    out = finetune(pairs, trainable_tiny, tmp_path / "lora", cfg)
     assert not (out / "adapter_config.json").exists()  # merged, not an adapter
     meta = json.loads((out / META_FILE).read_text())
     losses = [h["loss"] for h in meta["metrics"]["log_history"] if "loss" in h]
@@ -255,7 +256,7 @@ def test_truncation_of_other_prompts_cuts_their_start(tokenizer):
     assert tokenizer.decode([t for t, m in zip(e.input_ids, e.completion_mask) if m]) == "    return a + b\n<|endoftext|>"
 
 
-def test_examples_without_target_room_are_skipped_and_reported(tiny, tmp_path, tokenizer):
+def test_examples_without_target_room_are_skipped_and_reported(trainable_tiny, tmp_path, tokenizer):
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     long_target = "    for i in range(len(xs)):\n        total += xs[i]\n" * 20
     assert "never truncated" in encode_pair(Pair("def f(xs):\n", long_target), tokenizer, 64, eos)
@@ -268,7 +269,7 @@ def test_examples_without_target_room_are_skipped_and_reported(tiny, tmp_path, t
     ]
     data = write_jsonl(tmp_path / "p.jsonl", pairs)
     cfg = FinetuneConfig(max_length=64, batch_size=1, epochs=1, report_to="none", threads=1, learning_rate=1e-3)
-    out = finetune(data, tiny, tmp_path / "o", cfg)
+    out = finetune(data, trainable_tiny, tmp_path / "o", cfg)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["data"]["num_trained"] == 1
     assert [(s["task_id"], s["source"].endswith(f":{s['task_id']}")) for s in meta["data"]["skipped"]] == [(2, True), (3, True)]
@@ -276,7 +277,7 @@ def test_examples_without_target_room_are_skipped_and_reported(tiny, tmp_path, t
     assert losses and all(x > 0 for x in losses)  # never a silent zero loss
 
     with pytest.raises(IlfError, match="no trainable pair left"):
-        finetune(pairs[1:], tiny, tmp_path / "o2", cfg)
+        finetune(pairs[1:], trainable_tiny, tmp_path / "o2", cfg)
 
 
 def test_bad_pairs_file_names_file_line_field(tmp_path):
@@ -289,11 +290,11 @@ def test_bad_pairs_file_names_file_line_field(tmp_path):
 # --- resumption after a kill ---------------------------------------------------------------------
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
+def test_killed_run_resumes_from_its_last_checkpoint(trainable_tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO] * 2
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ilf.cli", "finetune", "--data", str(data), "--model", str(tiny), "--output", str(out),
+    cmd = [sys.executable, "-m", "ilf.cli", "finetune", "--data", str(data), "--model", str(trainable_tiny), "--output", str(out),
            "--batch-size", "1", "--epochs", "10", "--save-steps", "5", "--learning-rate", "1e-3", "--threads", "1",
            "--report-to", "none", "--save-total-limit", "2"]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -329,20 +330,20 @@ def test_killed_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
 # --- FINETUNE in a child process (what `ilf run` does) ---------------------------------------------
 
 
-def test_finetune_in_child_trains_there_and_raises_here(tiny, tmp_path):
+def test_finetune_in_child_trains_there_and_raises_here(trainable_tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO]
     cfg = FinetuneConfig(learning_rate=1e-3, batch_size=2, epochs=1, report_to="none", seed=0)
-    out = finetune_in_child(pairs, tiny, tmp_path / "out", cfg)
+    out = finetune_in_child(pairs, trainable_tiny, tmp_path / "out", cfg)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["metrics"]["global_step"] == 2 and meta["metrics"]["peak_rss_mb"] > 0
     # The child's error reaches the caller as the same one clear IlfError.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(IlfError, match=r"bad.jsonl:2: missing field 'completion'"):
-        finetune_in_child(bad, tiny, tmp_path / "out2", cfg)
+        finetune_in_child(bad, trainable_tiny, tmp_path / "out2", cfg)
 
 
-def test_finetune_child_killed_is_one_clear_error(tiny, tmp_path):
+def test_finetune_child_killed_is_one_clear_error(trainable_tiny, tmp_path):
     """The OOM killer ends the child: the caller gets a line that says so and how to resume, not a
     BrokenProcessPool traceback."""
     import multiprocessing
@@ -351,7 +352,7 @@ def test_finetune_child_killed_is_one_clear_error(tiny, tmp_path):
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO] * 4
     cfg = FinetuneConfig(learning_rate=1e-3, batch_size=1, epochs=50, report_to="none", seed=0)
     errors: list[BaseException] = []
-    t = threading.Thread(target=lambda: _catch(errors, finetune_in_child, pairs, tiny, tmp_path / "out", cfg))
+    t = threading.Thread(target=lambda: _catch(errors, finetune_in_child, pairs, trainable_tiny, tmp_path / "out", cfg))
     t.start()
     deadline = time.time() + 120
     while time.time() < deadline and not multiprocessing.active_children():
@@ -375,14 +376,14 @@ def _catch(errors: list, fn, *args) -> None:
 # --- several processes: the same command under torchrun (gloo on CPU; NCCL on GPUs) -----------------
 
 
-def test_two_process_data_parallel_run_writes_one_model(tiny, tmp_path):
+def test_two_process_data_parallel_run_writes_one_model(trainable_tiny, tmp_path):
     """DDP with 2 CPU processes: ilf divides the effective batch across processes for gradient
     accumulation and only rank 0 writes the model. (The shipped GPU configs cannot run here.)"""
     pairs = [{"prompt": p, "completion": c} for p, c in MEMO] * 2
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ilf.cli", "finetune",
-           "--data", str(data), "--model", str(tiny), "--output", str(out), "--batch-size", "4", "--epochs", "3",
+           "--data", str(data), "--model", str(trainable_tiny), "--output", str(out), "--batch-size", "4", "--epochs", "3",
            "--learning-rate", "1e-3", "--report-to", "none", "--threads", "1"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -431,7 +432,7 @@ def test_bundled_model_fine_tunes_and_loads_in_the_default_engine(tmp_path):
 # --- the sweep ---------------------------------------------------------------------------------------
 
 
-def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
+def test_sweep_trains_each_setting_and_keeps_the_best(trainable_tiny, tmp_path):
     """`ilf finetune --sweep-...` runs the pipeline's sweep (ilf.sweep): one fine-tuning per setting,
     sampled on validation tasks, OUTPUT = the best model; resumable; refuses validation tasks in the pairs."""
     from typer.testing import CliRunner
@@ -446,7 +447,7 @@ def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
         "--data",
         str(data),
         "--model",
-        str(tiny),
+        str(trainable_tiny),
         "--output",
         str(out),
         "--report-to",
@@ -491,7 +492,7 @@ def test_sweep_trains_each_setting_and_keeps_the_best(tiny, tmp_path):
 # --- π_Refine pairs from the authors' annotations, through the CLI ---------------------------------------
 
 
-def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
+def test_cli_builds_refine_pairs_from_the_authors_file(trainable_tiny, tmp_path):
     from typer.testing import CliRunner
 
     from ilf.cli import app
@@ -506,7 +507,7 @@ def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
             "--split",
             "refine",
             "--model",
-            str(tiny),
+            str(trainable_tiny),
             "--output",
             str(out),
             "--max-steps",
@@ -529,7 +530,7 @@ def test_cli_builds_refine_pairs_from_the_authors_file(tiny, tmp_path):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": 3, "completion": "x"}\n')
-    r = CliRunner().invoke(app, ["finetune", "--data", str(bad), "--model", str(tiny), "--output", str(tmp_path / "o")])
+    r = CliRunner().invoke(app, ["finetune", "--data", str(bad), "--model", str(trainable_tiny), "--output", str(tmp_path / "o")])
     assert r.exit_code == 2 and "bad.jsonl:1: field 'prompt' must be str" in r.output
 
 

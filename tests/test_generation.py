@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from tiny_models import build_qwen_tiny
 
 from ilf.errors import IlfError
 from ilf.generation import ENGINES, SamplingParams, default_engine, get_engine
@@ -13,17 +12,12 @@ ENGINE_NAMES = ["transformers", "openvino"]
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_qwen_tiny(tmp_path_factory.mktemp("qwen_tiny"))
-
-
-@pytest.fixture(scope="module")
-def engines(tiny, tmp_path_factory):
+def engines(qwen_tiny, tmp_path_factory):
     import os
 
     os.environ.setdefault("ILF_CACHE", str(tmp_path_factory.mktemp("cache")))
     loaded = {}
-    yield lambda name: loaded.setdefault(name, get_engine(name, str(tiny)))
+    yield lambda name: loaded.setdefault(name, get_engine(name, str(qwen_tiny)))
     for e in loaded.values():
         e.close()
 
@@ -95,13 +89,13 @@ def test_registry():
         get_engine("nope", "x")
 
 
-def test_one_opener_takes_every_setting_and_gives_each_engine_its_own(tiny, tmp_path, monkeypatch):
+def test_one_opener_takes_every_setting_and_gives_each_engine_its_own(qwen_tiny, tmp_path, monkeypatch):
     """Callers pass ModelConfig's weights (and a base URL) whatever the engine: only openvino gets
     weights, only openai base_url; "auto" is the default engine."""
     monkeypatch.setenv("ILF_CACHE", str(tmp_path / "cache"))
-    with get_engine("transformers", str(tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
+    with get_engine("transformers", str(qwen_tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
         assert eng.name == "transformers"
-    with get_engine("auto", str(tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
+    with get_engine("auto", str(qwen_tiny), weights="q8_0", base_url="http://127.0.0.1:9/v1") as eng:
         assert eng.name == default_engine() == "openvino"
     assert [p.name for p in (tmp_path / "cache" / "engines").rglob("*.gguf")] == ["model-q8_0.gguf"]  # it got the weights
 
@@ -118,7 +112,7 @@ def test_openvino_refuses_a_model_it_cannot_convert(tmp_path, monkeypatch):
     assert not eng_dir.exists() or not any(p.name.endswith(".gguf") for p in eng_dir.rglob("*"))
 
 
-def test_openvino_prefix_caching_changes_no_sample(engines, tiny):
+def test_openvino_prefix_caching_changes_no_sample(engines, qwen_tiny):
     """Prefix caching (on by default) reuses the KV cache of shared prefixes, as the LLM baselines'
     prompts have (the same few-shot examples; a refinement prompt extends its feedback prompt): the
     samples must be those computed without it, whatever ran before."""
@@ -129,7 +123,7 @@ def test_openvino_prefix_caching_changes_no_sample(engines, tiny):
     assert cached.prefix_caching
     first = texts(cached.generate(queries, p))
     longer = [q + o[0] + "\nREFINEMENT:\n" for q, o in zip(queries, first)]
-    cold = get_engine("openvino", str(tiny), prefix_caching=False)
+    cold = get_engine("openvino", str(qwen_tiny), prefix_caching=False)
     try:
         assert texts(cold.generate(queries, p)) == first
         assert texts(cached.generate(longer, p)) == texts(cold.generate(longer, p))

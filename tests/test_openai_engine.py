@@ -21,7 +21,6 @@ from ilf.generation.base import SamplingParams
 from ilf.generation.openai import OpenAIEngine, cut_at_stop, normalize_base_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import build_tiny_model  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n", "for i in range(10):\n", "class Stack:\n"]
 SERVER_START_TIMEOUT = 120.0
@@ -48,12 +47,7 @@ def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
+def server(tiny):
     """`ilf serve` as a user starts it, in its own process."""
     port = free_port()
     cmd = [
@@ -62,7 +56,7 @@ def server(tiny_model):
         "ilf.cli",
         "serve",
         "--model",
-        str(tiny_model),
+        str(tiny),
         "--engine",
         "transformers",
         "--port",
@@ -152,10 +146,10 @@ def test_results_and_progress_follow_prompt_order_whatever_the_batching(engine):
     assert together == alone
 
 
-def test_greedy_through_the_server_equals_the_local_engine(engine, tiny_model):
+def test_greedy_through_the_server_equals_the_local_engine(engine, tiny):
     from ilf.generation import get_engine
 
-    local = get_engine("transformers", str(tiny_model))
+    local = get_engine("transformers", str(tiny))
     p = SamplingParams(n=1, temperature=0.0, max_new_tokens=20, stop=["\n\n"])
     assert engine.generate(PROMPTS, p) == local.generate(PROMPTS, p)
 
@@ -185,14 +179,14 @@ def test_unknown_model_and_bad_request_are_clear_errors(engine, server):
     assert e.value.code == 400 and "greater than or equal to 1" in e.value.read().decode()
 
 
-def test_api_key_is_required_when_the_server_sets_one(tiny_model):
+def test_api_key_is_required_when_the_server_sets_one(tiny):
     import uvicorn
 
     from ilf.generation import get_engine
     from ilf.serve import create_app
 
     port = free_port()
-    app = create_app(get_engine("transformers", str(tiny_model)), "tiny", api_key="s3cret")
+    app = create_app(get_engine("transformers", str(tiny)), "tiny", api_key="s3cret")
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

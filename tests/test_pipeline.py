@@ -68,7 +68,7 @@ def build_refiner_model(out: Path, data_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, data_dir) -> Path:
+def refiner_model(tmp_path_factory, data_dir) -> Path:
     return build_refiner_model(tmp_path_factory.mktemp("tiny"), data_dir)
 
 
@@ -129,10 +129,10 @@ def _stable(recs: list[dict]) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_pipeline_end_to_end(tiny_model, tmp_path):
+def test_pipeline_end_to_end(refiner_model, tmp_path):
     run_dir = tmp_path / "run"
     sweep = '[sweep]\nlearning_rates = [1e-4, 3e-3]\nmethods = ["ilf"]\ntasks = "14-15"\nn = 1\nmax_new_tokens = 16\n'
-    cfg_path = write_config(tmp_path / "tiny.toml", tiny_model, run_dir, train_seeds=2, shuffled_n=1, sweep=sweep)
+    cfg_path = write_config(tmp_path / "tiny.toml", refiner_model, run_dir, train_seeds=2, shuffled_n=1, sweep=sweep)
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = Path(proc.stdout.strip().splitlines()[-1])
@@ -168,7 +168,7 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     # The decisive control: π_θ sampled again on the feedback's tasks with π_Refine's budget, compared.
     ctl = load_jsonl(run_dir / "r1" / "control_results.jsonl")
     assert sorted({r["task_id"] for r in ctl}) == FEEDBACK_TASKS and len(ctl) == 2 * len(FEEDBACK_TASKS)
-    assert {r["model"] for r in ctl} == {str(tiny_model)} and "r1/eval-control" in manifest["stages"]
+    assert {r["model"] for r in ctl} == {str(refiner_model)} and "r1/eval-control" in manifest["stages"]
     assert summary["control"]["tasks"] == 3 and summary["control"]["samples_per_task"] == 2
     assert "π_Refine vs π_θ sampled again" in proc.stderr
     # Table 2's control: every x0 refined once more with another task's feedback; none of it enters R.
@@ -222,11 +222,12 @@ def test_pipeline_end_to_end(tiny_model, tmp_path):
     assert before == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.jsonl")}
 
 
-def test_an_empty_training_set_still_ends_in_a_report(tiny_model, tmp_path):
+@pytest.mark.slow
+def test_an_empty_training_set_still_ends_in_a_report(refiner_model, tmp_path):
     """π_Refine repairs nothing (here: one token per refinement): ILF has no R to train on. The run
     does not fail; it evaluates what exists and the report says why ILF and its baselines are absent."""
     run_dir = tmp_path / "run"
-    cfg_path = write_config(tmp_path / "empty.toml", tiny_model, run_dir, refine_tokens=1, eval_tasks="11", eval_n=1)
+    cfg_path = write_config(tmp_path / "empty.toml", refiner_model, run_dir, refine_tokens=1, eval_tasks="11", eval_n=1)
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "R is empty" in proc.stderr
@@ -241,11 +242,12 @@ def test_an_empty_training_set_still_ends_in_a_report(tiny_model, tmp_path):
     assert f"- CPU 1: {machine.describe()}" in text
 
 
-def test_a_run_without_ilf_in_eval_methods_trains_nothing(tiny_model, tmp_path):
+@pytest.mark.slow
+def test_a_run_without_ilf_in_eval_methods_trains_nothing(refiner_model, tmp_path):
     """eval.methods = []: x0, feedback, π_Refine (and its shuffled control), R and the report, the
     runs behind Tables 1-3; no FINETUNE, no evaluation."""
     run_dir = tmp_path / "run"
-    cfg_path = write_config(tmp_path / "refine_only.toml", tiny_model, run_dir, methods="[]", shuffled_n=1)
+    cfg_path = write_config(tmp_path / "refine_only.toml", refiner_model, run_dir, methods="[]", shuffled_n=1)
     proc = subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "π_θ* is not trained" in proc.stderr
@@ -255,12 +257,13 @@ def test_a_run_without_ilf_in_eval_methods_trains_nothing(tiny_model, tmp_path):
     assert "π_Refine" in text
 
 
-def test_models_not_on_disk_are_retrained_only_when_needed_and_keep_their_samples(tiny_model, tmp_path):
+@pytest.mark.slow
+def test_models_not_on_disk_are_retrained_only_when_needed_and_keep_their_samples(refiner_model, tmp_path):
     """EVAL samples of a trained model are keyed by the FINETUNE stage that made it, not its bytes, and a
     finished FINETUNE whose model is gone (deleted for disk, or a run moved without its models) is
     retrained only if a stage still needs the model. Other FINETUNE settings are another model."""
     run_dir = tmp_path / "run"
-    cfg_path = write_config(tmp_path / "t.toml", tiny_model, run_dir, eval_tasks="11", eval_n=1, methods='["ilf"]', train_seeds=2)
+    cfg_path = write_config(tmp_path / "t.toml", refiner_model, run_dir, eval_tasks="11", eval_n=1, methods='["ilf"]', train_seeds=2)
     assert subprocess.run(ILF + ["run", str(cfg_path)], capture_output=True, text=True, timeout=900).returncode == 0
     first = json.loads((run_dir / "manifest.json").read_text())["stages"]
     # Both models gone; seed 1's evaluation unfinished (its samples lost too); seed 0's complete.
@@ -324,13 +327,13 @@ def _lines(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_during_sampling_and_training_resumes(tiny_model, tmp_path):
+def test_sigkill_during_sampling_and_training_resumes(refiner_model, tmp_path):
     """Kill -9 in the middle of sampling, then of training; rerun: no finished work is redone and
     the final artifacts equal those of an uninterrupted run with the same seeds."""
     opts = dict(eval_tasks="11-22", eval_n=3, eval_tokens=48, ft_epochs=6, save_steps=1)
     clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
-    clean_cfg = write_config(tmp_path / "clean.toml", tiny_model, clean_dir, **opts)
-    killed_cfg = write_config(tmp_path / "killed.toml", tiny_model, killed_dir, **opts)
+    clean_cfg = write_config(tmp_path / "clean.toml", refiner_model, clean_dir, **opts)
+    killed_cfg = write_config(tmp_path / "killed.toml", refiner_model, killed_dir, **opts)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(ILF + ["run", str(clean_cfg)], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -401,6 +404,7 @@ def test_paper_config_validates():
     assert set(cfg.eval.methods) == {"zero-shot", "ilf", "gold", "human-refinements", "llm-1shot", "llm-2shot"}
 
 
+@pytest.mark.slow
 def test_a_later_rounds_finetune_keys_its_base_by_the_stage_that_trained_it(tmp_path, monkeypatch, data_dir):
     """Round k fine-tunes round k-1's π_θ*. Models are not kept with a run, and a model retrained on
     another CPU differs in its bytes (float32 vs bf16 autocast): round k's FINETUNE, and so every sample of

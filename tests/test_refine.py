@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import tiny_models
 
 from ilf.jsonl import load_jsonl
 
@@ -31,11 +30,6 @@ def _feedback(tasks=TASKS) -> list[dict]:
         }
         for t in tasks
     ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_models.build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def test_refine_samples_n_per_feedback_with_the_shuffled_control_and_resumes(tmp_path, tiny, data_dir):

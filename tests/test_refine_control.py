@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import tiny_models
 
 from ilf.feedback.llm import feedback_leak, without_leaks
 from ilf.jsonl import load_jsonl
@@ -31,16 +30,6 @@ def _fb(task, fid, program="def f(x):\n    return None\n", feedback="It returns 
 def _write(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
-
-
-@pytest.fixture(scope="module")
-def qwen_tiny(tmp_path_factory):
-    return tiny_models.build_qwen_tiny(tmp_path_factory.mktemp("qwen_tiny"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_models.build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 def test_regenerate_shows_the_task_and_feedback_and_the_control_matches_the_budget(tmp_path, qwen_tiny, data_dir):

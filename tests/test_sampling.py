@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import build_tiny_model
 
 from ilf.errors import IlfError
 from ilf.generation import SamplingParams, get_engine
@@ -27,11 +26,6 @@ FIELDS = {
     "temperature",
     "top_p",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
