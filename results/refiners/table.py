@@ -29,6 +29,9 @@ ROWS = [  # (directory, refiner, feedback, interface)
     ("regenerate-trace", "0.5B", "execution trace", "regenerate"),
     ("regenerate-ref15", "0.5B", "1.5B shown the reference", "regenerate"),
     ("chat-ref15-refuse", "0.5B", "1.5B shown the reference", "chat, copies refused"),
+    ("ft-refiner-trace", "0.5B fine-tuned on 309 π_θ trace triples + 44 human", "execution trace", "paper"),
+    ("r15-chat-resample", "1.5B", "– (the task alone: the 1.5B through its chat template)", "regenerate"),
+    ("r15-regenerate-trace", "1.5B", "execution trace", "regenerate"),
     ("r15-chat-trace-refuse", "1.5B", "execution trace", "chat, copies refused"),
 ]
 CONTROL = "regenerate-trace/refinements_control_results.jsonl"
@@ -39,7 +42,10 @@ def wall_seconds(raw: Path) -> dict[str, int]:
     log = raw / "log.txt"
     if not stored(log).exists():
         return {}
-    return {m[1]: int(m[2]) for m in re.finditer(r"sampled (\S+) in (\d+) s", log.read_text())}
+    text = log.read_text()
+    # A row started more than once was resumed: its last start-to-end time leaves out earlier sessions' work.
+    starts = {m[1]: len(re.findall(rf"start {re.escape(m[1])}$", text, flags=re.M)) for m in re.finditer(r"sampled (\S+) in", text)}
+    return {m[1]: int(m[2]) for m in re.finditer(r"sampled (\S+) in (\d+) s", text) if starts.get(m[1], 1) == 1}
 
 
 def main(raw: Path) -> None:
@@ -68,7 +74,7 @@ def main(raw: Path) -> None:
         tokens = statistics.fmean(r["num_tokens"] for r in recs if not r.get("refused"))
         num_x0 = len({r["feedback_id"] for r in recs})
         sec = seconds.get(name)
-        per100 = f"{100 * sec / num_x0:.0f}" if sec else "–"
+        per100 = f"{100 * sec / num_x0:.0f}" if sec else "– (resumed)"
         print(
             f"| {refiner} | {feedback} | {interface} | {100 * c['pass@1']:.1f} | {100 * c['control_pass@1']:.1f} | "
             f"{100 * c['delta_pass@1']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {c['solved']} / {c['tasks']} | "
@@ -79,20 +85,20 @@ def main(raw: Path) -> None:
         )
 
 
-def against_chat_control(raw: Path) -> None:
-    """The same rows against the control through the chat door: π_θ through its chat template with
-    the task alone (the chat-resample row), which the interfaces that use the chat template must beat."""
-    base = raw / "chat-resample" / "refinements_results.jsonl"
+def against(raw: Path, base_name: str, label: str, rows: list[tuple[str, str, str, str]]) -> None:
+    """Rows against another control: a row of this table that samples with the task alone (the
+    chat-resample rows: a model through its chat template, no x0, no feedback)."""
+    base = raw / base_name / "refinements_results.jsonl"
     if not stored(base).exists():
         return
     control = load_jsonl(stored(base))
     pool = [r["task_id"] for r in load_jsonl(stored(raw / "feedback_trace.jsonl"))]
     print()
-    print("| π_Refine | feedback | interface | pass@1 | chat control pass@1 | Δ pass@1 [95% CI] | net Δ tasks solved [95% CI] |")
+    print(f"| π_Refine | feedback | interface | pass@1 | {label} pass@1 | Δ pass@1 [95% CI] | net Δ tasks solved [95% CI] |")
     print("|---|---|---|---:|---:|---|---|")
-    for name, refiner, feedback, interface in ROWS:
+    for name, refiner, feedback, interface in rows:
         path = raw / name / "refinements_results.jsonl"
-        if name == "chat-resample" or not stored(path).exists():
+        if name == base_name or not stored(path).exists():
             continue
         c = control_comparison(load_jsonl(stored(path)), control, tasks=pool)
         lo, hi = c["delta_pass@1_ci"]
@@ -106,4 +112,7 @@ def against_chat_control(raw: Path) -> None:
 if __name__ == "__main__":
     where = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "raw"
     main(where)
-    against_chat_control(where)
+    # π_θ (the 0.5B) through its chat template with the task alone: the control of every chat interface
+    against(where, "chat-resample", "0.5B chat control", [r for r in ROWS if not r[0].startswith("r15-")])
+    # the 1.5B through its chat template with the task alone: what the 1.5B's rows must beat to credit the feedback
+    against(where, "r15-chat-resample", "1.5B chat control", [r for r in ROWS if r[0].startswith("r15-")])
