@@ -140,7 +140,7 @@ def test_report_reads_the_run_config_with_the_same_loader(tmp_path):
     "text,expected",
     [
         ("[finetune]\nlearning_rate = 1e-5\nbogus = 3\n", "c.toml:3: unknown config key 'finetune.bogus'"),
-        ('[finetune]\nlearning_rate = "x"\n', "c.toml:2: config key 'finetune.learning_rate' must be float"),
+        ('[finetune]\nlearning_rate = "x"\n', "c.toml:2: config key 'finetune.learning_rate' must be a number"),
         ("[sweep]\nlearning_rates = [0]\n", "c.toml:2: config key 'sweep.learning_rates' must be a finite number > 0"),
         ("epochs = 0\n", "c.toml:1: config key 'epochs' must be a finite number > 0"),
     ],

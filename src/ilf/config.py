@@ -211,9 +211,6 @@ class FinetuneConfig:
             self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
         check(self)
 
-    def validate(self) -> None:
-        check(self)
-
 
 @dataclass
 class SweepConfig(Sampling):
@@ -328,41 +325,6 @@ def key_line(text: str, dotted: str) -> int | None:
     return None
 
 
-def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Check (and gently coerce int -> float) a TOML value against a dataclass field type."""
-    origin = typing.get_origin(tp)
-    if tp is float:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, (int, float)):
-            return True, float(value)
-        return False, value
-    if tp is int:
-        return (isinstance(value, int) and not isinstance(value, bool)), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            return False, value
-        out = []
-        for v in value:
-            ok, v2 = _type_ok(v, inner)
-            if not ok:
-                return False, value
-            out.append(v2)
-        return True, out
-    if origin is dict or tp is dict:
-        return isinstance(value, dict), value
-    return True, value
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def build_section(cls: type, data: dict[str, Any], where: str, text: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -380,10 +342,7 @@ def build_section(cls: type, data: dict[str, Any], where: str, text: str, prefix
                 raise IlfError(f"{loc}: '{dotted}' must be a table [{dotted}]")
             kwargs[key] = build_section(tp, value, where, text, prefix=f"{dotted}.")
             continue
-        ok, coerced = _type_ok(value, tp)
-        if not ok:
-            raise IlfError(f"{loc}: config key '{dotted}' must be {_type_name(tp)}, got {type(value).__name__} ({value!r})")
-        kwargs[key] = coerced
+        kwargs[key] = value  # typed, coerced (int -> float) and bounded by the one check, ilf.settings.check
     try:
         return cls(**kwargs)
     except SettingError as e:  # the one validation of the field (ilf.settings.check), located here

@@ -38,6 +38,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ilf.config import MIN_PROMPT_TOKENS, FinetuneConfig
 from ilf.errors import IlfError
 from ilf.jsonl import read_jsonl, require, write_json
+from ilf.settings import check
 
 CHECKPOINT_SUBDIR = "checkpoints"
 META_FILE = "ilf_finetune.json"
@@ -496,7 +497,7 @@ def finetune(
 
     console = console or Console(stderr=True)
     cfg = config or FinetuneConfig()
-    cfg.validate()
+    check(cfg)  # a config changed after it was built is checked again
     output_dir = Path(output_dir)
     data_list = load_pairs(pairs)
     if cfg.max_pairs and cfg.max_pairs < len(data_list):
