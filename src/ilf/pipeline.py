@@ -13,47 +13,29 @@
     report                                                              report/report.md
 
 Each stage records its fingerprint (config + inputs' content), timings and status in
-manifest.json. A finished stage with the same fingerprint is skipped; a stage killed midway keeps
-what it finished (sampling and EVAL append per task, FINETUNE resumes from its checkpoint).
+manifest.json (ilf.stages). A finished stage with the same fingerprint is skipped; a stage killed
+midway keeps what it finished (sampling and EVAL append per task, FINETUNE resumes from its
+checkpoint).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shutil
-import subprocess
-import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
-from ilf import __version__, machine
 from ilf.config import TRAINED_METHODS, FeedbackConfig, FinetuneConfig, RunConfig, to_toml
 from ilf.errors import IlfError
-from ilf.jsonl import load_jsonl, read_json, write_json, write_jsonl
+from ilf.jsonl import load_jsonl, write_json, write_jsonl
+from ilf.stages import Stages
 from ilf.sweep import grid as sweep_grid
 from ilf.tasks import TaskSet, load_tasks, parse_ranges
 
 console = Console(stderr=True)
-
-
-def file_fingerprint(path: Path) -> str:
-    """Content hash of a file or of every file in a directory (sorted), for stage fingerprints."""
-    h = hashlib.sha256()
-    path = Path(path)
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file() and "checkpoint" not in p.parts[-2] and not p.name.startswith("."):
-                h.update(str(p.relative_to(path)).encode())
-                h.update(hashlib.sha256(p.read_bytes()).digest())
-    elif path.exists():
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def feedback_params(fc: FeedbackConfig, method: str = "") -> dict:
@@ -75,35 +57,12 @@ def refine_key(rc) -> dict:
     return key
 
 
-def code_version() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except Exception:
-        rev = ""
-    return f"ilf {__version__}" + (f" ({rev})" if rev else "")
-
-
-class Run:
-    """A run directory: config, manifest, and the stages of Algorithm 1."""
+class Run(Stages):
+    """A run directory: its config, and Algorithm 1 as stages (ilf.stages keeps the manifest)."""
 
     def __init__(self, cfg: RunConfig):
+        super().__init__(cfg.resolved_run_dir())
         self.cfg = cfg
-        self.dir = cfg.resolved_run_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.dir / "manifest.json"
-        if self.manifest_path.exists():
-            try:
-                self.manifest = read_json(self.manifest_path)
-            except json.JSONDecodeError as e:
-                raise IlfError(f"{self.manifest_path}:{e.lineno}: invalid JSON in the run manifest ({e.msg})") from None
-        else:
-            self.manifest = {"created_at": _now(), "stages": {}}
-        self.manifest["code_version"] = code_version()
         (self.dir / "config.toml").write_text(to_toml(cfg))
         self._engine = None
         self._engine_key: tuple | None = None
@@ -116,62 +75,6 @@ class Run:
         self._trained: dict[str, str] = {}
         # model dir -> its FINETUNE, finished before but the model not on disk: run when a stage needs it.
         self._deferred: dict[str, Callable[[], None]] = {}
-
-    # -- bookkeeping ---------------------------------------------------------------------------
-
-    def _save(self) -> None:
-        write_json(self.manifest_path, self.manifest)
-
-    @staticmethod
-    def fingerprint(params: dict[str, Any], inputs: list[Path] = ()) -> str:
-        src = json.dumps({"params": params, "inputs": [file_fingerprint(p) for p in inputs], "v": __version__}, sort_keys=True, default=str)
-        return hashlib.sha256(src.encode()).hexdigest()[:16]
-
-    def stage(
-        self,
-        name: str,
-        fn: Callable[[], Any],
-        *,
-        params: dict[str, Any],
-        inputs: list[Path] = (),
-        outputs: list[Path] = (),
-    ) -> None:
-        """Run `fn` unless this stage already finished with the same fingerprint."""
-        fp = self.fingerprint(params, inputs)
-        entry = self.manifest["stages"].get(name)
-        if entry and entry.get("status") == "done" and entry.get("fingerprint") == fp and all(Path(o).exists() for o in outputs):
-            console.print(f"[dim]✓ {name}: done ({entry.get('seconds', 0):.0f} s), skipped[/]")
-            return
-        if entry and entry.get("fingerprint") != fp:
-            # Config or inputs changed: partial outputs belong to another setting; start over.
-            for o in outputs:
-                o = Path(o)
-                if o.is_dir():
-                    shutil.rmtree(o)
-                elif o.exists():
-                    o.unlink()
-        resumed = bool(entry and entry.get("fingerprint") == fp and entry.get("status") != "done")
-        console.rule(f"[bold]{name}[/]" + (" (resuming)" if resumed else ""))
-        self.manifest["stages"][name] = {
-            "status": "running",
-            "fingerprint": fp,
-            "params": params,
-            "inputs": {str(p): file_fingerprint(p) for p in inputs},
-            "started_at": _now(),
-            "code_version": self.manifest["code_version"],
-            "cpu": machine.describe(),  # a resumed stage records the machine that finished it
-        }
-        self._save()
-        t0 = time.time()
-        try:
-            fn()
-        except BaseException:
-            self.manifest["stages"][name]["status"] = "failed"
-            self.manifest["stages"][name]["seconds"] = time.time() - t0
-            self._save()
-            raise
-        self.manifest["stages"][name].update(status="done", seconds=round(time.time() - t0, 2), finished_at=_now())
-        self._save()
 
     # -- shared resources ----------------------------------------------------------------------
 
@@ -976,10 +879,6 @@ class Run:
 def seed_dir(model_dir: Path, i: int) -> Path:
     """Where FINETUNE seed i (> 0) of a method writes its model: beside seed 0's, `model@s<i>`."""
     return model_dir.with_name(f"{model_dir.name}@s{i}")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def run_pipeline(cfg: RunConfig) -> Path:
