@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,6 @@ import pytest
 from ilf.errors import IlfError
 from ilf.generation.base import SamplingParams
 from ilf.generation.vllm import VLLMEngine, _descendants, find_vllm_python, vllm_importable
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_models import build_tiny_model  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n", "for i in range(10):\n", "class Stack:\n"]
 
@@ -34,14 +30,9 @@ needs_vllm = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model):
+def engine(tiny):
     # float32 so greedy decoding can be compared token for token with transformers.
-    eng = VLLMEngine(str(tiny_model), dtype="float32", kv_cache_space_gb=1, max_model_len=512)
+    eng = VLLMEngine(str(tiny), dtype="float32", kv_cache_space_gb=1, max_model_len=512)
     yield eng
     eng.close()
 
@@ -49,7 +40,7 @@ def engine(tiny_model):
 @pytest.mark.vllm
 @pytest.mark.slow
 @needs_vllm
-def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny_model):
+def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny):
     # n samples per prompt, in prompt order, with progress per prompt.
     seen = []
     p = SamplingParams(n=3, temperature=0.8, top_p=0.95, max_new_tokens=24, seed=1)
@@ -83,7 +74,7 @@ def test_vllm_samples_n_per_prompt_honours_stop_strings_and_seeds(engine, tiny_m
     # The same model under transformers decodes greedily to the same text.
     from ilf.generation import get_engine
 
-    hf = get_engine("transformers", str(tiny_model))
+    hf = get_engine("transformers", str(tiny))
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=20)
     assert [c[0].text for c in engine.generate(PROMPTS, greedy)] == [c[0].text for c in hf.generate(PROMPTS, greedy)]
 
