@@ -475,30 +475,8 @@ def _refuse_foreign_output(output_dir: Path, overwrite: bool) -> None:
         raise IlfError(f"{output_dir}: directory exists and is not an ilf fine-tuning output; choose another --output")
 
 
-def finetune(
-    pairs: str | os.PathLike | Iterable[dict] | Iterable[Pair],
-    model: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    config: FinetuneConfig | None = None,
-    *,
-    overwrite: bool = False,
-    eval_pairs: str | os.PathLike | Iterable[dict] | None = None,
-    callbacks: Sequence[Any] = (),
-    console=None,
-) -> Path:
-    """Fine-tune `model` (any ilf model spec) on prompt/completion `pairs`; return the model directory.
-
-    eval_pairs: held-out pairs whose loss (target only) is logged every `eval_steps` (0 = each epoch).
-
-    Resumes from the last complete checkpoint in OUTPUT/checkpoints; returns at once when OUTPUT
-    already holds this exact run (same base model, data and training config).
-    """
-    from rich.console import Console
-
-    console = console or Console(stderr=True)
-    cfg = config or FinetuneConfig()
-    check(cfg)  # a config changed after it was built is checked again
-    output_dir = Path(output_dir)
+def _training_pairs(pairs, cfg: FinetuneConfig, console) -> tuple[list[Pair], dict[str, Any]]:
+    """The pairs to train on: a seeded subset (max_pairs), checked against the objective, plus replay."""
     data_list = load_pairs(pairs)
     if cfg.max_pairs and cfg.max_pairs < len(data_list):
         import random
@@ -523,26 +501,25 @@ def finetune(
                 f"fewer than the {replay_info['wanted']} that make {cfg.replay:.0%} of the training set"
             )
         data_list = data_list + extra
-    data_fp = fingerprint(data_list)
-    eval_list = load_pairs(eval_pairs) if eval_pairs is not None else []
-    ident = _identity(cfg, data_fp, str(model))
-    if eval_list:
-        ident["eval_fingerprint"] = fingerprint(eval_list)
+    return data_list, replay_info
+
+
+def _already_done(output_dir: Path, ident: dict[str, Any], cfg: FinetuneConfig, overwrite: bool) -> bool:
+    """True when OUTPUT holds this exact run. Otherwise clears what may not be resumed (another run's
+    model or checkpoints, with --overwrite or --no-resume) and refuses a foreign OUTPUT."""
     meta_path = output_dir / META_FILE
     ckpt_dir = output_dir / CHECKPOINT_SUBDIR
-
+    run_marker = ckpt_dir / "ilf_run.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text(encoding="utf-8"))
         if old.get("identity") == ident and not overwrite:
-            console.print(f"[green]{output_dir}[/]: already fine-tuned on this data with this config; skipping")
-            return output_dir
+            return True
         if not overwrite:
             raise IlfError(
                 f"{output_dir}: holds a model fine-tuned with another base model, data or config; "
                 "choose another --output or pass --overwrite"
             )
         meta_path.unlink()
-    run_marker = ckpt_dir / "ilf_run.json"
     if ckpt_dir.exists():
         same = run_marker.exists() and json.loads(run_marker.read_text(encoding="utf-8")) == ident
         if not cfg.resume or overwrite or not same:
@@ -554,56 +531,14 @@ def finetune(
             shutil.rmtree(ckpt_dir)
     else:
         _refuse_foreign_output(output_dir, overwrite)
+    return False
 
+
+def _training_args(cfg: FinetuneConfig, ckpt_dir: Path, *, bf16: bool, accum: int, dpo: bool, has_eval: bool):
+    """TRL's SFTConfig (or DPOConfig) from one FinetuneConfig."""
     import torch
+    from trl import DPOConfig, SFTConfig
 
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    t_load = time.time()
-    with console.status(f"loading {model} ..."):
-        hf_model, tokenizer, base_desc = _load_base(model)
-    load_s = time.time() - t_load
-    eos_ids = end_token_ids(tokenizer, hf_model)
-    train_eos = training_eos_id(tokenizer, eos_ids)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(train_eos)
-
-    if dpo:  # TRL's DPOTrainer tokenizes prompt/chosen/rejected itself (max_length keeps the start)
-        encoded = [_dpo_encoded(p, tokenizer) for p in data_list]
-        skipped, trunc_counts = [], {"old_code": 0, "prompt_start": 0}
-    else:
-        encoded, skipped, trunc_counts = encode_pairs(data_list, tokenizer, cfg.max_length, train_eos)
-    for s in skipped:
-        console.print(f"[yellow]skipped[/] {s.source or f'pair {s.index}'} (task {s.task_id}): {s.reason}", highlight=False)
-    if trunc_counts["old_code"] or trunc_counts["prompt_start"]:
-        console.print(
-            f"truncated prompts to fit max_length={cfg.max_length}: {trunc_counts['old_code']} in OLD CODE, "
-            f"{trunc_counts['prompt_start']} from the start (targets are never truncated)"
-        )
-    if not encoded:
-        raise IlfError(f"no trainable pair left: all {len(data_list)} were skipped (see the reasons above)")
-
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-
-    def to_dataset(examples: list[Encoded]) -> Dataset:
-        return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]})
-
-    if dpo:
-        columns = {"prompt": [p.prompt for p in data_list], "chosen": [p.completion for p in data_list]}
-        dataset = Dataset.from_dict(columns | {"rejected": [p.rejected for p in data_list]})
-    else:
-        dataset = to_dataset(encoded)
-    eval_dataset = None
-    if eval_list and dpo:
-        raise IlfError("held-out pairs (eval_pairs) go with objective sft")
-    if eval_list:
-        eval_encoded, eval_skipped, _ = encode_pairs(eval_list, tokenizer, cfg.max_length, train_eos)
-        for s in eval_skipped:
-            console.print(f"[yellow]skipped eval pair[/] {s.source}: {s.reason}", highlight=False)
-        eval_dataset = to_dataset(eval_encoded) if eval_encoded else None
-    bf16 = _use_bf16(cfg.bf16, console)
-    accum = max(1, math.ceil(cfg.batch_size / (cfg.per_device_batch_size * _world_size())))
-    effective_batch = accum * cfg.per_device_batch_size * _world_size()
     if cfg.save_steps < 0:
         save_kw: dict[str, Any] = {"save_strategy": "no"}
     elif cfg.save_steps == 0:
@@ -613,7 +548,7 @@ def finetune(
     report_to = [] if cfg.report_to in ("none", "") else [r.strip() for r in cfg.report_to.split(",")]
     _check_loggers(report_to)
     eval_kw: dict[str, Any] = {"eval_strategy": "no"}
-    if eval_dataset is not None:
+    if has_eval:
         eval_kw = {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if cfg.eval_steps > 0 else {"eval_strategy": "epoch"}
     if dpo:  # DPO + an SFT term on the chosen program (RPO), which keeps outputs from shrinking
         objective_kw: dict[str, Any] = {
@@ -623,7 +558,7 @@ def finetune(
         }
     else:
         objective_kw = {"completion_only_loss": True}
-    args = (DPOConfig if dpo else SFTConfig)(
+    return (DPOConfig if dpo else SFTConfig)(
         output_dir=str(ckpt_dir),
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -654,6 +589,122 @@ def finetune(
         **objective_kw,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
     )
+
+
+def _save_model(trainer, tokenizer, base_spec, output_dir: Path, eos_ids: list[int], cfg: FinetuneConfig) -> None:
+    """The trained model as a plain Hugging Face directory (LoRA merged), on the main process."""
+    if cfg.lora and _world_size() == 1:
+        final = trainer.model.merge_and_unload()
+        if _is_main_process():
+            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+    elif cfg.lora:
+        adapter_dir = output_dir / "adapter"
+        trainer.save_model(str(adapter_dir))  # distributed-safe; merged below on the main process
+        if _is_main_process():
+            from peft import PeftModel
+
+            base, _, _ = _load_base(base_spec)
+            final = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+    else:
+        if _world_size() == 1:
+            _save_final(trainer.model, tokenizer, output_dir, eos_ids, cfg.save_dtype)
+        else:  # FSDP/ZeRO-3 gather the full state dict inside save_model
+            trainer.save_model(str(output_dir))
+            if _is_main_process():
+                tokenizer.save_pretrained(output_dir)
+                _fix_generation_config(output_dir, eos_ids)
+
+
+def finetune(
+    pairs: str | os.PathLike | Iterable[dict] | Iterable[Pair],
+    model: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: FinetuneConfig | None = None,
+    *,
+    overwrite: bool = False,
+    eval_pairs: str | os.PathLike | Iterable[dict] | None = None,
+    callbacks: Sequence[Any] = (),
+    console=None,
+) -> Path:
+    """Fine-tune `model` (any ilf model spec) on prompt/completion `pairs`; return the model directory.
+
+    eval_pairs: held-out pairs whose loss (target only) is logged every `eval_steps` (0 = each epoch).
+
+    Resumes from the last complete checkpoint in OUTPUT/checkpoints; returns at once when OUTPUT
+    already holds this exact run (same base model, data and training config).
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    cfg = config or FinetuneConfig()
+    check(cfg)  # a config changed after it was built is checked again
+    output_dir = Path(output_dir)
+    data_list, replay_info = _training_pairs(pairs, cfg, console)
+    dpo = cfg.objective == "dpo"
+    data_fp = fingerprint(data_list)
+    eval_list = load_pairs(eval_pairs) if eval_pairs is not None else []
+    ident = _identity(cfg, data_fp, str(model))
+    if eval_list:
+        ident["eval_fingerprint"] = fingerprint(eval_list)
+    meta_path = output_dir / META_FILE
+    ckpt_dir = output_dir / CHECKPOINT_SUBDIR
+
+    if _already_done(output_dir, ident, cfg, overwrite):
+        console.print(f"[green]{output_dir}[/]: already fine-tuned on this data with this config; skipping")
+        return output_dir
+    run_marker = ckpt_dir / "ilf_run.json"
+
+    import torch
+
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    t_load = time.time()
+    with console.status(f"loading {model} ..."):
+        hf_model, tokenizer, base_desc = _load_base(model)
+    load_s = time.time() - t_load
+    eos_ids = end_token_ids(tokenizer, hf_model)
+    train_eos = training_eos_id(tokenizer, eos_ids)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(train_eos)
+
+    if dpo:  # TRL's DPOTrainer tokenizes prompt/chosen/rejected itself (max_length keeps the start)
+        encoded = [_dpo_encoded(p, tokenizer) for p in data_list]
+        skipped, trunc_counts = [], {"old_code": 0, "prompt_start": 0}
+    else:
+        encoded, skipped, trunc_counts = encode_pairs(data_list, tokenizer, cfg.max_length, train_eos)
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s.source or f'pair {s.index}'} (task {s.task_id}): {s.reason}", highlight=False)
+    if trunc_counts["old_code"] or trunc_counts["prompt_start"]:
+        console.print(
+            f"truncated prompts to fit max_length={cfg.max_length}: {trunc_counts['old_code']} in OLD CODE, "
+            f"{trunc_counts['prompt_start']} from the start (targets are never truncated)"
+        )
+    if not encoded:
+        raise IlfError(f"no trainable pair left: all {len(data_list)} were skipped (see the reasons above)")
+
+    from datasets import Dataset
+    from trl import DPOTrainer, SFTTrainer
+
+    def to_dataset(examples: list[Encoded]) -> Dataset:
+        return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]})
+
+    if dpo:
+        columns = {"prompt": [p.prompt for p in data_list], "chosen": [p.completion for p in data_list]}
+        dataset = Dataset.from_dict(columns | {"rejected": [p.rejected for p in data_list]})
+    else:
+        dataset = to_dataset(encoded)
+    eval_dataset = None
+    if eval_list and dpo:
+        raise IlfError("held-out pairs (eval_pairs) go with objective sft")
+    if eval_list:
+        eval_encoded, eval_skipped, _ = encode_pairs(eval_list, tokenizer, cfg.max_length, train_eos)
+        for s in eval_skipped:
+            console.print(f"[yellow]skipped eval pair[/] {s.source}: {s.reason}", highlight=False)
+        eval_dataset = to_dataset(eval_encoded) if eval_encoded else None
+    bf16 = _use_bf16(cfg.bf16, console)
+    accum = max(1, math.ceil(cfg.batch_size / (cfg.per_device_batch_size * _world_size())))
+    effective_batch = accum * cfg.per_device_batch_size * _world_size()
+    args = _training_args(cfg, ckpt_dir, bf16=bf16, accum=accum, dpo=dpo, has_eval=eval_dataset is not None)
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
@@ -710,27 +761,7 @@ def finetune(
 
     # Save: merge LoRA into the base weights so every engine loads a plain model directory.
     t_save = time.time()
-    if cfg.lora and _world_size() == 1:
-        final = trainer.model.merge_and_unload()
-        if _is_main_process():
-            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
-    elif cfg.lora:
-        adapter_dir = output_dir / "adapter"
-        trainer.save_model(str(adapter_dir))  # distributed-safe; merged below on the main process
-        if _is_main_process():
-            from peft import PeftModel
-
-            base, _, _ = _load_base(model)
-            final = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-            _save_final(final, tokenizer, output_dir, eos_ids, cfg.save_dtype)
-    else:
-        if _world_size() == 1:
-            _save_final(trainer.model, tokenizer, output_dir, eos_ids, cfg.save_dtype)
-        else:  # FSDP/ZeRO-3 gather the full state dict inside save_model
-            trainer.save_model(str(output_dir))
-            if _is_main_process():
-                tokenizer.save_pretrained(output_dir)
-                _fix_generation_config(output_dir, eos_ids)
+    _save_model(trainer, tokenizer, model, output_dir, eos_ids, cfg)
     save_s = time.time() - t_save
 
     if not _is_main_process():
