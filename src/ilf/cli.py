@@ -34,7 +34,7 @@ err = Console(stderr=True)
 
 
 def _setting_help(cls: type, name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+    return cls.__dataclass_fields__[name].metadata["help"]
 
 
 # Flags several commands share, declared once: one name, one default, one help text.
@@ -180,8 +180,8 @@ def evaluate(
     dataset: str = DATASET,
     data_dir: Optional[Path] = DATA_DIR,
     tasks_file: Optional[Path] = TASKS_FILE,
-    timeout: float = typer.Option(EvalConfig.timeout, help=EvalConfig.__dataclass_fields__["timeout"].metadata["help"]),
-    compare: str = typer.Option(EvalConfig.compare, help=EvalConfig.__dataclass_fields__["compare"].metadata["help"]),
+    timeout: float = typer.Option(EvalConfig.timeout, help=_setting_help(EvalConfig, "timeout")),
+    compare: str = typer.Option(EvalConfig.compare, help=_setting_help(EvalConfig, "compare")),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
     k: List[str] = typer.Option(
