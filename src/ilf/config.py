@@ -21,6 +21,7 @@ from ilf.generation import ALIASES, ENGINES
 from ilf.generation.base import Sampling
 from ilf.generation.weights import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 from ilf.settings import SettingError, check, override, setting
+from ilf.tasks import DATASETS
 
 FEEDBACK_SOURCES = ("authors", "human", "llm", "trace")
 REFINE_MODES = ("fewshot", "finetune")
@@ -53,8 +54,26 @@ ENGINE_CHOICES = ("auto", *ENGINES, *ALIASES)
 
 
 @dataclass
+class DataConfig:
+    """Where the tasks come from: the flags of every command that reads tasks (`ilf run` has data_dir)."""
+
+    dataset: str = setting("mbpp", "Where the tasks come from (jsonl: your own task file, --tasks-file).", choices=DATASETS)
+    data_dir: str = setting("", "Data files (default: $ILF_DATA_DIR, else ../shared/data beside the project, else the cache).")
+    tasks_file: str = setting("", "Task JSONL when the dataset is jsonl (docs/artifacts.md).")
+
+    def __post_init__(self):
+        check(self)
+
+    def where(self) -> dict[str, Any]:
+        """The keyword arguments the commands' step functions take (evaluate_file, refine, ...)."""
+        return {"dataset": self.dataset, "data_dir": self.data_dir or None, "tasks_file": self.tasks_file or None}
+
+
+@dataclass
 class ModelConfig:
-    base: str = setting("qwen2.5-coder-0.5b-instruct", "π_θ: bundled name, Hugging Face model dir, .gguf file or hub id.")
+    base: str = setting(
+        "qwen2.5-coder-0.5b-instruct", "The model (π_θ in a run): bundled name, Hugging Face model dir, .gguf file or hub id.", flag="model"
+    )
     engine: str = setting(
         "auto", "Sampling engine: transformers | openvino | vllm | openai | auto (the fastest here).", choices=ENGINE_CHOICES
     )
@@ -268,7 +287,7 @@ class ReportConfig:
 class RunConfig:
     name: str = setting("demo", "Run name (runs/<name>/).")
     run_dir: str = setting("", "Run directory (default: runs/<name>).")
-    data_dir: str = setting("", "Data files (default: ../shared/data beside the project, $ILF_DATA_DIR, or the cache).")
+    data_dir: str = override(DataConfig, "data_dir", "")
     seed: int = setting(0, "Run seed: sampling, the choice of x0 and of examples.")
     rounds: int = setting(1, "ILF rounds: > 1 makes π_θ* the next round's π_θ (the paper's proposed iteration).", ge=1)
     # Seed i > 0 of a method is evaluated as "<method>@s<i>" (sampling seeds stay the run's, so pairs compare).

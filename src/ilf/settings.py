@@ -34,10 +34,12 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     cli: bool = True,
+    flag: str | None = None,
 ) -> Any:
     """A dataclass field with its help and constraints. Numbers must also be finite; for a list the
-    constraints apply to each element. cli=False: the field is a key of the run config only."""
-    md = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "cli": cli}
+    constraints apply to each element. cli=False: the field is a key of the run config only; flag: the
+    command-line name when it is not the field's (ModelConfig.base is `--model`)."""
+    md = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "cli": cli, "flag": flag}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
@@ -54,6 +56,11 @@ def override(cls: type, name: str, default: Any, help: str | None = None) -> Any
 
 def settings_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls_or_obj) if "help" in f.metadata]
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The field's name on the command line, without the dashes or a prefix."""
+    return field.metadata.get("flag") or field.name
 
 
 def _describe(md: dict) -> str:
