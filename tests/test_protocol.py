@@ -262,3 +262,62 @@ def test_llm_max_x0_enters_only_the_llm_baselines_fingerprints():
     assert feedback_params(a) == feedback_params(b) and feedback_params(a, "gold") == feedback_params(b, "gold")
     assert feedback_params(a, "llm-1shot") != feedback_params(b, "llm-1shot")
     assert feedback_params(b, "llm-2shot")["llm_max_x0"] == 100
+
+
+class ScriptedLLM:
+    """Stands in for a large LLM (a paid API or a GPU model, neither runs here): its feedback is a fixed
+    sentence and its refinement is the gold body for task 602, a wrong one for 603."""
+
+    name = "scripted"
+
+    def __init__(self, tasks):
+        self.tasks, self.prompts = tasks, []
+
+    def generate(self, prompts, params, progress=None):
+        from ilf.generation.base import Completion
+        from ilf.text import body_after_prompt
+
+        out = []
+        for i, p in enumerate(prompts):
+            self.prompts.append(p)
+            if p.endswith(self.tasks[602].prompt):  # a refinement prompt ends where the program starts
+                texts = [body_after_prompt(self.tasks[602].gold, self.tasks[602].prompt)]
+            elif p.endswith(self.tasks[603].prompt):
+                texts = ["    return []\n"]
+            else:  # a feedback prompt: n draws
+                texts = ["Loop over the characters and return the first one seen twice."] * params.n
+            out.append([Completion(text=t, num_tokens=len(t.split())) for t in texts])
+            if progress:
+                progress(i, out[-1])
+        return out
+
+
+def test_an_llm_baseline_writes_n_feedback_and_refinements_per_x0_judges_them_and_keeps_the_passing(tmp_path, data_dir):
+    """llm-1shot (paper §3.3) with a scripted stand-in for the LLM: feedback.llm_n draws per x0, each
+    refinement judged in the sandbox, R holds one passing refinement per task, and llm_max_x0 repairs
+    a seeded subset of the x0."""
+    from ilf.baselines import llm_refinement_pairs, llm_x0
+    from ilf.jsonl import load_jsonl
+
+    run = _run(tmp_path, data_dir, "feedback.llm_n=2", "refine.temperature=0.8")
+    tasks = run.tasks()
+    wrong = "    return None\n"
+    failing = [{"task_id": t, "sample_id": 0, "program": tasks[t].prompt + wrong, "error": "AssertionError"} for t in (602, 603)]
+    llm = ScriptedLLM(tasks)
+    out = tmp_path / "llm-1shot"
+    cfg = run.cfg
+    kw = dict(fc=cfg.feedback, rc=cfg.refine, examples=run.example_annotations(), seed=0, model_name="scripted", compare="exact")
+    pairs = llm_refinement_pairs("llm-1shot", llm_x0(failing, 0, 0), tasks, lambda: llm, out, console=None, **kw)
+
+    feedback = load_jsonl(out / "feedback.jsonl")
+    assert [(f["task_id"], f["draw"]) for f in feedback] == [(602, 0), (602, 1), (603, 0), (603, 1)]
+    judged = load_jsonl(out / "refinements.jsonl")
+    assert sorted((r["task_id"], r["passed"]) for r in judged) == [(602, True), (602, True), (603, False), (603, False)]
+    assert [(p["task_id"], p["source"]) for p in pairs] == [(602, "llm-1shot")]
+    assert pairs[0]["completion"].strip() == tasks[602].gold.split("\n", 1)[1].strip()
+    # 1-shot: each feedback prompt holds one human example and the target.
+    feedback_prompts = [p for p in llm.prompts if not p.endswith((tasks[602].prompt, tasks[603].prompt))]
+    assert len(feedback_prompts) == 2 and all(p.count("FEEDBACK:") == 2 for p in feedback_prompts), feedback_prompts
+
+    subset = llm_x0(failing, 1, 0)
+    assert len(subset) == 1 and subset == llm_x0(failing, 1, 0) and subset[0]["passed"] is False

@@ -712,41 +712,18 @@ class Run(Stages):
 
     def baseline_model(self, method: str) -> str | None:
         """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""
-        from ilf import pairs as build
+        from ilf.baselines import LLM_BASELINES, baseline_pairs
 
         cfg, bd = self.cfg, self.dir / "baselines" / method
-        r1 = load_jsonl(self.dir / "r1" / "train_pairs.jsonl")
-        r_tasks = [p["task_id"] for p in r1]
-        tasks = self.tasks()
         pairs_path = bd / "train_pairs.jsonl"
 
         def pairs():
-            if method == "gold":  # MBPP's gold programs for the same task ids as ILF's R
-                recs = build.gold_pairs(tasks, r_tasks)
-            elif method == "human-refinements":  # the annotators' own refinements, on R's tasks that have one
-                ann = sorted(self.authors_annotations(), key=lambda a: a["task_id"])
-                recs = build.human_refinement_pairs(ann, tasks, task_ids=r_tasks)
-            elif method in ("rft", "rft-all", "ilf-rft"):
-                # rft: π_θ's own passing x0 on as many tasks as R has. The complete proposal of paper §2
-                # (π*(x|t) ∝ π_θ(x|t)·1[x passes]): ilf-rft = R plus π_θ's passing x0 on every task it
-                # solves (exact samples of π* there); rft-all, the same without R, is its control.
-                path = self.dir / "r1" / "results.jsonl"
-                if not path.exists():  # feedback.source = authors: π_θ's x0 were never sampled
-                    console.print(f"[yellow]warning[/]: {method} needs π_θ's own samples (feedback.source != authors); skipped")
-                    recs = []
-                else:
-                    k = len(r_tasks) if method == "rft" else None
-                    recs = build.rft_pairs(load_jsonl(path), tasks, k, seed=cfg.seed)
-                    if method == "ilf-rft":
-                        recs = r1 + recs
-            elif method == "ilf-dpo":  # DPO from feedback: R's chosen repair over its failing x0 (objective dpo)
-                rd = self.dir / "r1"
-                recs = build.refinement_preferences(load_jsonl(rd / "refinements.jsonl"), load_jsonl(rd / "feedback.jsonl"), tasks, r1)
-            elif method == "rft-dpo":  # its control: π_θ's own passing over its own failing sample of a task
-                path = self.dir / "r1" / "results.jsonl"
-                recs = build.sample_preferences(load_jsonl(path), tasks, seed=cfg.seed) if path.exists() else []
-            else:  # llm-1shot / llm-2shot: an LLM writes feedback AND refinement (paper §3.3 ablation)
+            if method in LLM_BASELINES:
                 recs = self.llm_refinement_pairs(method, bd)
+            else:
+                if method in ("rft", "rft-all", "ilf-rft", "rft-dpo") and not (self.dir / "r1" / "results.jsonl").exists():
+                    console.print(f"[yellow]warning[/]: {method} needs π_θ's own samples (feedback.source != authors); skipped")
+                recs = baseline_pairs(method, self.dir / "r1", self.tasks(), seed=cfg.seed, annotations=self.authors_annotations)
             write_jsonl(pairs_path, recs)
 
         params = {"method": method, "feedback": feedback_params(cfg.feedback, method), "tasks": "R's task ids"}
@@ -765,81 +742,30 @@ class Run(Stages):
         return str(out)
 
     def llm_refinement_pairs(self, method: str, bd: Path) -> list[dict]:
-        """The paper's §3.3 ablation: an LLM writes feedback AND refinement for ILF's x0, with
-        feedback.llm_n (default refine.n) draws per x0 at π_Refine's temperature; R as ILF's."""
-        from ilf.feedback.llm import write_llm_feedback
-        from ilf.pairs import ilf_pairs
+        """llm-1shot / llm-2shot on the same failing x0 as ILF's feedback: π_θ's own (on-policy) or
+        the authors' CodeGen programs (ilf.baselines)."""
+        from ilf.baselines import llm_refinement_pairs, llm_x0
 
         cfg = self.cfg
-        shots = 1 if method == "llm-1shot" else 2
-        # The same failing x0 as ILF's feedback: π_θ's own (on-policy) or the authors' CodeGen programs.
         src = self.dir / "r1" / "feedback.jsonl"
-        ann = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
-        if cfg.feedback.llm_max_x0 and cfg.feedback.llm_max_x0 < len(ann):
-            import random
-
-            keep = set(random.Random(f"{cfg.seed}:llm-x0").sample(range(len(ann)), cfg.feedback.llm_max_x0))
-            ann = [a for i, a in enumerate(ann) if i in keep]
+        failing = load_jsonl(src) if cfg.feedback.source != "authors" and src.exists() else self.feedback_annotations()
         llm = cfg.feedback.llm_model or cfg.model.base
-        x0 = [
-            {
-                "task_id": a["task_id"],
-                "sample_id": a.get("sample_id", 0),
-                "program": a["program"],
-                "passed": False,
-                "status": "failed",
-                "error": a.get("error"),
-            }
-            for a in ann
-        ]
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        from ilf.progress import LogProgress
-
-        # A chunk of x0 at a time (feedback, then refinement): the bar moves per chunk.
-        with LogProgress(
-            TextColumn(f"{method}: LLM feedback + refinement"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("x0"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+        recs = llm_refinement_pairs(
+            method,
+            llm_x0(failing, cfg.feedback.llm_max_x0, cfg.seed),
+            self.tasks(),
+            lambda: self.engine(llm, cfg.feedback.llm_engine or None),
+            bd,
+            fc=cfg.feedback,
+            rc=cfg.refine,
+            examples=self.example_annotations(),
+            seed=cfg.seed,
+            model_name=str(llm),
+            compare=cfg.eval.compare,
             console=console,
-        ) as bar:
-            t = bar.add_task(f"{method} (x0)", total=len(x0))
-            recs = write_llm_feedback(
-                x0,
-                self.tasks(),
-                lambda: self.engine(llm, cfg.feedback.llm_engine or None),
-                bd / "feedback.jsonl",
-                k_shot=shots,
-                with_refinement=True,
-                examples=self.example_annotations(),
-                seed=cfg.seed,
-                n=cfg.feedback.llm_n or cfg.refine.n,
-                temperature=cfg.refine.temperature,
-                top_p=cfg.refine.top_p,
-                model_name=str(llm),
-                progress=lambda done, total: bar.update(t, completed=done, total=total),
-            )
+        )
         self.close_engine()
-        from ilf.evaluation import evaluate
-        from ilf.text import edit_distance
-
-        samples = [
-            {
-                "task_id": x["task_id"],
-                "feedback_id": x["feedback_id"],
-                "sample_id": 0,
-                "program": x["refinement"],
-                "refinement": x["refinement"],
-                "edit_distance": edit_distance(x["program"], x["refinement"], self.tasks()[x["task_id"]].prompt),
-            }
-            for x in recs
-            if x.get("refinement")
-        ]
-        results = evaluate(samples, self.tasks(), output=bd / "refinements.jsonl", progress=True, compare=self.cfg.eval.compare)
-        return ilf_pairs(results, self.tasks(), seed=cfg.seed, source=method)
+        return recs
 
     # -- perplexity and report ------------------------------------------------------------------
 
