@@ -2,7 +2,7 @@
 
 One name per setting everywhere: the TOML key `refine.n` is the flag `--refine.n` (or the override
 `refine.n=10`) and the column `refine.n` in reports. `ilf run` with no file uses `DEFAULT` (the demo
-that fits 15 minutes on a 2-core CPU); `configs/paper.toml` is the paper's full experiment.
+sized for minutes on a laptop-class CPU); `configs/paper.toml` is the paper's full experiment.
 """
 
 from __future__ import annotations

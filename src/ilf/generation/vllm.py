@@ -8,7 +8,7 @@ Two ways to reach vLLM, chosen automatically:
   - in process, when `import vllm` works in this environment (a GPU machine: `pip install vllm`);
   - a worker subprocess running THIS module in a separate environment that has vLLM
     (`.venv-vllm`, made by `scripts/setup-vllm.sh`; or `$ILF_VLLM_PYTHON`). vLLM pins its own
-    torch/transformers, which clash with the training stack, so on this CPU it lives apart. The
+    torch/transformers, which clash with the training stack, so on a CPU install it lives apart. The
     worker runs the same in-process code and talks JSON lines over pipes.
 
 For a long-lived shared server, `vllm serve` (or `ilf serve --engine vllm`) with the `openai`
