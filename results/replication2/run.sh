@@ -76,7 +76,7 @@ SWEEP=(--sweep-tasks refine --sweep-max-tasks 80 --sweep-n 5 --batch-size 8 --re
 for m in ilf rft; do
   if [ ! -s "$V/$m-lora/config.json" ]; then
     log "start validation sweep $m-lora"; t0=$SECONDS
-    ilf finetune --data "$R/train/$m.jsonl" --output "$V/$m-lora" --lora --per-device-batch-size 4 \
+    ilf finetune --data "$R/train/$m.jsonl" --output "$V/$m-lora" --lora --per-device-batch-size 2 \
       --sweep-learning-rates 1e-4,3e-4 --sweep-epochs 2,4 "${SWEEP[@]}" 2>&1 | tail -n 1
     log "done validation sweep $m-lora in $((SECONDS - t0)) s"
   fi
@@ -110,7 +110,7 @@ PY
 fi
 RECIPE=($(python -c "
 import json; r = json.load(open('$R/recipe.json'))
-print(('--lora --per-device-batch-size 4' if r['lora'] else '--per-device-batch-size 1') + f\" --learning-rate {r['learning_rate']} --epochs {r['epochs']}\")"))
+print(('--lora --per-device-batch-size 2' if r['lora'] else '--per-device-batch-size 1') + f\" --learning-rate {r['learning_rate']} --epochs {r['epochs']}\")"))
 
 # DPO's learning rate on the same validation tasks: the recipe's, and a tenth of it (DPO moves a policy
 # further per step than SFT on the same pairs).
