@@ -12,9 +12,11 @@ mkdir -p "$R"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$R/log.txt"; }
 SEEDS="0 1 2"
 
-for f in $( [ -d "$RAW" ] && cd "$RAW" && find . -name '*.jsonl.gz'); do
+for f in $( [ -d "$RAW" ] && cd "$RAW" && find . -name '*.jsonl.gz' -o -name '*.json'); do
   dest="$R/${f%.gz}"
-  [ -e "$dest" ] || { mkdir -p "$(dirname "$dest")"; gunzip -c "$RAW/$f" > "$dest"; }
+  [ -e "$dest" ] && continue
+  mkdir -p "$(dirname "$dest")"
+  case $f in *.gz) gunzip -c "$RAW/$f" > "$dest" ;; *) cp "$RAW/$f" "$dest" ;; esac
 done
 
 # 1. Round 1 of Algorithm 1 from measured files, and every method's training set from it, built by the
@@ -74,13 +76,13 @@ V=$R/validation
 sample_eval "$V/zero-shot" qwen2.5-coder-0.5b-instruct mbpp 111-190 5 0
 SWEEP=(--sweep-tasks refine --sweep-max-tasks 80 --sweep-n 5 --batch-size 8 --report-to none)
 for m in ilf rft; do
-  if [ ! -s "$V/$m-lora/config.json" ]; then
+  if [ ! -s "$V/$m-lora/sweep/best.json" ]; then
     log "start validation sweep $m-lora"; t0=$SECONDS
     ilf finetune --data "$R/train/$m.jsonl" --output "$V/$m-lora" --lora --per-device-batch-size 2 \
       --sweep-learning-rates 1e-4,3e-4 --sweep-epochs 2,4 "${SWEEP[@]}" 2>&1 | tail -n 1
     log "done validation sweep $m-lora in $((SECONDS - t0)) s"
   fi
-  if [ ! -s "$V/$m-full/config.json" ]; then
+  if [ ! -s "$V/$m-full/sweep/best.json" ]; then
     log "start validation sweep $m-full"; t0=$SECONDS
     ilf finetune --data "$R/train/$m.jsonl" --output "$V/$m-full" --per-device-batch-size 1 \
       --sweep-learning-rates 1e-5 --sweep-epochs 2 "${SWEEP[@]}" 2>&1 | tail -n 1
@@ -114,7 +116,7 @@ print(('--lora --per-device-batch-size 2' if r['lora'] else '--per-device-batch-
 
 # DPO's learning rate on the same validation tasks: the recipe's, and a tenth of it (DPO moves a policy
 # further per step than SFT on the same pairs).
-if [ ! -s "$V/ilf-dpo/config.json" ]; then
+if [ ! -s "$V/ilf-dpo/sweep/best.json" ]; then
   log "start validation sweep ilf-dpo"; t0=$SECONDS
   LR=$(python -c "import json; print(json.load(open('$R/recipe.json'))['learning_rate'])")
   ilf finetune --data "$R/train/ilf-dpo.jsonl" --output "$V/ilf-dpo" --objective dpo "${RECIPE[@]}" \
