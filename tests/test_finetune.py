@@ -484,6 +484,19 @@ def test_sweep_trains_each_setting_and_keeps_the_best(trainable_tiny, tmp_path):
     t = time.time()
     assert CliRunner().invoke(app, args).exit_code == 0
     assert time.time() - t < 20
+    # Moved to another machine without its models: the table is kept, only the best is trained again.
+    import shutil
+
+    for f in out.iterdir():
+        if f.is_file() and f.name != "pairs.jsonl":
+            f.unlink()
+    shutil.rmtree(out / "sweep" / best / "model")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "training it again" in r.output and r.output.count("validation pass rate") == 1  # nothing measured again
+    assert [json.loads(x) for x in (out / "sweep" / "table.jsonl").read_text().splitlines()] == rows
+    assert (out / "sweep" / best / "model" / "config.json").exists() and (out / "model.safetensors").exists()
+    assert json.loads((out / META_FILE).read_text())["sweep"]["best"]["setting"] == best
     write_jsonl(data, [{"prompt": MEMO[0][0], "completion": MEMO[0][1], "task_id": 11}])
     r = CliRunner().invoke(app, args[:6] + [str(tmp_path / "sw2")] + args[7:])
     assert r.exit_code == 2 and "validation tasks also in the training pairs: 11" in r.output

@@ -148,6 +148,14 @@ def sweep(
             if not keep_best or r is not best:
                 remove_model(r["model_dir"])
     best = best_row()
+    model_dir = sweep_dir / best["setting"] / "model"
+    if keep_best and not (model_dir / "config.json").exists():
+        # Measured on another machine (a run directory moved without its models): train the chosen
+        # setting again rather than measuring the whole grid again.
+        lr, bs, ep = settings[order.index(best["setting"])]
+        console.print(f"[bold]sweep[/] {best['setting']}: the best model is not on disk; training it again")
+        finetune_in_child(pairs, base, model_dir, replace(train, learning_rate=lr, batch_size=bs, epochs=ep), overwrite=True)
+    best = dict(best, model_dir=str(model_dir))
     write_json(sweep_dir / "best.json", best)
     console.print(f"sweep: best {best['setting']} (validation pass rate {best['pass_rate']:.3f})")
     return best
