@@ -122,6 +122,10 @@ def test_training_memorises_target_and_output_is_complete(trainable_tiny, tmp_pa
     t = time.time()
     assert finetune(data, trainable_tiny, out, cfg, eval_pairs=pairs[:2]) == out
     assert time.time() - t < 5
+    # Its weights deleted to save disk (its metadata kept): the same call trains it again, not "done".
+    (out / "model.safetensors").unlink()
+    assert finetune(data, trainable_tiny, out, cfg, eval_pairs=pairs[:2]) == out
+    assert (out / "model.safetensors").exists() and greedy(out, MEMO[0][0]) == MEMO[0][1]
     # Other data into the same directory: refused with a clear message.
     with pytest.raises(IlfError, match="another base model, data or config"):
         finetune(pairs[:2], trainable_tiny, out, cfg)

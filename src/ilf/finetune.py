@@ -511,9 +511,10 @@ def _already_done(output_dir: Path, ident: dict[str, Any], cfg: FinetuneConfig, 
     ckpt_dir = output_dir / CHECKPOINT_SUBDIR
     run_marker = ckpt_dir / "ilf_run.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
-        if old.get("identity") == ident and not overwrite:
-            return True
+        same_run = json.loads(meta_path.read_text(encoding="utf-8")).get("identity") == ident
+        if same_run and not overwrite:
+            # Done, unless its weights were deleted (to save disk once sampled): then it trains again.
+            return any(output_dir.glob("*.safetensors"))
         if not overwrite:
             raise IlfError(
                 f"{output_dir}: holds a model fine-tuned with another base model, data or config; "
