@@ -37,5 +37,16 @@ report() {  # DIR NAME: ilf report of the finished files in DIR, zero-shot first
   (IFS=,; ilf report "${files[@]}" --labels "${labels[*]}" --output "$R/report/$name")
 }
 
+# The validation sweep (MBPP_Refine 111-190 × 5): every measured setting against zero-shot, paired per task.
+V=$R/validation
+if [ -s "$V/zero-shot_results.jsonl" ]; then
+  files=("$V/zero-shot_results.jsonl") labels=(zero-shot)
+  for d in "$V"/{ilf,rft}-{lora,full}/sweep/lr* "$V"/ilf-dpo/sweep/lr*; do
+    [ -s "$d/results.jsonl" ] || continue
+    files+=("$d/results.jsonl"); labels+=("$(basename "$(dirname "$(dirname "$d")")")-$(basename "$d")")
+  done
+  (IFS=,; ilf report "${files[@]}" --labels "${labels[*]}" --output "$R/report/validation")
+fi
+
 report "$R/test" mbpp-test
 report "$R/humanevalplus" humanevalplus
