@@ -9,12 +9,13 @@ R=${1:-runs/replication2}
 RAW=results/replication2/raw
 mkdir -p "$RAW"
 cp "$R/log.txt" "$RAW/log.txt"
-[ -s "$R/recipe.json" ] && cp "$R/recipe.json" "$RAW/recipe.json"
-( cd "$R" && find validation test humanevalplus -name '*results.jsonl' -o -name 'table.jsonl' 2>/dev/null ) | while read -r f; do
+if [ -s "$R/recipe.json" ]; then cp "$R/recipe.json" "$RAW/recipe.json"; fi
+dirs=$(cd "$R" && for d in validation test humanevalplus; do if [ -d "$d" ]; then echo "$d"; fi; done)
+( cd "$R" && find $dirs -name '*results.jsonl' -o -name 'table.jsonl' ) | while read -r f; do
   mkdir -p "$RAW/$(dirname "$f")"
   gzip -9nc "$R/$f" > "$RAW/$f.gz"
 done
-( cd "$R" && find validation -name best.json 2>/dev/null ) | while read -r f; do
+( cd "$R" && find $dirs -name best.json ) | while read -r f; do
   mkdir -p "$RAW/$(dirname "$f")"
   cp "$R/$f" "$RAW/$f"
 done
