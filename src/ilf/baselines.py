@@ -23,6 +23,8 @@ from ilf.jsonl import load_jsonl
 from ilf.tasks import TaskSet
 
 LLM_BASELINES = {"llm-1shot": 1, "llm-2shot": 2}  # method -> human examples in the LLM's prompt
+# Methods built from π_θ's own samples (r1/results.jsonl): none with feedback.source = authors.
+FROM_OWN_SAMPLES = ("rft", "rft-all", "ilf-rft", "rft-dpo")
 
 
 def baseline_pairs(method: str, r1: Path, tasks: TaskSet, *, seed: int, annotations: Callable[[], list[dict]]) -> list[dict]:
@@ -30,7 +32,9 @@ def baseline_pairs(method: str, r1: Path, tasks: TaskSet, *, seed: int, annotati
     `annotations` gives the authors' 195 annotations (read only by human-refinements)."""
     ilf_r = load_jsonl(r1 / "train_pairs.jsonl")
     r_tasks = [p["task_id"] for p in ilf_r]
-    x0_results = r1 / "results.jsonl"  # absent with feedback.source = authors: π_θ's x0 were never sampled
+    x0_results = r1 / "results.jsonl"
+    if method in FROM_OWN_SAMPLES and not x0_results.exists():  # feedback.source = authors: never sampled
+        return []
     if method == "gold":
         return build.gold_pairs(tasks, r_tasks)
     if method == "human-refinements":
@@ -38,14 +42,12 @@ def baseline_pairs(method: str, r1: Path, tasks: TaskSet, *, seed: int, annotati
     if method in ("rft", "rft-all", "ilf-rft"):
         # The complete proposal (π*(x|t) ∝ π_θ(x|t)·1[x passes]): π_θ's passing x0 are exact samples of
         # π* where π_θ solves a task; R stands in only where it does not.
-        if not x0_results.exists():
-            return []
         recs = build.rft_pairs(load_jsonl(x0_results), tasks, len(r_tasks) if method == "rft" else None, seed=seed)
         return ilf_r + recs if method == "ilf-rft" else recs
     if method == "ilf-dpo":
         return build.refinement_preferences(load_jsonl(r1 / "refinements.jsonl"), load_jsonl(r1 / "feedback.jsonl"), tasks, ilf_r)
     if method == "rft-dpo":
-        return build.sample_preferences(load_jsonl(x0_results), tasks, seed=seed) if x0_results.exists() else []
+        return build.sample_preferences(load_jsonl(x0_results), tasks, seed=seed)
     raise ValueError(f"not a baseline without a model: {method!r}")
 
 
@@ -55,8 +57,17 @@ def llm_x0(failing: list[dict[str, Any]], max_x0: int, seed: int) -> list[dict[s
     if max_x0 and max_x0 < len(failing):
         keep = set(random.Random(f"{seed}:llm-x0").sample(range(len(failing)), max_x0))
         failing = [a for i, a in enumerate(failing) if i in keep]
-    keys = ("task_id", "sample_id", "program", "error")
-    return [{k: a.get(k, 0 if k == "sample_id" else None) for k in keys} | {"passed": False, "status": "failed"} for a in failing]
+    return [
+        {
+            "task_id": a["task_id"],
+            "sample_id": a.get("sample_id", 0),
+            "program": a["program"],
+            "passed": False,
+            "status": "failed",
+            "error": a.get("error"),
+        }
+        for a in failing
+    ]
 
 
 def llm_refinement_pairs(

@@ -189,7 +189,7 @@ def evaluate(
         raise IlfError(f"command line: --workers must be >= 0 (0 = one per CPU), got {workers}")
     ks = parse_ks(k)
     evaluate_file(
-        samples, **where.where(), timeout=judge.timeout, workers=workers, output=output, ks=ks, as_json=as_json, compare=judge.compare
+        samples, **where.step_kwargs(), timeout=judge.timeout, workers=workers, output=output, ks=ks, as_json=as_json, compare=judge.compare
     )
 
 
@@ -485,7 +485,7 @@ def annotate(
         host=host,
         port=port,
         add_annotators=add_annotator,
-        **data.where() | {"dataset": where.get("dataset")},
+        **data.step_kwargs() | {"dataset": where.get("dataset")},
         only_unsolved=only_unsolved,
         config=config,
         serve_app=not no_serve,
@@ -523,7 +523,7 @@ def feedback_cmd(
         model=fc.llm_model or None,
         engine=fc.llm_engine or None,
         base_url=base_url,
-        **where.where(),
+        **where.step_kwargs(),
         k_shot=fc.llm_shots,
         with_refinement=with_refinement,
         per_task=per_task,
@@ -571,7 +571,7 @@ def refine_cmd(
         rc,
         engine=mc.engine,
         weights=mc.weights,
-        **where.where(),
+        **where.step_kwargs(),
         only_tasks=tasks,
         seed=seed,
         policy=policy,
@@ -619,7 +619,7 @@ def feedback_bugs_cmd(
     Example: ilf feedback-bugs runs/demo/r1/feedback.jsonl --output bugs.jsonl"""
     from ilf.commands import feedback as commands
 
-    commands.feedback_bugs(files, output, model=model, engine=mc.engine, weights=mc.weights, **where.where())
+    commands.feedback_bugs(files, output, model=model, engine=mc.engine, weights=mc.weights, **where.step_kwargs())
 
 
 annotations_app = typer.Typer(

@@ -64,7 +64,7 @@ class DataConfig:
     def __post_init__(self):
         check(self)
 
-    def where(self) -> dict[str, Any]:
+    def step_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the commands' step functions take (evaluate_file, refine, ...)."""
         return {"dataset": self.dataset, "data_dir": self.data_dir or None, "tasks_file": self.tasks_file or None}
 

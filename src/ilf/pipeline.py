@@ -712,7 +712,7 @@ class Run(Stages):
 
     def baseline_model(self, method: str) -> str | None:
         """The paper's Table 4 baselines: FINETUNE π_θ on other data for the same tasks as R."""
-        from ilf.baselines import LLM_BASELINES, baseline_pairs
+        from ilf.baselines import FROM_OWN_SAMPLES, LLM_BASELINES, baseline_pairs
 
         cfg, bd = self.cfg, self.dir / "baselines" / method
         pairs_path = bd / "train_pairs.jsonl"
@@ -721,7 +721,7 @@ class Run(Stages):
             if method in LLM_BASELINES:
                 recs = self.llm_refinement_pairs(method, bd)
             else:
-                if method in ("rft", "rft-all", "ilf-rft", "rft-dpo") and not (self.dir / "r1" / "results.jsonl").exists():
+                if method in FROM_OWN_SAMPLES and not (self.dir / "r1" / "results.jsonl").exists():
                     console.print(f"[yellow]warning[/]: {method} needs π_θ's own samples (feedback.source != authors); skipped")
                 recs = baseline_pairs(method, self.dir / "r1", self.tasks(), seed=cfg.seed, annotations=self.authors_annotations)
             write_jsonl(pairs_path, recs)

@@ -152,9 +152,8 @@ def sweep(
     if keep_best and not (model_dir / "config.json").exists():
         # Measured on another machine (a run directory moved without its models): train the chosen
         # setting again rather than measuring the whole grid again.
-        lr, bs, ep = settings[order.index(best["setting"])]
         console.print(f"[bold]sweep[/] {best['setting']}: the best model is not on disk; training it again")
-        finetune_in_child(pairs, base, model_dir, replace(train, learning_rate=lr, batch_size=bs, epochs=ep), overwrite=True)
+        finetune_in_child(pairs, base, model_dir, best_config(train, best), overwrite=True)
     best = dict(best, model_dir=str(model_dir))
     write_json(sweep_dir / "best.json", best)
     console.print(f"sweep: best {best['setting']} (validation pass rate {best['pass_rate']:.3f})")
