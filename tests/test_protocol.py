@@ -11,6 +11,7 @@ import pytest
 from ilf.config import load_config
 from ilf.errors import IlfError
 from ilf.jsonl import write_jsonl
+from ilf.pairs import sample_preferences
 
 
 def _authors(data_dir):
@@ -110,13 +111,14 @@ def test_the_complete_proposal_is_R_plus_every_solved_task_and_rft_all_is_its_co
 
 def test_dpo_methods_prefer_R_over_its_x0_and_pi_thetas_passing_over_its_failing(tmp_path, data_dir):
     """ilf-dpo: each program of R over the failing x0 it repaired; rft-dpo (its control without feedback):
-    per task with both, a passing sample of π_θ over a failing one. Both train with objective dpo."""
+    a passing sample of π_θ over a failing one, on as many tasks with both as ilf-dpo has pairs (as rft
+    is the size of R). Both train with objective dpo."""
     run = _run(tmp_path, data_dir, "eval.methods=['zero-shot','ilf','ilf-dpo','rft-dpo']")
     tasks = run.tasks()
-    p = {t: tasks[t].prompt for t in (601, 602, 605)}
+    p = {t: tasks[t].prompt for t in (601, 602, 603, 605)}
     results = [
         {"task_id": t, "sample_id": j, "passed": ok, "program": p[t] + f"    return {j}\n"}
-        for t, oks in ((601, (True, False)), (602, (True, True)), (605, (False, False)))
+        for t, oks in ((601, (True, False)), (602, (True, True)), (603, (False, True)), (605, (False, False)))
         for j, ok in enumerate(oks)
     ]
     rd = run.dir / "r1"
@@ -138,8 +140,11 @@ def test_dpo_methods_prefer_R_over_its_x0_and_pi_thetas_passing_over_its_failing
     read = lambda m: [json.loads(x) for x in (run.dir / "baselines" / m / "train_pairs.jsonl").read_text().splitlines()]  # noqa: E731
     (ilf,) = read("ilf-dpo")
     assert (ilf["task_id"], ilf["chosen"], ilf["rejected"], ilf["prompt"]) == (605, "    return 9\n", "    return 0\n", p[605])
-    (own,) = read("rft-dpo")  # 602 has no failing sample, 605 no passing one
-    assert (own["task_id"], own["chosen"], own["rejected"]) == (601, "    return 0\n", "    return 1\n")
+    (own,) = read("rft-dpo")  # one pair, as ilf-dpo; 602 has no failing sample, 605 no passing one
+    expected = {601: ("    return 0\n", "    return 1\n"), 603: ("    return 1\n", "    return 0\n")}
+    assert (own["chosen"], own["rejected"]) == expected[own["task_id"]]
+    chosen = {sample_preferences(results, tasks, 1, seed=s)[0]["task_id"] for s in range(20)}
+    assert chosen == {601, 603}  # which tasks is a seeded choice
     assert {o for _, o in trained} == {"dpo"}
 
 

@@ -24,7 +24,8 @@ done
 #   x0: π_θ's samples of MBPP_Train (results/table1's 10 per task, results/pool30's 20 more where none
 #       of 10 passed); f: the execution trace of one failing x0 per task unsolved at 30 (198 tasks);
 #   x1: the 1.5B's regenerations, 5 per x0 (results/refiners, row r15-regenerate-trace).
-if [ ! -s "$R/train/gold.jsonl" ]; then
+METHODS="ilf distill rft ilf-rft rft-all ilf-dpo rft-dpo gold"
+if ! (for m in $METHODS; do [ -s "$R/train/$m.jsonl" ] || exit 1; done); then
   log "building the training sets"
   python - "$R" <<'PY'
 import gzip, json, sys
@@ -51,6 +52,8 @@ sets["distill"] = ilf_pairs(gz("results/refiners/raw/r15-chat-resample/refinemen
 for m in ("rft", "ilf-rft", "rft-all", "ilf-dpo", "rft-dpo", "gold"):
     sets[m] = baseline_pairs(m, r1, tasks, seed=0, annotations=list)
 for m, recs in sets.items():
+    if (R / "train" / f"{m}.jsonl").exists():
+        continue
     write_jsonl(R / "train" / f"{m}.jsonl", recs)
     print(f"{m}: {len(recs)} records on {len({r['task_id'] for r in recs})} tasks")
 PY
@@ -127,45 +130,41 @@ DPO_LR=$(python -c "import json; print(json.load(open('$V/ilf-dpo/sweep/best.jso
 
 # 3. Train each method with the recipe, 3 FINETUNE seeds (gold: one, labelled), and EVAL on MBPP_Test
 # 11-110: n = 20 (two sampling seeds of 10) for zero-shot, ILF, ILF + RFT and RFT, which also get
-# HumanEval+ (164 tasks × 10); n = 10 for the others. A model's weights go once its samples are judged
-# (its ilf_finetune.json stays: what was trained, on what, with which settings).
-test_method() {  # METHOD SEEDS(1|3) FULL(yes|no)
-  local m=$1 seeds=$2 full=$3
-  for s in $( [ "$seeds" = 1 ] && echo 0 || echo $SEEDS); do
-    local label=$m; [ "$s" = 0 ] || label="$m@s$s"
-    local out="$R/test/$label" he="$R/humanevalplus/$label"
-    if [ -s "${out}_results.jsonl" ] && { [ "$full" = no ] || { [ -s "${out}_b_results.jsonl" ] && [ -s "${he}_results.jsonl" ]; }; }; then
-      continue
-    fi
-    local model=qwen2.5-coder-0.5b-instruct dir="$R/models/$m-s$s"
-    if [ "$m" != zero-shot ]; then
-      local extra=()
-      case $m in *-dpo) extra=(--objective dpo --learning-rate "$DPO_LR") ;; esac
-      log "finetune $m seed $s"; local t0=$SECONDS
-      # Skips a finished identical run and resumes from its checkpoint.
-      ilf finetune --data "$R/train/$m.jsonl" --output "$dir" --seed "$s" --batch-size 8 "${RECIPE[@]}" "${extra[@]}" \
-        --report-to none 2>&1 | tail -n 1
-      log "trained $m seed $s in $((SECONDS - t0)) s"
-      model=$dir
-    fi
-    sample_eval "$out" "$model" mbpp 11-110 10 0
-    if [ "$full" = yes ]; then
-      sample_eval "${out}_b" "$model" mbpp 11-110 10 1
-      sample_eval "$he" "$model" humanevalplus all 10 0
-    fi
-    if [ "$m" != zero-shot ]; then
-      python -c "import sys; from ilf.models import remove_conversions; remove_conversions(sys.argv[1])" "$model"
-      rm -f "$dir"/*.safetensors
-    fi
-  done
+# HumanEval+ (164 tasks × 10); n = 10 for the others. Every method's first seed comes before any
+# method's second, so a session that ends early leaves every row measured once. A model's weights go
+# once its samples are judged (its ilf_finetune.json stays: what was trained, on what, with which settings).
+test_method() {  # METHOD SEED FULL(yes|no)
+  local m=$1 s=$2 full=$3
+  local label=$m; [ "$s" = 0 ] || label="$m@s$s"
+  local out="$R/test/$label" he="$R/humanevalplus/$label"
+  if [ -s "${out}_results.jsonl" ] && { [ "$full" = no ] || { [ -s "${out}_b_results.jsonl" ] && [ -s "${he}_results.jsonl" ]; }; }; then
+    return 0
+  fi
+  local model=qwen2.5-coder-0.5b-instruct dir="$R/models/$m-s$s"
+  if [ "$m" != zero-shot ]; then
+    local extra=()
+    case $m in *-dpo) extra=(--objective dpo --learning-rate "$DPO_LR") ;; esac
+    log "finetune $m seed $s"; local t0=$SECONDS
+    # Skips a finished identical run and resumes from its checkpoint.
+    ilf finetune --data "$R/train/$m.jsonl" --output "$dir" --seed "$s" --batch-size 8 "${RECIPE[@]}" "${extra[@]}" \
+      --report-to none 2>&1 | tail -n 1
+    log "trained $m seed $s in $((SECONDS - t0)) s"
+    model=$dir
+  fi
+  sample_eval "$out" "$model" mbpp 11-110 10 0
+  if [ "$full" = yes ]; then
+    sample_eval "${out}_b" "$model" mbpp 11-110 10 1
+    sample_eval "$he" "$model" humanevalplus all 10 0
+  fi
+  if [ "$m" != zero-shot ]; then
+    python -c "import sys; from ilf.models import remove_conversions; remove_conversions(sys.argv[1])" "$model"
+    rm -f "$dir"/*.safetensors
+  fi
 }
-test_method zero-shot 1 yes
-test_method ilf 3 yes
-test_method rft 3 yes
-test_method ilf-rft 3 yes
-test_method distill 3 no
-test_method rft-all 3 no
-test_method ilf-dpo 3 no
-test_method rft-dpo 3 no
-test_method gold 1 no
+test_method zero-shot 0 yes
+for s in $SEEDS; do
+  for m in ilf rft ilf-rft; do test_method "$m" "$s" yes; done
+  for m in ilf-dpo rft-dpo distill rft-all; do test_method "$m" "$s" no; done
+  [ "$s" != 0 ] || test_method gold 0 no
+done
 log "all done"

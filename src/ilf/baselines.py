@@ -6,6 +6,7 @@ training-set variants, each for the same tasks as R.
     rft                 π_θ's own passing x0, on as many tasks as R has (rejection-sampling FT)
     ilf-rft / rft-all   the complete proposal of paper §2, with and without R
     ilf-dpo / rft-dpo   preference pairs: R's repair over its x0 / π_θ's passing over its failing
+                        sample, on as many tasks
     llm-1shot/-2shot    an LLM writes feedback and refinement for ILF's x0 (paper §3.3)
 
 Every builder reads round 1 of a run directory (`r1/`): its R, x0 results, feedback and refinements.
@@ -46,8 +47,8 @@ def baseline_pairs(method: str, r1: Path, tasks: TaskSet, *, seed: int, annotati
         return ilf_r + recs if method == "ilf-rft" else recs
     if method == "ilf-dpo":
         return build.refinement_preferences(load_jsonl(r1 / "refinements.jsonl"), load_jsonl(r1 / "feedback.jsonl"), tasks, ilf_r)
-    if method == "rft-dpo":
-        return build.sample_preferences(load_jsonl(x0_results), tasks, seed=seed)
+    if method == "rft-dpo":  # on as many tasks as ilf-dpo, as rft is on as many as R
+        return build.sample_preferences(load_jsonl(x0_results), tasks, len(r_tasks), seed=seed)
     raise ValueError(f"not a baseline without a model: {method!r}")
 
 

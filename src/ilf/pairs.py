@@ -181,15 +181,20 @@ def refinement_preferences(
     return out
 
 
-def sample_preferences(results: Iterable[dict[str, Any]], tasks: TaskSet, seed: int = 0) -> list[dict[str, Any]]:
-    """The DPO control without feedback: per task with both, one of π_θ's passing samples over one of its
-    failing samples (seeded), so the model learns from its own contrast alone."""
+def sample_preferences(results: Iterable[dict[str, Any]], tasks: TaskSet, k: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The DPO control without feedback: one of π_θ's passing samples over one of its failing samples
+    (seeded), on k tasks that have both (a seeded choice; None: every such task), so the model learns
+    from its own contrast alone, on as many tasks as ILF-DPO's pairs."""
     passing: dict[Any, list[dict]] = {}
     failing: dict[Any, list[dict]] = {}
     for res in results:
         (passing if res.get("passed") else failing).setdefault(res["task_id"], []).append(res)
+    both = sorted(set(passing) & set(failing), key=lambda t: (str(type(t)), t))
+    if k is not None and k < len(both):
+        keep = set(random.Random(f"{seed}:prefer").sample(range(len(both)), k))
+        both = [t for i, t in enumerate(both) if i in keep]
     out = []
-    for tid in sorted(set(passing) & set(failing), key=lambda t: (str(type(t)), t)):
+    for tid in both:
         rng = random.Random(f"{seed}:prefer:{tid}")
         good = rng.choice(sorted(passing[tid], key=lambda x: str(x["sample_id"])))
         bad = rng.choice(sorted(failing[tid], key=lambda x: str(x["sample_id"])))
