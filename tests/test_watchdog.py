@@ -108,3 +108,37 @@ def test_supervise_gives_up_after_the_last_restart(tmp_path):
     msgs = []
     rc = supervise([sys.executable, "-c", always, str(tmp_path / "f")], max_restarts=1, log=msgs.append)
     assert rc == 3 and msgs[-1].startswith("ilf: the engine stalled 2 times; giving up")
+
+
+def test_every_sampling_command_restarts_itself_after_a_stall_and_resumes(qwen_tiny, data_dir, tmp_path):
+    """`ilf sample` (as refine, finetune's sweep and LLM feedback) does its work under `supervise`: with
+    a stall timeout no decoding step can meet, the real OpenVINO engine's watchdog ends each attempt,
+    the command starts again three times, then gives up with exit 3, leaving only whole records; the
+    same command without the short timeout then resumes and finishes."""
+    import json
+
+    env = {**os.environ, "ILF_CACHE": str(tmp_path / "cache"), "ILF_DATA_DIR": str(data_dir)}
+    out = tmp_path / "samples.jsonl"
+    cmd = [sys.executable, "-m", "ilf.cli", "sample", "--model", str(qwen_tiny), "--engine", "openvino"]
+    cmd += ["--tasks", "11-20", "--n", "4", "--max-new-tokens", "32", "--output", str(out)]
+
+    def ilf(timeout: str | None) -> subprocess.CompletedProcess:
+        e = dict(env, ILF_STALL_TIMEOUT=timeout) if timeout is not None else env
+        return subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=600)
+
+    bad = ilf("soon")
+    assert bad.returncode != 0 and "ILF_STALL_TIMEOUT must be seconds >= 0 (0 = no watchdog), got 'soon'" in bad.stderr
+    assert "restarting" not in bad.stderr  # a refusal is not a stall
+
+    stalled = ilf("0.001")
+    assert stalled.returncode == 3, stalled.stderr[-2000:]
+    for i in (1, 2, 3):
+        assert f"ilf: restarting after a stalled engine ({i} of 3); finished work is kept" in stalled.stderr
+    assert "ilf: the engine stalled 4 times; giving up" in stalled.stderr
+    kept = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    assert len(kept) < 10 * 4
+
+    done = ilf(None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["task_id"], r["sample_id"]) for r in recs) == [(t, j) for t in range(11, 21) for j in range(4)]

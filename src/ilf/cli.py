@@ -224,14 +224,7 @@ def run(
     if dry_run:
         print(to_toml(cfg), end="")
         return
-    import os
-
-    if not os.environ.get("ILF_SUPERVISED") and sys.platform.startswith("linux"):
-        # The work runs in a child process that is restarted if a native sampling call hangs
-        # (ilf.generation.watchdog); the config was validated above, so errors come first.
-        from ilf.generation.watchdog import supervise
-
-        raise typer.Exit(supervise([sys.executable, "-m", "ilf.cli", *sys.argv[1:]]))
+    _restart_on_stall()
     import time
 
     t0 = time.time()
@@ -240,6 +233,24 @@ def run(
     _print_run_summary(report.parent / "report.json")
     err.print(f"\n[bold green]done[/] in {m} min {sec:02d} s: report at [bold]{report}[/]")
     print(report)
+
+
+# Set by main(): this process is the `ilf` program itself (not a test's CliRunner), so its argv can
+# be run again.
+_ENTRY_POINT = False
+
+
+def _restart_on_stall() -> None:
+    """Do a sampling command's work in a child process that is run again, resuming, when a native
+    sampling call hangs and the stall watchdog ends it (ilf.generation.watchdog; OpenVINO GenAI hung
+    once, docs/limits.md). Called once the flags are checked, so a bad flag is reported once."""
+    import os
+
+    if not _ENTRY_POINT or os.environ.get("ILF_SUPERVISED") or not sys.platform.startswith("linux"):
+        return
+    from ilf.generation.watchdog import supervise
+
+    raise typer.Exit(supervise([sys.executable, "-m", "ilf.cli", *sys.argv[1:]]))
 
 
 def _print_run_summary(report_json: Path) -> None:
@@ -402,6 +413,8 @@ def finetune(
     train_file, grid_file = _config_tables(config)
     cfg = build_settings(FinetuneConfig, dataclasses.asdict(train_file) | train)
     sw = build_settings(SweepConfig, dataclasses.asdict(grid_file) | grid, prefix="sweep_")
+    if sw.enabled():  # the sweep samples each setting's model
+        _restart_on_stall()
     out = finetune_command(
         data,
         mc.base,
@@ -516,6 +529,8 @@ def feedback_cmd(
     from ilf.commands import feedback as commands
 
     fc = build_settings(FeedbackConfig, fb)
+    if source == "llm":
+        _restart_on_stall()
     commands.feedback(
         results,
         source=source,
@@ -565,6 +580,7 @@ def refine_cmd(
     from ilf.commands.refine import refine_command
 
     rc = build_settings(RefineConfig, rf)
+    _restart_on_stall()
     refine_command(
         feedback,
         output,
@@ -619,6 +635,7 @@ def feedback_bugs_cmd(
     Example: ilf feedback-bugs runs/demo/r1/feedback.jsonl --output bugs.jsonl"""
     from ilf.commands import feedback as commands
 
+    _restart_on_stall()
     commands.feedback_bugs(files, output, model=model, engine=mc.engine, weights=mc.weights, **where.step_kwargs())
 
 
@@ -839,6 +856,7 @@ def sample(
     from ilf.tasks import load_tasks
 
     sc = build_settings(SampleConfig, sampling)  # checked before anything loads
+    _restart_on_stall()
     ts = load_tasks(where.dataset, data_dir=where.data_dir or None, split=split, task_ids=tasks, path=where.tasks_file or None)
     for tid, why in ts.skipped.items():
         err.print(f"[yellow]skipped task {tid}[/]: {why}", highlight=False)
@@ -921,6 +939,9 @@ def click_metavars(command) -> None:
 
 def main() -> None:
     import os
+
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
 
     import typer.main
 

@@ -6,7 +6,8 @@ process, started once per engine. While armed (inside a sampling loop) it expect
 after each step; if none comes for `timeout` seconds, it prints one clear line and ends the stuck
 process (SIGTERM, then SIGKILL). Disarmed (an idle engine, e.g. `ilf serve` between requests), it
 only waits. Finished work is already on disk (sampling writes per task), so rerunning the same
-command resumes; `ilf run` does that by itself (`supervise`: the watchdog leaves a marker file).
+command resumes; every ilf command that samples does that by itself (`supervise`: the watchdog
+leaves a marker file, and the command runs again in a new process).
 
     watchdog = StallWatchdog("openvino sampling", timeout=600)
     with watchdog.armed():
@@ -28,6 +29,8 @@ from typing import Iterator, Optional
 # Seconds without a finished decoding step before the process is ended. One step takes well under
 # a second, a few seconds with long prefills; five minutes leaves a wide margin for slower machines.
 STALL_TIMEOUT = 300.0
+# Overrides every watchdog's timeout (seconds; 0 = no watchdog), for a machine slower than that margin.
+STALL_TIMEOUT_ENV = "ILF_STALL_TIMEOUT"
 # If this environment variable names a file, the watchdog creates it before ending a stalled process,
 # so a supervisor (`ilf run`) can tell a stall from any other end and restart the work.
 STALL_MARKER_ENV = "ILF_STALL_MARKER"
@@ -61,7 +64,7 @@ while True:
         continue  # stopped (Ctrl-Z, a debugger): not a stall
     then = "it restarts by itself" if marker else "rerun the same command to resume"
     sys.stderr.write(
-        f"\x1b[?25h\nilf: {what} made no progress for {timeout:.0f} s (a hung native call, see docs/limits.md); "
+        f"\x1b[?25h\nilf: {what} made no progress for {timeout:g} s (a hung native call, see docs/limits.md); "
         f"ending it. Finished work is saved: {then}.\n"
     )
     sys.stderr.flush()
@@ -79,6 +82,22 @@ while True:
 """
 
 
+def timeout_from_env(default: Optional[float]) -> Optional[float]:
+    """$ILF_STALL_TIMEOUT if it is set, else `default`."""
+    raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        from ilf.errors import IlfError
+
+        raise IlfError(f"{STALL_TIMEOUT_ENV} must be seconds >= 0 (0 = no watchdog), got {raw!r}")
+    return value
+
+
 class StallWatchdog:
     """Ends this process if, while `armed()`, `beat()` is not called for `timeout` seconds
     (0 or None: disabled, no process)."""
@@ -86,6 +105,7 @@ class StallWatchdog:
     def __init__(self, what: str, timeout: Optional[float] = STALL_TIMEOUT, grace: float = TERM_GRACE):
         self.proc: Optional[subprocess.Popen] = None
         self._last = time.monotonic()
+        timeout = timeout_from_env(timeout)
         if timeout and timeout > 0 and sys.platform.startswith("linux"):
             self.proc = subprocess.Popen(
                 [
