@@ -34,6 +34,7 @@ report() {  # DIR NAME: ilf report of the finished files in DIR, zero-shot first
       files+=("$use"); labels+=("$label")
     done
   done
+  if [ ${#files[@]} = 1 ]; then ilf report "${files[0]}" --output "$R/report/$name"; return; fi  # zero-shot alone
   (IFS=,; ilf report "${files[@]}" --labels "${labels[*]}" --output "$R/report/$name")
 }
 
