@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import os
 import sys
 import time
 import typing
@@ -225,8 +226,6 @@ def run(
         print(to_toml(cfg), end="")
         return
     _restart_on_stall()
-    import time
-
     t0 = time.time()
     report = run_pipeline(cfg)
     m, sec = divmod(int(time.time() - t0), 60)
@@ -244,8 +243,6 @@ def _restart_on_stall() -> None:
     """Do a sampling command's work in a child process that is run again, resuming, when a native
     sampling call hangs and the stall watchdog ends it (ilf.generation.watchdog; OpenVINO GenAI hung
     once, docs/limits.md). Called once the flags are checked, so a bad flag is reported once."""
-    import os
-
     if not _ENTRY_POINT or os.environ.get("ILF_SUPERVISED") or not sys.platform.startswith("linux"):
         return
     from ilf.generation.watchdog import supervise
@@ -938,8 +935,6 @@ def click_metavars(command) -> None:
 
 
 def main() -> None:
-    import os
-
     global _ENTRY_POINT
     _ENTRY_POINT = True
 

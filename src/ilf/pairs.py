@@ -191,8 +191,8 @@ def sample_preferences(results: Iterable[dict[str, Any]], tasks: TaskSet, k: int
         (passing if res.get("passed") else failing).setdefault(res["task_id"], []).append(res)
     both = sorted(set(passing) & set(failing), key=lambda t: (str(type(t)), t))
     if k is not None and k < len(both):
-        keep = set(random.Random(f"{seed}:prefer").sample(range(len(both)), k))
-        both = [t for i, t in enumerate(both) if i in keep]
+        keep = set(random.Random(f"{seed}:prefer").sample(both, k))
+        both = [t for t in both if t in keep]
     out = []
     for tid in both:
         rng = random.Random(f"{seed}:prefer:{tid}")
